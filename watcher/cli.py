@@ -1,0 +1,258 @@
+"""The command line: `main(argv) -> exit code`. The only place that configures logging or exits.
+
+Exit codes: 0 success, 1 an operational failure (a folder could not be tracked, the API
+refused the key), 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from watcher import __version__, logs
+from watcher.claim import Claims
+from watcher.client import NextmvClient, build_verify
+from watcher.config import (
+    Config,
+    FilesConfig,
+    FormatConfig,
+    default_state_dir,
+    key_file_is_shared,
+    load_config,
+    resolve_api_key,
+    resolve_config_path,
+)
+from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, WatcherError
+from watcher.folder import inspect_folder
+from watcher.lookup import RunLookup
+from watcher.scan import scan_all
+from watcher.state import JOURNAL, StateStore
+from watcher.tracker import Tracker
+
+OK, FAILED, USAGE = 0, 1, 2
+log = structlog.get_logger("watcher.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nextmv-watcher", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"nextmv-watcher {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        return c
+
+    def with_config(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--config", metavar="F", help="config file (default: $NEXTMV_WATCHER_CONFIG, "
+                                                     "else /etc/nextmv-watcher/config.yaml)")
+
+    with_config(cmd("run", "run the daemon in the foreground"))
+    c = cmd("track", "track one folder now, ignoring completion rules")
+    c.add_argument("folder", type=Path)
+    c.add_argument("--application-id", metavar="A", help="application to track it in (default: its watched path's)")
+    with_config(c)
+    c = cmd("scan", "list every folder under the watched paths with its state, uploading nothing")
+    c.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    with_config(c)
+    c = cmd("check", "validate the configuration and the API key, and that each application exists")
+    c.add_argument("--offline", action="store_true", help="check the configuration only, no API calls")
+    with_config(c)
+    c = cmd("retry", "forget a folder's failed marker so that it is tracked again")
+    c.add_argument("folder", type=Path)
+    with_config(c)
+    c = cmd("fake-cloud", "run a local emulator of the Nextmv runs API (for trying things out)")
+    c.add_argument("--port", type=int, default=8765)
+    c.add_argument("--api-key", default="demo-key", help="the API key it accepts (default: demo-key)")
+    c = cmd("demo", "run the emulator and the daemon on sample folders in a temporary directory")
+    c.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"nextmv-watcher: {exc}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        return FAILED
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(resolve_config_path(getattr(args, "config", None)))
+
+
+def _api_key(config: Config) -> str:
+    key, source = resolve_api_key(config.api)
+    logs.REDACTOR.add_secret(key)
+    if config.api.key_file is not None and source == str(config.api.key_file) \
+            and key_file_is_shared(config.api.key_file):
+        log.warning("key_file_readable_by_others", path=source, hint=f"chmod 600 {source}")
+    return key
+
+
+def _client(config: Config, key: str) -> NextmvClient:
+    return NextmvClient(config.api.url, key, connect_timeout=config.api.connect_timeout_seconds,
+                        read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.service import Service
+
+    config = _load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    service = Service(config, _api_key(config))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service.start()
+    except OSError as exc:
+        log.error("start_failed", error=str(exc))
+        service.shutdown()
+        return FAILED
+    service.run()
+    return OK
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    folder = Path(args.folder).absolute()
+    watch = config.watch_for(folder)
+    app = args.application_id or (watch.application_id if watch else None)
+    if app is None:
+        print(f"nextmv-watcher: {folder} is not in a watched path; give --application-id", file=sys.stderr)
+        return USAGE
+    files: FilesConfig = watch.files if watch else config.files
+    formats = watch.format if watch else FormatConfig()
+    store = StateStore(config.state_dir)
+    tracked = store.tracked(folder)
+    if tracked is not None:
+        print(f"nextmv-watcher: {folder} is already tracked as run {tracked.get('run_id')}", file=sys.stderr)
+        return FAILED
+    client = _client(config, _api_key(config))
+    claims = Claims(clock=time.time, fallback_dir=store.fallback_dir)
+    claim = claims.acquire(folder)
+    if claim is None:
+        print(f"nextmv-watcher: {folder} is being tracked by another process ({claims.holder(folder)})",
+              file=sys.stderr)
+        return FAILED
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            tracker = Tracker(client, store, config.state_dir / "spool", executor=pool,
+                              lookup=RunLookup(client))
+            run = inspect_folder(folder, files, formats, config.completion.marker)
+            outcome = tracker.track(run, app, run.instance_id or (watch.instance_id if watch else None),
+                                    lambda: claims.verify(claim))
+        store.remove(folder, ".nextmv-failed.json")
+    except WatcherError as exc:
+        print(f"nextmv-watcher: {folder}: could not track: {logs.REDACTOR.scrub(str(exc))}", file=sys.stderr)
+        return FAILED
+    finally:
+        claims.release(claim)
+        client.close()
+    print(outcome.run_id)
+    return OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    reports = list(scan_all(config, StateStore(config.state_dir), time.time()))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=1))
+        return OK
+    width = max((len(r.folder) for r in reports), default=6)
+    print(f"{'STATE':<11} {'FOLDER':<{width}}  REASON")
+    for r in reports:
+        reason = f"run {r.run_id}" if r.state == "tracked" else r.reason
+        print(f"{r.state:<11} {r.folder:<{width}}  {reason}")
+    counts = {s: sum(1 for r in reports if r.state == s) for s in ("tracked", "failed", "pending", "incomplete",
+                                                                  "invalid")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    key = _api_key(config)
+    print(f"configuration {config.source}: ok ({len(config.watch)} watched path(s))")
+    if args.offline:
+        return OK
+    client = _client(config, key)
+    problems = 0
+    try:
+        for app in sorted({w.application_id for w in config.watch}):
+            try:
+                client.get_application(app, attempts=2)
+            except ApplicationNotFound:
+                print(f"application {app}: NOT FOUND (check watch[].application_id)")
+                problems += 1
+            except AuthError as exc:
+                print(f"API key: REJECTED ({exc.status})")
+                return FAILED
+            except ApiError as exc:
+                print(f"API {config.api.url}: UNREACHABLE ({logs.REDACTOR.scrub(str(exc))})")
+                return FAILED
+            else:
+                print(f"application {app}: ok")
+    finally:
+        client.close()
+    return FAILED if problems else OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    try:
+        state_dir = _load(args).state_dir
+    except ConfigError:
+        if args.config:
+            raise
+        state_dir = default_state_dir()
+    store = StateStore(state_dir)
+    folder = Path(args.folder).absolute()
+    if not store.remove(folder, ".nextmv-failed.json"):
+        print(f"nextmv-watcher: {folder} has no failed marker", file=sys.stderr)
+        return FAILED
+    journal = store.journal(folder)
+    journal.attempts, journal.next_attempt_at, journal.last_error = 0, None, None
+    if journal.is_empty:
+        store.remove(folder, JOURNAL)
+    else:
+        store.save_journal(folder, journal)
+    print(f"{folder}: failed marker removed; it will be tracked again")
+    return OK
+
+
+def cmd_fake_cloud(args: argparse.Namespace) -> int:
+    from watcher.fakecloud import serve
+
+    serve(args.port, [args.api_key], None, None)
+    return OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from watcher.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "track": cmd_track, "scan": cmd_scan, "check": cmd_check, "retry": cmd_retry,
+    "fake-cloud": cmd_fake_cloud, "demo": cmd_demo,
+}

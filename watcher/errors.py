@@ -1,0 +1,110 @@
+"""The one error tree of nextmv-watcher.
+
+Callers decide what to do from the type alone; nothing outside `client.py`
+ever sees an httpx exception and nothing outside `state.py` guesses at errno.
+
+    WatcherError
+    ├── ConfigError            the configuration is wrong (exit code 2); lists every problem
+    ├── FolderError            the run folder itself is the problem
+    │   ├── InvalidFolder      it breaks the run-folder contract: mark failed at once, never retried
+    │   └── FolderChanged      a file changed or vanished while we worked: retry later from the start
+    ├── StateError             a marker, journal or spool file could not be written (disk full, EROFS)
+    ├── ClaimLost              another process holds or took over the folder's claim
+    ├── RetryLater             not a failure: come back at `at` (the run listing may lag)
+    └── ApiError               the Nextmv API answered badly or not at all
+        ├── TransientError     connection refused/reset, timeout, 429, 5xx: retry with backoff
+        │   ├── UploadExpired  a presigned PUT answered 403: ask for a fresh URL, upload again
+        │   └── UncertainError the request may have been processed (POST runs cut off after sending)
+        ├── AuthError          401/403 on an API call: pause all work until the key works
+        ├── ApplicationNotFound 404 on an application: pause that application (a configuration error)
+        └── RejectedError      400/409/413/422: the API refused this run; mark the folder failed
+"""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Root of every error raised by nextmv-watcher."""
+
+
+class ConfigError(WatcherError):
+    """The configuration is invalid; `problems` holds one line per problem, each naming its key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration {source}:\n{lines}")
+
+
+class FolderError(WatcherError):
+    """A problem with one run folder; `folder` names it."""
+
+    def __init__(self, folder: str, problem: str) -> None:
+        self.folder = folder
+        self.problem = problem
+        super().__init__(f"{folder}: {problem}")
+
+
+class InvalidFolder(FolderError):
+    """The folder breaks the run-folder contract. Permanent: the folder is marked failed."""
+
+
+class FolderChanged(FolderError):
+    """A file of the folder changed or vanished during tracking. Retried later from the start."""
+
+
+class StateError(WatcherError):
+    """Our own state (marker, journal, claim, spool file) could not be read or written."""
+
+
+class ClaimLost(WatcherError):
+    """Another process holds the folder's claim, or took it over while we worked."""
+
+
+class ApiError(WatcherError):
+    """The Nextmv API failed. `status` is the HTTP status when there was a response."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TransientError(ApiError):
+    """Worth retrying later: the network failed, the API was throttling or failing (429, 5xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status)
+
+
+class UploadExpired(TransientError):
+    """A presigned upload URL was refused (403): it expired. Ask for a new one."""
+
+
+class UncertainError(TransientError):
+    """The request was sent but its outcome is unknown; the run may or may not exist."""
+
+
+class AuthError(ApiError):
+    """The API key was rejected (401/403 on an API call). Not the folder's fault."""
+
+
+class ApplicationNotFound(ApiError):
+    """The application does not exist (404). A configuration error for that application only."""
+
+    def __init__(self, application_id: str) -> None:
+        self.application_id = application_id
+        super().__init__(f"application {application_id!r} not found (check watch[].application_id)", status=404)
+
+
+class RejectedError(ApiError):
+    """The API refused the run (400, 409, 413, 422). Permanent for this folder."""
+
+
+class RetryLater(WatcherError):
+    """Not a failure: the work cannot go on before `at` (e.g. waiting for the run listing to catch up)."""
+
+    def __init__(self, message: str, at: float) -> None:
+        self.at = at
+        super().__init__(message)

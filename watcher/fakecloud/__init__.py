@@ -1,0 +1,36 @@
+"""A local emulator of the Nextmv Cloud runs API, for end-to-end tests, the demo and benchmarks.
+
+It speaks the tracked-run protocol of /work/shared/nextmv-api.md over real HTTP(S) on loopback:
+upload URLs, presigned PUTs, run creation with the API's validation, listing with paging and lag,
+and metadata. Faults (latency, 5xx, 429, connection resets before or after processing, expiring
+URLs, slow answers) are injected at random with a seed or deterministically with `fail_next`.
+
+Modules, from the outside in:
+
+    cloud.py       FakeCloud (lifecycle, public API) and serve()
+    server.py      HTTP/1.1 server and handler: framing, fault order, resets, request records
+    control.py     /_fake/* endpoints for driving an emulator in another process
+    api.py         routing, authentication and the emulated endpoints
+    signing.py     presigned upload URLs
+    store.py       uploads, runs and listing state
+    validation.py  run-body validation rules
+    faults.py      Faults and the per-request fault decision
+    body.py        reading request bodies (Content-Length or chunked)
+    records.py     RequestRecord and counters
+"""
+
+from watcher.fakecloud.cloud import FakeCloud, State, serve
+from watcher.fakecloud.faults import ENDPOINTS, Faults
+from watcher.fakecloud.records import RequestRecord
+from watcher.fakecloud.store import RecordedRun, RecordedUpload
+
+__all__ = [
+    "ENDPOINTS",
+    "FakeCloud",
+    "Faults",
+    "RecordedRun",
+    "RecordedUpload",
+    "RequestRecord",
+    "State",
+    "serve",
+]

@@ -1,0 +1,212 @@
+"""The emulated Nextmv endpoints: routing, authentication and one function per endpoint.
+
+Endpoints take a parsed `Request` and return a `Response`; they never write to the socket, so the
+HTTP layer can discard a real answer and inject a fault after processing. Behaviour follows
+/work/shared/nextmv-api.md; the upload PUT imitates an S3 presigned URL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from watcher.fakecloud.body import BodyError, BodyReader
+from watcher.fakecloud.faults import FaultInjector
+from watcher.fakecloud.records import RequestLog
+from watcher.fakecloud.signing import UrlSigner
+from watcher.fakecloud.store import PAGE_SIZE, Store, run_item
+from watcher.fakecloud.validation import ApiError
+
+MAX_JSON_BODY = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class Response:
+    """A complete answer: status, body bytes and extra headers (Content-Length is added on sending)."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(payload: object, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(status, body, (("Content-Type", "application/json"), *headers))
+
+
+def error_response(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return json_response({"error": message}, status, headers)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed request. `params` holds the decoded path parameters (application id first)."""
+
+    method: str
+    path: str
+    endpoint: str
+    params: tuple[str, ...]
+    query: dict[str, str]
+    authorization: str | None
+    content_length: int | None
+    chunked: bool
+    body: BodyReader
+
+
+# (method, path after /v1/applications/{app}, with "*" for the run id) -> endpoint name
+_API_ROUTES = {
+    ("GET", ()): "get_application",
+    ("POST", ("runs", "uploadurl")): "uploadurl",
+    ("POST", ("runs",)): "create_run",
+    ("GET", ("runs",)): "list_runs",
+    ("GET", ("runs", "*", "metadata")): "get_run",
+}
+
+
+def route(method: str, path: str) -> tuple[str, tuple[str, ...]]:
+    """(endpoint name, path parameters) for a request; "control" for /_fake/*, "unknown" otherwise."""
+    if path.startswith("/_fake/"):
+        return "control", ()
+    parts = path.split("/")
+    if len(parts) == 3 and parts[1] == "_uploads" and parts[2] and method == "PUT":
+        return "put", (unquote(parts[2]),)
+    if len(parts) < 4 or parts[1] != "v1" or parts[2] != "applications" or not parts[3]:
+        return "unknown", ()
+    params = [unquote(parts[3])]
+    tail = tuple(parts[4:])
+    if len(tail) == 3 and tail[1]:
+        params.append(unquote(tail[1]))
+        tail = (tail[0], "*", tail[2])
+    endpoint = _API_ROUTES.get((method, tail))
+    return (endpoint, tuple(params)) if endpoint is not None else ("unknown", ())
+
+
+class Api:
+    """The endpoints over shared state. `base_url` must be set once the server is bound."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        faults: FaultInjector,
+        log: RequestLog,
+        api_keys: Iterable[str],
+        applications: Iterable[str] | None,
+    ) -> None:
+        self.store = store
+        self.faults = faults
+        self.log = log
+        self.signer = UrlSigner()
+        self.base_url = ""
+        self._applications = None if applications is None else frozenset(applications)
+        self._api_keys = frozenset[str]()
+        self.set_api_keys(api_keys)
+
+    def set_api_keys(self, keys: Iterable[str]) -> None:
+        """Replace the accepted keys (one atomic attribute swap, so no lock is needed)."""
+        checked = frozenset(keys)
+        if any(not isinstance(key, str) or not key for key in checked):
+            raise ValueError("API keys must be non-empty strings")
+        self._api_keys = checked
+
+    def handle(self, req: Request) -> Response:
+        """Answer one non-control request. Auth comes first for /v1/*, then the application check."""
+        if req.endpoint == "put":
+            return self._put(req)
+        if req.path.startswith("/v1/"):
+            refused = self._authenticate(req.authorization)
+            if refused is not None:
+                return refused
+        if req.endpoint == "unknown":
+            return error_response(404, "not found")
+        app = req.params[0]
+        if self._applications is not None and app not in self._applications:
+            return error_response(404, f"application {app!r} not found")
+        endpoints = {
+            "get_application": self._get_application,
+            "uploadurl": self._upload_url,
+            "create_run": self._create_run,
+            "list_runs": self._list_runs,
+            "get_run": self._get_run,
+        }
+        try:
+            return endpoints[req.endpoint](app, req)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+
+    def _authenticate(self, authorization: str | None) -> Response | None:
+        # The messages never repeat the presented key.
+        if authorization is None:
+            return error_response(401, "missing Authorization header")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return error_response(401, "the Authorization header must be 'Bearer <api key>'")
+        if key.strip() not in self._api_keys:
+            return error_response(401, "invalid API key")
+        return None
+
+    def _get_application(self, app: str, req: Request) -> Response:
+        return json_response({"id": app, "name": app})
+
+    def _upload_url(self, app: str, req: Request) -> Response:
+        upload_id = self.store.new_upload(app)
+        url = self.signer.url(self.base_url, upload_id, self.faults.current.url_lifetime_seconds)
+        return json_response({"upload_id": upload_id, "upload_url": url})
+
+    def _put(self, req: Request) -> Response:
+        # Checks in the order S3 applies them: framing, credentials, signature, expiry, object.
+        if req.chunked or req.content_length is None:
+            return error_response(
+                501, "a presigned PUT needs Content-Length; Transfer-Encoding is not implemented"
+            )
+        if req.authorization is not None:
+            return error_response(
+                400, "only one auth mechanism allowed: the URL is presigned, drop Authorization"
+            )
+        upload_id = req.params[0]
+        refused = self.signer.check(upload_id, req.query.get("expires"), req.query.get("signature"))
+        if refused is not None:
+            return error_response(403, refused)
+        if not self.store.has_upload(upload_id):
+            return error_response(404, "no such upload")
+        receiver = self.store.receiver(upload_id, req.content_length)
+        for piece in req.body.chunks():
+            receiver.feed(piece)
+        self.store.commit_upload(receiver)
+        return Response(200)
+
+    def _create_run(self, app: str, req: Request) -> Response:
+        try:
+            raw = req.body.read(MAX_JSON_BODY)
+        except BodyError:
+            return error_response(413, "request body too large")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return error_response(400, "the request body is not valid JSON")
+        run = self.store.create_run(app, body, req.query)
+        delay = self.faults.current.post_delay_seconds
+        if delay > 0:
+            # Recorded but not yet answered: what a client sees when the API is slow to respond.
+            time.sleep(delay)
+        return json_response({"run_id": run.run_id})
+
+    def _list_runs(self, app: str, req: Request) -> Response:
+        lag = self.faults.current.list_lag_seconds
+        if req.query.get("pagereturn", "").lower() != "true":
+            runs, _ = self.store.list_runs(app, lag_seconds=lag, page_token=None, page_size=None)
+            return json_response([run_item(run) for run in runs])
+        runs, token = self.store.list_runs(
+            app, lag_seconds=lag, page_token=req.query.get("pagetoken") or None, page_size=PAGE_SIZE
+        )
+        return json_response({"runs": [run_item(run) for run in runs], "next_page_token": token})
+
+    def _get_run(self, app: str, req: Request) -> Response:
+        run_id = req.params[1]
+        run = self.store.get_run(app, run_id)
+        if run is None:
+            return error_response(404, f"run {run_id!r} not found")
+        return json_response(run_item(run))

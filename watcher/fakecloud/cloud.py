@@ -1,0 +1,201 @@
+"""`FakeCloud`, the emulator's public face, and `serve()`, which runs one in the foreground."""
+
+from __future__ import annotations
+
+import enum
+import signal
+import ssl
+import sys
+import threading
+from collections.abc import Iterable
+from types import FrameType, TracebackType
+from typing import Any, TextIO
+
+from watcher.fakecloud.api import Api
+from watcher.fakecloud.control import stats
+from watcher.fakecloud.faults import FaultInjector, Faults
+from watcher.fakecloud.records import RequestLog, RequestRecord
+from watcher.fakecloud.server import Server
+from watcher.fakecloud.store import RecordedRun, RecordedUpload, Store
+
+_POLL_SECONDS = 0.05  # how fast stop() is noticed by the accept loop
+
+
+class State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class FakeCloud:
+    """A local emulator of the Nextmv runs API on a real socket (see nextmv-api.md).
+
+    `applications=None` accepts every application id; otherwise other ids answer 404. Uploads larger
+    than `max_stored_bytes` keep only their size and sha256. Lifecycle: NEW -> RUNNING (`start`) ->
+    STOPPED (`stop`); a stopped instance cannot be restarted. All methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_keys: Iterable[str] = ("test-key",),
+        applications: Iterable[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+        max_stored_bytes: int = 64 * 2**20,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._address = (host, port)
+        self._ssl_context = ssl_context
+        self._faults = FaultInjector(faults)
+        self._store = Store(max_stored_bytes)
+        self._log = RequestLog()
+        self._api = Api(
+            store=self._store,
+            faults=self._faults,
+            log=self._log,
+            api_keys=api_keys,
+            applications=applications,
+        )
+        self._state = State.NEW
+        self._state_lock = threading.Lock()
+        self._running: tuple[Server, threading.Thread] | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. "http://127.0.0.1:41234". Raises RuntimeError before `start()`."""
+        if not self._api.base_url:
+            raise RuntimeError("FakeCloud has no URL before start()")
+        return self._api.base_url
+
+    def start(self) -> FakeCloud:
+        """Bind (port 0 picks a free one) and serve on a daemon thread. Raises RuntimeError unless NEW."""
+        with self._state_lock:
+            if self._state is not State.NEW:
+                raise RuntimeError(f"cannot start a FakeCloud that is {self._state.value}")
+            server = Server(self._address, self._api, self._ssl_context)
+            host, port = server.server_address[:2]
+            host = "127.0.0.1" if host in ("", "0.0.0.0") else str(host)  # noqa: S104 - matching, not binding
+            host = f"[{host}]" if ":" in host else host
+            scheme = "https" if self._ssl_context is not None else "http"
+            self._api.base_url = f"{scheme}://{host}:{port}"
+            thread = threading.Thread(
+                target=server.serve_forever, args=(_POLL_SECONDS,), name=f"fakecloud-{port}", daemon=True
+            )
+            thread.start()
+            self._running = (server, thread)
+            self._state = State.RUNNING
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket and open connections. Idempotent."""
+        with self._state_lock:
+            self._state = State.STOPPED
+            running, self._running = self._running, None
+        if running is None:
+            return
+        server, thread = running
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        thread.join()
+
+    def __enter__(self) -> FakeCloud:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- configuration at runtime ----------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        """A copy of the faults in force."""
+        return self._faults.current
+
+    def set_faults(self, **changes: Any) -> None:
+        """Change some `Faults` fields atomically. Raises ValueError for unknown fields or bad values."""
+        self._faults.update(changes)
+
+    def set_api_keys(self, keys: Iterable[str]) -> None:
+        """Replace the accepted API keys; requests with other keys answer 401 from now on."""
+        self._api.set_api_keys(keys)
+
+    def fail_next(
+        self,
+        endpoint: str,
+        status: int | None = None,
+        *,
+        after_processing: bool = False,
+        count: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        """Make the next `count` requests to `endpoint` fail, in order, ahead of any random fault.
+
+        `status=None` resets the connection. With `after_processing` the request is carried out
+        first (a create_run records the run) and then answered `status` or reset. `retry_after` adds
+        a Retry-After header. Raises ValueError for an unknown endpoint or a bad status.
+        """
+        self._faults.fail_next(
+            endpoint, status, after_processing=after_processing, count=count, retry_after=retry_after
+        )
+
+    # --- what happened ---------------------------------------------------------------------------
+
+    def runs(self, application_id: str | None = None) -> list[RecordedRun]:
+        """Runs created so far, oldest first, of one application or of all."""
+        return self._store.runs(application_id)
+
+    def upload(self, upload_id: str) -> RecordedUpload | None:
+        """The content last PUT to `upload_id`, or None if unknown or never PUT."""
+        return self._store.upload(upload_id)
+
+    def requests(self) -> list[RequestRecord]:
+        """Every request seen, in order of completion (control requests included, as "control")."""
+        return self._log.records()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per endpoint and status, connections accepted, runs, uploads, process CPU seconds.
+
+        `internal_errors` lists emulator bugs hit while serving; tests expect it to be empty.
+        """
+        return stats(self._api)
+
+
+def serve(
+    port: int,
+    api_keys: Iterable[str],
+    applications: Iterable[str] | None = None,
+    faults: Faults | None = None,
+    *,
+    host: str = "127.0.0.1",
+    out: TextIO | None = None,
+) -> None:
+    """Run a FakeCloud in the foreground until SIGINT or SIGTERM; must be called from the main thread.
+
+    Prints exactly one line, `fake-cloud listening on <url>`, to `out` (stdout by default) once
+    requests are accepted. Returns after stopping the server.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()  # only a flag: the loop below does the work
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cloud = FakeCloud(api_keys=api_keys, applications=applications, host=host, port=port, faults=faults)
+        with cloud:
+            stream = out if out is not None else sys.stdout
+            print(f"fake-cloud listening on {cloud.url}", file=stream, flush=True)
+            while not stop.wait(1.0):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,94 @@
+"""Logging set-up (called once, by the CLI) and the redaction of secrets.
+
+Events go to stderr: JSON lines when not on a terminal (journald keeps them), a console
+renderer on a terminal. Every event passes through `Redactor`, which removes the API key and
+anything that looks like a presigned URL's query string, wherever it appears in the event,
+including exception traces. Library code only calls `structlog.get_logger()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+REDACTED = "[REDACTED]"
+# Query strings of URLs (signatures, expiries) and bearer tokens.
+_URL_QUERY = re.compile(r"(https?://[^\s\"'?]+)\?[^\s\"']*")
+_BEARER = re.compile(r"(Bearer\s+)[^\s\"']+", re.IGNORECASE)
+# journald priorities by level, for `journalctl -p`.
+PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+class Redactor:
+    """A structlog processor that scrubs secrets from every string in the event."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add_secret(self, secret: str) -> None:
+        if secret and len(secret) >= 4:
+            with self._lock:
+                self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        with self._lock:
+            secrets = list(self._secrets)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _URL_QUERY.sub(rf"\1?{REDACTED}", text)
+        return _BEARER.sub(rf"\1{REDACTED}", text)
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._walk(v) for v in value)
+        return value
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        return {k: self._walk(v) for k, v in event.items()}
+
+
+REDACTOR = Redactor()
+
+
+def _priority(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["priority"] = PRIORITY.get(str(event.get("level", method)), 6)
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog for the process. `fmt`: json, console, or auto (console on a terminal)."""
+    stream = stream or sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_console:
+        renderer: list[structlog.typing.Processor] = [
+            structlog.processors.format_exc_info, REDACTOR, structlog.dev.ConsoleRenderer(colors=True)]
+    else:
+        renderer = [structlog.processors.dict_tracebacks, REDACTOR, _priority,
+                    structlog.processors.JSONRenderer(sort_keys=False)]
+    structlog.configure(
+        processors=[*shared, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # httpx logs every request URL at INFO; presigned URLs carry signatures. Keep them quiet.
+    for name in ("httpx", "httpcore", "watchdog"):
+        logging.getLogger(name).setLevel(logging.WARNING)

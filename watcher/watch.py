@@ -1,0 +1,148 @@
+"""The thin watchdog adapter: filesystem events become `enqueue(run_folder)` calls, nothing more.
+
+What is watched, so that 100,000 finished folders cost nothing: each watched path itself
+(non-recursively: a new or renamed-in run folder shows up there), and each run folder that
+is not complete yet (non-recursively: the marker, the input and output appear at its root).
+Finished folders are unwatched. Beyond `max_folder_watches`, incomplete folders are left to
+the caller's periodic re-check instead (`watch_folder` returns False).
+
+The handler runs on watchdog's single dispatcher thread, so it only maps a path to its run
+folder and enqueues it; all I/O happens in the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from watcher.state import PREFIX
+
+log = structlog.get_logger("watcher.watch")
+
+# Only events that can make a folder appear, complete or vanish. Not opened/closed-no-write:
+# our own reads of a folder would otherwise wake it up again.
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent,
+    FileDeletedEvent, DirDeletedEvent,
+]
+ObserverFactory = Callable[[], BaseObserver]
+
+
+def run_folder_of(path: str, roots: list[str]) -> Path | None:
+    """The run folder (direct child of a root) that `path` lies in, or None for paths to ignore:
+    dot-folders, the daemon's own `.nextmv-*` files, and anything outside the roots."""
+    for root in roots:
+        if not path.startswith(root + os.sep):
+            continue
+        parts = path[len(root) + 1:].split(os.sep)
+        if not parts[0] or parts[0].startswith("."):
+            return None
+        if len(parts) >= 2 and parts[1].startswith(PREFIX):
+            return None
+        return Path(root, parts[0])
+    return None
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        roots = self.detector.root_strings
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = os.fsdecode(raw)
+            folder = run_folder_of(path, roots)
+            if folder is not None:
+                self.detector.enqueue(folder)
+
+
+def polling_factory(interval: float) -> ObserverFactory:
+    return lambda: PollingObserver(timeout=interval)
+
+
+class Detector:
+    """Owns the observer and its watches. Thread-safe: workers call watch_folder/unwatch_folder."""
+
+    def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
+                 observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024) -> None:
+        self.roots = list(roots)
+        self.root_strings = [os.fspath(r) for r in self.roots]
+        self.enqueue = enqueue
+        self.observer_factory = observer_factory
+        self.max_folder_watches = max_folder_watches
+        self._handler = _Handler(self)
+        self._lock = threading.Lock()
+        self._observer: BaseObserver | None = None
+        self._folder_watches: dict[Path, ObservedWatch] = {}
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Start the observer with a watch on every root. Raises OSError when a root cannot be watched."""
+        with self._lock:
+            observer = self.observer_factory()
+            for root in self.roots:
+                observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
+            observer.start()
+            self._observer = observer
+            self._folder_watches.clear()
+
+    def alive(self) -> bool:
+        with self._lock:
+            return self._observer is not None and self._observer.is_alive()
+
+    def watch_folder(self, folder: Path) -> bool:
+        """Watch an incomplete folder's root. False when it cannot be (limit, error): poll it instead."""
+        with self._lock:
+            if folder in self._folder_watches:
+                return True
+            if self._observer is None or len(self._folder_watches) >= self.max_folder_watches:
+                return False
+            try:
+                watch = self._observer.schedule(self._handler, os.fspath(folder), recursive=False,
+                                                event_filter=EVENTS)
+            except OSError as exc:
+                log.warning("folder_watch_failed", folder=str(folder), error=exc.strerror or str(exc))
+                return False
+            self._folder_watches[folder] = watch
+            return True
+
+    def unwatch_folder(self, folder: Path) -> None:
+        with self._lock:
+            watch = self._folder_watches.pop(folder, None)
+            if watch is not None and self._observer is not None:
+                try:
+                    self._observer.unschedule(watch)
+                except (KeyError, OSError):
+                    pass
+
+    def folder_watch_count(self) -> int:
+        with self._lock:
+            return len(self._folder_watches)
+
+    def stop(self) -> None:
+        with self._lock:
+            observer, self._observer = self._observer, None
+            self._folder_watches.clear()
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)

@@ -1,0 +1,224 @@
+"""What happens to one folder when a worker takes it from the queue.
+
+`FolderProcessor.process(folder)` looks at the folder, does at most one tracking attempt, and
+returns when to look at it again (or None). Every outcome is decided by the error's type, in
+one table (also in the README):
+
+| failure                                    | what happens                                              |
+|--------------------------------------------|-----------------------------------------------------------|
+| presigned PUT answered 403 (URL expired)   | fresh upload URL, upload again (inside the tracker)       |
+| connection error, timeout, 429, 5xx        | retry with backoff; 429 does not count as an attempt; when|
+|                                            | every request fails, the gate pauses all work together    |
+| API answers 401 or 403 (key rejected)      | all work pauses, one error logged; no folder marked failed|
+| application not found (404)                | that application pauses (configuration error)             |
+| POST runs answered 400, 409, 413 or 422    | the folder is marked failed with the API's message        |
+| a file changed or vanished during upload   | retried later from the start, not counted                 |
+| the folder itself is invalid               | marked failed at once, naming the problem                 |
+| our own state cannot be written            | logged, retried later, not counted                        |
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from watcher.claim import Claims, LeaseKeeper
+from watcher.completion import check_completion
+from watcher.config import Config
+from watcher.errors import (
+    ApplicationNotFound,
+    AuthError,
+    ClaimLost,
+    FolderChanged,
+    InvalidFolder,
+    RejectedError,
+    RetryLater,
+    StateError,
+    TransientError,
+)
+from watcher.folder import inspect_folder
+from watcher.retry import GLOBAL, ApiGate, Backoff
+from watcher.state import StateStore
+from watcher.tracker import Tracker
+
+log = structlog.get_logger("watcher.worker")
+
+POLL_SECONDS = 2.0          # re-check of an incomplete folder that could not be watched
+CLAIM_BUSY_SECONDS = 15.0   # another process holds the claim: look again after this
+CHANGED_SECONDS = 2.0       # a folder changed under us: look again after at least this
+
+
+@dataclass
+class Counters:
+    """What the workers did, for status and tests. Updated under a lock."""
+
+    tracked: int = 0
+    failed: int = 0
+    retried: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+
+class FolderProcessor:
+    def __init__(self, config: Config, store: StateStore, claims: Claims, keeper: LeaseKeeper,
+                 tracker: Tracker, gate: ApiGate, *, watch_folder: Callable[[Path], bool],
+                 unwatch_folder: Callable[[Path], None], clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None, recheck_incomplete: bool = True) -> None:
+        self.config = config
+        self.store = store
+        self.claims = claims
+        self.keeper = keeper
+        self.tracker = tracker
+        self.gate = gate
+        self.watch_folder = watch_folder
+        self.unwatch_folder = unwatch_folder
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.recheck_incomplete = recheck_incomplete
+        self.backoff = Backoff(config.retry.backoff_initial_seconds, config.retry.backoff_max_seconds)
+        self.finished: set[Path] = set()
+        self.counters = Counters()
+        self._seen: set[Path] = set()
+
+    def process(self, folder: Path) -> float | None:
+        """Handle `folder` once; return when to look at it again, or None. Never raises."""
+        watch = self.config.watch_for(folder)
+        if watch is None:
+            return None
+        blog = log.bind(folder=str(folder), application_id=watch.application_id)
+        try:
+            return self._process(folder, blog)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; it is logged with its trace
+            blog.exception("folder_error", error=str(exc))
+            return self.clock() + self.backoff.delay(3, self.rng)
+
+    def _finish(self, folder: Path) -> None:
+        self.finished.add(folder)
+        self._seen.discard(folder)
+        self.unwatch_folder(folder)
+
+    def _process(self, folder: Path, blog: structlog.typing.FilteringBoundLogger) -> float | None:
+        watch = self.config.watch_for(folder)
+        assert watch is not None
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            self.unwatch_folder(folder)
+            self._seen.discard(folder)
+            return None
+        if self.store.tracked(folder) is not None or self.store.failed(folder) is not None:
+            self._finish(folder)
+            return None
+        now = self.clock()
+        if folder not in self._seen:
+            self._seen.add(folder)
+            blog.info("folder_detected")
+        completion = check_completion(folder, watch.files, self.config.completion, now)
+        if not completion.complete:
+            if not self.recheck_incomplete:
+                return None   # sync: an incomplete folder is left for the daemon or the next sync
+            watched = self.watch_folder(folder)
+            if completion.recheck_at is not None:
+                return completion.recheck_at
+            return None if watched else now + POLL_SECONDS
+        journal = self.store.journal(folder)
+        if journal.next_attempt_at is not None and journal.next_attempt_at > now:
+            return journal.next_attempt_at
+        if self.gate.park(watch.application_id, folder):
+            return None
+        claim = self.claims.acquire(folder)
+        if claim is None:
+            blog.debug("folder_claimed_elsewhere", holder=self.claims.holder(folder))
+            return now + CLAIM_BUSY_SECONDS
+        self.keeper.hold(claim)
+        try:
+            return self._attempt(folder, watch.application_id, watch.instance_id, blog,
+                                 lambda: self.claims.verify(claim))
+        finally:
+            self.keeper.drop(claim)
+            self.claims.release(claim)
+
+    def _attempt(self, folder: Path, app: str, default_instance: str | None,
+                 blog: structlog.typing.FilteringBoundLogger, check_claim: Callable[[], None]) -> float | None:
+        watch = self.config.watch_for(folder)
+        assert watch is not None
+        try:
+            run = inspect_folder(folder, watch.files, watch.format, self.config.completion.marker)
+            blog.info("folder_complete", status=run.status, artifacts=[a.role for a in run.artifacts])
+            outcome = self.tracker.track(run, app, run.instance_id or default_instance, check_claim)
+        except InvalidFolder as exc:
+            return self._fail(folder, blog, f"invalid folder: {exc.problem}", "invalid")
+        except RejectedError as exc:
+            return self._fail(folder, blog, f"rejected by the API: {exc}", "rejected")
+        except FolderChanged as exc:
+            blog.info("folder_retrying", reason="changed", error=exc.problem)
+            self.counters.add("retried")
+            return self.clock() + max(CHANGED_SECONDS, self.config.completion.settle_seconds)
+        except RetryLater as exc:
+            blog.info("folder_waiting", reason=str(exc))
+            return exc.at
+        except ClaimLost as exc:
+            blog.warning("folder_claim_lost", error=str(exc))
+            return self.clock() + CLAIM_BUSY_SECONDS
+        except AuthError as exc:
+            if self.gate.close(GLOBAL, "auth", str(exc)):
+                blog.error("api_paused", reason="auth", error=str(exc),
+                           hint="check the API key; work resumes by itself once it is accepted")
+            self.gate.park(app, folder)
+            return None
+        except ApplicationNotFound as exc:
+            if self.gate.close(app, "application_not_found", str(exc)):
+                blog.error("application_paused", reason="application_not_found", error=str(exc))
+            self.gate.park(app, folder)
+            return None
+        except TransientError as exc:
+            return self._transient(folder, app, blog, exc)
+        except StateError as exc:
+            blog.error("state_error", error=str(exc))
+            return self.clock() + self.backoff.delay(3, self.rng)
+        self.counters.add("tracked")
+        for warning in outcome.warnings:
+            blog.warning("folder_warning", warning=warning)
+        blog.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted)
+        self._finish(folder)
+        return None
+
+    def _transient(self, folder: Path, app: str, blog: structlog.typing.FilteringBoundLogger,
+                   exc: TransientError) -> float | None:
+        if self.gate.blocked(app) is not None and self.gate.park(app, folder):
+            blog.info("folder_parked", reason="api paused", error=str(exc))
+            return None
+        journal = self.store.journal(folder)
+        throttled = exc.status == 429
+        if not throttled:
+            journal.attempts += 1
+        journal.last_error = str(exc)
+        if journal.attempts >= self.config.retry.max_attempts:
+            return self._fail(folder, blog, f"gave up after {journal.attempts} attempts: {exc}", "exhausted")
+        delay = self.backoff.delay(max(1, journal.attempts), self.rng)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        journal.next_attempt_at = self.clock() + delay
+        self.store.save_journal(folder, journal)
+        self.counters.add("retried")
+        blog.warning("folder_retrying", reason="throttled" if throttled else "api_error", error=str(exc),
+                     attempt=journal.attempts, retry_in=round(delay, 2))
+        return journal.next_attempt_at
+
+    def _fail(self, folder: Path, blog: structlog.typing.FilteringBoundLogger, error: str, reason: str) -> None:
+        journal = self.store.journal(folder)
+        attempts = journal.attempts + (0 if reason == "exhausted" else 1)
+        self.store.mark_failed(folder, error, attempts, self.clock(), reason=reason)
+        self.store.clear_journal(folder)
+        self.counters.add("failed")
+        blog.error("folder_failed", reason=reason, error=error, attempts=attempts)
+        self._finish(folder)
+        return None
