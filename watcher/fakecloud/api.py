@@ -104,9 +104,18 @@ class Api:
         self._applications = None if applications is None else frozenset(applications)
         self._api_keys = frozenset[str]()
         self.set_api_keys(api_keys)
+        self._endpoints = {
+            "get_application": self._get_application,
+            "uploadurl": self._upload_url,
+            "create_run": self._create_run,
+            "list_runs": self._list_runs,
+            "get_run": self._get_run,
+        }
 
     def set_api_keys(self, keys: Iterable[str]) -> None:
         """Replace the accepted keys (one atomic attribute swap, so no lock is needed)."""
+        if isinstance(keys, str):
+            raise TypeError("api_keys must be a collection of keys, not one string")
         checked = frozenset(keys)
         if any(not isinstance(key, str) or not key for key in checked):
             raise ValueError("API keys must be non-empty strings")
@@ -125,15 +134,8 @@ class Api:
         app = req.params[0]
         if self._applications is not None and app not in self._applications:
             return error_response(404, f"application {app!r} not found")
-        endpoints = {
-            "get_application": self._get_application,
-            "uploadurl": self._upload_url,
-            "create_run": self._create_run,
-            "list_runs": self._list_runs,
-            "get_run": self._get_run,
-        }
         try:
-            return endpoints[req.endpoint](app, req)
+            return self._endpoints[req.endpoint](app, req)
         except ApiError as exc:
             return error_response(exc.status, exc.message)
 

@@ -8,6 +8,7 @@ No authentication and no faults. `GET /_fake/runs`, `GET /_fake/stats`, `POST /_
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from watcher.fakecloud.api import Api, Response, error_response, json_response
@@ -20,31 +21,14 @@ _MAX_BODY = 2**20
 
 def handle_control(api: Api, method: str, path: str, body: BodyReader) -> Response:
     """Answer one /_fake/ request; 400 with the reason for a bad body, 404 for an unknown one."""
+    action = _ACTIONS.get((method, path))
     try:
-        payload = _read_json(body) if method == "POST" else None
-        match (method, path):
-            case ("GET", "/_fake/runs"):
-                return json_response(all_runs_json(api.store.runs()))
-            case ("GET", "/_fake/stats"):
-                return json_response(stats(api))
-            case ("POST", "/_fake/faults"):
-                if not isinstance(payload, dict):
-                    raise ValueError("expected a JSON object of fault fields")
-                return json_response(to_json(api.faults.update(payload)))
-            case ("POST", "/_fake/keys"):
-                keys = payload.get("api_keys") if isinstance(payload, dict) else None
-                if not isinstance(keys, list):
-                    raise ValueError('expected {"api_keys": [...]}')
-                api.set_api_keys(keys)
-                return json_response({"api_keys": len(keys)})  # a count: keys are never echoed
-            case ("POST", "/_fake/fail_next"):
-                if not isinstance(payload, dict):
-                    raise ValueError("expected a JSON object with endpoint, status, after_processing, count")
-                _fail_next(api, payload)
-                return json_response({})
+        payload = _read_json(body)
+        if action is None:
+            return error_response(404, "no such control endpoint")
+        return json_response(action(api, payload))
     except (ValueError, TypeError, BodyError) as exc:
         return error_response(400, str(exc))
-    return error_response(404, "no such control endpoint")
 
 
 def stats(api: Api) -> dict[str, Any]:
@@ -63,21 +47,60 @@ def _read_json(body: BodyReader) -> object:
         raise ValueError("the request body is not valid JSON") from None
 
 
-def _fail_next(api: Api, payload: dict[str, Any]) -> None:
-    unknown = set(payload) - {"endpoint", "status", "after_processing", "count", "retry_after"}
+def _object(payload: object, expected: str) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise TypeError(f"expected a JSON object: {expected}")
+    return payload
+
+
+def _runs(api: Api, payload: object) -> object:
+    return all_runs_json(api.store.runs())
+
+
+def _stats(api: Api, payload: object) -> object:
+    return stats(api)
+
+
+def _faults(api: Api, payload: object) -> object:
+    return to_json(api.faults.update(_object(payload, "fields of Faults")))
+
+
+def _keys(api: Api, payload: object) -> object:
+    keys = _object(payload, '{"api_keys": [...]}').get("api_keys")
+    if not isinstance(keys, list):
+        raise TypeError('expected {"api_keys": [...]}')
+    api.set_api_keys(keys)
+    return {"api_keys": len(keys)}  # a count: keys are never echoed
+
+
+def _fail_next(api: Api, payload: object) -> object:
+    fields = _object(payload, "endpoint, status, after_processing, count, retry_after")
+    unknown = set(fields) - {"endpoint", "status", "after_processing", "count", "retry_after"}
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    status, count, retry_after = payload.get("status"), payload.get("count", 1), payload.get("retry_after")
+    status, count, retry_after = fields.get("status"), fields.get("count", 1), fields.get("retry_after")
     if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-        raise ValueError("status must be an integer or null")
+        raise TypeError("status must be an integer or null")
     if isinstance(count, bool) or not isinstance(count, int):
-        raise ValueError("count must be an integer")
-    if retry_after is not None and (isinstance(retry_after, bool) or not isinstance(retry_after, int | float)):
-        raise ValueError("retry_after must be a number or null")
+        raise TypeError("count must be an integer")
+    if retry_after is not None and (
+        isinstance(retry_after, bool) or not isinstance(retry_after, int | float)
+    ):
+        raise TypeError("retry_after must be a number or null")
     api.faults.fail_next(
-        str(payload.get("endpoint")),
+        str(fields.get("endpoint")),
         status,
-        after_processing=bool(payload.get("after_processing", False)),
+        after_processing=bool(fields.get("after_processing", False)),
         count=count,
         retry_after=None if retry_after is None else float(retry_after),
     )
+    return {}
+
+
+_ACTIONS: dict[tuple[str, str], Callable[[Api, object], object]] = {
+    ("GET", "/_fake/runs"): _runs,
+    ("GET", "/_fake/stats"): _stats,
+    ("POST", "/_fake/faults"): _faults,
+    ("POST", "/_fake/keys"): _keys,
+    ("POST", "/_fake/fail_next"): _fail_next,
+}

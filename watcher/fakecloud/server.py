@@ -9,6 +9,7 @@ closes the socket with SO_LINGER 0, which makes the kernel send RST instead of F
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import socket
 import socketserver
@@ -24,10 +25,11 @@ from urllib.parse import parse_qsl
 from watcher.fakecloud.api import Api, Request, Response, error_response, route
 from watcher.fakecloud.body import BodyError, BodyReader
 from watcher.fakecloud.control import handle_control
-from watcher.fakecloud.faults import Injected
+from watcher.fakecloud.faults import ENDPOINTS, Decision, Injected
 from watcher.fakecloud.records import RequestRecord
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_NO_FAULT = Decision()
 
 
 class Server(ThreadingHTTPServer):
@@ -125,8 +127,17 @@ class Handler(BaseHTTPRequestHandler):
         chunked = transfer is not None and "chunked" in transfer.lower()
         content_length = _content_length(headers.get("Content-Length"))
         record = _Recorder(
-            self, endpoint, path, headers.get("Authorization") is not None, content_length, chunked,
-            headers.get("Content-Type"),
+            self,
+            RequestRecord(
+                endpoint=endpoint,
+                method=self.command,
+                path=path,
+                status=None,
+                has_authorization=headers.get("Authorization") is not None,
+                content_length=None if content_length == -1 else content_length,
+                chunked=chunked,
+                content_type=headers.get("Content-Type"),
+            ),
         )
         if content_length == -1 or (transfer is not None and not chunked):
             record.send(error_response(400, "malformed Content-Length or Transfer-Encoding"), close=True)
@@ -136,15 +147,23 @@ class Handler(BaseHTTPRequestHandler):
             if endpoint == "control":
                 record.send(handle_control(api, self.command, path, body))
                 return
-            decision = api.faults.decide(endpoint)
+            # Unknown paths are never faulted: their 404 is the answer under test.
+            decision = api.faults.decide(endpoint) if endpoint in ENDPOINTS else _NO_FAULT
             if decision.latency > 0:
                 time.sleep(decision.latency)
             if decision.before is not None:
                 record.inject(decision.before, body)
                 return
             request = Request(
-                self.command, path, endpoint, params, dict(parse_qsl(query_string, keep_blank_values=True)),
-                headers.get("Authorization"), None if chunked else content_length, chunked, body,
+                method=self.command,
+                path=path,
+                endpoint=endpoint,
+                params=params,
+                query=dict(parse_qsl(query_string, keep_blank_values=True)),
+                authorization=headers.get("Authorization"),
+                content_length=None if chunked else content_length,
+                chunked=chunked,
+                body=body,
             )
             response = api.handle(request)
             body.drain()
@@ -184,20 +203,16 @@ class Handler(BaseHTTPRequestHandler):
 class _Recorder:
     """Sends or withholds the response for one request and records what happened."""
 
-    def __init__(
-        self, handler: Handler, endpoint: str, path: str, has_authorization: bool,
-        content_length: int | None, chunked: bool, content_type: str | None,
-    ) -> None:
+    def __init__(self, handler: Handler, template: RequestRecord) -> None:
         self._handler = handler
-        self._fields = (endpoint, handler.command, path)
-        self._details = (has_authorization, None if content_length == -1 else content_length, chunked, content_type)
+        self._template = template  # everything but the status
         self._done = False
 
     def _record(self, status: int | None) -> None:
         if not self._done:
             self._done = True
-            endpoint, method, path = self._fields
-            cast(Server, self._handler.server).api.log.add(RequestRecord(endpoint, method, path, status, *self._details))
+            record = dataclasses.replace(self._template, status=status)
+            cast(Server, self._handler.server).api.log.add(record)
 
     def send(self, response: Response, close: bool = False) -> None:
         self._record(response.status)

@@ -27,8 +27,9 @@ class UrlSigner:
 
     def url(self, base_url: str, upload_id: str, lifetime_seconds: float) -> str:
         """The presigned URL for `upload_id`, valid for `lifetime_seconds` (<= 0: already expired)."""
-        # Millisecond precision so sub-second lifetimes (used by tests) behave as configured.
-        expires = f"{self._clock() + lifetime_seconds:.3f}"
+        # Millisecond precision so sub-second lifetimes (used by tests) behave as configured; rounded
+        # down so a lifetime of 0 is expired at once.
+        expires = f"{math.floor((self._clock() + lifetime_seconds) * 1000) / 1000:.3f}"
         signature = self._signature(upload_id, expires)
         return f"{base_url}/_uploads/{upload_id}?expires={expires}&signature={signature}"
 

@@ -310,4 +310,3 @@ def all_runs_json(runs: Iterable[RecordedRun]) -> list[dict[str, Any]]:
         }
         for run in runs
     ]
-
