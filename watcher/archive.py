@@ -75,7 +75,7 @@ def archive_members(artifact_path: Path, is_dir: bool, *, root: Path | None = No
                 stack.append((path, arcname + "/", ancestors | {key}))
             else:
                 _check_name(arcname, root_path, rel)
-                found.append((arcname, Path(path)))
+                found.append((arcname, artifact_path / arcname))
     found.sort(key=lambda member: member[0])
     return found
 

@@ -215,6 +215,7 @@ def parse_config(
     state_dir = v.path(state_raw) or default_state_dir(env)
 
     watches: list[WatchConfig] = []
+    indexes: list[int] = []  # each watch's position in the file, for problem messages
     watch_raw = root.get("watch")
     if watch_raw is None or watch_raw == []:
         v.problem("watch: at least one watched path is required")
@@ -225,7 +226,8 @@ def parse_config(
             w = v.watch(item, f"watch[{i}]", files)
             if w is not None:
                 watches.append(w)
-        v.no_overlap(watches)
+                indexes.append(i)
+        v.no_overlap(watches, indexes)
 
     comp = v.mapping(root.get("completion", {}), "completion", set(DEFAULTS["completion"]))
     marker = v.get(comp, "completion", "marker", (str, type(None)), DEFAULTS)
@@ -363,7 +365,7 @@ class _Validator:
 
     def watch(self, raw: object, where: str, files: FilesConfig) -> WatchConfig | None:
         item = self.mapping(raw, where, {"path", "application_id", "instance_id", "format", "files"})
-        if not item:
+        if not isinstance(raw, dict):
             return None
         path_raw = item.get("path")
         app = item.get("application_id")
@@ -390,11 +392,11 @@ class _Validator:
         return WatchConfig(path=Path(os.path.abspath(path)), application_id=app, instance_id=instance,
                            format=fmt, files=watch_files)
 
-    def no_overlap(self, watches: list[WatchConfig]) -> None:
+    def no_overlap(self, watches: list[WatchConfig], indexes: list[int]) -> None:
         for i, a in enumerate(watches):
             for j, b in enumerate(watches[i + 1:], start=i + 1):
                 if a.path == b.path or a.path in b.path.parents or b.path in a.path.parents:
-                    self.problem(f"watch[{j}].path: {b.path} overlaps watch[{i}].path {a.path}")
+                    self.problem(f"watch[{indexes[j]}].path: {b.path} overlaps watch[{indexes[i]}].path {a.path}")
 
 
 def _join(where: str, key: str) -> str:

@@ -17,6 +17,7 @@ changed while it was being uploaded.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -59,8 +60,10 @@ class Artifact:
 
     def named_members(self) -> list[Member]:
         """`(arcname, path)` of every file that makes up the artifact, sorted (see `archive_members`)."""
-        if self.members or self.is_dir:
-            return list(self.members) if self.members else archive_members(self.path, True)
+        if self.members:
+            return list(self.members)
+        if self.is_dir:  # an Artifact built by hand, not by inspect_folder: walk it now
+            return archive_members(self.path, True)
         return [(self.path.name, self.path)]
 
     def member_paths(self) -> list[Path]:
@@ -102,7 +105,8 @@ def find_candidates(
     In: the run folder, the role's names ('/'-suffixed: a directory; globs allowed), the completion
     marker and further names to leave out. Out: sorted entry names, directories with a trailing '/'.
     A symlink counts as what it points to. Ignored: dotfiles, `IGNORED_PATTERNS`, the marker, `exclude`.
-    Raises: `OSError` from `os.scandir` (FileNotFoundError when the folder vanished).
+    Raises: `OSError` from listing the folder or examining an entry (FileNotFoundError when the folder
+    vanished, PermissionError); a broken symlink is not an error.
     """
     found: set[str] = set()
     with os.scandir(path) as it:
@@ -111,9 +115,11 @@ def find_candidates(
             if _ignored(name, marker) or name in exclude:
                 continue
             try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
+                is_dir = stat.S_ISDIR(entry.stat().st_mode)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise
+                is_dir = False  # a broken symlink: a file candidate, refused later by name
             for pattern in names:
                 if pattern.endswith("/"):
                     if is_dir and fnmatchcase(name, pattern[:-1]):

@@ -147,7 +147,7 @@ class _Spool:
             fd, name = tempfile.mkstemp(dir=self.directory, prefix=SPOOL_PREFIX, suffix=suffix)
         except OSError as e:
             raise _state_error(self.directory, e) from e
-        path = Path(name)
+        path = self.directory / Path(name).name  # keeps the caller's Path type
         self.files.append(path)
         try:
             with os.fdopen(fd, "wb") as dest:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -95,19 +96,20 @@ class FolderProcessor:
         watch = self.config.watch_for(folder)
         if watch is None:
             return None
-        blog = log.bind(folder=str(folder), application_id=watch.application_id)
-        try:
-            return self._process(folder, blog)
-        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; it is logged with its trace
-            blog.exception("folder_error", error=str(exc))
-            return self.clock() + self.backoff.delay(3, self.rng)
+        # Bound in the context, so every event of this folder (the tracker's too) names it.
+        with structlog.contextvars.bound_contextvars(folder=str(folder), application_id=watch.application_id):
+            try:
+                return self._process(folder, log)
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; it is logged with its trace
+                log.exception("folder_error", error=str(exc))
+                return self.clock() + self.backoff.delay(3, self.rng)
 
     def _finish(self, folder: Path) -> None:
         self.finished.add(folder)
         self._seen.discard(folder)
         self.unwatch_folder(folder)
 
-    def _process(self, folder: Path, blog: structlog.typing.FilteringBoundLogger) -> float | None:
+    def _process(self, folder: Path, blog: Any) -> float | None:
         watch = self.config.watch_for(folder)
         assert watch is not None
         if not os.path.isdir(folder) or os.path.islink(folder):
@@ -147,7 +149,7 @@ class FolderProcessor:
             self.claims.release(claim)
 
     def _attempt(self, folder: Path, app: str, default_instance: str | None,
-                 blog: structlog.typing.FilteringBoundLogger, check_claim: Callable[[], None]) -> float | None:
+                 blog: Any, check_claim: Callable[[], None]) -> float | None:
         watch = self.config.watch_for(folder)
         assert watch is not None
         try:
@@ -191,7 +193,7 @@ class FolderProcessor:
         self._finish(folder)
         return None
 
-    def _transient(self, folder: Path, app: str, blog: structlog.typing.FilteringBoundLogger,
+    def _transient(self, folder: Path, app: str, blog: Any,
                    exc: TransientError) -> float | None:
         if self.gate.blocked(app) is not None and self.gate.park(app, folder):
             blog.info("folder_parked", reason="api paused", error=str(exc))
@@ -213,7 +215,7 @@ class FolderProcessor:
                      attempt=journal.attempts, retry_in=round(delay, 2))
         return journal.next_attempt_at
 
-    def _fail(self, folder: Path, blog: structlog.typing.FilteringBoundLogger, error: str, reason: str) -> None:
+    def _fail(self, folder: Path, blog: Any, error: str, reason: str) -> None:
         journal = self.store.journal(folder)
         attempts = journal.attempts + (0 if reason == "exhausted" else 1)
         self.store.mark_failed(folder, error, attempts, self.clock(), reason=reason)

@@ -1,0 +1,53 @@
+"""Fixtures shared by the suite: the emulator on loopback, watched directories, the daemon process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import API_KEY, Daemon, write_config  # noqa: E402
+
+from watcher.fakecloud import FakeCloud  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def cloud() -> Iterator[FakeCloud]:
+    with FakeCloud(api_keys=[API_KEY]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, cloud: FakeCloud) -> Iterator[Callable[..., Daemon]]:
+    """Make (not start) daemons: factory(watched=[(path, app)], **config overrides)."""
+    made: list[Daemon] = []
+
+    def make(watched: list[tuple[Path, str]], env: dict[str, str] | None = None, **overrides: object) -> Daemon:
+        n = len(made)
+        config = write_config(tmp_path / f"config-{n}.yaml", cloud.url, watched, tmp_path / "state", **overrides)
+        daemon = Daemon(config, tmp_path / f"daemon-{n}.log", env=env)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for d in made:
+        if d.alive():
+            d.kill()

@@ -1,0 +1,127 @@
+"""Shared test helpers: waiting on conditions, writing run folders, running the real daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRACKED = ".nextmv-tracked.json"
+FAILED = ".nextmv-failed.json"
+API_KEY = "test-key"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def write_folder(root: Path, name: str, files: dict[str, str | bytes], *, marker: str | None = "DONE",
+                 via_dot: bool = True) -> Path:
+    """Write a run folder the safe way (a dot-folder renamed into place), with the marker last."""
+    target = root / name
+    work = root / f".tmp-{name}" if via_dot else target
+    for rel, content in files.items():
+        path = work / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    if marker:
+        (work / marker).touch()
+    if via_dot:
+        work.rename(target)
+    return target
+
+
+def marker(folder: Path, name: str = TRACKED) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / name).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_config(path: Path, cloud_url: str, watched: list[tuple[Path, str]], state_dir: Path,
+                 **overrides: Any) -> Path:
+    config: dict[str, Any] = {
+        "api": {"url": cloud_url, "connect_timeout_seconds": 2, "read_timeout_seconds": 5},
+        "state_dir": str(state_dir),
+        "watch": [{"path": str(p), "application_id": app} for p, app in watched],
+        "completion": {"marker": "DONE"},
+        "workers": 4,
+        "retry": {"max_attempts": 10, "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.5},
+        "logging": {"format": "json", "level": "debug"},
+        "reconcile_seconds": 60,
+        "drain_timeout_seconds": 10,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Daemon:
+    """The real `nextmv-watcher run` process; stderr goes to a file that `events()` parses."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = {**os.environ, "NEXTMV_API_KEY": API_KEY, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "watcher", "run", "--config", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=self._log, env=self.env)
+        return self
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "<unparsed>", "line": line})
+        return out
+
+    def names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        wait_for(lambda: "startup_scan_done" in self.names(), timeout, "daemon start-up scan")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()

@@ -1,0 +1,418 @@
+"""load_config and the default resolvers: typed values out, or one error naming every problem by key path."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from watcher.config import (
+    DEFAULT_CONFIG_PATH,
+    ApiConfig,
+    Config,
+    default_state_dir,
+    key_file_is_shared,
+    load_config,
+    resolve_api_key,
+    resolve_config_path,
+)
+from watcher.errors import ConfigError
+
+ENV = {"STATE_DIRECTORY": "/var/lib/nextmv-watcher"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, env=ENV)
+    assert excinfo.value.source == str(path)
+    assert str(path) in str(excinfo.value)
+    return excinfo.value.problems
+
+
+def problem_at(found: list[str], key: str) -> str:
+    """The one problem reported for `key` (its text starts with the key path)."""
+    hits = [p for p in found if p.startswith(f"{key}:")]
+    assert len(hits) == 1, f"expected one problem for {key}, got {hits} in {found}"
+    return hits[0]
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+def api(key_file: Path | None = None, key_env: str = "NEXTMV_API_KEY") -> ApiConfig:
+    return ApiConfig(url="https://api.example", key_env=key_env, key_file=key_file, ca_bundle=None,
+                     connect_timeout_seconds=1.0, read_timeout_seconds=1.0)
+
+
+# --- valid files ---------------------------------------------------------------------------------
+
+
+def test_a_full_config_is_read_into_typed_values(tmp_path: Path, runs: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    ca = write(tmp_path / "ca.pem", "cert")
+    path = write(tmp_path / "config.yaml", f"""
+        api:
+          url: https://api.example.test/
+          key_env: MY_KEY
+          key_file: {tmp_path}/key
+          ca_bundle: {ca}
+          connect_timeout_seconds: 3
+          read_timeout_seconds: 7.5
+        state_dir: {tmp_path}/state
+        files:
+          input: [in.json]
+          output: out.json
+          logs: [log.txt, err/]
+          status: st.json
+        watch:
+          - path: {runs}
+            application_id: app-a
+            instance_id: inst-1
+            format: {{input: json, output: multi-file}}
+          - path: {other}
+            application_id: app-b
+            files: {{input: [special.json]}}
+        completion: {{marker: DONE, settle_seconds: 0}}
+        workers: 3
+        retry: {{max_attempts: 2, backoff_initial_seconds: 0.5, backoff_max_seconds: 9}}
+        logging: {{format: json, level: DEBUG}}
+        reconcile_seconds: 12
+        drain_timeout_seconds: 0
+    """)
+
+    config = load_config(path, env=ENV)
+
+    assert config.source == str(path)
+    assert config.api.url == "https://api.example.test"  # trailing slash dropped
+    assert config.api.key_env == "MY_KEY"
+    assert config.api.key_file == tmp_path / "key"
+    assert config.api.ca_bundle == ca
+    assert config.api.connect_timeout_seconds == 3.0
+    assert config.api.read_timeout_seconds == 7.5
+    assert config.state_dir == tmp_path / "state"
+    assert config.files.input == ("in.json",)
+    assert config.files.output == ("out.json",)
+    assert config.files.logs == ("log.txt", "err/")
+    assert config.files.status == "st.json"
+    first, second = config.watch
+    assert (first.path, first.application_id, first.instance_id) == (runs, "app-a", "inst-1")
+    assert (first.format.input, first.format.output) == ("json", "multi-file")
+    assert first.files == config.files
+    assert (second.path, second.application_id, second.instance_id) == (other, "app-b", None)
+    # A watched path overrides only the roles it names and inherits the rest.
+    assert second.files.input == ("special.json",)
+    assert second.files.output == ("out.json",)
+    assert second.files.status == "st.json"
+    assert (config.completion.marker, config.completion.settle_seconds) == ("DONE", 0.0)
+    assert config.workers == 3
+    assert (config.retry.max_attempts, config.retry.backoff_initial_seconds,
+            config.retry.backoff_max_seconds) == (2, 0.5, 9.0)
+    assert (config.logging.format, config.logging.level) == ("json", "debug")
+    assert config.reconcile_seconds == 12.0
+    assert config.drain_timeout_seconds == 0.0
+
+
+def test_only_watch_is_required_and_the_rest_takes_defaults(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        watch:
+          - path: {runs}
+            application_id: app
+    """)
+
+    config = load_config(path, env={"XDG_STATE_HOME": str(tmp_path / "xdg")})
+
+    assert config.api == ApiConfig(url="https://api.cloud.nextmv.io", key_env="NEXTMV_API_KEY", key_file=None,
+                                   ca_bundle=None, connect_timeout_seconds=10.0, read_timeout_seconds=60.0)
+    assert config.state_dir == tmp_path / "xdg" / "nextmv-watcher"
+    assert config.files.input == ("input.json", "input.*", "input/")
+    assert config.files.output == ("output.json", "output.*", "output/")
+    assert config.files.logs == ("logs.txt", "logs.log")
+    assert config.files.status == "status.json"
+    (watch,) = config.watch
+    assert watch.instance_id is None
+    assert (watch.format.input, watch.format.output) == ("auto", "auto")
+    assert watch.files == config.files
+    assert (config.completion.marker, config.completion.settle_seconds) == (None, 5.0)
+    assert config.workers == 8
+    assert (config.retry.max_attempts, config.retry.backoff_initial_seconds,
+            config.retry.backoff_max_seconds) == (10, 1.0, 600.0)
+    assert (config.logging.format, config.logging.level) == ("auto", "info")
+    assert (config.reconcile_seconds, config.drain_timeout_seconds) == (300.0, 30.0)
+
+
+def test_relative_paths_are_resolved_against_the_config_files_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf_dir = tmp_path / "etc"
+    (conf_dir / "runs").mkdir(parents=True)
+    write(conf_dir / "ca.pem", "cert")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = write(conf_dir / "config.yaml", """
+        api: {key_file: secrets/key, ca_bundle: ca.pem}
+        state_dir: state
+        watch:
+          - path: runs
+            application_id: app
+    """)
+
+    config = load_config(path, env=ENV)
+
+    assert config.api.key_file == conf_dir / "secrets" / "key"
+    assert config.api.ca_bundle == conf_dir / "ca.pem"
+    assert config.state_dir == conf_dir / "state"
+    assert config.watch[0].path == conf_dir / "runs"
+
+
+# --- invalid files: every problem at once --------------------------------------------------------
+
+
+def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs: Path) -> None:
+    inner = runs / "inner"
+    inner.mkdir()
+    path = write(tmp_path / "config.yaml", f"""
+        wokers: 3
+        api:
+          urll: https://x
+          read_timeout_seconds: true
+          connect_timeout_seconds: -2
+        workers: "8"
+        reconcile_seconds: false
+        drain_timeout_seconds: -1
+        completion: {{settle_seconds: -0.5}}
+        retry: {{max_attempts: 0}}
+        logging: {{level: loud, format: xml}}
+        watch:
+          - path: {runs}
+            application_id: app-a
+            format: {{input: yaml}}
+            formatt: {{}}
+          - path: {tmp_path}/other
+          - path: {tmp_path}/missing
+            application_id: app-c
+          - path: {inner}
+            application_id: app-d
+    """)
+    (tmp_path / "other").mkdir()
+
+    found = problems(path)
+
+    assert "unknown key" in problem_at(found, "wokers")
+    assert "unknown key" in problem_at(found, "api.urll")
+    assert "unknown key" in problem_at(found, "watch[0].formatt")
+    assert "boolean" in problem_at(found, "api.read_timeout_seconds")
+    assert "boolean" in problem_at(found, "reconcile_seconds")
+    assert problem_at(found, "workers") == "workers: must be an integer, got str"
+    assert "greater than 0" in problem_at(found, "api.connect_timeout_seconds")
+    assert "negative" in problem_at(found, "drain_timeout_seconds")
+    assert "negative" in problem_at(found, "completion.settle_seconds")
+    assert "at least 1" in problem_at(found, "retry.max_attempts")
+    assert "'loud'" in problem_at(found, "logging.level")
+    assert "'xml'" in problem_at(found, "logging.format")
+    assert "'yaml'" in problem_at(found, "watch[0].format.input")
+    assert "required" in problem_at(found, "watch[1].application_id")
+    assert "does not exist" in problem_at(found, "watch[2].path")
+    overlap = problem_at(found, "watch[3].path")
+    assert "overlaps watch[0].path" in overlap
+    assert len(found) == 16
+
+
+def test_booleans_are_refused_where_numbers_or_strings_are_expected(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        workers: true
+        retry: {{max_attempts: false}}
+        api: {{url: true}}
+        watch: [{{path: {runs}, application_id: app}}]
+    """)
+
+    found = problems(path)
+
+    assert problem_at(found, "workers") == "workers: must be an integer, not a boolean"
+    assert problem_at(found, "retry.max_attempts") == "retry.max_attempts: must be an integer, not a boolean"
+    assert problem_at(found, "api.url") == "api.url: must be a string, not a boolean"
+
+
+@pytest.mark.parametrize(("second", "overlapping"), [("same", True), ("child", True), ("sibling", False)])
+def test_watched_paths_must_not_overlap(tmp_path: Path, runs: Path, second: str, overlapping: bool) -> None:
+    other = {"same": runs, "child": runs / "sub", "sibling": tmp_path / "sibling"}[second]
+    other.mkdir(exist_ok=True)
+    path = write(tmp_path / "config.yaml", f"""
+        watch:
+          - {{path: {other}, application_id: b}}
+          - {{path: {runs}, application_id: a}}
+    """)
+
+    if overlapping:
+        assert "overlaps watch[0].path" in problem_at(problems(path), "watch[1].path")
+    else:
+        assert len(load_config(path, env=ENV).watch) == 2
+
+
+def test_a_watched_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "afile", "")
+    path = write(tmp_path / "config.yaml", f"watch: [{{path: {tmp_path}/afile, application_id: a}}]\n")
+
+    assert "not a directory" in problem_at(problems(path), "watch[0].path")
+
+
+def test_an_empty_watch_entry_reports_its_missing_keys(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.yaml", "watch: [{}]\n")
+
+    found = problems(path)
+
+    assert "required" in problem_at(found, "watch[0].path")
+    assert "required" in problem_at(found, "watch[0].application_id")
+
+
+@pytest.mark.parametrize("watch", ["", "watch: []\n", "watch: {path: /x}\n"])
+def test_at_least_one_watched_path_is_required(tmp_path: Path, watch: str) -> None:
+    path = write(tmp_path / "config.yaml", watch)
+
+    assert problem_at(problems(path), "watch")
+
+
+def test_other_value_problems_name_their_keys(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        api: {{url: ftp://example, ca_bundle: {tmp_path}/nope.pem}}
+        files: {{input: [], logs: [sub/logs.txt], status: .hidden}}
+        completion: {{marker: a/DONE}}
+        watch: [{{path: {runs}, application_id: app}}]
+    """)
+
+    found = problems(path)
+
+    assert "http://" in problem_at(found, "api.url")
+    assert "is not a file" in problem_at(found, "api.ca_bundle")
+    assert "non-empty list" in problem_at(found, "files.input")
+    assert "plain name" in problem_at(found, "files.logs")
+    assert "plain file name" in problem_at(found, "files.status")
+    assert "plain file name" in problem_at(found, "completion.marker")
+
+
+def test_a_section_that_is_not_a_mapping_is_reported(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        api: [1, 2]
+        watch: [{{path: {runs}, application_id: app}}]
+    """)
+
+    assert problem_at(problems(path), "api") == "api: must be a mapping"
+
+
+def test_invalid_yaml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.yaml", "watch: [unclosed\n")
+
+    (problem,) = problems(path)
+
+    assert problem.startswith("not valid YAML")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    (problem,) = problems(tmp_path / "absent.yaml")
+
+    assert problem.startswith("cannot read the configuration file")
+
+
+# --- Config.watch_for ----------------------------------------------------------------------------
+
+
+def test_watch_for_finds_the_watched_path_of_a_direct_child_only(tmp_path: Path, runs: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    path = write(tmp_path / "config.yaml", f"""
+        watch:
+          - {{path: {runs}, application_id: a}}
+          - {{path: {other}, application_id: b}}
+    """)
+    config: Config = load_config(path, env=ENV)
+
+    found = config.watch_for(other / "run-1")
+    assert found is not None
+    assert found.application_id == "b"
+    assert config.watch_for(runs / "run-1" / "nested") is None
+    assert config.watch_for(runs) is None
+    assert config.watch_for(tmp_path / "unwatched" / "run-1") is None
+
+
+# --- resolvers -----------------------------------------------------------------------------------
+
+
+def test_config_path_comes_from_the_argument_then_the_environment_then_the_default() -> None:
+    env = {"NEXTMV_WATCHER_CONFIG": "/env/config.yaml"}
+
+    assert resolve_config_path("/arg/config.yaml", env) == Path("/arg/config.yaml")
+    assert resolve_config_path(None, env) == Path("/env/config.yaml")
+    assert resolve_config_path(None, {}) == DEFAULT_CONFIG_PATH
+    assert resolve_config_path(None, {"NEXTMV_WATCHER_CONFIG": ""}) == DEFAULT_CONFIG_PATH
+
+
+def test_api_key_comes_from_key_file_first(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "key", "  from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    write(creds / "nextmv-api-key", "from-credentials")
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "NEXTMV_API_KEY": "from-env"}
+
+    assert resolve_api_key(api(key_file), env) == ("from-file", str(key_file))
+    assert resolve_api_key(api(), env) == ("from-credentials", str(creds / "nextmv-api-key"))
+    assert resolve_api_key(api(), {"NEXTMV_API_KEY": "from-env"}) == ("from-env", "$NEXTMV_API_KEY")
+    assert resolve_api_key(api(key_env="OTHER"), {"OTHER": " k2 "}) == ("k2", "$OTHER")
+
+
+def test_an_empty_key_file_falls_through_to_the_next_source(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "key", "\n")
+
+    assert resolve_api_key(api(key_file), {"NEXTMV_API_KEY": "from-env"}) == ("from-env", "$NEXTMV_API_KEY")
+
+
+def test_an_unreadable_key_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        resolve_api_key(api(tmp_path / "missing"), {"NEXTMV_API_KEY": "from-env"})
+
+    (problem,) = excinfo.value.problems
+    assert problem.startswith("api.key_file: cannot read")
+
+
+def test_no_api_key_anywhere_is_a_config_error_listing_where_it_looked(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+
+    with pytest.raises(ConfigError) as excinfo:
+        resolve_api_key(api(), {"CREDENTIALS_DIRECTORY": str(creds), "NEXTMV_API_KEY": "  "})
+
+    (problem,) = excinfo.value.problems
+    assert "no API key found" in problem
+    assert str(creds / "nextmv-api-key") in problem
+    assert "$NEXTMV_API_KEY" in problem
+
+
+@pytest.mark.parametrize(("mode", "shared"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True)])
+def test_key_file_is_shared_when_others_can_read_it(tmp_path: Path, mode: int, shared: bool) -> None:
+    key = write(tmp_path / "key", "k")
+    os.chmod(key, mode)
+
+    assert key_file_is_shared(key) is shared
+
+
+def test_a_missing_key_file_is_not_reported_as_shared(tmp_path: Path) -> None:
+    assert key_file_is_shared(tmp_path / "missing") is False
+
+
+def test_default_state_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b", "XDG_STATE_HOME": "/xdg"}) == \
+        Path("/var/lib/a")
+    assert default_state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/nextmv-watcher")
+    assert default_state_dir({}) == tmp_path / "home" / ".local" / "state" / "nextmv-watcher"
