@@ -11,9 +11,9 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import API_KEY, Daemon, write_config  # noqa: E402
+from helpers import API_KEY, Daemon, write_config
 
-from watcher.fakecloud import FakeCloud  # noqa: E402
+from watcher.fakecloud import FakeCloud
 
 
 @pytest.fixture(autouse=True)

@@ -48,8 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_, description=help_)
-        return c
+        return sub.add_parser(name, help=help_, description=help_)
 
     def with_config(c: argparse.ArgumentParser) -> None:
         c.add_argument("--config", metavar="F", help="config file (default: $NEXTMV_WATCHER_CONFIG, "

@@ -195,22 +195,20 @@ class NextmvClient:
         while True:
             attempt += 1
             started = time.monotonic()
+            status: int | None = None
             try:
                 resp = self._http.request(method, url, params=params, headers=hdrs,
                                           content=body_bytes if content is None else content())
-            except httpx.TimeoutException as exc:
+            except httpx.TransportError as exc:   # timeouts included
                 err: ApiError = self._network_error(endpoint, exc, uncertain_after_send)
-                resp = None
-            except httpx.TransportError as exc:
-                err = self._network_error(endpoint, exc, uncertain_after_send)
-                resp = None
             else:
+                status = resp.status_code
                 err_or_none = _status_error(endpoint, resp, app, uncertain_after_send)
                 if err_or_none is None:
-                    self._observe(endpoint, resp.status_code, started, None)
+                    self._observe(endpoint, status, started, None)
                     return resp
                 err = err_or_none
-            self._observe(endpoint, None if resp is None else resp.status_code, started, _kind(err))
+            self._observe(endpoint, status, started, _kind(err))
             retry_after = err.retry_after if isinstance(err, TransientError) else None
             retryable = isinstance(err, TransientError) and not isinstance(err, UncertainError | UploadExpired)
             if not retryable or attempt >= (attempts or self.attempts) or self.cancel.is_set():

@@ -23,8 +23,8 @@ class Backoff:
     maximum: float
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        base = min(self.maximum, self.initial * (2 ** max(0, min(attempt - 1, 32))))
-        r = (rng or random).random()
+        base = float(min(self.maximum, self.initial * (2.0 ** max(0, min(attempt - 1, 32)))))
+        r: float = (rng or random).random()
         return base / 2 + base / 2 * r
 
 

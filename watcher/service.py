@@ -89,8 +89,8 @@ class Service:
                                lookup=self.lookup, clock=clock)
         self.claims = Claims(clock=clock, fallback_dir=self.store.fallback_dir)
         self.keeper = LeaseKeeper(self.claims)
-        self.detector = Detector([w.path for w in config.watch], self._enqueue,
-                                 **({"observer_factory": observer_factory} if observer_factory else {}))
+        self.detector = (Detector([w.path for w in config.watch], self._enqueue, observer_factory=observer_factory)
+                         if observer_factory else Detector([w.path for w in config.watch], self._enqueue))
         self.processor = FolderProcessor(
             config, self.store, self.claims, self.keeper, self.tracker, self.gate,
             watch_folder=self._watch_folder, unwatch_folder=self.detector.unwatch_folder, clock=clock,

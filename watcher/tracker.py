@@ -35,7 +35,7 @@ from watcher.state import Intent, Journal, StateStore, UploadRecord
 
 log = structlog.get_logger("watcher.tracker")
 
-TOKEN_PREFIX = "nextmv-watcher:"
+TOKEN_PREFIX = "nextmv-watcher:"  # noqa: S105 - a label, not a secret
 URL_LIFETIME_SECONDS = 15 * 60
 # An upload id is reused after a restart only while it has this much of its lifetime left.
 REUSE_MARGIN_SECONDS = 3 * 60
@@ -200,9 +200,9 @@ class Tracker:
             except BaseException as exc:  # noqa: BLE001 - re-raised below after the others finish
                 first_error = exc
         for fut in futures:
-            exc = fut.exception()
-            if exc is not None and first_error is None:
-                first_error = exc
+            err = fut.exception()
+            if err is not None and first_error is None:
+                first_error = err
         if first_error is not None:
             raise first_error
         return ids

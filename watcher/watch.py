@@ -12,6 +12,7 @@ folder and enqueues it; all I/O happens in the workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -130,10 +131,8 @@ class Detector:
         with self._lock:
             watch = self._folder_watches.pop(folder, None)
             if watch is not None and self._observer is not None:
-                try:
+                with contextlib.suppress(KeyError, OSError):
                     self._observer.unschedule(watch)
-                except (KeyError, OSError):
-                    pass
 
     def folder_watch_count(self) -> int:
         with self._lock:

@@ -19,7 +19,6 @@ one table (also in the README):
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -100,7 +99,7 @@ class FolderProcessor:
         with structlog.contextvars.bound_contextvars(folder=str(folder), application_id=watch.application_id):
             try:
                 return self._process(folder, log)
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker; it is logged with its trace
+            except Exception as exc:  # a bug must not kill the worker; it is logged with its trace
                 log.exception("folder_error", error=str(exc))
                 return self.clock() + self.backoff.delay(3, self.rng)
 
@@ -112,7 +111,7 @@ class FolderProcessor:
     def _process(self, folder: Path, blog: Any) -> float | None:
         watch = self.config.watch_for(folder)
         assert watch is not None
-        if not os.path.isdir(folder) or os.path.islink(folder):
+        if not folder.is_dir() or folder.is_symlink():
             self.unwatch_folder(folder)
             self._seen.discard(folder)
             return None
@@ -157,9 +156,11 @@ class FolderProcessor:
             blog.info("folder_complete", status=run.status, artifacts=[a.role for a in run.artifacts])
             outcome = self.tracker.track(run, app, run.instance_id or default_instance, check_claim)
         except InvalidFolder as exc:
-            return self._fail(folder, blog, f"invalid folder: {exc.problem}", "invalid")
+            self._fail(folder, blog, f"invalid folder: {exc.problem}", "invalid")
+            return None
         except RejectedError as exc:
-            return self._fail(folder, blog, f"rejected by the API: {exc}", "rejected")
+            self._fail(folder, blog, f"rejected by the API: {exc}", "rejected")
+            return None
         except FolderChanged as exc:
             blog.info("folder_retrying", reason="changed", error=exc.problem)
             self.counters.add("retried")
@@ -204,7 +205,8 @@ class FolderProcessor:
             journal.attempts += 1
         journal.last_error = str(exc)
         if journal.attempts >= self.config.retry.max_attempts:
-            return self._fail(folder, blog, f"gave up after {journal.attempts} attempts: {exc}", "exhausted")
+            self._fail(folder, blog, f"gave up after {journal.attempts} attempts: {exc}", "exhausted")
+            return None
         delay = self.backoff.delay(max(1, journal.attempts), self.rng)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
@@ -223,4 +225,3 @@ class FolderProcessor:
         self.counters.add("failed")
         blog.error("folder_failed", reason=reason, error=error, attempts=attempts)
         self._finish(folder)
-        return None
