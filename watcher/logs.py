@@ -16,6 +16,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 REDACTED = "[REDACTED]"
@@ -81,7 +82,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         renderer: list[structlog.typing.Processor] = [
             structlog.processors.format_exc_info, REDACTOR, structlog.dev.ConsoleRenderer(colors=True)]
     else:
-        renderer = [structlog.processors.dict_tracebacks, REDACTOR, _priority,
+        # No local variables in traces: they would hold request headers and URLs.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        renderer = [tracebacks, REDACTOR, _priority,
                     structlog.processors.JSONRenderer(sort_keys=False)]
     structlog.configure(
         processors=[*shared, *renderer],

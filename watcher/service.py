@@ -89,8 +89,13 @@ class Service:
                                lookup=self.lookup, clock=clock)
         self.claims = Claims(clock=clock, fallback_dir=self.store.fallback_dir)
         self.keeper = LeaseKeeper(self.claims)
-        self.detector = (Detector([w.path for w in config.watch], self._enqueue, observer_factory=observer_factory)
-                         if observer_factory else Detector([w.path for w in config.watch], self._enqueue))
+        roots = [w.path for w in config.watch]
+        self.detector = (Detector(roots, self._enqueue, observer_factory=observer_factory,
+                                  on_overflow=self._on_overflow)
+                         if observer_factory else Detector(roots, self._enqueue, on_overflow=self._on_overflow))
+        self._reconcile_now = threading.Event()
+        self._rescan_reason = ""
+        self.observer_restarts = 0
         self.processor = FolderProcessor(
             config, self.store, self.claims, self.keeper, self.tracker, self.gate,
             watch_folder=self._watch_folder, unwatch_folder=self.detector.unwatch_folder, clock=clock,
@@ -248,9 +253,34 @@ class Service:
 
     def _tick(self) -> None:
         self._probe()
-        if self.clock() >= self._next_reconcile:
+        self._check_observer()
+        if self._reconcile_now.is_set() or self.clock() >= self._next_reconcile:
+            if self._reconcile_now.is_set():
+                self._reconcile_now.clear()
+                log.warning("rescanning", reason=self._rescan_reason)
             self._reconcile()
             self._next_reconcile = self.clock() + self.config.reconcile_seconds
+
+    def _on_overflow(self) -> None:
+        # Called on watchdog's thread: only set flags.
+        self._rescan_reason = "inotify queue overflowed: events were lost"
+        self._reconcile_now.set()
+        self._wake.set()
+
+    def _check_observer(self) -> None:
+        """A dead observer is replaced and the watched paths rescanned, so no folder is missed."""
+        if not self.watching or self.detector.alive() or self._stop.is_set():
+            return
+        self.observer_restarts += 1
+        log.error("observer_died", restarts=self.observer_restarts, action="restarting it and rescanning")
+        try:
+            self.detector.restart()
+        except OSError as exc:
+            log.error("observer_restart_failed", error=str(exc), action="polling instead")
+            self.detector.use_polling(2.0)
+            self.detector.restart()
+        self._rescan_reason = "observer restarted"
+        self._reconcile_now.set()
 
     def _reconcile(self) -> None:
         """Queue folders the observer may have missed; finished ones are skipped by name."""

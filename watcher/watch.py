@@ -13,6 +13,8 @@ folder and enqueues it; all I/O happens in the workers.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -81,11 +83,31 @@ def polling_factory(interval: float) -> ObserverFactory:
     return lambda: PollingObserver(timeout=interval)
 
 
+INOTIFY_LIMITS = {
+    errno.ENOSPC: "inotify watch limit reached: raise it with `sysctl fs.inotify.max_user_watches=524288`",
+    errno.EMFILE: "inotify instance limit reached: raise it with `sysctl fs.inotify.max_user_instances=1024`",
+}
+POLL_FALLBACK_SECONDS = 2.0
+
+
+class _OverflowSignal(logging.Handler):
+    """watchdog reports a kernel queue overflow only as a log record; turn it into a callback."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.callback()
+
+
 class Detector:
     """Owns the observer and its watches. Thread-safe: workers call watch_folder/unwatch_folder."""
 
     def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
-                 observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024) -> None:
+                 observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024,
+                 on_overflow: Callable[[], None] | None = None) -> None:
         self.roots = list(roots)
         self.root_strings = [os.fspath(r) for r in self.roots]
         self.enqueue = enqueue
@@ -95,17 +117,52 @@ class Detector:
         self._lock = threading.Lock()
         self._observer: BaseObserver | None = None
         self._folder_watches: dict[Path, ObservedWatch] = {}
-        self.restarts = 0
+        self.polling = False
+        self._overflow = _OverflowSignal(on_overflow) if on_overflow is not None else None
 
     def start(self) -> None:
-        """Start the observer with a watch on every root. Raises OSError when a root cannot be watched."""
+        """Start the observer with a watch on every root. When inotify's limits are hit, log which
+        sysctl to raise and fall back to polling. Raises OSError when a root cannot be watched at all."""
+        if self._overflow is not None:
+            for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+                logging.getLogger(name).addHandler(self._overflow)
+        try:
+            self._start()
+        except OSError as exc:
+            hint = INOTIFY_LIMITS.get(exc.errno or 0)
+            if hint is None or self.polling:
+                raise
+            log.error("inotify_limit", error=exc.strerror or str(exc), hint=hint,
+                      fallback=f"polling every {POLL_FALLBACK_SECONDS} s")
+            self.use_polling(POLL_FALLBACK_SECONDS)
+            self._start()
+
+    def use_polling(self, interval: float) -> None:
+        self.observer_factory = polling_factory(interval)
+        self.polling = True
+
+    def _start(self) -> None:
         with self._lock:
             observer = self.observer_factory()
-            for root in self.roots:
-                observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
-            observer.start()
+            try:
+                for root in self.roots:
+                    observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
+                observer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    observer.stop()
+                raise
             self._observer = observer
             self._folder_watches.clear()
+
+    def restart(self) -> None:
+        """Replace a dead observer with a new one (folder watches are dropped; the caller rescans)."""
+        with self._lock:
+            old, self._observer = self._observer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.stop()
+        self._start()
 
     def alive(self) -> bool:
         with self._lock:
@@ -145,3 +202,6 @@ class Detector:
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
+        if self._overflow is not None:
+            for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+                logging.getLogger(name).removeHandler(self._overflow)

@@ -42,10 +42,11 @@ from watcher.errors import (
     RetryLater,
     StateError,
     TransientError,
+    UncertainError,
 )
 from watcher.folder import inspect_folder
 from watcher.retry import GLOBAL, ApiGate, Backoff
-from watcher.state import StateStore
+from watcher.state import Journal, StateStore
 from watcher.tracker import Tracker
 
 log = structlog.get_logger("watcher.worker")
@@ -200,8 +201,9 @@ class FolderProcessor:
             blog.info("folder_parked", reason="api paused", error=str(exc))
             return None
         journal = self.store.journal(folder)
+        # Throttling and POSTs of unknown outcome are not the folder's fault: they do not use up attempts.
         throttled = exc.status == 429
-        if not throttled:
+        if not throttled and not isinstance(exc, UncertainError):
             journal.attempts += 1
         journal.last_error = str(exc)
         if journal.attempts >= self.config.retry.max_attempts:
@@ -221,7 +223,11 @@ class FolderProcessor:
         journal = self.store.journal(folder)
         attempts = journal.attempts + (0 if reason == "exhausted" else 1)
         self.store.mark_failed(folder, error, attempts, self.clock(), reason=reason)
-        self.store.clear_journal(folder)
+        if journal.intents:
+            # A POST may have created the run: keep the intents so that `retry` looks it up first.
+            self.store.save_journal(folder, Journal(intents=journal.intents, uploads=journal.uploads))
+        else:
+            self.store.clear_journal(folder)
         self.counters.add("failed")
         blog.error("folder_failed", reason=reason, error=error, attempts=attempts)
         self._finish(folder)
