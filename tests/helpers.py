@@ -36,6 +36,7 @@ def write_folder(root: Path, name: str, files: dict[str, str | bytes], *, marker
     """Write a run folder the safe way (a dot-folder renamed into place), with the marker last."""
     target = root / name
     work = root / f".tmp-{name}" if via_dot else target
+    work.mkdir(parents=True, exist_ok=True)
     for rel, content in files.items():
         path = work / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -43,12 +44,22 @@ def store(folder: Path) -> StateStore:
     return StateStore(STATE)
 
 
+@contextlib.contextmanager
+def as_user(uid: int = 1000) -> Iterator[None]:
+    """Act as an ordinary user inside pyfakefs, so that the root-owned run folder is read-only.
+    (helpers.reset_ids() cannot be used to switch back: under pyfakefs it reads the faked uid.)"""
+    saved = helpers.get_uid()
+    helpers.set_uid(uid)
+    try:
+        yield
+    finally:
+        helpers.set_uid(saved)
+
+
 @pytest.fixture
 def unprivileged(fs: FakeFilesystem) -> Iterator[None]:
-    """Run as an ordinary user inside pyfakefs, so that the root-owned run folder is read-only."""
-    helpers.set_uid(1000)
-    yield
-    helpers.reset_ids()
+    with as_user():
+        yield
 
 
 def a_journal() -> Journal:
@@ -191,24 +202,22 @@ def test_the_fallback_journal_round_trips_and_can_be_removed(
 
 def test_a_new_folder_reusing_the_name_does_not_see_the_old_fallback_marker(
         store: StateStore, folder: Path, fs: FakeFilesystem) -> None:
-    helpers.set_uid(1000)
-    store.write(folder, TRACKED, {"run_id": "old"})
-    helpers.reset_ids()
+    with as_user():
+        old_marker = store.write(folder, TRACKED, {"run_id": "old"})
+    assert store.tracked(folder) == {"run_id": "old"}
     old_inode = folder.stat().st_ino
     os.rmdir(folder)
     fs.create_dir(folder)
     assert folder.stat().st_ino != old_inode
 
     assert store.tracked(folder) is None
+    assert old_marker.exists()
 
 
 def test_a_marker_in_the_folder_wins_over_a_fallback_one(
         store: StateStore, folder: Path) -> None:
-    helpers.set_uid(1000)
-    try:
+    with as_user():
         store.write(folder, TRACKED, {"run_id": "fallback"})
-    finally:
-        helpers.reset_ids()
     store.write(folder, TRACKED, {"run_id": "in-folder"})
 
     assert store.tracked(folder) == {"run_id": "in-folder"}
@@ -220,12 +229,8 @@ def test_when_neither_place_is_writable_the_error_says_so(folder: Path, fs: Fake
     fs.create_dir("/locked")
     os.chmod("/locked", 0o755)
     store = StateStore(Path("/locked"))
-    helpers.set_uid(1000)
-    try:
-        with pytest.raises(StateError, match="not writable and neither is"):
-            store.write(folder, TRACKED, {"run_id": "r"})
-    finally:
-        helpers.reset_ids()
+    with as_user(), pytest.raises(StateError, match="not writable and neither is"):
+        store.write(folder, TRACKED, {"run_id": "r"})
 
 
 # --- timestamps ----------------------------------------------------------------------------------

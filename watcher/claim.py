@@ -103,7 +103,10 @@ class Claims:
                     continue
                 except OSError as exc:
                     raise StateError(f"{folder}: cannot take over claim: {exc.strerror}") from None
-                moved = read_json_file(aside) if aside.exists() else None
+                try:
+                    moved = read_json_file(aside) if aside.exists() else None
+                except StateError:  # the corrupt claim that holder() reported as stale
+                    moved = {"id": "corrupt"}
                 with contextlib.suppress(OSError):
                     aside.unlink()
                 if moved is not None and current is not None and moved.get("id") != current.get("id"):

@@ -153,7 +153,10 @@ class NextmvClient:
         params = {"instance_id": instance_id} if instance_id else None
         resp = self._call("create_run", "POST", self._app_url(application_id, "/runs"), app=application_id,
                           json_body=body, params=params, uncertain_after_send=True)
-        run_id = _json_object(resp).get("run_id")
+        try:
+            run_id = _json_object(resp).get("run_id")
+        except TransientError as exc:  # a 2xx: the run was created, so it must be looked up, not re-posted
+            raise UncertainError(f"create_run: {exc}", status=resp.status_code) from None
         if not isinstance(run_id, str):
             raise UncertainError("create_run: response lacks run_id", status=resp.status_code)
         return run_id
@@ -244,7 +247,8 @@ def _status_error(endpoint: str, resp: httpx.Response, app: str | None,
     status = resp.status_code
     if 200 <= status < 300:
         return None
-    message = f"{endpoint}: HTTP {status}: {_api_message(resp)}"
+    # A storage (or proxy) error page may echo the presigned URL: keep PUT bodies out of messages.
+    message = f"{endpoint}: HTTP {status}" if endpoint == "put" else f"{endpoint}: HTTP {status}: {_api_message(resp)}"
     if status == 429:
         return TransientError(message, status=status, retry_after=_retry_after(resp))
     if status == 408 or status >= 500:

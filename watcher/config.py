@@ -41,7 +41,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "completion": {"marker": None, "settle_seconds": 5.0},
     "workers": 8,
-    "retry": {"max_attempts": 10, "backoff_initial_seconds": 1.0, "backoff_max_seconds": 600.0},
+    "retry": {"max_attempts": 10, "backoff_initial_seconds": 1.0, "backoff_max_seconds": 600.0,
+              "lookup_grace_seconds": 30.0},
     "logging": {"format": "auto", "level": "info"},
     "reconcile_seconds": 300.0,
     "drain_timeout_seconds": 30.0,
@@ -97,6 +98,7 @@ class RetryConfig:
     max_attempts: int
     backoff_initial_seconds: float
     backoff_max_seconds: float
+    lookup_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,8 @@ def parse_config(
                                            "retry.backoff_initial_seconds"),
         backoff_max_seconds=v.positive(v.get(retry, "retry", "backoff_max_seconds", (int, float), DEFAULTS),
                                        "retry.backoff_max_seconds"),
+        lookup_grace_seconds=v.non_negative(v.get(retry, "retry", "lookup_grace_seconds", (int, float), DEFAULTS),
+                                            "retry.lookup_grace_seconds"),
     )
     logging_raw = v.mapping(root.get("logging", {}), "logging", set(DEFAULTS["logging"]))
     logging_cfg = LoggingConfig(
@@ -389,7 +393,7 @@ class _Validator:
         assert path is not None
         if not path.is_dir():
             self.problem(f"{where}.path: {path} does not exist or is not a directory")
-        return WatchConfig(path=Path(os.path.abspath(path)), application_id=app, instance_id=instance,
+        return WatchConfig(path=Path(os.path.abspath(path)), application_id=str(app), instance_id=instance,
                            format=fmt, files=watch_files)
 
     def no_overlap(self, watches: list[WatchConfig], indexes: list[int]) -> None:

@@ -55,7 +55,10 @@ class Redactor:
             return {k: self._walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return type(value)(self._walk(v) for v in value)
-        return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # Anything else (an exception, a Path, an object) would be rendered by repr(): scrub that text.
+        return self.scrub(str(value))
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         return {k: self._walk(v) for k, v in event.items()}

@@ -86,7 +86,7 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=max(4, config.workers * 2), thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock)
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
-                               lookup=self.lookup, clock=clock)
+                               lookup=self.lookup, clock=clock, grace_seconds=config.retry.lookup_grace_seconds)
         self.claims = Claims(clock=clock, fallback_dir=self.store.fallback_dir)
         self.keeper = LeaseKeeper(self.claims)
         roots = [w.path for w in config.watch]

@@ -133,7 +133,7 @@ class FaultInjector:
         self._lock = threading.Lock()
         # Validate the initial faults like any change, and copy them so the caller's object is not shared.
         self._faults = _apply(Faults(), dataclasses.asdict(faults) if faults is not None else {})
-        self._rng = random.Random(self._faults.seed)  # noqa: S311 - reproducible faults, not secrets
+        self._rng = random.Random(self._faults.seed)
         self._one_shots: dict[str, deque[tuple[Injected, bool]]] = {}
         self._throttled = 0
 
@@ -149,7 +149,7 @@ class FaultInjector:
         with self._lock:
             self._faults = _apply(self._faults, checked)
             if "seed" in checked:
-                self._rng = random.Random(self._faults.seed)  # noqa: S311 - reproducible faults, not secrets
+                self._rng = random.Random(self._faults.seed)
             return dataclasses.replace(self._faults)
 
     def fail_next(

@@ -1,0 +1,84 @@
+"""4. Backlog scale: a large tree of run folders at start-up, most of them already tracked.
+
+Time to the first upload is the first 2xx PUT the emulator counts (its stats are polled every
+10 ms) after the daemon was spawned; the first POST comes from the earliest run's `created_at`.
+The scan time is the daemon's own `startup_scan_done` event. Peak RSS (VmHWM) is read once every
+pending folder is tracked (or the time limit is reached), so it covers scan and uploads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from bench.common import WORK, BenchError, fresh_dir
+from bench.daemon import DaemonProcess, write_config
+from bench.emulator import Emulator
+from bench.folders import backlog_tree, tracked_count
+
+
+@dataclass
+class Backlog:
+    total: int
+    pending: int
+    first_put: float | None
+    first_post: float | None
+    scan_seconds: float | None
+    scan_done_at: float | None   # seconds from spawn to the startup_scan_done event
+    peak_mb: float | None
+    tracked: int
+    all_tracked_after: float | None
+    own_cpu: float
+    emu_cpu: float
+    check: str
+
+
+def measure(total: int, pending: int, *, timeout: float, log: callable = print) -> Backlog:  # type: ignore[valid-type]
+    root, folders = backlog_tree(total, pending, log)
+    work = fresh_dir(WORK / f"backlog-run-{total}")
+    with Emulator() as emu:
+        config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state")
+        emu_cpu0 = emu.cpu()
+        keep = {"daemon_started", "startup_scan_done", "folder_failed", "folder_error"}
+        with DaemonProcess(config, work / "daemon.log") as daemon:
+            first_put = None
+            deadline = time.monotonic() + min(timeout, 60)
+            while first_put is None:
+                if emu.count("put") > 0:
+                    first_put = time.time() - daemon.started_at
+                    break
+                daemon.check_alive()
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            check = "ok"
+            all_tracked_after = None
+            try:
+                done = daemon.wait_count("run_tracked", pending, timeout, keep=keep, interval=0.2)
+                all_tracked_after = done - daemon.started_at
+            except BenchError as exc:
+                check = str(exc).splitlines()[0][:200]
+            daemon.poll(keep)
+            peak = daemon.peak_rss_mb()
+            own_cpu = daemon.cpu()
+            scan = daemon.first("startup_scan_done")
+            scan_seconds = scan_done_at = None
+            if scan is not None:
+                scan_seconds = float(scan["seconds"])
+                stamp = datetime.fromisoformat(scan["timestamp"].replace("Z", "+00:00")).timestamp()
+                scan_done_at = stamp - daemon.started_at
+                if scan.get("finished") != total - pending or scan.get("queued") != pending:
+                    check = f"scan found finished={scan.get('finished')} queued={scan.get('queued')}; " + check
+            started_at = daemon.started_at
+        emu_cpu = emu.cpu() - emu_cpu0
+        runs = emu.runs()
+    first_post = None
+    if runs:
+        first_post = min(datetime.fromisoformat(r["created_at"].replace("Z", "+00:00")).timestamp()
+                         for r in runs) - started_at
+    tracked = tracked_count(folders)
+    if len(runs) != tracked:
+        check = f"{len(runs)} runs at the emulator for {tracked} tracked folders; " + check
+    return Backlog(total, pending, first_put, first_post, scan_seconds, scan_done_at, peak, tracked,
+                   all_tracked_after, own_cpu, emu_cpu, check)

@@ -1,0 +1,312 @@
+"""Tracker.track() in-process against the emulator: a real client, real state files, a real pool.
+
+The clock is a parameter: `Clock` runs on wall time plus an offset that a test moves forward
+(upload URLs carry wall-clock times from the client, so the tracker's clock must not drift
+backwards from them), which is how grace periods and upload ages are crossed without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import API_KEY, TRACKED, marker, write_folder
+
+from watcher.client import NextmvClient
+from watcher.config import DEFAULTS, FilesConfig, FormatConfig
+from watcher.errors import ClaimLost, FolderChanged, RejectedError, RetryLater, UploadExpired
+from watcher.fakecloud import FakeCloud
+from watcher.folder import RunFolder, inspect_folder
+from watcher.lookup import RunLookup
+from watcher.retry import Backoff
+from watcher.state import JOURNAL, Intent, Journal, StateStore
+from watcher.tracker import Tracker
+
+APP = "app-1"
+INPUT = b'{"stops": [1, 2, 3]}'
+OUTPUT = b'{"solution": 7}'
+FILES = FilesConfig(input=tuple(DEFAULTS["files"]["input"]), output=tuple(DEFAULTS["files"]["output"]),
+                    logs=tuple(DEFAULTS["files"]["logs"]), status=DEFAULTS["files"]["status"])
+TOKEN_LINE = re.compile(r"nextmv-watcher:([0-9a-f]{32})$")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class Env:
+    cloud: FakeCloud
+    client: NextmvClient
+    store: StateStore
+    spool: Path
+    pool: ThreadPoolExecutor
+    clock: Clock
+    root: Path
+
+    def tracker(self, *, grace_seconds: float = 30.0, progress: Callable[[int], None] | None = None) -> Tracker:
+        return Tracker(self.client, self.store, self.spool, executor=self.pool, lookup=RunLookup(self.client),
+                       clock=self.clock, grace_seconds=grace_seconds, progress=progress)
+
+    def folder(self, name: str = "run-1", files: dict[str, str | bytes] | None = None) -> RunFolder:
+        path = write_folder(self.root, name, files or {"input.json": INPUT, "output.json": OUTPUT}, marker=None)
+        return inspect_folder(path, FILES, FormatConfig())
+
+    def count(self, endpoint: str) -> int:
+        return sum(1 for r in self.cloud.requests() if r.endpoint == endpoint)
+
+
+@pytest.fixture
+def env(cloud: FakeCloud, tmp_path: Path, watched: Path) -> Iterator[Env]:
+    client = NextmvClient(cloud.url, API_KEY, connect_timeout=2, read_timeout=5, backoff=Backoff(0.01, 0.05))
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-upload")
+    try:
+        yield Env(cloud, client, StateStore(tmp_path / "state"), spool, pool, Clock(), watched)
+    finally:
+        pool.shutdown(wait=True)
+        client.close()
+
+
+def token_of(description: str) -> str:
+    match = TOKEN_LINE.search(description)
+    assert match is not None, description
+    return match.group(1)
+
+
+def test_happy_path_tracks_the_run_writes_the_marker_and_clears_the_journal(env: Env) -> None:
+    run = env.folder()
+    outcome = env.tracker().track(run, APP, None)
+
+    [recorded] = env.cloud.runs(APP)
+    assert outcome.run_id == recorded.run_id
+    assert not outcome.adopted
+    assert recorded.artifact("input").data == INPUT  # type: ignore[union-attr]
+    assert recorded.artifact("output_upload_id").data == OUTPUT  # type: ignore[union-attr]
+    assert recorded.body["name"] == "run-1"
+    tracked = marker(run.path)
+    assert tracked is not None
+    assert tracked["run_id"] == recorded.run_id
+    assert tracked["application_id"] == APP
+    assert tracked["adopted"] is False
+    assert tracked["token"] == token_of(recorded.body["description"])
+    assert not (run.path / JOURNAL).exists()
+    assert list(env.spool.iterdir()) == []
+
+
+def test_the_instance_id_goes_on_the_query(env: Env) -> None:
+    env.tracker().track(env.folder(), APP, "inst-9")
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.query == {"instance_id": "inst-9"}
+
+
+def test_an_expired_upload_url_is_replaced(env: Env) -> None:
+    env.cloud.fail_next("put", 403)
+    run = env.folder()
+    outcome = env.tracker().track(run, APP, None)
+
+    [recorded] = env.cloud.runs(APP)
+    assert outcome.run_id == recorded.run_id
+    assert recorded.artifact("input").data == INPUT  # type: ignore[union-attr]
+    assert recorded.artifact("output_upload_id").data == OUTPUT  # type: ignore[union-attr]
+    assert env.count("uploadurl") == 3      # two artifacts, one of them twice
+    assert [r.status for r in env.cloud.requests() if r.endpoint == "put"].count(403) == 1
+    assert marker(run.path) is not None
+
+
+def test_urls_that_keep_expiring_give_up_after_three_and_post_nothing(env: Env) -> None:
+    env.cloud.set_faults(url_lifetime_seconds=0)
+    run = env.folder("run-1", {"input.json": INPUT})
+    with pytest.raises(UploadExpired):
+        env.tracker().track(run, APP, None)
+    assert env.count("uploadurl") == 3
+    assert env.count("create_run") == 0
+    assert env.store.journal(run.path).intents == []
+    assert marker(run.path) is None
+
+
+@pytest.mark.parametrize("status", [500, None], ids=["500", "reset"])
+def test_a_post_answered_badly_after_the_run_was_recorded_is_adopted(env: Env, status: int | None) -> None:
+    env.cloud.fail_next("create_run", status, after_processing=True)
+    run = env.folder()
+    outcome = env.tracker().track(run, APP, None)
+
+    [recorded] = env.cloud.runs(APP)     # exactly one run: nothing was posted twice
+    assert env.count("create_run") == 1
+    assert outcome.adopted
+    assert outcome.run_id == recorded.run_id
+    tracked = marker(run.path)
+    assert tracked is not None
+    assert tracked["run_id"] == recorded.run_id
+    assert tracked["adopted"] is True
+    assert tracked["token"] == token_of(recorded.body["description"])
+    assert not (run.path / JOURNAL).exists()
+
+
+@pytest.mark.parametrize("status", [None, 503], ids=["reset", "503"])
+def test_a_post_cut_off_before_processing_waits_for_the_grace_period_then_posts_once(
+        env: Env, status: int | None) -> None:
+    env.cloud.fail_next("create_run", status)
+    tracker = env.tracker(grace_seconds=5)
+    run = env.folder()
+
+    with pytest.raises(RetryLater) as exc:
+        tracker.track(run, APP, None)
+    journal = env.store.journal(run.path)
+    assert len(journal.intents) == 1
+    assert exc.value.at == pytest.approx(journal.intents[0].created_at + 5)
+    assert env.cloud.runs() == []
+
+    # Within the grace period: looked up again, still not posted.
+    with pytest.raises(RetryLater):
+        tracker.track(run, APP, None)
+    assert env.count("create_run") == 1
+    assert env.store.journal(run.path).intents == journal.intents
+
+    env.clock.advance(6)
+    outcome = tracker.track(run, APP, None)
+    [recorded] = env.cloud.runs(APP)
+    assert env.count("create_run") == 2
+    assert outcome.run_id == recorded.run_id
+    assert not outcome.adopted
+    assert token_of(recorded.body["description"]) != journal.intents[0].token
+    assert marker(run.path)["run_id"] == recorded.run_id  # type: ignore[index]
+    assert not (run.path / JOURNAL).exists()
+
+
+def test_a_journal_left_by_a_crash_is_adopted_without_posting_again(env: Env) -> None:
+    run = env.folder()
+    before = env.clock()
+    first = env.tracker().track(run, APP, None)
+    tracked = marker(run.path)
+    assert tracked is not None
+    # The crash: the POST went out and the run exists, but neither the marker nor the journal's removal
+    # reached the disk.
+    (run.path / TRACKED).unlink()
+    env.store.save_journal(run.path, Journal(intents=[Intent(token=tracked["token"], created_at=before)]))
+    requests_before = {e: env.count(e) for e in ("uploadurl", "put", "create_run")}
+
+    outcome = env.tracker().track(run, APP, None)
+    assert outcome.adopted
+    assert outcome.run_id == first.run_id
+    assert len(env.cloud.runs()) == 1
+    assert {e: env.count(e) for e in requests_before} == requests_before
+    assert marker(run.path)["adopted"] is True  # type: ignore[index]
+    assert not (run.path / JOURNAL).exists()
+
+
+def _journal_with_uploads(env: Env, tracker: Tracker, run: RunFolder) -> Journal:
+    """Leave a journal holding finished uploads and one open intent (a POST cut off before processing)."""
+    env.cloud.fail_next("create_run", None)
+    with pytest.raises(RetryLater):
+        tracker.track(run, APP, None)
+    journal = env.store.journal(run.path)
+    assert set(journal.uploads) == {"input", "output"}
+    return journal
+
+
+def test_fresh_journaled_uploads_with_unchanged_files_are_reused(env: Env) -> None:
+    tracker = env.tracker(grace_seconds=1)
+    run = env.folder()
+    journal = _journal_with_uploads(env, tracker, run)
+    uploads_before = (env.count("uploadurl"), env.count("put"))
+
+    env.clock.advance(2)
+    tracker.track(run, APP, None)
+    assert (env.count("uploadurl"), env.count("put")) == uploads_before
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.body["upload_id"] == journal.uploads["input"].upload_id
+    assert recorded.body["result"]["output_upload_id"] == journal.uploads["output"].upload_id
+
+
+def test_journaled_uploads_older_than_twelve_minutes_are_redone(env: Env) -> None:
+    tracker = env.tracker(grace_seconds=1)
+    run = env.folder()
+    journal = _journal_with_uploads(env, tracker, run)
+    uploads_before = env.count("uploadurl")
+
+    env.clock.advance(12 * 60 + 1)
+    tracker.track(run, APP, None)
+    assert env.count("uploadurl") == uploads_before + 2
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.body["upload_id"] != journal.uploads["input"].upload_id
+    assert recorded.artifact("input").data == INPUT  # type: ignore[union-attr]
+
+
+def test_only_the_artifact_whose_file_changed_is_uploaded_again(env: Env) -> None:
+    tracker = env.tracker(grace_seconds=1)
+    run = env.folder()
+    journal = _journal_with_uploads(env, tracker, run)
+    uploads_before = env.count("uploadurl")
+
+    (run.path / "output.json").write_bytes(b'{"solution": 8, "changed": true}')
+    run = inspect_folder(run.path, FILES, FormatConfig())
+    env.clock.advance(2)
+    tracker.track(run, APP, None)
+    assert env.count("uploadurl") == uploads_before + 1
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.body["upload_id"] == journal.uploads["input"].upload_id
+    assert recorded.body["result"]["output_upload_id"] != journal.uploads["output"].upload_id
+    assert recorded.artifact("output_upload_id").data == b'{"solution": 8, "changed": true}'  # type: ignore[union-attr]
+
+
+def test_a_file_changed_during_upload_raises_folder_changed_and_posts_nothing(env: Env) -> None:
+    run = env.folder()
+    target = run.path / "input.json"
+    touched: list[bool] = []
+
+    def touch_once(nbytes: int) -> None:
+        # Called from the upload while bytes stream: the producer rewrites a file under us.
+        if not touched:
+            touched.append(True)
+            st = target.stat()
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    with pytest.raises(FolderChanged) as exc:
+        env.tracker(progress=touch_once).track(run, APP, None)
+    assert "input.json changed during upload" in exc.value.problem
+    assert touched
+    assert env.count("create_run") == 0
+    assert env.store.journal(run.path).intents == []
+    assert marker(run.path) is None
+
+
+def test_a_lost_claim_stops_before_the_post(env: Env) -> None:
+    def lost() -> None:
+        raise ClaimLost("taken over")
+
+    run = env.folder()
+    with pytest.raises(ClaimLost):
+        env.tracker().track(run, APP, None, lost)
+    assert env.count("create_run") == 0
+    assert env.store.journal(run.path).intents == []
+    assert marker(run.path) is None
+
+
+@pytest.mark.parametrize("status", [400, 409, 413, 422])
+def test_a_rejected_post_raises_and_drops_the_intent(env: Env, status: int) -> None:
+    env.cloud.fail_next("create_run", status)
+    run = env.folder()
+    with pytest.raises(RejectedError) as exc:
+        env.tracker().track(run, APP, None)
+    assert exc.value.status == status
+    assert env.count("create_run") == 1
+    assert env.cloud.runs() == []
+    assert env.store.journal(run.path).intents == []
+    assert marker(run.path) is None
+    assert json.loads((run.path / JOURNAL).read_text())["intents"] == []

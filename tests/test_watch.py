@@ -1,0 +1,195 @@
+"""The watchdog adapter with a real inotify observer on tmp_path: which events become enqueue() calls.
+
+Within one watch, inotify delivers events in order, so a "sentinel" change made after the change
+under test proves that the earlier one was dispatched: once the sentinel's enqueue arrives, the
+list of calls is final for everything that came before it in the same watch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+from watcher.state import atomic_write
+from watcher.watch import Detector, run_folder_of
+
+
+class Calls:
+    """A thread-safe list of enqueued folders (the observer's dispatcher thread appends)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Path] = []
+
+    def __call__(self, folder: Path) -> None:
+        with self._lock:
+            self._items.append(folder)
+
+    def all(self) -> list[Path]:
+        with self._lock:
+            return list(self._items)
+
+    def since(self, n: int) -> list[Path]:
+        return self.all()[n:]
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def detector(root: Path, calls: Calls) -> Iterator[Detector]:
+    d = Detector([root], calls)
+    d.start()
+    yield d
+    d.stop()
+
+
+def test_folder_created_in_the_root_is_enqueued(detector: Detector, root: Path, calls: Calls) -> None:
+    (root / "run-1").mkdir()
+    wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued")
+    assert set(calls.all()) == {root / "run-1"}
+
+
+def test_dot_folder_renamed_into_place_is_enqueued_under_its_final_name(
+        detector: Detector, root: Path, calls: Calls) -> None:
+    work = root / ".tmp-run-2"
+    work.mkdir()
+    (work / "input.json").write_text("{}")   # not watched: the watch on the root is not recursive
+    work.rename(root / "run-2")
+    wait_for(lambda: root / "run-2" in calls.all(), 10, "run-2 enqueued")
+    # The dot-folder's own creation came first in the same watch, so it would be listed by now.
+    assert calls.all() == [root / "run-2"]
+
+
+def test_dot_folders_are_not_enqueued(detector: Detector, root: Path, calls: Calls) -> None:
+    (root / ".tmp-hidden").mkdir()
+    (root / ".partial").write_text("x")
+    (root / "sentinel").mkdir()
+    wait_for(lambda: root / "sentinel" in calls.all(), 10, "sentinel enqueued")
+    assert calls.all() == [root / "sentinel"]
+
+
+def test_daemon_files_inside_a_watched_folder_do_not_enqueue(detector: Detector, root: Path, calls: Calls) -> None:
+    folder = root / "run-3"
+    folder.mkdir()
+    wait_for(lambda: folder in calls.all(), 10, "run-3 enqueued")
+    assert detector.watch_folder(folder)
+    n = len(calls.all())
+    # What the daemon writes: atomic writes (temp file + rename) of markers and the journal, a claim.
+    atomic_write(folder / ".nextmv-journal.json", b"{}")
+    atomic_write(folder / ".nextmv-tracked.json", b"{}")
+    (folder / ".nextmv-claim").write_text("{}")
+    (folder / ".nextmv-claim").unlink()
+    (folder / "sub").mkdir()   # sentinel: one DirCreatedEvent, after all of the above in this watch
+    wait_for(lambda: calls.since(n), 10, "sentinel enqueued")
+    assert calls.since(n) == [folder]
+
+
+def test_files_inside_a_folder_enqueue_only_while_it_is_watched(
+        detector: Detector, root: Path, calls: Calls) -> None:
+    folder = root / "run-4"
+    folder.mkdir()
+    wait_for(lambda: folder in calls.all(), 10, "run-4 enqueued")
+
+    n = len(calls.all())
+    (folder / "input.json").write_text("{}")
+    (root / "sentinel-1").mkdir()
+    wait_for(lambda: root / "sentinel-1" in calls.since(n), 10, "sentinel-1 enqueued")
+    assert folder not in calls.since(n), "a file in an unwatched folder was reported"
+
+    assert detector.watch_folder(folder)
+    assert detector.folder_watch_count() == 1
+    n = len(calls.all())
+    (folder / "DONE").touch()
+    wait_for(lambda: folder in calls.since(n), 10, "DONE in the watched folder enqueued it")
+
+    detector.unwatch_folder(folder)
+    assert detector.folder_watch_count() == 0
+    n = len(calls.all())
+    (folder / "output.json").write_text("{}")
+    (root / "sentinel-2").mkdir()
+    wait_for(lambda: root / "sentinel-2" in calls.since(n), 10, "sentinel-2 enqueued")
+    assert folder not in calls.since(n), "a file in an unwatched folder was reported"
+
+
+def test_watch_folder_refuses_beyond_the_cap(root: Path, calls: Calls) -> None:
+    folders = [root / f"f{i}" for i in range(3)]
+    for f in folders:
+        f.mkdir()
+    detector = Detector([root], calls, max_folder_watches=2)
+    assert not detector.watch_folder(folders[0]), "watch_folder before start() must refuse"
+    detector.start()
+    try:
+        assert detector.watch_folder(folders[0])
+        assert detector.watch_folder(folders[1])
+        assert not detector.watch_folder(folders[2])
+        assert detector.watch_folder(folders[0]), "an already watched folder stays watched"
+        assert detector.folder_watch_count() == 2
+        detector.unwatch_folder(folders[0])
+        assert detector.watch_folder(folders[2])
+        assert detector.folder_watch_count() == 2
+    finally:
+        detector.stop()
+    assert detector.folder_watch_count() == 0
+
+
+def test_watch_folder_of_a_vanished_folder_returns_false(detector: Detector, root: Path) -> None:
+    assert not detector.watch_folder(root / "gone")
+    assert detector.folder_watch_count() == 0
+
+
+def test_alive_follows_start_and_stop(root: Path, calls: Calls) -> None:
+    detector = Detector([root], calls)
+    assert not detector.alive()
+    detector.start()
+    try:
+        assert detector.alive()
+    finally:
+        detector.stop()
+    assert not detector.alive()
+
+
+def test_start_raises_for_a_root_that_does_not_exist(tmp_path: Path, calls: Calls) -> None:
+    detector = Detector([tmp_path / "missing"], calls)
+    with pytest.raises(OSError):
+        detector.start()
+    detector.stop()
+    assert not detector.alive()
+
+
+ROOTS = ["/w/a", "/w/b"]
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/w/a/run-1", "/w/a/run-1"),                       # the run folder itself
+    ("/w/a/run-1/input.json", "/w/a/run-1"),            # a file at its root
+    ("/w/a/run-1/input/x/y.csv", "/w/a/run-1"),         # nested deeper
+    ("/w/b/run-2/DONE", "/w/b/run-2"),                  # second root
+    ("/w/a/run-1/.hidden", "/w/a/run-1"),               # user dotfiles inside a folder still count
+    ("/w/a/run-1/input/.nextmv-x", "/w/a/run-1"),       # .nextmv- only matters at the folder root
+    ("/w/a/.tmp-run", None),                            # dot-folder
+    ("/w/a/.tmp-run/input.json", None),                 # inside a dot-folder
+    ("/w/a/run-1/.nextmv-tracked.json", None),          # the daemon's own files
+    ("/w/a/run-1/.nextmv-journal.json.tmp-1-2", None),  # and their temporary files
+    ("/w/a", None),                                     # the root itself
+    ("/w/a/", None),
+    ("/w/ab/run", None),                                # a sibling that shares a prefix
+    ("/elsewhere/run", None),                           # outside every root
+])
+def test_run_folder_of(path: str, expected: str | None) -> None:
+    got = run_folder_of(path, ROOTS)
+    assert got == (Path(expected) if expected is not None else None)
+
