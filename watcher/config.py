@@ -46,8 +46,15 @@ DEFAULTS: dict[str, Any] = {
     "logging": {"format": "auto", "level": "info"},
     "reconcile_seconds": 300.0,
     "drain_timeout_seconds": 30.0,
+    "after_tracking": "keep",
+    "done_path": None,
+    "retention_days": None,
+    "metrics": {"listen": None, "incomplete_warn_seconds": 3600.0, "unhealthy_pause_seconds": 300.0},
+    "control_socket": None,
 }
-WATCH_DEFAULTS: dict[str, Any] = {"instance_id": None, "format": {"input": "auto", "output": "auto"}, "files": {}}
+AFTER_TRACKING = ("keep", "move", "delete")
+WATCH_DEFAULTS: dict[str, Any] = {"instance_id": None, "format": {"input": "auto", "output": "auto"}, "files": {},
+                                  "polling": False, "poll_interval_seconds": 2.0}
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,15 @@ class WatchConfig:
     instance_id: str | None
     format: FormatConfig
     files: FilesConfig
+    polling: bool = False               # watchdog's PollingObserver (NFS, SMB) instead of inotify
+    poll_interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None                  # "host:port" for the Prometheus and /healthz listener, or None
+    incomplete_warn_seconds: float      # a folder incomplete for longer is counted and logged as a warning
+    unhealthy_pause_seconds: float      # /healthz fails once the API has been paused this long
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,11 @@ class Config:
     logging: LoggingConfig
     reconcile_seconds: float
     drain_timeout_seconds: float
+    after_tracking: str = "keep"
+    done_path: Path | None = None
+    retention_days: float | None = None
+    metrics: MetricsConfig = MetricsConfig(None, 3600.0, 300.0)
+    control_socket: Path | None = None
 
     def watch_for(self, folder: Path) -> WatchConfig | None:
         """The watched path whose direct child `folder` is, if any."""
@@ -147,6 +168,14 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
         return Path(env["STATE_DIRECTORY"].split(":")[0])
     base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"
     return base / "nextmv-watcher"
+
+
+def default_control_socket(state_dir: Path, env: Mapping[str, str] | None = None) -> Path:
+    """$RUNTIME_DIRECTORY/control.sock under systemd (RuntimeDirectory=), else <state_dir>/control.sock."""
+    env = os.environ if env is None else env
+    if env.get("RUNTIME_DIRECTORY"):
+        return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock"
+    return state_dir / "control.sock"
 
 
 def resolve_api_key(api: ApiConfig, env: Mapping[str, str] | None = None) -> tuple[str, str]:
@@ -258,12 +287,33 @@ def parse_config(
     workers = v.at_least(v.get(root, "", "workers", int, DEFAULTS), 1, "workers")
     reconcile = v.positive(v.get(root, "", "reconcile_seconds", (int, float), DEFAULTS), "reconcile_seconds")
     drain = v.non_negative(v.get(root, "", "drain_timeout_seconds", (int, float), DEFAULTS), "drain_timeout_seconds")
+    after = v.choice(v.get(root, "", "after_tracking", str, DEFAULTS), AFTER_TRACKING, "after_tracking")
+    done_path = v.path(v.get(root, "", "done_path", (str, type(None)), DEFAULTS))
+    if after == "move":
+        v.done_path(done_path, watches)
+    retention = v.get(root, "", "retention_days", (int, float, type(None)), DEFAULTS)
+    if retention is not None:
+        v.positive(retention, "retention_days")
+    metrics_raw = v.mapping(root.get("metrics", {}), "metrics", set(DEFAULTS["metrics"]))
+    listen = v.get(metrics_raw, "metrics", "listen", (str, type(None)), DEFAULTS)
+    if listen is not None:
+        v.listen_address(listen, "metrics.listen")
+    metrics = MetricsConfig(
+        listen=listen,
+        incomplete_warn_seconds=v.positive(v.get(metrics_raw, "metrics", "incomplete_warn_seconds", (int, float),
+                                                 DEFAULTS), "metrics.incomplete_warn_seconds"),
+        unhealthy_pause_seconds=v.positive(v.get(metrics_raw, "metrics", "unhealthy_pause_seconds", (int, float),
+                                                 DEFAULTS), "metrics.unhealthy_pause_seconds"),
+    )
+    control = v.path(v.get(root, "", "control_socket", (str, type(None)), DEFAULTS))
     if v.problems:
         raise ConfigError(source, v.problems)
     return Config(
         source=source, api=api_cfg, state_dir=state_dir, files=files, watch=tuple(watches),
         completion=completion, workers=workers, retry=retry_cfg, logging=logging_cfg,
         reconcile_seconds=float(reconcile), drain_timeout_seconds=float(drain),
+        after_tracking=after, done_path=done_path, retention_days=None if retention is None else float(retention),
+        metrics=metrics, control_socket=control or default_control_socket(state_dir, env),
     )
 
 
@@ -368,7 +418,8 @@ class _Validator:
         return FilesConfig(input=roles["input"], output=roles["output"], logs=roles["logs"], status=status)
 
     def watch(self, raw: object, where: str, files: FilesConfig) -> WatchConfig | None:
-        item = self.mapping(raw, where, {"path", "application_id", "instance_id", "format", "files"})
+        item = self.mapping(raw, where, {"path", "application_id", "instance_id", "format", "files", "polling",
+                                         "poll_interval_seconds"})
         if not isinstance(raw, dict):
             return None
         path_raw = item.get("path")
@@ -387,6 +438,9 @@ class _Validator:
             output=self.choice(str(fmt_raw.get("output", "auto")), FORMATS, f"{where}.format.output"),
         )
         watch_files = self.files(item.get("files", {}), f"{where}.files", files)
+        polling = self.get(item, where, "polling", bool, {where: WATCH_DEFAULTS})
+        interval = self.positive(self.get(item, where, "poll_interval_seconds", (int, float), {where: WATCH_DEFAULTS}),
+                                 f"{where}.poll_interval_seconds")
         if not ok:
             return None
         path = self.path(path_raw)
@@ -394,7 +448,23 @@ class _Validator:
         if not path.is_dir():
             self.problem(f"{where}.path: {path} does not exist or is not a directory")
         return WatchConfig(path=Path(os.path.abspath(path)), application_id=str(app), instance_id=instance,
-                           format=fmt, files=watch_files)
+                           format=fmt, files=watch_files, polling=polling, poll_interval_seconds=interval)
+
+    def done_path(self, done: Path | None, watches: list[WatchConfig]) -> None:
+        if done is None:
+            self.problem("done_path: required when after_tracking is move")
+            return
+        resolved = Path(os.path.abspath(done))
+        for i, w in enumerate(watches):
+            if resolved == w.path or w.path in resolved.parents or resolved in w.path.parents:
+                self.problem(f"done_path: {resolved} overlaps watch[{i}].path {w.path}")
+        if not resolved.is_dir():
+            self.problem(f"done_path: {resolved} does not exist or is not a directory")
+
+    def listen_address(self, value: str, where: str) -> None:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.problem(f"{where}: must be host:port, got {value!r}")
 
     def no_overlap(self, watches: list[WatchConfig], indexes: list[int]) -> None:
         for i, a in enumerate(watches):

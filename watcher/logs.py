@@ -9,6 +9,7 @@ including exception traces. Library code only calls `structlog.get_logger()`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -72,9 +73,27 @@ def _priority(logger: Any, method: str, event: MutableMapping[str, Any]) -> Muta
     return event
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog for the process. `fmt`: json, console, or auto (console on a terminal)."""
+class JournalJSON:
+    """JSON lines; under systemd (stderr connected to the journal, $JOURNAL_STREAM set) each line starts
+    with its syslog priority, `<3>{...}`, which journald strips and records, so `journalctl -p err` works."""
+
+    def __init__(self, journal: bool) -> None:
+        self.journal = journal
+        self._json = structlog.processors.JSONRenderer(sort_keys=False)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        priority = event.get("priority", 6)
+        text = str(self._json(logger, method, event))
+        return f"<{priority}>{text}" if self.journal else text
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              journal: bool | None = None) -> None:
+    """Configure structlog for the process. `fmt`: json, console, or auto (console on a terminal).
+    `journal` (default: $JOURNAL_STREAM is set) prefixes JSON lines with their syslog priority."""
     stream = stream or sys.stderr
+    if journal is None:
+        journal = bool(os.environ.get("JOURNAL_STREAM"))
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -88,8 +107,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         # No local variables in traces: they would hold request headers and URLs.
         tracebacks = structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
-        renderer = [tracebacks, REDACTOR, _priority,
-                    structlog.processors.JSONRenderer(sort_keys=False)]
+        renderer = [tracebacks, REDACTOR, _priority, JournalJSON(journal)]
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

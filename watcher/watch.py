@@ -17,7 +17,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -36,6 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from watcher.config import WatchConfig
 from watcher.state import PREFIX
 
 log = structlog.get_logger("watcher.watch")
@@ -205,3 +206,84 @@ class Detector:
         if self._overflow is not None:
             for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
                 logging.getLogger(name).removeHandler(self._overflow)
+
+
+class Detectors:
+    """One Detector per observation mode: inotify for local paths, a polling observer per interval for
+    watched paths marked `polling: true` (NFS, SMB). Incomplete folders are watched only under inotify;
+    under polling they are re-checked by the queue."""
+
+    def __init__(self, watches: Sequence[WatchConfig], enqueue: Callable[[Path], None], *,
+                 observer_factory: ObserverFactory | None = None,
+                 on_overflow: Callable[[], None] | None = None) -> None:
+        self.enqueue = enqueue
+        self.observer_factory = observer_factory
+        self.on_overflow = on_overflow
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._by_root: dict[Path, Detector] = {}
+        self._detectors: list[Detector] = []
+        self._build(watches)
+
+    def _build(self, watches: Sequence[WatchConfig]) -> None:
+        groups: dict[tuple[bool, float], list[Path]] = {}
+        for w in watches:
+            key = (w.polling, w.poll_interval_seconds if w.polling else 0.0)
+            groups.setdefault(key, []).append(w.path)
+        detectors: list[Detector] = []
+        by_root: dict[Path, Detector] = {}
+        for (polling, interval), roots in groups.items():
+            factory = polling_factory(interval) if polling else (self.observer_factory or Observer)
+            d = Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self.on_overflow)
+            d.polling = polling
+            detectors.append(d)
+            by_root.update(dict.fromkeys(roots, d))
+        with self._lock:
+            self._detectors, self._by_root = detectors, by_root
+
+    def start(self) -> None:
+        for d in self._detectors:
+            d.start()
+
+    def stop(self) -> None:
+        for d in self._detectors:
+            d.stop()
+
+    def alive(self) -> bool:
+        return all(d.alive() for d in self._detectors)
+
+    def restart(self) -> None:
+        """Restart every dead observer; one that cannot be restarted falls back to polling."""
+        for d in self._detectors:
+            if d.alive():
+                continue
+            self.restarts += 1
+            try:
+                d.restart()
+            except OSError as exc:
+                log.error("observer_restart_failed", error=str(exc), action="polling instead")
+                d.use_polling(POLL_FALLBACK_SECONDS)
+                d.restart()
+
+    def reconfigure(self, watches: Sequence[WatchConfig]) -> None:
+        """Replace the observers for a new set of watched paths (after a reload)."""
+        self.stop()
+        self._build(watches)
+        self.start()
+
+    def watch_folder(self, folder: Path) -> bool:
+        with self._lock:
+            d = self._by_root.get(folder.parent)
+        if d is None or d.polling:
+            return False
+        return d.watch_folder(folder)
+
+    def unwatch_folder(self, folder: Path) -> None:
+        with self._lock:
+            d = self._by_root.get(folder.parent)
+        if d is not None:
+            d.unwatch_folder(folder)
+
+    @property
+    def polling(self) -> bool:
+        return any(d.polling for d in self._detectors)

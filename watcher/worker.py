@@ -70,11 +70,16 @@ class Counters:
             setattr(self, name, getattr(self, name) + 1)
 
 
+OutcomeHook = Callable[[Path, str, str, str, str], None]   # folder, application_id, outcome, reason, error
+
+
 class FolderProcessor:
     def __init__(self, config: Config, store: StateStore, claims: Claims, keeper: LeaseKeeper,
                  tracker: Tracker, gate: ApiGate, *, watch_folder: Callable[[Path], bool],
                  unwatch_folder: Callable[[Path], None], clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, recheck_incomplete: bool = True) -> None:
+                 rng: random.Random | None = None, recheck_incomplete: bool = True,
+                 on_outcome: OutcomeHook | None = None,
+                 after_tracked: Callable[[Path], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.claims = claims
@@ -87,8 +92,11 @@ class FolderProcessor:
         self.rng = rng or random.Random()
         self.recheck_incomplete = recheck_incomplete
         self.backoff = Backoff(config.retry.backoff_initial_seconds, config.retry.backoff_max_seconds)
+        self.on_outcome = on_outcome
+        self.after_tracked = after_tracked
         self.finished: set[Path] = set()
         self.counters = Counters()
+        self.incomplete_since: dict[Path, float] = {}   # first time each incomplete folder was seen
         self._seen: set[Path] = set()
 
     def process(self, folder: Path) -> float | None:
@@ -107,7 +115,13 @@ class FolderProcessor:
     def _finish(self, folder: Path) -> None:
         self.finished.add(folder)
         self._seen.discard(folder)
+        self.incomplete_since.pop(folder, None)
         self.unwatch_folder(folder)
+
+    def _outcome(self, folder: Path, app: str, outcome: str, reason: str, error: str = "") -> None:
+        self.counters.add(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(folder, app, outcome, reason, error)
 
     def _process(self, folder: Path, blog: Any) -> float | None:
         watch = self.config.watch_for(folder)
@@ -115,6 +129,7 @@ class FolderProcessor:
         if not folder.is_dir() or folder.is_symlink():
             self.unwatch_folder(folder)
             self._seen.discard(folder)
+            self.incomplete_since.pop(folder, None)
             return None
         if self.store.tracked(folder) is not None or self.store.failed(folder) is not None:
             self._finish(folder)
@@ -125,12 +140,14 @@ class FolderProcessor:
             blog.info("folder_detected")
         completion = check_completion(folder, watch.files, self.config.completion, now)
         if not completion.complete:
+            self.incomplete_since.setdefault(folder, now)
             if not self.recheck_incomplete:
                 return None   # sync: an incomplete folder is left for the daemon or the next sync
             watched = self.watch_folder(folder)
             if completion.recheck_at is not None:
                 return completion.recheck_at
             return None if watched else now + POLL_SECONDS
+        self.incomplete_since.pop(folder, None)
         journal = self.store.journal(folder)
         if journal.next_attempt_at is not None and journal.next_attempt_at > now:
             return journal.next_attempt_at
@@ -164,7 +181,7 @@ class FolderProcessor:
             return None
         except FolderChanged as exc:
             blog.info("folder_retrying", reason="changed", error=exc.problem)
-            self.counters.add("retried")
+            self._outcome(folder, app, "retried", "changed", exc.problem)
             return self.clock() + max(CHANGED_SECONDS, self.config.completion.settle_seconds)
         except RetryLater as exc:
             blog.info("folder_waiting", reason=str(exc))
@@ -188,11 +205,16 @@ class FolderProcessor:
         except StateError as exc:
             blog.error("state_error", error=str(exc))
             return self.clock() + self.backoff.delay(3, self.rng)
-        self.counters.add("tracked")
         for warning in outcome.warnings:
-            blog.warning("folder_warning", warning=warning)
+            blog.warning("folder_warning", warning=warning, run_id=outcome.run_id)
         blog.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted)
+        self._outcome(folder, app, "tracked", "adopted" if outcome.adopted else "posted")
         self._finish(folder)
+        if self.after_tracked is not None:
+            try:
+                self.after_tracked(folder)
+            except StateError as exc:
+                blog.error("after_tracking_failed", run_id=outcome.run_id, error=str(exc))
         return None
 
     def _transient(self, folder: Path, app: str, blog: Any,
@@ -214,7 +236,7 @@ class FolderProcessor:
             delay = max(delay, exc.retry_after)
         journal.next_attempt_at = self.clock() + delay
         self.store.save_journal(folder, journal)
-        self.counters.add("retried")
+        self._outcome(folder, app, "retried", "throttled" if throttled else "api_error", str(exc))
         blog.warning("folder_retrying", reason="throttled" if throttled else "api_error", error=str(exc),
                      attempt=journal.attempts, retry_in=round(delay, 2))
         return journal.next_attempt_at
@@ -228,6 +250,7 @@ class FolderProcessor:
             self.store.save_journal(folder, Journal(intents=journal.intents, uploads=journal.uploads))
         else:
             self.store.clear_journal(folder)
-        self.counters.add("failed")
+        watch = self.config.watch_for(folder)
+        self._outcome(folder, watch.application_id if watch else "", "failed", reason, error)
         blog.error("folder_failed", reason=reason, error=error, attempts=attempts)
         self._finish(folder)
