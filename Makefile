@@ -23,5 +23,10 @@ lint: setup
 	$(BIN)/ruff check watcher tests
 	$(BIN)/mypy
 
+# The benchmark of issue 5 (see bench/README.md): `make bench`, or `make bench BENCH_ARGS=--quick`.
+bench: setup
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,6 +9,7 @@ pending folder is tracked (or the time limit is reached), so it covers scan and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,7 +35,7 @@ class Backlog:
     check: str
 
 
-def measure(total: int, pending: int, *, timeout: float, log: callable = print) -> Backlog:  # type: ignore[valid-type]
+def measure(total: int, pending: int, *, timeout: float, log: Callable[[str], None] = print) -> Backlog:
     root, folders = backlog_tree(total, pending, log)
     work = fresh_dir(WORK / f"backlog-run-{total}")
     with Emulator() as emu:

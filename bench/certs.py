@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import trustme
+
 from bench.common import WORK
 
 
@@ -15,8 +17,6 @@ class Tls:
 
 
 def make_tls(directory: Path = WORK / "tls") -> Tls:
-    import trustme
-
     directory.mkdir(parents=True, exist_ok=True)
     tls = Tls(ca=directory / "ca.pem", server=directory / "server.pem")
     if not (tls.ca.exists() and tls.server.exists()):

@@ -20,12 +20,14 @@ from bench.common import API_KEY, APP, PYTHON, REPO, BenchError, cpu_seconds, pe
 
 
 def write_config(path: Path, *, url: str, root: Path, state_dir: Path, ca: Path | None = None,
-                 workers: int | None = None, level: str = "info", **extra: Any) -> Path:
-    """A daemon config: marker mode (`DONE`), JSON logs; `workers` left to the default unless given."""
+                 workers: int | None = None, level: str = "info", extra: dict[str, Any] | None = None,
+                 watch_extra: dict[str, Any] | None = None) -> Path:
+    """A daemon config: marker mode (`DONE`), JSON logs; `workers` left to the default unless given.
+    `extra` adds top-level keys, `watch_extra` keys of the one watched path."""
     config: dict[str, Any] = {
         "api": {"url": url},
         "state_dir": str(state_dir),
-        "watch": [{"path": str(root), "application_id": APP}],
+        "watch": [{"path": str(root), "application_id": APP, **(watch_extra or {})}],
         "completion": {"marker": "DONE"},
         "logging": {"format": "json", "level": level},
     }
@@ -33,7 +35,7 @@ def write_config(path: Path, *, url: str, root: Path, state_dir: Path, ca: Path 
         config["api"]["ca_bundle"] = str(ca)
     if workers is not None:
         config["workers"] = workers
-    config.update(extra)
+    config.update(extra or {})
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -41,7 +43,7 @@ def write_config(path: Path, *, url: str, root: Path, state_dir: Path, ca: Path 
 def config_accepted(config: Path) -> tuple[bool, str]:
     """Whether the daemon accepts `config` (`nextmv-watcher check --offline`), and what it said."""
     proc = subprocess.run([PYTHON, "-m", "watcher", "check", "--offline", "--config", str(config)],  # noqa: S603
-                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "NEXTMV_API_KEY": API_KEY})
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
@@ -61,7 +63,7 @@ class DaemonProcess:
         self._log: Any = None
 
     def __enter__(self) -> DaemonProcess:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
+        self._log = open(self.log_path, "wb")
         env = {**os.environ, "NEXTMV_API_KEY": API_KEY}
         self.started_at = time.time()
         self.proc = subprocess.Popen(  # noqa: S603 - our own argv

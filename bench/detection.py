@@ -19,15 +19,17 @@ from bench.daemon import DaemonProcess, config_accepted, write_config
 from bench.emulator import Emulator
 from bench.folders import INPUT, MARKER, OUTPUT
 
-# Where a polling switch might live, in the order tried; the daemon's `check --offline` decides.
-POLLING_KEYS: list[tuple[str, dict[str, object]]] = [
-    ("polling: true", {"polling": True}),
+# Where a polling switch might live, in the order tried: (top-level keys, keys of the watched path).
+# The daemon's own `check --offline` decides which it accepts; its default interval is kept.
+POLLING_KEYS: list[tuple[dict[str, object], dict[str, object]]] = [
+    ({}, {"polling": True}),
+    ({"polling": True}, {}),
 ]
 
 
 @dataclass
 class Detection:
-    mode: str                      # "inotify" or "polling"
+    mode: str                      # "inotify" or "polling" (at the daemon's default poll interval)
     supported: bool
     n: int = 0
     p50_ms: float | None = None
@@ -54,16 +56,17 @@ def _write_folder(folder: Path) -> float:
     return time.time()
 
 
-def polling_extra(work: Path, url: str) -> tuple[dict[str, object] | None, str]:
+def polling_keys(work: Path, url: str) -> tuple[tuple[dict[str, object], dict[str, object]] | None, str]:
     """The config keys that switch the daemon to polling, or None and the daemon's answer."""
     probe = work / "probe"
     probe.mkdir(exist_ok=True)
     answer = ""
-    for _label, extra in POLLING_KEYS:
-        config = write_config(work / "probe.yaml", url=url, root=probe, state_dir=work / "probe-state", **extra)
+    for extra, watch_extra in POLLING_KEYS:
+        config = write_config(work / "probe.yaml", url=url, root=probe, state_dir=work / "probe-state",
+                              extra=extra, watch_extra=watch_extra)
         ok, answer = config_accepted(config)
         if ok:
-            return extra, answer
+            return (extra, watch_extra), answer
     return None, answer
 
 
@@ -73,13 +76,16 @@ def measure(n: int, gap: float, mode: str, *, timeout: float) -> Detection:
     root.mkdir()
     with Emulator() as emu:
         extra: dict[str, object] = {}
+        watch_extra: dict[str, object] = {}
         if mode == "polling":
-            found, answer = polling_extra(work, emu.url)
+            found, answer = polling_keys(work, emu.url)
             if found is None:
-                last = answer.splitlines()[-1] if answer else ""
-                return Detection(mode, False, note=f"not supported yet: the daemon refuses `polling: true` ({last})")
-            extra = found
-        config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state", **extra)
+                last = (answer.splitlines()[-1] if answer else "").strip(" -").split(" (known")[0]
+                return Detection(mode, False, note=f"not supported yet (`nextmv-watcher check` on `polling: true`: "
+                                                   f"{last})")
+            extra, watch_extra = found
+        config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state",
+                              extra=extra, watch_extra=watch_extra)
         emu_cpu0 = emu.cpu()
         with DaemonProcess(config, work / "daemon.log") as daemon:
             daemon.wait_count("startup_scan_done", 1, 30, keep=set())

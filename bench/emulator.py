@@ -18,18 +18,16 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench.common import API_KEY, PYTHON, REPO, BenchError, stop_process
+from watcher.fakecloud import FakeCloud, Faults
 
 
 def main(argv: list[str] | None = None) -> int:
-    from watcher.fakecloud import FakeCloud, Faults
-
     p = argparse.ArgumentParser(prog="bench.emulator")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every API and upload request")
     p.add_argument("--cert", help="PEM file holding the server's key and certificate chain (enables HTTPS)")
@@ -81,13 +79,14 @@ class Emulator:
             assert self.proc.stdout is not None
             ready, _, _ = select.select([self.proc.stdout], [], [], 20)
             line = self.proc.stdout.readline() if ready else b""
-            if not line:
-                raise BenchError("the emulator did not start within 20 s")
-            info = json.loads(line)
-            self.url, self.pid = info["url"], info["pid"]
         except BaseException:
             stop_process(self.proc)
             raise
+        if not line:
+            stop_process(self.proc)
+            raise BenchError("the emulator did not start within 20 s")
+        info = json.loads(line)
+        self.url, self.pid = info["url"], info["pid"]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,10 +119,10 @@ class Emulator:
         raise AssertionError("unreachable")
 
     def stats(self) -> dict[str, Any]:
-        return self._get("/_fake/stats")
+        return cast(dict[str, Any], self._get("/_fake/stats"))
 
     def runs(self) -> list[dict[str, Any]]:
-        return self._get("/_fake/runs", timeout=120)
+        return cast(list[dict[str, Any]], self._get("/_fake/runs", timeout=120))
 
     def cpu(self) -> float:
         return float(self.stats()["cpu_seconds"])
@@ -132,18 +131,6 @@ class Emulator:
         """Requests to `endpoint` ("put", "create_run", ...) answered 2xx so far."""
         by = self.stats()["by_endpoint"].get(endpoint, {})
         return sum(n for status, n in by.items() if status.startswith("2"))
-
-
-def wait_ready(emulator: Emulator, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            emulator.stats()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def tracked_count(folders: Iterable[Path]) -> int:
 
 def read_marker(folder: Path) -> dict[str, object] | None:
     try:
-        return json.loads((folder / TRACKED).read_text())
+        data = json.loads((folder / TRACKED).read_text())
+        return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
 

@@ -7,7 +7,9 @@ after the window; the emulator's request count over the window should not move.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bench.common import WORK, fresh_dir
 from bench.daemon import DaemonProcess, write_config
@@ -29,7 +31,12 @@ class Idle:
         return self.cpu * 60 / self.window
 
 
-def measure(folders: int, window: float, *, log: callable = print) -> Idle:  # type: ignore[valid-type]
+def _api_requests(stats: dict[str, Any]) -> int:
+    """Requests other than our own /_fake/ reads."""
+    return sum(sum(by.values()) for name, by in stats["by_endpoint"].items() if name != "control")
+
+
+def measure(folders: int, window: float, *, log: Callable[[str], None] = print) -> Idle:
     root = tracked_tree(folders, log)
     work = fresh_dir(WORK / f"idle-run-{folders}")
     with Emulator() as emu:
@@ -37,7 +44,8 @@ def measure(folders: int, window: float, *, log: callable = print) -> Idle:  # t
         with DaemonProcess(config, work / "daemon.log") as daemon:
             daemon.wait_count("startup_scan_done", 1, 60, keep=set())
             time.sleep(3)
-            cpu0, req0, emu_cpu0 = daemon.cpu(), emu.stats()["requests"], emu.cpu()
+            stats0 = emu.stats()
+            cpu0, req0, emu_cpu0 = daemon.cpu(), _api_requests(stats0), float(stats0["cpu_seconds"])
             started = time.monotonic()
             deadline = started + window
             while time.monotonic() < deadline:
@@ -47,7 +55,6 @@ def measure(folders: int, window: float, *, log: callable = print) -> Idle:  # t
             elapsed = time.monotonic() - started
             emu_stats = emu.stats()
             peak = daemon.peak_rss_mb()
-        # Each stats read is itself a request; subtract the one that opened the window.
-        requests = emu_stats["requests"] - req0 - 1
+        requests = _api_requests(emu_stats) - req0
         emu_cpu = float(emu_stats["cpu_seconds"]) - emu_cpu0
     return Idle(folders, elapsed, cpu1 - cpu0, requests, peak, emu_cpu)

@@ -17,6 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import nextmv
+from nextmv import TrackedRun, TrackedRunStatus
+from nextmv.cloud import Application, Client
+
 
 def _usage() -> tuple[float, float]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -30,10 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file", type=Path)
     p.add_argument("--app", default="bench-app")
     args = p.parse_args(argv)
-
-    import nextmv
-    from nextmv import TrackedRun, TrackedRunStatus
-    from nextmv.cloud import Application, Client
 
     client = Client(api_key=os.environ["NEXTMV_API_KEY"], url=os.environ["NEXTMV_ENDPOINT"])
     app = Application(id=args.app, client=client)

@@ -10,6 +10,7 @@ so its CPU seconds are those of this measurement alone.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -119,12 +120,10 @@ def sdk_run(n: int, latency: float, tls: Tls | None, ca: Path, *, timeout: float
             env["REQUESTS_CA_BUNDLE"] = str(tls.ca)
         emu_cpu0 = emu.cpu()
         proc = subprocess.run([PYTHON, "-m", "bench.sdk_loop", "loop", "--root", str(root)],  # noqa: S603
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         emu_cpu = emu.cpu() - emu_cpu0
         if proc.returncode != 0 or not proc.stdout.strip():
             raise BenchError(f"the SDK loop failed ({proc.returncode}): {proc.stderr[-1500:]}")
-        import json
-
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         check, steady = _check_runs(emu, n)
         if result["error_count"]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import yaml
 from helpers import API_KEY, FAILED, TRACKED, marker, write_config, write_folder
 
 from watcher import __version__
+from watcher.claim import Claims
 from watcher.cli import main
 from watcher.fakecloud import FakeCloud
 from watcher.state import JOURNAL, Intent, Journal, StateStore
@@ -132,7 +135,7 @@ def test_a_missing_api_key_exits_2(run: Run, config: Path, monkeypatch: pytest.M
     assert "$NEXTMV_API_KEY" in result.err
 
 
-def test_a_usage_error_exits_2(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["track"])   # FOLDER missing
     assert exc.value.code == 2
@@ -186,6 +189,28 @@ def test_check_reads_the_key_from_the_key_file(run: Run, tmp_path: Path, cloud: 
     result = run("check", "--config", config)
     assert result.code == 0, result.out + result.err
     assert "application app-1: ok" in result.out
+
+
+def test_check_exits_1_when_the_api_is_unreachable(run: Run, tmp_path: Path, watched: Path,
+                                                   state_dir: Path) -> None:
+    with FakeCloud(api_keys=[API_KEY]) as gone:
+        url = gone.url                 # a port that refuses connections once the emulator stopped
+    config = write_config(tmp_path / "c.yaml", url, [(watched, "app-1")], state_dir)
+    result = run("check", "--config", config)
+    assert result.code == 1
+    assert f"API {url}: UNREACHABLE" in result.out
+
+
+def test_a_key_file_readable_by_others_draws_a_warning(run: Run, tmp_path: Path, cloud: FakeCloud,
+                                                       watched: Path, state_dir: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY)
+    key_file.chmod(0o644)
+    config = write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1")], state_dir,
+                          api={"key_file": str(key_file)})
+    result = run("check", "--offline", "--config", config)
+    assert result.code == 0, result.err
+    assert "key_file_readable_by_others" in log_events(result.err)
 
 
 # --- track ---------------------------------------------------------------------------------------
@@ -298,8 +323,33 @@ def test_track_exits_1_when_the_api_rejects_the_key(run: Run, config: Path, clou
     assert marker(folder) is None
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_track: a missing folder makes Claims.acquire raise StateError "
-                                       "outside the try block, so main() crashes with a traceback")
+def test_track_accepts_a_relative_folder_path(run: Run, config: Path, cloud: FakeCloud, watched: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_folder(watched, "run-rel", {"input.json": INPUT, "output.json": OUTPUT}, marker=None)
+    monkeypatch.chdir(watched)
+    result = run("track", "run-rel", "--config", config)
+    assert result.code == 0, result.err
+    assert marker(folder)["run_id"] == result.out.strip()  # type: ignore[index]
+    assert [r.application_id for r in cloud.runs()] == ["app-1"]
+
+
+def test_track_refuses_a_folder_claimed_by_another_live_process(run: Run, config: Path, cloud: FakeCloud,
+                                                                watched: Path) -> None:
+    folder = write_folder(watched, "run-c", {"input.json": INPUT, "output.json": OUTPUT}, marker=None)
+    holder = Claims(clock=time.time, host=socket.gethostname(), pid=os.getppid())   # alive: our parent
+    claim = holder.acquire(folder)
+    assert claim is not None
+    try:
+        result = run("track", folder, "--config", config)
+    finally:
+        holder.release(claim)
+    assert result.code == 1
+    assert "being tracked by another process" in result.err
+    assert str(os.getppid()) in result.err
+    assert api_requests(cloud) == []
+    assert marker(folder) is None
+
+
 def test_track_of_a_missing_folder_exits_1(run: Run, config: Path, cloud: FakeCloud, watched: Path) -> None:
     result = run("track", watched / "does-not-exist", "--config", config)
     assert result.code == 1
@@ -406,6 +456,17 @@ def test_retry_keeps_open_intents(run: Run, config: Path, watched: Path, state_d
     result = run("retry", folder, "--config", config)
     assert result.code == 0, result.err
     assert store.journal(folder) == Journal(intents=[intent])
+
+
+def test_retry_works_without_a_configuration_file(run: Run, watched: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("watcher.config.DEFAULT_CONFIG_PATH", tmp_path / "no-such-config.yaml")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    folder = write_folder(watched, "run-n", {"input.json": INPUT, "output.json": OUTPUT})
+    StateStore(tmp_path / "xdg" / "nextmv-watcher").mark_failed(folder, "gave up", 10, 1.0, reason="exhausted")
+    result = run("retry", folder)
+    assert result.code == 0, result.err
+    assert marker(folder, FAILED) is None
 
 
 def test_retry_without_a_failed_marker_exits_1(run: Run, config: Path, watched: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, TRACKED, marker, write_folder
+from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 
 from watcher.client import NextmvClient
 from watcher.config import DEFAULTS, FilesConfig, FormatConfig
@@ -310,3 +310,55 @@ def test_a_rejected_post_raises_and_drops_the_intent(env: Env, status: int) -> N
     assert env.store.journal(run.path).intents == []
     assert marker(run.path) is None
     assert json.loads((run.path / JOURNAL).read_text())["intents"] == []
+
+
+def test_a_large_upload_is_journaled_when_it_finishes_and_survives_a_changed_folder(env: Env) -> None:
+    big = b'{"pad": "' + b"x" * (1 << 20) + b'"}'     # over the 1 MiB journaling threshold
+    run = env.folder("run-big", {"input.json": big, "output.json": OUTPUT})
+    output = run.path / "output.json"
+    touched: list[bool] = []
+
+    def touch_output_once(nbytes: int) -> None:
+        if not touched:
+            touched.append(True)
+            st = output.stat()
+            os.utime(output, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    tracker = env.tracker(progress=touch_output_once)
+    with pytest.raises(FolderChanged):
+        tracker.track(run, APP, None)
+    journal = env.store.journal(run.path)
+    assert "input" in journal.uploads, "the large upload was not journaled when it finished"
+    assert env.count("create_run") == 0
+    uploads_before = env.count("uploadurl")
+
+    run = inspect_folder(run.path, FILES, FormatConfig())
+    env.tracker().track(run, APP, None)
+    assert env.count("uploadurl") == uploads_before + 1      # the changed output only
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.body["upload_id"] == journal.uploads["input"].upload_id
+    assert recorded.artifact("input").data == big  # type: ignore[union-attr]
+
+
+def test_a_run_that_shows_up_late_in_the_listing_is_adopted_not_posted_again(env: Env) -> None:
+    env.cloud.set_faults(list_lag_seconds=0.5)
+    env.cloud.fail_next("create_run", None, after_processing=True)
+    tracker = env.tracker(grace_seconds=30)
+    run = env.folder()
+    with pytest.raises(RetryLater):
+        tracker.track(run, APP, None)      # the run exists but is not listed yet
+
+    def track_or_wait() -> bool:
+        try:
+            tracker.track(run, APP, None)
+        except RetryLater:
+            return False
+        return True
+
+    wait_for(track_or_wait, 10, "the run to be listed and adopted")
+    [recorded] = env.cloud.runs(APP)
+    assert env.count("create_run") == 1
+    tracked = marker(run.path)
+    assert tracked is not None
+    assert tracked["run_id"] == recorded.run_id
+    assert tracked["adopted"] is True

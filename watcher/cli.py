@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -22,9 +23,11 @@ from watcher import __version__, logs
 from watcher.claim import Claims
 from watcher.client import NextmvClient, build_verify
 from watcher.config import (
+    LOG_LEVELS,
     Config,
     FilesConfig,
     FormatConfig,
+    default_control_socket,
     default_state_dir,
     key_file_is_shared,
     load_config,
@@ -34,8 +37,11 @@ from watcher.config import (
 from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, WatcherError
 from watcher.folder import inspect_folder
 from watcher.lookup import RunLookup
-from watcher.scan import scan_all
-from watcher.state import JOURNAL, StateStore
+from watcher.retry import GLOBAL
+from watcher.scan import STATES, iter_folders, quick_state, scan_all
+from watcher.state import FAILED as FAILED_MARKER
+from watcher.state import JOURNAL, StateStore, utc_iso
+from watcher.state import TRACKED as TRACKED_MARKER
 from watcher.tracker import Tracker
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -66,7 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--offline", action="store_true", help="check the configuration only, no API calls")
     with_config(c)
     c = cmd("retry", "forget a folder's failed marker so that it is tracked again")
+    c.add_argument("folder", type=Path, nargs="?", help="the failed folder (or --all-failed)")
+    c.add_argument("--all-failed", action="store_true", help="every failed folder under the watched paths")
+    c.add_argument("--application", metavar="A", help="with --all-failed: only folders of application A")
+    with_config(c)
+    c = cmd("forget", "remove a folder's tracked marker so that it is tracked again (as a new run)")
     c.add_argument("folder", type=Path)
+    c.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    with_config(c)
+    c = cmd("status", "show the running daemon's state (or, without one, a scan summary)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of text")
+    with_config(c)
+    c = cmd("sync", "track every complete folder once, without a daemon, then exit")
     with_config(c)
     c = cmd("fake-cloud", "run a local emulator of the Nextmv runs API (for trying things out)")
     c.add_argument("--port", type=int, default=8765)
@@ -113,11 +130,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(config.logging.level, config.logging.format)
     service = Service(config, _api_key(config))
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         service.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        service.request_reload()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
     try:
         service.start()
     except OSError as exc:
@@ -144,10 +165,19 @@ def cmd_track(args: argparse.Namespace) -> int:
     if tracked is not None:
         print(f"nextmv-watcher: {folder} is already tracked as run {tracked.get('run_id')}", file=sys.stderr)
         return FAILED
+    if not folder.is_dir():
+        print(f"nextmv-watcher: {folder} is not a directory", file=sys.stderr)
+        return FAILED
     client = _client(config, _api_key(config))
     claims = Claims(clock=time.time, fallback_dir=store.fallback_dir)
-    claim = claims.acquire(folder)
+    try:
+        claim = claims.acquire(folder)
+    except WatcherError as exc:
+        client.close()
+        print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
+        return FAILED
     if claim is None:
+        client.close()
         print(f"nextmv-watcher: {folder} is being tracked by another process ({claims.holder(folder)})",
               file=sys.stderr)
         return FAILED
@@ -217,25 +247,215 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    if args.all_failed == (args.folder is not None):
+        print("nextmv-watcher: retry: give either FOLDER or --all-failed", file=sys.stderr)
+        return USAGE
+    if args.application and not args.all_failed:
+        print("nextmv-watcher: retry: --application goes with --all-failed", file=sys.stderr)
+        return USAGE
+    if args.all_failed:
+        return _retry_all(_load(args), args.application)
     try:
-        state_dir = _load(args).state_dir
+        config: Config | None = _load(args)
     except ConfigError:
         if args.config:
             raise
-        state_dir = default_state_dir()
+        config = None
+    state_dir = config.state_dir if config else default_state_dir()
     store = StateStore(state_dir)
     folder = Path(args.folder).absolute()
-    if not store.remove(folder, ".nextmv-failed.json"):
+    if not _clear_failure(store, folder):
         print(f"nextmv-watcher: {folder} has no failed marker", file=sys.stderr)
         return FAILED
+    print(f"{folder}: failed marker removed; it will be tracked again")
+    _poke(config.control_socket if config else default_control_socket(state_dir))
+    return OK
+
+
+def _retry_all(config: Config, application: str | None) -> int:
+    watches = [w for w in config.watch if application is None or w.application_id == application]
+    if not watches:
+        print(f"nextmv-watcher: no watched path has application {application}", file=sys.stderr)
+        return USAGE
+    store = StateStore(config.state_dir)
+    count = 0
+    for watch in watches:
+        for folder in sorted(iter_folders(watch.path)):
+            if quick_state(store, folder) == "failed" and _clear_failure(store, folder):
+                print(folder)
+                count += 1
+    print(f"{count} failed folder(s) will be tracked again", file=sys.stderr)
+    if count:
+        _poke(config.control_socket)
+    return OK
+
+
+def _clear_failure(store: StateStore, folder: Path) -> bool:
+    """Remove the failed marker and reset the attempt count; open intents stay, so that a run a POST
+    may have created is looked up before anything is posted again. False when there was no marker."""
+    if not store.remove(folder, FAILED_MARKER):
+        return False
     journal = store.journal(folder)
     journal.attempts, journal.next_attempt_at, journal.last_error = 0, None, None
     if journal.is_empty:
         store.remove(folder, JOURNAL)
     else:
         store.save_journal(folder, journal)
-    print(f"{folder}: failed marker removed; it will be tracked again")
+    return True
+
+
+def _poke(socket_path: Path | None) -> None:
+    """Ask a running daemon to rescan now, so that it sees a folder whose marker was removed."""
+    if socket_path is None:
+        return
+    from watcher import control
+
+    try:
+        control.request(socket_path, "rescan")
+    except OSError:
+        return   # no daemon: it rescans at start-up anyway
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    config = _load(args)
+    store = StateStore(config.state_dir)
+    folder = Path(args.folder).absolute()
+    tracked = store.tracked(folder)
+    if tracked is None:
+        print(f"nextmv-watcher: {folder} has no tracked marker", file=sys.stderr)
+        return FAILED
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("nextmv-watcher: forget: not asking without a terminal; give --yes", file=sys.stderr)
+            return USAGE
+        print(f"Forget run {tracked.get('run_id')} of {folder} and track it again? [y/N] ", end="",
+              file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nextmv-watcher: nothing forgotten", file=sys.stderr)
+            return FAILED
+    store.remove(folder, TRACKED_MARKER)
+    print(f"{folder}: forgot run {tracked.get('run_id')}; it will be tracked again as a new run")
+    _poke(config.control_socket)
     return OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from watcher import control
+
+    config = _load(args)
+    socket_path = config.control_socket
+    try:
+        if socket_path is None:
+            raise FileNotFoundError("no control socket configured")
+        response = control.request(socket_path, "status")
+    except OSError as exc:
+        print(f"nextmv-watcher: no daemon answers on {socket_path} ({exc.strerror or exc}); "
+              "showing a scan of the watched paths instead", file=sys.stderr)
+        return _print_scan_status(config, json_output=args.json)
+    if not response.get("ok") or not isinstance(response.get("status"), dict):
+        print(f"nextmv-watcher: the daemon answered: {response.get('error', response)}", file=sys.stderr)
+        return FAILED
+    status: dict[str, Any] = response["status"]
+    print(json.dumps(status, indent=1) if args.json else _format_status(status))
+    return OK
+
+
+def _format_status(st: dict[str, Any]) -> str:
+    """The daemon's status dict as text. Missing keys are left out, so an older daemon still shows."""
+    lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
+    if st.get("watched"):
+        lines.append(f"watched: {', '.join(st['watched'])}")
+    oldest = st.get("oldest_pending_age_seconds")
+    lines.append(f"queue: {st.get('queue_depth', 0)} queued, {len(st.get('in_flight') or [])} in flight"
+                 + (f", oldest pending {_duration(oldest)}" if oldest is not None else ""))
+    lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
+    paused = st.get("paused") or {}
+    if not paused:
+        lines.append("paused: no")
+    for scope, p in sorted(paused.items()):
+        what = "all work" if scope == GLOBAL else f"application {scope}"
+        lines.append(f"paused: {what} since {_when(p.get('since'))} ({p.get('reason')}): {p.get('message')}")
+    c = st.get("counters") or {}
+    lines.append(f"counters: {c.get('tracked', 0)} tracked, {c.get('failed', 0)} failed, "
+                 f"{c.get('retried', 0)} retried")
+    health = []
+    if st.get("observer_alive") is not None:
+        health.append(f"observer {'alive' if st['observer_alive'] else 'DEAD'}")
+    workers = st.get("workers_alive")
+    if isinstance(workers, bool):
+        health.append("workers alive" if workers else "workers DEAD")
+    elif isinstance(workers, int):
+        health.append(f"{workers} worker(s) alive")
+    if st.get("incomplete_too_long"):
+        health.append(f"{st['incomplete_too_long']} folder(s) incomplete for too long")
+    if health:
+        lines.append("health: " + ", ".join(health))
+    failures = st.get("recent_failures") or []
+    lines.append(f"recent failures: {len(failures) or 'none'}")
+    lines.extend(f"  {_when(f.get('at'))}  {f.get('folder')}  {f.get('reason')}: {f.get('error')}" for f in failures)
+    return "\n".join(lines)
+
+
+def _print_scan_status(config: Config, *, json_output: bool) -> int:
+    """No daemon: counts by state from a scan, and the failed folders with their reasons."""
+    store = StateStore(config.state_dir)
+    counts = dict.fromkeys(STATES, 0)
+    failed: list[dict[str, Any]] = []
+    for report in scan_all(config, store, time.time()):
+        counts[report.state] += 1
+        if report.state == "failed":
+            marker = store.failed(Path(report.folder)) or {}
+            failed.append({"folder": report.folder, "application_id": report.application_id,
+                           "reason": marker.get("reason"), "error": marker.get("error"),
+                           "at": marker.get("failed_at")})
+    if json_output:
+        print(json.dumps({"state": "not running", "counts": counts, "failed": failed}, indent=1))
+        return OK
+    print("daemon: not running")
+    print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for f in failed:
+        print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
+    return OK
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    s = int(seconds)
+    h, rest = divmod(s, 3600)
+    return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def _when(at: object) -> str:
+    return utc_iso(at) if isinstance(at, int | float) else str(at)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from watcher.sync import run_sync
+
+    config = _load(args)
+    if sys.stderr.isatty():
+        # The progress bar owns the terminal: only warnings and errors are logged, above it.
+        level = config.logging.level if LOG_LEVELS.index(config.logging.level) >= LOG_LEVELS.index("warning") \
+            else "warning"
+        logs.configure(level, config.logging.format, stream=cast(TextIO, _CurrentStderr()))
+    else:
+        logs.configure(config.logging.level, config.logging.format)
+    return run_sync(config, _api_key(config), out=sys.stdout, err=sys.stderr)
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time, so that log lines go through the progress bar's
+    redirection and appear above it instead of tearing it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def cmd_fake_cloud(args: argparse.Namespace) -> int:
@@ -253,5 +473,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "track": cmd_track, "scan": cmd_scan, "check": cmd_check, "retry": cmd_retry,
-    "fake-cloud": cmd_fake_cloud, "demo": cmd_demo,
+    "forget": cmd_forget, "status": cmd_status, "sync": cmd_sync, "fake-cloud": cmd_fake_cloud, "demo": cmd_demo,
 }

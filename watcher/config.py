@@ -463,7 +463,7 @@ class _Validator:
 
     def listen_address(self, value: str, where: str) -> None:
         host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             self.problem(f"{where}: must be host:port, got {value!r}")
 
     def no_overlap(self, watches: list[WatchConfig], indexes: list[int]) -> None:

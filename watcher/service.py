@@ -1,44 +1,58 @@
-"""The daemon's lifecycle: start, run, drain, stop.
+"""The daemon's lifecycle: start, run, drain, stop, reload.
 
     STARTING --start()--> RUNNING --request_stop()--> DRAINING --> STOPPED
                                    --request_abort()------------> STOPPED
 
-Threads: watchdog's observer (events -> queue), one start-up scan (folders -> queue as they
-are found), `workers` worker threads (queue -> FolderProcessor), a lease keeper, and the
-caller's thread running `run()`: periodic reconciliation scans, probes of a paused API, and
-nothing else. Signal handlers (installed by the CLI) only call request_stop/request_abort,
+Threads: the watchdog observers (events -> queue), one start-up scan (folders -> queue as they
+are found), `workers` worker threads (queue -> FolderProcessor), a lease keeper, the control
+socket and metrics listeners, and the caller's thread running `run()`: reloads, probes of a
+paused API, observer health, reconciliation scans, systemd notifications and nothing else.
+Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload,
 which set flags.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import structlog
 
+from watcher import aftercare
 from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
-from watcher.config import Config, resolve_api_key
-from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError
-from watcher.logs import REDACTOR
+from watcher.config import Config, load_config
+from watcher.control import ControlServer
+from watcher.errors import ConfigError
 from watcher.lookup import RunLookup
+from watcher.metrics import HealthServer, Metrics
+from watcher.notify import Notifier
 from watcher.prepare import clean_spool
+from watcher.probe import Prober
 from watcher.queue import WorkQueue
-from watcher.retry import GLOBAL, ApiGate
+from watcher.retry import ApiGate
 from watcher.scan import iter_folders, quick_state
 from watcher.state import StateStore
 from watcher.tracker import Tracker
-from watcher.watch import Detector, ObserverFactory
+from watcher.watch import Detectors, ObserverFactory
 from watcher.worker import FolderProcessor
 
 log = structlog.get_logger("watcher.service")
-FULL_RECONCILE_EVERY = 12   # every Nth reconciliation also re-reads the markers of finished folders
+FULL_RECONCILE_EVERY = 12     # every Nth reconciliation also re-reads the markers of finished folders
+STATUS_EVERY_SECONDS = 5.0    # STATUS= lines to systemd
+HOUSEKEEPING_SECONDS = 30.0   # incomplete-too-long warnings
+RETENTION_EVERY_SECONDS = 3600.0
+# A worker that moved no bytes and saw no request finish for this long is wedged: stop pinging
+# systemd's watchdog so that it restarts us. Longer than a read timeout plus a capped Retry-After.
+STALL_SECONDS = 180.0
 
 
 class State(enum.Enum):
@@ -60,7 +74,8 @@ class Service:
     def __init__(self, config: Config, api_key: str, *, clock: Callable[[], float] = time.time,
                  observer_factory: ObserverFactory | None = None,
                  transport: httpx.BaseTransport | None = None, watch: bool = True,
-                 recheck_incomplete: bool = True) -> None:
+                 recheck_incomplete: bool = True, notifier: Notifier | None = None,
+                 on_reload: Callable[[Config], None] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.state = State.STARTING
@@ -69,9 +84,16 @@ class Service:
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._wake = threading.Event()
+        self._reload = threading.Event()
+        self._reconcile_now = threading.Event()
+        self._rescan_reason = ""
         self.ready = threading.Event()
         self.watching = watch
-        self.recheck_incomplete = recheck_incomplete
+        self.on_reload = on_reload
+        self.notifier = notifier or (Notifier() if watch else Notifier({}))
+        self.metrics = Metrics(self.status)
+        self.recent_failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self._progress_at = time.monotonic()
 
         self.store = StateStore(config.state_dir)
         self.spool_dir = config.state_dir / "spool"
@@ -86,24 +108,28 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=max(4, config.workers * 2), thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock)
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
-                               lookup=self.lookup, clock=clock, grace_seconds=config.retry.lookup_grace_seconds)
+                               lookup=self.lookup, clock=clock, grace_seconds=config.retry.lookup_grace_seconds,
+                               progress=self._on_bytes)
         self.claims = Claims(clock=clock, fallback_dir=self.store.fallback_dir)
         self.keeper = LeaseKeeper(self.claims)
-        roots = [w.path for w in config.watch]
-        self.detector = (Detector(roots, self._enqueue, observer_factory=observer_factory,
-                                  on_overflow=self._on_overflow)
-                         if observer_factory else Detector(roots, self._enqueue, on_overflow=self._on_overflow))
-        self._reconcile_now = threading.Event()
-        self._rescan_reason = ""
-        self.observer_restarts = 0
+        self.detectors = Detectors(config.watch, self.queue.put, observer_factory=observer_factory,
+                                   on_overflow=self._on_overflow)
+        self.prober = Prober(config, self.client, self.gate, requeue=self.queue.put, clock=clock)
         self.processor = FolderProcessor(
             config, self.store, self.claims, self.keeper, self.tracker, self.gate,
-            watch_folder=self._watch_folder, unwatch_folder=self.detector.unwatch_folder, clock=clock,
-            recheck_incomplete=recheck_incomplete)
+            watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
+            recheck_incomplete=recheck_incomplete, on_outcome=self._on_outcome, after_tracked=self._after_tracked)
+        socket_path = config.control_socket or config.state_dir / "control.sock"
+        self.control = ControlServer(socket_path, self.handle_control) if watch else None
+        self.health_server: HealthServer | None = None
         self._workers: list[threading.Thread] = []
+        self._target_workers = config.workers
         self._scanner: threading.Thread | None = None
         self._reconciles = 0
-        self._next_reconcile = 0.0
+        now = clock()
+        self._next = {"reconcile": now + config.reconcile_seconds, "status": 0.0, "watchdog": 0.0,
+                      "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
+        self._warned_incomplete: set[Path] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -114,27 +140,38 @@ class Service:
             self.state = new
 
     def start(self) -> None:
-        """Start observers, the start-up scan and the workers. Raises OSError if a path cannot be watched."""
+        """Start observers, the start-up scan, the workers and the listeners.
+        Raises OSError if a watched path cannot be watched at all."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         removed = clean_spool(self.spool_dir)
         if removed:
             log.info("spool_cleaned", files=removed)
         if self.watching:
-            self.detector.start()
+            self.detectors.start()
         self.keeper.start()
+        self._start_listeners()
         self._scanner = threading.Thread(target=self._startup_scan, name="startup-scan", daemon=True)
         self._scanner.start()
-        for i in range(self.config.workers):
-            t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
-        self._next_reconcile = self.clock() + self.config.reconcile_seconds
+        self._resize_workers(self.config.workers)
         self._transition(State.RUNNING)
         log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
-                 workers=self.config.workers, api=self.config.api.url)
+                 workers=self.config.workers, api=self.config.api.url, pid=os.getpid())
+
+    def _start_listeners(self) -> None:
+        if self.control is not None:
+            try:
+                self.control.start()
+            except OSError as exc:
+                log.warning("control_socket_failed", path=str(self.config.control_socket), error=str(exc),
+                            hint="`nextmv-watcher status` will fall back to scanning")
+                self.control = None
+        if self.watching and self.config.metrics.listen:
+            self.health_server = HealthServer(self.config.metrics.listen, self.metrics, self.health)
+            self.health_server.start()
+            log.info("metrics_listening", listen=self.config.metrics.listen, port=self.health_server.port)
 
     def request_stop(self) -> None:
-        """First stop request: drain. Safe to call from a signal handler."""
+        """First stop request: drain. A second one aborts. Safe to call from a signal handler."""
         if self._stop.is_set():
             self.request_abort()
             return
@@ -142,10 +179,14 @@ class Service:
         self._wake.set()
 
     def request_abort(self) -> None:
-        """Second stop request: stop waiting for in-flight work."""
         self._abort.set()
         self._stop.set()
         self.client.cancel.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Reload the configuration file (SIGHUP). Safe to call from a signal handler."""
+        self._reload.set()
         self._wake.set()
 
     def run(self) -> None:
@@ -182,8 +223,8 @@ class Service:
         if self.state is State.RUNNING:
             self._transition(State.DRAINING)
         self._stop.set()
-        in_flight = self.queue.in_flight()
-        log.info("daemon_stopping", in_flight=len(in_flight), queued=len(self.queue))
+        self.notifier.stopping()
+        log.info("daemon_stopping", in_flight=len(self.queue.in_flight()), queued=len(self.queue))
         self.queue.close()
         deadline = time.monotonic() + self.config.drain_timeout_seconds
         for t in self._workers:
@@ -193,21 +234,83 @@ class Service:
         if left:
             log.warning("drain_timeout", workers=left, hint="their folders resume from the journal next time")
             self.client.cancel.set()
-        self.detector.stop()
+        self.detectors.stop()
         self.keeper.stop()
+        if self.control is not None:
+            self.control.stop()
+        if self.health_server is not None:
+            self.health_server.stop()
         self.executor.shutdown(wait=not left, cancel_futures=True)
         if not left:
             self.client.close()
+        self.notifier.close()
         self._transition(State.STOPPED)
         log.info("daemon_stopped")
 
+    # -- what the outside sees -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        pending = self.queue.snapshot()
+        incomplete = dict(self.processor.incomplete_since)
+        warn = self.config.metrics.incomplete_warn_seconds
+        return {
+            "state": self.state.value,
+            "pid": os.getpid(),
+            "uptime_seconds": round(now - self.started_at, 3),
+            "queue_depth": len(pending),
+            "in_flight": sorted(str(p) for p in self.queue.in_flight()),
+            "oldest_pending_age_seconds": self._oldest_pending_age(pending, now),
+            "paused": {scope: {"reason": p.reason, "message": p.message, "since": p.since}
+                       for scope, p in self.gate.pauses().items()},
+            "counters": {"tracked": self.processor.counters.tracked, "failed": self.processor.counters.failed,
+                         "retried": self.processor.counters.retried},
+            "recent_failures": list(self.recent_failures),
+            "observer_alive": self.detectors.alive() if self.watching else None,
+            "observer_restarts": self.detectors.restarts,
+            "workers_alive": sum(1 for t in self._workers if t.is_alive()),
+            "incomplete": len(incomplete),
+            "incomplete_too_long": sum(1 for since in incomplete.values() if now - since > warn),
+            "watched": [str(w.path) for w in self.config.watch],
+        }
+
+    def _oldest_pending_age(self, pending: dict[Path, float], now: float) -> float | None:
+        """Age of the oldest folder that is ready and waiting (by its newest file's mtime)."""
+        ready = [p for p, at in pending.items() if at <= now]
+        ages = []
+        for folder in ready[:1000]:
+            try:
+                ages.append(now - folder.stat().st_mtime)
+            except OSError:
+                continue
+        return round(max(ages), 3) if ages else None
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while observers and workers are alive and the API is not paused for too long."""
+        reasons = []
+        if self.watching and not self.detectors.alive():
+            reasons.append("observer not running")
+        if not all(t.is_alive() for t in self._workers[: self._target_workers]):
+            reasons.append("a worker thread died")
+        now = self.clock()
+        for scope, pause in self.gate.pauses().items():
+            if now - pause.since > self.config.metrics.unhealthy_pause_seconds:
+                reasons.append(f"API paused ({pause.reason}) for {round(now - pause.since)} s: {scope}")
+        return not reasons, {"reasons": reasons, "queue_depth": len(self.queue), "state": self.state.value}
+
+    def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, "status": self.status()}
+        if command == "rescan":
+            self._rescan("requested over the control socket")
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
     # -- threads ---------------------------------------------------------------------------
 
-    def _enqueue(self, folder: Path) -> None:
-        self.queue.put(folder)
-
     def _watch_folder(self, folder: Path) -> bool:
-        return self.detector.watch_folder(folder) if self.watching else False
+        return self.detectors.watch_folder(folder) if self.watching else False
 
     def _startup_scan(self) -> None:
         queued = finished = 0
@@ -225,15 +328,34 @@ class Service:
         self.ready.set()
         log.info("startup_scan_done", queued=queued, finished=finished,
                  seconds=round(time.monotonic() - started, 3))
+        self.notifier.ready(self._status_line())
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
+    def _resize_workers(self, count: int) -> None:
+        self._target_workers = count
+        self._workers = [t for i, t in enumerate(self._workers) if t.is_alive() or i >= count]
+        while len(self._workers) < count:
+            index = len(self._workers)
+            t = threading.Thread(target=self._work, args=(index,), name=f"worker-{index}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self.queue.wake()
+
+    def _work(self, index: int) -> None:
+        while not self._stop.is_set() and index < self._target_workers:
             folder = self.queue.get(timeout=0.5)
             if folder is None:
                 continue
-            self.queue.done(folder, self.processor.process(folder))
+            again = self.processor.process(folder)
+            self._progress_at = time.monotonic()
+            self.queue.done(folder, again)
+
+    def _on_bytes(self, n: int) -> None:
+        self._progress_at = time.monotonic()
+        self.metrics.upload_bytes(n)
 
     def _on_request(self, outcome: RequestOutcome) -> None:
+        self._progress_at = time.monotonic()
+        self.metrics.request(outcome)
         if outcome.error is None:
             self.gate.record_success()
         elif outcome.error in ("transient", "uncertain") and self.gate.record_transient(
@@ -241,46 +363,99 @@ class Service:
             log.error("api_paused", reason="unreachable", endpoint=outcome.endpoint, status=outcome.status,
                       hint="every recent request failed; work resumes by itself when the API answers")
 
-    # -- periodic work in the main thread ---------------------------------------------------
+    def _on_outcome(self, folder: Path, app: str, outcome: str, reason: str, error: str) -> None:
+        self.metrics.folder(app, outcome, reason)
+        if outcome == "failed":
+            self.recent_failures.append({"folder": str(folder), "application_id": app, "reason": reason,
+                                         "error": error, "at": self.clock()})
 
-    def _next_wait(self) -> float:
-        now = self.clock()
-        times = [self._next_reconcile]
-        probe = self.gate.next_probe_at()
-        if probe is not None:
-            times.append(probe)
-        return max(0.01, min(1.0, min(times) - now))
-
-    def _tick(self) -> None:
-        self._probe()
-        self._check_observer()
-        if self._reconcile_now.is_set() or self.clock() >= self._next_reconcile:
-            if self._reconcile_now.is_set():
-                self._reconcile_now.clear()
-                log.warning("rescanning", reason=self._rescan_reason)
-            self._reconcile()
-            self._next_reconcile = self.clock() + self.config.reconcile_seconds
+    def _after_tracked(self, folder: Path) -> None:
+        if self.config.after_tracking == "keep":
+            return
+        action = aftercare.after_tracked(folder, self.config)
+        self.processor.finished.discard(folder)
+        log.info("folder_" + action, folder=str(folder))
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
-        self._rescan_reason = "inotify queue overflowed: events were lost"
+        self._rescan("inotify queue overflowed: events were lost")
+
+    def _rescan(self, reason: str) -> None:
+        self._rescan_reason = reason
         self._reconcile_now.set()
         self._wake.set()
 
+    # -- periodic work in the main thread ---------------------------------------------------
+
+    def _next_wait(self) -> float:
+        times = list(self._next.values())
+        probe = self.gate.next_probe_at()
+        if probe is not None:
+            times.append(probe)
+        return max(0.01, min(1.0, min(times) - self.clock()))
+
+    def _due(self, name: str, every: float) -> bool:
+        now = self.clock()
+        if now < self._next[name]:
+            return False
+        self._next[name] = now + every
+        return True
+
+    def _tick(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            self._apply_reload()
+        self.prober.run()
+        self._check_observer()
+        if self._reconcile_now.is_set():
+            self._reconcile_now.clear()
+            log.warning("rescanning", reason=self._rescan_reason)
+            self._reconcile()
+        elif self._due("reconcile", self.config.reconcile_seconds):
+            self._reconcile()
+        if self._due("status", STATUS_EVERY_SECONDS):
+            self.notifier.status(self._status_line())
+        if self.notifier.watchdog_interval and self._due("watchdog", self.notifier.watchdog_interval / 2):
+            self._watchdog()
+        if self._due("housekeeping", HOUSEKEEPING_SECONDS):
+            self._warn_incomplete()
+        if self.config.retention_days and self._due("retention", RETENTION_EVERY_SECONDS):
+            removed = aftercare.sweep_retention(self.config, self.clock())
+            if removed:
+                log.info("retention_swept", folders=removed, days=self.config.retention_days)
+
+    def _status_line(self) -> str:
+        c = self.processor.counters
+        paused = ", API paused" if self.gate.is_paused() else ""
+        return (f"queue {len(self.queue)}, in flight {len(self.queue.in_flight())}, tracked {c.tracked}, "
+                f"failed {c.failed}{paused}")
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 only while observers run and workers are not wedged."""
+        stalled = bool(self.queue.in_flight()) and time.monotonic() - self._progress_at > STALL_SECONDS
+        healthy = not stalled and (not self.watching or self.detectors.alive()) and \
+            all(t.is_alive() for t in self._workers[: self._target_workers])
+        if healthy:
+            self.notifier.watchdog()
+        else:
+            log.error("watchdog_withheld", stalled=stalled, observer_alive=self.detectors.alive())
+
+    def _warn_incomplete(self) -> None:
+        now = self.clock()
+        limit = self.config.metrics.incomplete_warn_seconds
+        for folder, since in list(self.processor.incomplete_since.items()):
+            if now - since > limit and folder not in self._warned_incomplete:
+                self._warned_incomplete.add(folder)
+                log.warning("folder_incomplete_too_long", folder=str(folder), seconds=round(now - since),
+                            hint="its producer never finished it (no marker, or no input/output)")
+
     def _check_observer(self) -> None:
         """A dead observer is replaced and the watched paths rescanned, so no folder is missed."""
-        if not self.watching or self.detector.alive() or self._stop.is_set():
+        if not self.watching or self.detectors.alive() or self._stop.is_set():
             return
-        self.observer_restarts += 1
-        log.error("observer_died", restarts=self.observer_restarts, action="restarting it and rescanning")
-        try:
-            self.detector.restart()
-        except OSError as exc:
-            log.error("observer_restart_failed", error=str(exc), action="polling instead")
-            self.detector.use_polling(2.0)
-            self.detector.restart()
-        self._rescan_reason = "observer restarted"
-        self._reconcile_now.set()
+        log.error("observer_died", restarts=self.detectors.restarts + 1, action="restarting it and rescanning")
+        self.detectors.restart()
+        self._rescan("observer restarted")
 
     def _reconcile(self) -> None:
         """Queue folders the observer may have missed; finished ones are skipped by name."""
@@ -302,42 +477,29 @@ class Service:
         if queued:
             log.info("reconcile_queued", folders=queued, full=full)
 
-    def _probe(self) -> None:
-        for scope, pause in self.gate.due_probes():
-            app = scope if scope != GLOBAL else self.config.watch[0].application_id
-            if pause.reason == "auth":
-                self._reload_key()
-            try:
-                self.client.get_application(app, attempts=1)
-            except AuthError as exc:
-                self.gate.still_closed(scope, "auth", str(exc))
-                continue
-            except ApplicationNotFound as exc:
-                if scope == GLOBAL:
-                    self._reopen(GLOBAL)
-                    if self.gate.close(app, "application_not_found", str(exc)):
-                        log.error("application_paused", application_id=app, error=str(exc))
-                else:
-                    self.gate.still_closed(scope, "application_not_found", str(exc))
-                continue
-            except ApiError as exc:
-                self.gate.still_closed(scope, "unreachable", str(exc))
-                continue
-            self._reopen(scope)
-
-    def _reopen(self, scope: str) -> None:
-        pause, parked = self.gate.opened(scope)
-        if pause is None:
-            return
-        log.info("api_resumed", scope="all" if scope == GLOBAL else scope, paused_for=round(
-            self.clock() - pause.since, 1), reason=pause.reason, folders=len(parked))
-        for folder in parked:
-            self.queue.put(folder)
-
-    def _reload_key(self) -> None:
+    def _apply_reload(self) -> None:
+        """SIGHUP: validate the file first; keep running on the old configuration if it is bad."""
+        self.notifier.reloading()
         try:
-            key, _ = resolve_api_key(self.config.api)
-        except ConfigError:
+            new = load_config(Path(self.config.source))
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc), action="keeping the running configuration")
+            self.notifier.ready(self._status_line())
             return
-        REDACTOR.add_secret(key)
-        self.client.set_api_key(key)
+        old = self.config
+        if new.api != old.api or new.state_dir != old.state_dir:
+            log.warning("reload_partial", hint="api and state_dir changes need a restart")
+        self.config = new
+        self.processor.config = new
+        self.prober.config = new
+        if self.on_reload is not None:
+            self.on_reload(new)
+        if {w.path: w for w in new.watch} != {w.path: w for w in old.watch} and self.watching:
+            self.detectors.reconfigure(new.watch)
+        if new.workers != self._target_workers:
+            self._resize_workers(new.workers)
+        added = sorted({str(w.path) for w in new.watch} - {str(w.path) for w in old.watch})
+        removed = sorted({str(w.path) for w in old.watch} - {str(w.path) for w in new.watch})
+        log.info("config_reloaded", added=added, removed=removed, workers=new.workers, level=new.logging.level)
+        self.notifier.ready(self._status_line())
+        self._rescan("configuration reloaded")

@@ -159,6 +159,10 @@ class FolderProcessor:
             return now + CLAIM_BUSY_SECONDS
         self.keeper.hold(claim)
         try:
+            # Another process may have finished the folder between our marker check and our claim.
+            if self.store.tracked(folder) is not None or self.store.failed(folder) is not None:
+                self._finish(folder)
+                return None
             return self._attempt(folder, watch.application_id, watch.instance_id, blog,
                                  lambda: self.claims.verify(claim))
         finally:

@@ -1,0 +1,178 @@
+"""The one table: every figure next to its target from issue 5, the SDK beside the daemon, and the
+emulator's CPU beside each figure; rendered as Markdown for the terminal and bench/RESULTS.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.backlog import Backlog
+from bench.detection import Detection
+from bench.idle import Idle
+from bench.memory import Memory
+from bench.throughput import Throughput
+
+MET, MISSED, NO_TARGET, NOT_MEASURED = "met", "**MISSED**", "-", "n/a"
+KEEP_MARKER = "<!-- Everything below this line is hand-written and kept when the file is regenerated. -->"
+
+
+@dataclass
+class Row:
+    measurement: str
+    daemon: str
+    sdk: str = "-"
+    target: str = "-"
+    result: str = NO_TARGET
+    emulator: str = "-"
+    daemon_cpu: str = "-"
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profiles: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+
+    def error(self, measurement: str, exc: BaseException) -> None:
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        self.rows.append(Row(measurement, f"ERROR: {text}", result="ERROR"))
+        self.notes.append(f"{measurement}: {type(exc).__name__}: {str(exc).strip()[:1500]}")
+
+    def table(self) -> str:
+        head = ["Measurement", "Daemon", "SDK (official, loop)", "Target", "Result", "Emulator CPU",
+                "Daemon CPU"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for r in self.rows:
+            cells = [r.measurement, r.daemon, r.sdk, r.target, r.result, r.emulator, r.daemon_cpu]
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return MET if ok else MISSED
+
+
+def cpu(seconds: float, wall: float) -> str:
+    """CPU seconds and the share of one core over the wall time."""
+    return f"{seconds:.1f} s ({100 * seconds / wall:.0f}% of a core)" if wall > 0 else f"{seconds:.1f} s"
+
+
+def _lat(t: Throughput) -> str:
+    return f"{t.latency * 1000:.0f} ms {'HTTPS' if t.https else 'HTTP'}"
+
+
+def _rate(t: Throughput) -> str:
+    steady = f", steady {t.steady_rate:.0f}" if t.steady_rate else ""
+    flag = "" if t.check == "ok" else f" [check: {t.check}]"
+    return f"{t.rate:.1f} runs/s{steady}{flag}"
+
+
+def throughput_rows(report: Report, default: Throughput | None, best: Throughput | None,
+                    sdk: Throughput | None, label: str) -> None:
+    """Rows for one latency/scheme: defaults vs SDK (target), W/(RxL) at 20 ms, best worker count."""
+    need = None
+    if default is not None:
+        need = 10.0 if default.latency > 0 else 4.0 if default.https else 2.0
+    emu_sdk = f"; SDK run: {cpu(sdk.emu_cpu, sdk.seconds)}" if sdk else ""
+    sdk_cell = f"{sdk.rate:.1f} runs/s" + ("" if sdk.check == "ok" else f" [check: {sdk.check}]") if sdk else \
+        "ERROR (see notes)"
+    if default is not None:
+        ratio = default.rate / sdk.rate if sdk else None
+        daemon = _rate(default) + (f" = **{ratio:.1f}x** SDK" if ratio else "")
+        ok = ratio is not None and need is not None and ratio >= need and default.check == "ok"
+        report.add(Row(f"Throughput {label}, defaults (W={default.workers})", daemon, sdk_cell,
+                       f">= {need:g}x SDK", verdict(ok) if ratio is not None else NOT_MEASURED,
+                       cpu(default.emu_cpu, default.seconds) + emu_sdk, cpu(default.own_cpu, default.seconds)))
+        limit = default.limit()
+        if limit:
+            frac = default.rate / limit
+            report.add(Row(f"Throughput {label}, defaults: share of W/(RxL) = {default.workers}/(3x"
+                           f"{default.latency * 1000:.0f} ms) = {limit:.0f} runs/s",
+                           f"**{100 * frac:.0f}%** (steady {100 * (default.steady_rate or 0) / limit:.0f}%)",
+                           "-", ">= 80%", verdict(frac >= 0.8), "-", "-"))
+    if best is not None:
+        ratio = best.rate / sdk.rate if sdk else None
+        best_limit = best.limit()
+        extra = f"; {100 * best.rate / best_limit:.0f}% of W/(RxL)" if best_limit else ""
+        report.add(Row(f"Throughput {label}, best worker count (W={best.workers})",
+                       _rate(best) + (f" = {ratio:.1f}x SDK" if ratio else "") + extra, sdk_cell, "-", NO_TARGET,
+                       cpu(best.emu_cpu, best.seconds), cpu(best.own_cpu, best.seconds)))
+
+
+def detection_rows(report: Report, d: Detection) -> None:
+    label = f"Detection latency, {d.mode}" + (" (default poll interval)" if d.mode == "polling" else "")
+    if not d.supported:
+        report.add(Row(f"{label}, p50 / p99", d.note or "not supported yet", "-",
+                       "-" if d.mode == "polling" else "< 50 / < 250 ms", NOT_MEASURED))
+        return
+    if d.p50_ms is None or d.p99_ms is None:
+        report.add(Row(f"{label}, p50 / p99", f"no result: {d.note}", result="ERROR"))
+        return
+    note = f" [{d.note}]" if d.note else ""
+    if d.mode == "inotify":
+        report.add(Row(f"{label}, p50 ({d.n} folders)", f"{d.p50_ms:.0f} ms{note}", "-", "< 50 ms",
+                       verdict(d.p50_ms < 50 and not d.note), f"{d.emu_cpu:.1f} s", f"{d.own_cpu:.1f} s"))
+        report.add(Row(f"{label}, p99 (max {d.max_ms:.0f} ms)", f"{d.p99_ms:.0f} ms", "-", "< 250 ms",
+                       verdict(d.p99_ms < 250 and not d.note)))
+    else:
+        report.add(Row(f"{label}, p50 / p99 ({d.n} folders)", f"{d.p50_ms:.0f} / {d.p99_ms:.0f} ms{note}",
+                       "-", "-", NO_TARGET, f"{d.emu_cpu:.1f} s", f"{d.own_cpu:.1f} s"))
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:g} GiB" if size >= 2**30 else f"{size / 2**20:g} MiB"
+
+
+def memory_rows(report: Report, file_run: Memory | None, dir_run: Memory | None, sdk: Memory | None,
+                size: int, parts: int) -> None:
+    sdk_cell = f"{sdk.peak_mb:.0f} MB ({sdk.seconds:.1f} s)" if sdk and sdk.peak_mb else "ERROR (see notes)"
+    for run, what in ((file_run, f"{_gib(size)} output file"), (dir_run, f"{_gib(size)} output dir ({parts} files)")):
+        if run is None:
+            continue
+        flag = "" if run.check == "ok" else f" [check: {run.check}]"
+        mbps = run.size / 2**20 / run.seconds if run.seconds else 0
+        emu = cpu(run.emu_cpu, run.seconds)
+        if what.endswith("file") and sdk:
+            emu += f"; SDK run: {sdk.emu_cpu:.1f} s"
+        report.add(Row(f"Peak RSS tracking a {what}", f"{run.peak_mb:.0f} MB (tracked in {run.seconds:.1f} s, "
+                       f"{mbps:.0f} MiB/s){flag}", sdk_cell if what.endswith("file") else "-", "< 100 MB",
+                       verdict((run.peak_mb or 1e9) < 100 and run.check == "ok"), emu,
+                       cpu(run.own_cpu, run.seconds)))
+
+
+def backlog_rows(report: Report, b: Backlog) -> None:
+    label = f"Backlog {b.total:,} folders ({b.pending:,} pending)"
+    flag = "" if b.check == "ok" else f" [check: {b.check}]"
+    first = "none" if b.first_put is None else f"{b.first_put:.2f} s"
+    post = "" if b.first_post is None else f" (first POST {b.first_post:.2f} s)"
+    report.add(Row(f"{label}: first upload after start", first + post, "-", "< 2 s",
+                   verdict(b.first_put is not None and b.first_put < 2), "-", "-"))
+    scan = "none" if b.scan_seconds is None else f"{b.scan_seconds:.1f} s"
+    report.add(Row(f"{label}: start-up scan (startup_scan_done.seconds)", scan + flag, "-", "< 30 s",
+                   verdict(b.scan_seconds is not None and b.scan_seconds < 30), "-", "-"))
+    wall = b.all_tracked_after or 0
+    done = f"all {b.pending:,} tracked after {wall:.0f} s" if b.all_tracked_after else \
+        f"{b.tracked:,}/{b.pending:,} tracked when measured"
+    report.add(Row(f"{label}: peak RSS", f"{b.peak_mb:.0f} MB ({done})", "-", "< 200 MB",
+                   verdict((b.peak_mb or 1e9) < 200), cpu(b.emu_cpu, wall) if wall else f"{b.emu_cpu:.1f} s",
+                   cpu(b.own_cpu, wall) if wall else f"{b.own_cpu:.1f} s"))
+
+
+def idle_rows(report: Report, i: Idle) -> None:
+    extra = "" if i.requests == 0 else f", {i.requests} API requests during the window"
+    report.add(Row(f"Idle, {i.folders:,} tracked folders", f"{i.per_minute:.3f} CPU s/min ({i.cpu:.2f} s over "
+                   f"{i.window:.0f} s{extra}; RSS peak {i.peak_mb:.0f} MB)", "-", "< 0.5 CPU s/min",
+                   verdict(i.per_minute < 0.5), f"{i.emu_cpu:.2f} s", "-"))
+
+
+def kept_analysis(path: Path) -> str:
+    """The hand-written part of an existing RESULTS.md (below KEEP_MARKER), or ''."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    _, found, after = text.partition(KEEP_MARKER)
+    return after.strip() if found else ""
