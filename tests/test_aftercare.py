@@ -72,7 +72,8 @@ def test_move_puts_the_whole_folder_in_done_path_under_its_name(make_config: Mak
     assert aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done))) == "moved"
     assert visible(watched) == []
     assert tree(done / "run-1") == before
-    assert marker(done / "run-1", TRACKED)["run_id"] == "run-run-1"  # type: ignore[index]
+    tracked = marker(done / "run-1", TRACKED)
+    assert tracked is not None and tracked["run_id"] == "run-run-1"
 
 
 def test_move_onto_a_taken_name_adds_a_suffix(make_config: MakeConfig, watched: Path, done: Path,
@@ -103,7 +104,7 @@ def cross_device(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
         real_rename(src, dst)
 
-    monkeypatch.setattr(aftercare.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     return refused
 
 
@@ -121,7 +122,7 @@ def test_move_across_filesystems_copies_syncs_then_removes_the_source(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(aftercare.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     with structlog.testing.capture_logs() as events:
         assert aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done))) == "moved"
 
@@ -154,7 +155,7 @@ def test_a_failed_cross_filesystem_copy_leaves_the_folder_whole_and_no_partial_c
         copied.append(str(src))
         return real_copy2(src, dst, **kwargs)
 
-    monkeypatch.setattr(aftercare.shutil, "copy2", copy2)
+    monkeypatch.setattr(shutil, "copy2", copy2)
     with pytest.raises(StateError, match="cannot copy"):
         aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done)))
     assert tree(folder) == before
@@ -166,14 +167,14 @@ def test_a_source_that_cannot_be_removed_after_the_copy_keeps_only_the_source(
         cross_device: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tracked_folder(watched, "run-x", tmp_path / "state")
     before = tree(folder)
-    real_rename = aftercare.os.rename
+    real_rename = os.rename
 
     def rename(src: Any, dst: Any) -> None:
         if Path(src) == folder and Path(dst).parent == folder.parent:   # hiding the source to remove it
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
         real_rename(src, dst)
 
-    monkeypatch.setattr(aftercare.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(StateError, match="cannot remove"):
         aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done)))
     assert cross_device, "the move did not go through the cross-filesystem path"

@@ -60,6 +60,7 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Run:
     def call(*argv: str | Path) -> Result:
+        capsys.readouterr()   # drop what fixtures printed (structlog's default output) before the command
         code = main([str(a) for a in argv])
         captured = capsys.readouterr()
         assert API_KEY not in captured.out + captured.err
@@ -441,3 +442,13 @@ def test_forget_of_a_folder_without_a_tracked_marker_exits_1(run: Run, config: P
     result = run("forget", folder, "--yes", "--config", config)
     assert result.code == 1
     assert "has no tracked marker" in result.err
+
+
+def test_sync_gives_up_when_the_api_stays_unreachable(tmp_path: Path, watched: Path, state_dir: Path) -> None:
+    path = write_config(tmp_path / "down.yaml", "http://127.0.0.1:9", [(watched, "app-1")], state_dir)
+    folder = write_folder(watched, "run-1", FILES)
+    out, err = io.StringIO(), io.StringIO()
+    assert run_sync(load_config(path), API_KEY, out=out, err=err, give_up_after=0.0) == 1
+    assert "sync stopped early: the API has been unreachable" in err.getvalue()
+    assert marker(folder) is None and marker(folder, FAILED) is None
+    assert "not tracked yet" in out.getvalue()

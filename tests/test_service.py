@@ -46,8 +46,11 @@ def make_service(tmp_path: Path) -> Iterator[ServiceFactory]:
     for service in made:
         service.shutdown()
         assert service.state is State.STOPPED
-    wait_for(lambda: not [t for t in threading.enumerate() if t not in threads_before and t.is_alive()], 10,
-             "the services' threads to end")
+    wait_for(lambda: not live_threads_except(threads_before), 10, "the services' threads to end")
+
+
+def live_threads_except(before: set[threading.Thread]) -> list[str]:
+    return [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
 
 
 def tracked(folders: list[Path]) -> bool:
@@ -201,28 +204,29 @@ def test_a_service_that_never_started_shuts_down_cleanly(cloud: FakeCloud, watch
     assert service.state is State.STOPPED
     service.shutdown()
     assert service.state is State.STOPPED
-    assert not [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    assert live_threads_except(threads_before) == []
 
 
-@pytest.mark.xfail(strict=True, reason="Service.start() starts the observer, scanner and workers before its "
-                                       "guarded transition refuses a stopped service; the observer keeps running")
 def test_starting_a_stopped_service_is_refused_without_starting_anything(
         cloud: FakeCloud, watched: Path, tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1")], tmp_path / "state"))
     service = Service(config, API_KEY)
     service.shutdown()
     threads_before = set(threading.enumerate())
-    try:
-        with pytest.raises(RuntimeError):
-            service.start()
-        assert service.state is State.STOPPED
-        wait_for(lambda: not [t for t in threading.enumerate() if t not in threads_before and t.is_alive()], 2,
-                 "no thread left running by the refused start()")
-    finally:
-        # Stop what the refused start() left running, so that nothing leaks into later tests.
-        for name in ("detector", "detectors", "control", "health_server", "keeper"):
-            leaked = getattr(service, name, None)
-            if leaked is not None:
-                leaked.stop()
-        wait_for(lambda: not [t for t in threading.enumerate() if t not in threads_before and t.is_alive()], 10,
-                 "the leaked threads to end after clean-up")
+    with pytest.raises(RuntimeError):
+        service.start()
+    assert service.state is State.STOPPED
+    assert live_threads_except(threads_before) == []
+
+
+def test_a_second_start_is_refused_without_starting_more(cloud: FakeCloud, watched: Path,
+                                                         make_service: ServiceFactory) -> None:
+    service = make_service(cloud.url, [(watched, "app-1")])
+    threads_before = set(threading.enumerate())
+    with pytest.raises(RuntimeError):
+        service.start()
+    assert service.state is State.RUNNING
+    assert live_threads_except(threads_before) == []
+    folder = write_folder(watched, "run-1", FILES)
+    wait_for(lambda: marker(folder), 20, "the service still works")
+    assert len(cloud.runs()) == 1

@@ -116,9 +116,9 @@ class Claims:
                 raise StateError(f"{folder}: folder vanished while claiming") from None
             except OSError as exc:
                 raise StateError(f"{folder}: cannot create claim: {exc.strerror}") from None
+            # No fsync: a claim only matters while its process lives; after a crash it is stale anyway.
             try:
                 os.write(fd, self._record(claim_id))
-                os.fsync(fd)
             finally:
                 os.close(fd)
             return Claim(folder=folder, claim_id=claim_id, path=path)

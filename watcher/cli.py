@@ -34,7 +34,7 @@ from watcher.config import (
     resolve_api_key,
     resolve_config_path,
 )
-from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, WatcherError
+from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, StateError, WatcherError
 from watcher.folder import inspect_folder
 from watcher.lookup import RunLookup
 from watcher.retry import GLOBAL
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("check", "validate the configuration and the API key, and that each application exists")
     c.add_argument("--offline", action="store_true", help="check the configuration only, no API calls")
     with_config(c)
-    c = cmd("retry", "forget a folder's failed marker so that it is tracked again")
+    c = cmd("retry", "forget the failed marker of a folder (or of every failed folder) so that it is tracked again")
     c.add_argument("folder", type=Path, nargs="?", help="the failed folder (or --all-failed)")
     c.add_argument("--all-failed", action="store_true", help="every failed folder under the watched paths")
     c.add_argument("--application", metavar="A", help="with --all-failed: only folders of application A")
@@ -278,16 +278,24 @@ def _retry_all(config: Config, application: str | None) -> int:
         print(f"nextmv-watcher: no watched path has application {application}", file=sys.stderr)
         return USAGE
     store = StateStore(config.state_dir)
-    count = 0
+    count = problems = 0
     for watch in watches:
         for folder in sorted(iter_folders(watch.path)):
-            if quick_state(store, folder) == "failed" and _clear_failure(store, folder):
+            if quick_state(store, folder) != "failed":
+                continue
+            try:
+                cleared = _clear_failure(store, folder)
+            except StateError as exc:
+                print(f"nextmv-watcher: {exc}", file=sys.stderr)
+                problems += 1
+                continue
+            if cleared:
                 print(folder)
                 count += 1
     print(f"{count} failed folder(s) will be tracked again", file=sys.stderr)
     if count:
         _poke(config.control_socket)
-    return OK
+    return FAILED if problems else OK
 
 
 def _clear_failure(store: StateStore, folder: Path) -> bool:
@@ -333,7 +341,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("nextmv-watcher: nothing forgotten", file=sys.stderr)
             return FAILED
-    store.remove(folder, TRACKED_MARKER)
+    try:
+        store.remove(folder, TRACKED_MARKER)
+    except StateError as exc:
+        print(f"nextmv-watcher: {exc}", file=sys.stderr)
+        return FAILED
     print(f"{folder}: forgot run {tracked.get('run_id')}; it will be tracked again as a new run")
     _poke(config.control_socket)
     return OK
@@ -404,7 +416,10 @@ def _print_scan_status(config: Config, *, json_output: bool) -> int:
     for report in scan_all(config, store, time.time()):
         counts[report.state] += 1
         if report.state == "failed":
-            marker = store.failed(Path(report.folder)) or {}
+            try:
+                marker = store.failed(Path(report.folder)) or {}
+            except StateError as exc:
+                marker = {"error": str(exc)}
             failed.append({"folder": report.folder, "application_id": report.application_id,
                            "reason": marker.get("reason"), "error": marker.get("error"),
                            "at": marker.get("failed_at")})

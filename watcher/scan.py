@@ -52,15 +52,8 @@ def iter_folders(root: Path) -> Iterator[Path]:
 
 
 def quick_state(store: StateStore, folder: Path) -> str | None:
-    """'tracked', 'failed' or None (anything else), from the markers alone."""
-    try:
-        if store.tracked(folder) is not None:
-            return "tracked"
-        if store.failed(folder) is not None:
-            return "failed"
-    except StateError:
-        return None
-    return None
+    """'tracked', 'failed' or None (anything else), from the markers' existence alone."""
+    return store.finished(folder)
 
 
 def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore, now: float) -> FolderReport:

@@ -31,7 +31,7 @@ from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
 from watcher.control import ControlServer
-from watcher.errors import ConfigError
+from watcher.errors import ConfigError, WatcherError
 from watcher.lookup import RunLookup
 from watcher.metrics import HealthServer, Metrics
 from watcher.notify import Notifier
@@ -130,6 +130,7 @@ class Service:
         self._next = {"reconcile": now + config.reconcile_seconds, "status": 0.0, "watchdog": 0.0,
                       "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
         self._warned_incomplete: set[Path] = set()
+        self._full_rescan = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ class Service:
     def start(self) -> None:
         """Start observers, the start-up scan, the workers and the listeners.
         Raises OSError if a watched path cannot be watched at all."""
+        if self.state is not State.STARTING:
+            raise RuntimeError(f"cannot start a service that is {self.state.value}")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         removed = clean_spool(self.spool_dir)
         if removed:
@@ -303,6 +306,7 @@ class Service:
         if command == "status":
             return {"ok": True, "status": self.status()}
         if command == "rescan":
+            self._full_rescan = True
             self._rescan("requested over the control socket")
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {command!r}"}
@@ -319,9 +323,12 @@ class Service:
             for folder in iter_folders(watch.path):
                 if self._stop.is_set():
                     return
-                if quick_state(self.store, folder) is not None:
+                state = quick_state(self.store, folder)
+                if state is not None:
                     self.processor.finished.add(folder)
                     finished += 1
+                    if state == "tracked" and self.config.after_tracking != "keep":
+                        self._after_tracked_safely(folder)   # a crash came between marker and move
                 else:
                     self.queue.put(folder)
                     queued += 1
@@ -368,6 +375,12 @@ class Service:
         if outcome == "failed":
             self.recent_failures.append({"folder": str(folder), "application_id": app, "reason": reason,
                                          "error": error, "at": self.clock()})
+
+    def _after_tracked_safely(self, folder: Path) -> None:
+        try:
+            self._after_tracked(folder)
+        except WatcherError as exc:
+            log.error("after_tracking_failed", folder=str(folder), error=str(exc))
 
     def _after_tracked(self, folder: Path) -> None:
         if self.config.after_tracking == "keep":
@@ -419,7 +432,7 @@ class Service:
             self._watchdog()
         if self._due("housekeeping", HOUSEKEEPING_SECONDS):
             self._warn_incomplete()
-        if self.config.retention_days and self._due("retention", RETENTION_EVERY_SECONDS):
+        if self.watching and self.config.retention_days and self._due("retention", RETENTION_EVERY_SECONDS):
             removed = aftercare.sweep_retention(self.config, self.clock())
             if removed:
                 log.info("retention_swept", folders=removed, days=self.config.retention_days)
@@ -460,7 +473,8 @@ class Service:
     def _reconcile(self) -> None:
         """Queue folders the observer may have missed; finished ones are skipped by name."""
         self._reconciles += 1
-        full = self._reconciles % FULL_RECONCILE_EVERY == 0
+        full = self._reconciles % FULL_RECONCILE_EVERY == 0 or self._full_rescan
+        self._full_rescan = False
         busy = set(self.queue.snapshot()) | self.queue.in_flight()
         queued = 0
         for watch in self.config.watch:

@@ -213,6 +213,22 @@ class StateStore:
                 raise StateError(f"{place}: cannot remove: {exc.strerror}") from None
         return removed
 
+    def finished(self, folder: Path) -> str | None:
+        """'tracked' or 'failed' when that marker exists, else None. Existence only (two stats at most
+        per place), so that scanning 100,000 folders stays cheap; a marker is never half-written."""
+        places = [folder]
+        if self.fallback_root.is_dir():
+            with contextlib.suppress(StateError):
+                places.append(self.fallback_dir(folder))
+        for place in places:
+            for name, state in ((TRACKED, "tracked"), (FAILED, "failed")):
+                try:
+                    os.stat(place / name)
+                except OSError:
+                    continue
+                return state
+        return None
+
     # The three files, by meaning.
 
     def tracked(self, folder: Path) -> dict[str, Any] | None:

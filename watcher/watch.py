@@ -71,6 +71,10 @@ class _Handler(FileSystemEventHandler):
 
     def dispatch(self, event: FileSystemEvent) -> None:
         roots = self.detector.root_strings
+        if event.is_directory and event.event_type in ("deleted", "moved"):
+            gone = run_folder_of(os.fsdecode(event.src_path), roots)
+            if gone is not None and str(gone) == os.fsdecode(event.src_path):
+                self.detector.mark_stale(gone)   # its inotify watch died with it
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if not raw:
                 continue
@@ -117,7 +121,8 @@ class Detector:
         self._handler = _Handler(self)
         self._lock = threading.Lock()
         self._observer: BaseObserver | None = None
-        self._folder_watches: dict[Path, ObservedWatch] = {}
+        self._folder_watches: dict[Path, tuple[ObservedWatch, int]] = {}
+        self._stale: set[Path] = set()
         self.polling = False
         self._overflow = _OverflowSignal(on_overflow) if on_overflow is not None else None
 
@@ -171,9 +176,21 @@ class Detector:
 
     def watch_folder(self, folder: Path) -> bool:
         """Watch an incomplete folder's root. False when it cannot be (limit, error): poll it instead."""
+        try:
+            inode = os.stat(folder).st_ino
+        except OSError:
+            return False
         with self._lock:
-            if folder in self._folder_watches:
-                return True
+            known = self._folder_watches.get(folder)
+            if known is not None:
+                if known[1] == inode and folder not in self._stale:
+                    return True
+                self._stale.discard(folder)
+                # The folder was replaced under the same name: its watch died with the old directory.
+                del self._folder_watches[folder]
+                if self._observer is not None:
+                    with contextlib.suppress(KeyError, OSError):
+                        self._observer.unschedule(known[0])
             if self._observer is None or len(self._folder_watches) >= self.max_folder_watches:
                 return False
             try:
@@ -182,15 +199,22 @@ class Detector:
             except OSError as exc:
                 log.warning("folder_watch_failed", folder=str(folder), error=exc.strerror or str(exc))
                 return False
-            self._folder_watches[folder] = watch
+            self._folder_watches[folder] = (watch, inode)
             return True
+
+    def mark_stale(self, folder: Path) -> None:
+        """The watched folder was deleted or renamed away: its watch must be made anew if asked again."""
+        with self._lock:
+            if folder in self._folder_watches:
+                self._stale.add(folder)
 
     def unwatch_folder(self, folder: Path) -> None:
         with self._lock:
-            watch = self._folder_watches.pop(folder, None)
-            if watch is not None and self._observer is not None:
+            self._stale.discard(folder)
+            known = self._folder_watches.pop(folder, None)
+            if known is not None and self._observer is not None:
                 with contextlib.suppress(KeyError, OSError):
-                    self._observer.unschedule(watch)
+                    self._observer.unschedule(known[0])
 
     def folder_watch_count(self) -> int:
         with self._lock:

@@ -131,7 +131,7 @@ class FolderProcessor:
             self._seen.discard(folder)
             self.incomplete_since.pop(folder, None)
             return None
-        if self.store.tracked(folder) is not None or self.store.failed(folder) is not None:
+        if self.store.finished(folder) is not None:
             self._finish(folder)
             return None
         now = self.clock()
@@ -160,14 +160,21 @@ class FolderProcessor:
         self.keeper.hold(claim)
         try:
             # Another process may have finished the folder between our marker check and our claim.
-            if self.store.tracked(folder) is not None or self.store.failed(folder) is not None:
+            if self.store.finished(folder) is not None:
                 self._finish(folder)
                 return None
-            return self._attempt(folder, watch.application_id, watch.instance_id, blog,
-                                 lambda: self.claims.verify(claim))
+            again = self._attempt(folder, watch.application_id, watch.instance_id, blog,
+                                  lambda: self.claims.verify(claim))
         finally:
             self.keeper.drop(claim)
             self.claims.release(claim)
+        # Moving or deleting happens after the claim is gone, so the claim never travels with the folder.
+        if again is None and self.after_tracked is not None and self.store.finished(folder) == "tracked":
+            try:
+                self.after_tracked(folder)
+            except StateError as exc:
+                blog.error("after_tracking_failed", error=str(exc))
+        return again
 
     def _attempt(self, folder: Path, app: str, default_instance: str | None,
                  blog: Any, check_claim: Callable[[], None]) -> float | None:
@@ -214,11 +221,6 @@ class FolderProcessor:
         blog.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted)
         self._outcome(folder, app, "tracked", "adopted" if outcome.adopted else "posted")
         self._finish(folder)
-        if self.after_tracked is not None:
-            try:
-                self.after_tracked(folder)
-            except StateError as exc:
-                blog.error("after_tracking_failed", run_id=outcome.run_id, error=str(exc))
         return None
 
     def _transient(self, folder: Path, app: str, blog: Any,
