@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -49,7 +50,8 @@ log = structlog.get_logger("watcher.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nextmv-watcher", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog="nextmv-watcher",
+                                description="Track run folders in Nextmv Cloud, exactly once. See README.md.")
     p.add_argument("--version", action="version", version=f"nextmv-watcher {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -222,6 +224,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     logs.configure(config.logging.level, config.logging.format)
     key = _api_key(config)
     print(f"configuration {config.source}: ok ({len(config.watch)} watched path(s))")
+    for i, watch in enumerate(config.watch):
+        if not os.access(watch.path, os.W_OK | os.X_OK):
+            # Under the hardened unit (ProtectSystem=strict) only ReadWritePaths= are writable.
+            print(f"warning: watch[{i}].path {watch.path} is not writable by this user: markers would go to "
+                  f"{config.state_dir}/folders; under systemd add it to ReadWritePaths= with a drop-in "
+                  f"(systemctl edit nextmv-watcher) and restart", file=sys.stderr)
     if args.offline:
         return OK
     client = _client(config, key)
