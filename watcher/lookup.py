@@ -72,9 +72,11 @@ class RunLookup:
                 if created is not None and created < bound:
                     reached_bound = True
                     continue
-                match = TOKEN_RE.search(str(run.get("description") or ""))
-                if match and isinstance(run.get("id"), str):
-                    result.found[match.group(1)] = (str(run["id"]), created if created is not None else bound)
+                if not isinstance(run.get("id"), str):
+                    continue
+                # Every token line counts: a user's own description could contain one too.
+                for token in TOKEN_RE.findall(str(run.get("description") or "")):
+                    result.found[token] = (str(run["id"]), created if created is not None else bound)
             if reached_bound or not token:
                 break
         return result
