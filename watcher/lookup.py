@@ -75,8 +75,8 @@ class RunLookup:
                 if not isinstance(run.get("id"), str):
                     continue
                 # Every token line counts: a user's own description could contain one too.
-                for token in TOKEN_RE.findall(str(run.get("description") or "")):
-                    result.found[token] = (str(run["id"]), created if created is not None else bound)
+                for found in TOKEN_RE.findall(str(run.get("description") or "")):
+                    result.found[found] = (str(run["id"]), created if created is not None else bound)
             if reached_bound or not token:
                 break
         return result
