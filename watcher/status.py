@@ -1,0 +1,89 @@
+"""How `nextmv-watcher status` shows things: the daemon's status dict as text, or a scan summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from watcher.config import Config
+from watcher.errors import StateError
+from watcher.retry import GLOBAL
+from watcher.scan import STATES, scan_all
+from watcher.state import StateStore, utc_iso
+
+OK = 0
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The daemon's status dict as text. Missing keys are left out, so an older daemon still shows."""
+    lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
+    if st.get("watched"):
+        lines.append(f"watched: {', '.join(st['watched'])}")
+    oldest = st.get("oldest_pending_age_seconds")
+    lines.append(f"queue: {st.get('queue_depth', 0)} queued, {len(st.get('in_flight') or [])} in flight"
+                 + (f", oldest pending {_duration(oldest)}" if oldest is not None else ""))
+    lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
+    paused = st.get("paused") or {}
+    if not paused:
+        lines.append("paused: no")
+    for scope, p in sorted(paused.items()):
+        what = "all work" if scope == GLOBAL else f"application {scope}"
+        lines.append(f"paused: {what} since {_when(p.get('since'))} ({p.get('reason')}): {p.get('message')}")
+    c = st.get("counters") or {}
+    lines.append(f"counters: {c.get('tracked', 0)} tracked, {c.get('failed', 0)} failed, "
+                 f"{c.get('retried', 0)} retried")
+    health = []
+    if st.get("observer_alive") is not None:
+        health.append(f"observer {'alive' if st['observer_alive'] else 'DEAD'}")
+    workers = st.get("workers_alive")
+    if isinstance(workers, bool):
+        health.append("workers alive" if workers else "workers DEAD")
+    elif isinstance(workers, int):
+        health.append(f"{workers} worker(s) alive")
+    if st.get("incomplete_too_long"):
+        health.append(f"{st['incomplete_too_long']} folder(s) incomplete for too long")
+    if health:
+        lines.append("health: " + ", ".join(health))
+    failures = st.get("recent_failures") or []
+    lines.append(f"recent failures: {len(failures) or 'none'}")
+    lines.extend(f"  {_when(f.get('at'))}  {f.get('folder')}  {f.get('reason')}: {f.get('error')}" for f in failures)
+    return "\n".join(lines)
+
+
+def print_scan_status(config: Config, *, json_output: bool) -> int:
+    """No daemon: counts by state from a scan, and the failed folders with their reasons."""
+    store = StateStore(config.state_dir)
+    counts = dict.fromkeys(STATES, 0)
+    failed: list[dict[str, Any]] = []
+    for report in scan_all(config, store, time.time()):
+        counts[report.state] += 1
+        if report.state == "failed":
+            try:
+                marker = store.failed(Path(report.folder)) or {}
+            except StateError as exc:
+                marker = {"error": str(exc)}
+            failed.append({"folder": report.folder, "application_id": report.application_id,
+                           "reason": marker.get("reason"), "error": marker.get("error"),
+                           "at": marker.get("failed_at")})
+    if json_output:
+        print(json.dumps({"state": "not running", "counts": counts, "failed": failed}, indent=1))
+        return OK
+    print("daemon: not running")
+    print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for f in failed:
+        print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
+    return OK
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    s = int(seconds)
+    h, rest = divmod(s, 3600)
+    return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def _when(at: object) -> str:
+    return utc_iso(at) if isinstance(at, int | float) else str(at)
