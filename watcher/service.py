@@ -349,7 +349,8 @@ class Service:
 
     def _work(self, index: int) -> None:
         while not self._stop.is_set() and index < self._target_workers:
-            folder = self.queue.get(timeout=0.5)
+            # close() and wake() interrupt the wait; the timeout is only a safety net.
+            folder = self.queue.get(timeout=5.0)
             if folder is None:
                 continue
             again = self.processor.process(folder)
@@ -401,7 +402,15 @@ class Service:
     # -- periodic work in the main thread ---------------------------------------------------
 
     def _next_wait(self) -> float:
-        times = list(self._next.values())
+        """Seconds until the next timer that is in use: an idle daemon wakes about once a second."""
+        active = ["reconcile", "housekeeping"]
+        if self.notifier.enabled:
+            active.append("status")
+        if self.notifier.watchdog_interval:
+            active.append("watchdog")
+        if self.watching and self.config.retention_days:
+            active.append("retention")
+        times = [self._next[name] for name in active]
         probe = self.gate.next_probe_at()
         if probe is not None:
             times.append(probe)
