@@ -137,17 +137,24 @@ class NextmvClient:
     def put_file(self, target: UploadTarget, path: Path, size: int,
                  progress: Callable[[int], None] | None = None) -> None:
         """Stream `path` to the presigned URL with a Content-Length (presigned PUTs refuse chunked bodies)
-        and no Authorization header. UploadExpired when the URL is refused (403)."""
+        and no Authorization header. UploadExpired when the URL is refused (403); OSError when the file
+        cannot be opened or read."""
 
-        def body() -> Iterator[bytes]:
-            with open(path, "rb") as f:
+        # Opened before anything is sent, so that a file we may not read fails here (OSError, for the
+        # caller to judge) and not in the middle of a request.
+        f = open(path, "rb")  # noqa: SIM115 - closed in the finally below; re-read on each retry
+        try:
+            def body() -> Iterator[bytes]:
+                f.seek(0)
                 while chunk := f.read(CHUNK):
                     if progress is not None:
                         progress(len(chunk))
                     yield chunk
 
-        headers = {"Content-Length": str(size)}
-        self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False)
+            headers = {"Content-Length": str(size)}
+            self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False)
+        finally:
+            f.close()
 
     def create_run(self, application_id: str, body: dict[str, Any], instance_id: str | None) -> str:
         """POST the run; returns its id. Repeated only when the request never reached the server;

@@ -34,8 +34,9 @@ class FolderReport:
         return asdict(self)
 
 
-def iter_folders(root: Path) -> Iterator[Path]:
-    """Direct child directories of `root` that are run folders: not dot-folders, not symlinks."""
+def iter_entries(root: Path) -> Iterator[tuple[Path, int]]:
+    """(path, inode) of each direct child directory of `root` that is a run folder: not a dot-folder,
+    not a symlink. The inode comes with the directory listing, at no extra cost."""
     try:
         it = os.scandir(root)
     except OSError:
@@ -46,9 +47,15 @@ def iter_folders(root: Path) -> Iterator[Path]:
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    yield Path(entry.path)
+                    yield Path(entry.path), entry.inode()
             except OSError:
                 continue
+
+
+def iter_folders(root: Path) -> Iterator[Path]:
+    """Direct child directories of `root` that are run folders (see `iter_entries`)."""
+    for path, _ in iter_entries(root):
+        yield path
 
 
 def quick_state(store: StateStore, folder: Path) -> str | None:

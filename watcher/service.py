@@ -39,7 +39,7 @@ from watcher.prepare import clean_spool
 from watcher.probe import Prober
 from watcher.queue import WorkQueue
 from watcher.retry import ApiGate
-from watcher.scan import iter_folders, quick_state
+from watcher.scan import iter_entries, quick_state
 from watcher.state import StateStore
 from watcher.tracker import Tracker
 from watcher.watch import Detectors, ObserverFactory
@@ -320,12 +320,12 @@ class Service:
         queued = finished = 0
         started = time.monotonic()
         for watch in self.config.watch:
-            for folder in iter_folders(watch.path):
+            for folder, inode in iter_entries(watch.path):
                 if self._stop.is_set():
                     return
                 state = quick_state(self.store, folder)
                 if state is not None:
-                    self.processor.finished.add(folder)
+                    self.processor.finished[folder] = inode
                     finished += 1
                     if state == "tracked" and self.config.after_tracking != "keep":
                         self._after_tracked_safely(folder)   # a crash came between marker and move
@@ -387,7 +387,7 @@ class Service:
         if self.config.after_tracking == "keep":
             return
         action = aftercare.after_tracked(folder, self.config)
-        self.processor.finished.discard(folder)
+        self.processor.finished.pop(folder, None)
         log.info("folder_" + action, folder=str(folder))
 
     def _on_overflow(self) -> None:
@@ -480,20 +480,20 @@ class Service:
         self._rescan("observer restarted")
 
     def _reconcile(self) -> None:
-        """Queue folders the observer may have missed; finished ones are skipped by name."""
+        """Queue folders the observer may have missed; finished ones (same name, same inode) are skipped."""
         self._reconciles += 1
         full = self._reconciles % FULL_RECONCILE_EVERY == 0 or self._full_rescan
         self._full_rescan = False
         busy = set(self.queue.snapshot()) | self.queue.in_flight()
         queued = 0
         for watch in self.config.watch:
-            for folder in iter_folders(watch.path):
+            for folder, inode in iter_entries(watch.path):
                 if folder in busy:
                     continue
-                if folder in self.processor.finished:
+                if self.processor.finished.get(folder) == inode:
                     if not full or quick_state(self.store, folder) is not None:
                         continue
-                    self.processor.finished.discard(folder)
+                    self.processor.finished.pop(folder, None)
                 if quick_state(self.store, folder) is None:
                     self.queue.put(folder)
                     queued += 1

@@ -8,7 +8,7 @@ Where the state lives: inside the run folder (`.nextmv-tracked.json`,
 `.nextmv-failed.json`, `.nextmv-journal.json`). When the run folder cannot be
 written (a read-only mount, no permission), the same files go to
 `<state_dir>/folders/<key>/`, where the key combines a hash of the folder's
-path with its device and inode numbers, so that a later folder that reuses the
+path with its device and inode numbers and its modification time, so that a later folder that reuses the
 name is not mistaken for the one that was tracked.
 """
 
@@ -163,8 +163,10 @@ class StateStore:
             st = folder.stat()
         except OSError as exc:
             raise StateError(f"{folder}: cannot stat: {exc.strerror}") from None
+        # The folder's mtime is part of the key: a new folder reusing the name (even the inode, which
+        # filesystems hand out again) has a different one, while a finished read-only folder keeps its own.
         digest = hashlib.sha256(os.fsencode(folder)).hexdigest()[:16]
-        return self.fallback_root / f"{digest}-{st.st_dev}-{st.st_ino}"
+        return self.fallback_root / f"{digest}-{st.st_dev}-{st.st_ino}-{st.st_mtime_ns}"
 
     def _locations(self, folder: Path, name: str) -> list[Path]:
         places = [folder / name]

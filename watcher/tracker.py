@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from watcher.client import NextmvClient, UploadTarget
-from watcher.errors import RetryLater, TransientError, UncertainError, UploadExpired
+from watcher.errors import FolderChanged, InvalidFolder, RetryLater, TransientError, UncertainError, UploadExpired
 from watcher.folder import RunFolder, fingerprint, verify_fingerprint
 from watcher.lookup import RunLookup
 from watcher.prepare import PreparedRun, Upload, prepare
@@ -182,7 +182,7 @@ class Tracker:
             todo.append((upload, members))
 
         def one(upload: Upload, members: dict[str, list[int]]) -> None:
-            target = self._upload(application_id, upload)
+            target = self._upload(application_id, upload, run.path)
             with lock:
                 ids[upload.role] = target.upload_id
                 journal.uploads[upload.role] = UploadRecord(target.upload_id, target.obtained_at, members)
@@ -207,12 +207,17 @@ class Tracker:
             raise first_error
         return ids
 
-    def _upload(self, application_id: str, upload: Upload) -> UploadTarget:
+    def _upload(self, application_id: str, upload: Upload, folder: Path) -> UploadTarget:
         """Get an upload URL and PUT the bytes; an expired URL is replaced up to three times."""
         for attempt in range(3):
             target = self.client.new_upload(application_id)
             try:
                 self.client.put_file(target, upload.path, upload.size, progress=self.progress)
+            except PermissionError:
+                raise InvalidFolder(str(folder), f"{upload.role} {upload.path.name}: permission denied") from None
+            except OSError as exc:
+                raise FolderChanged(str(folder),
+                                    f"{upload.role} {upload.path.name}: cannot be read ({exc.strerror})") from None
             except UploadExpired:
                 if attempt == 2:
                     raise

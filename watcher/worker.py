@@ -94,7 +94,8 @@ class FolderProcessor:
         self.backoff = Backoff(config.retry.backoff_initial_seconds, config.retry.backoff_max_seconds)
         self.on_outcome = on_outcome
         self.after_tracked = after_tracked
-        self.finished: set[Path] = set()
+        # Finished folders by path, with their inode: a new folder reusing a name is not finished.
+        self.finished: dict[Path, int] = {}
         self.counters = Counters()
         self.incomplete_since: dict[Path, float] = {}   # first time each incomplete folder was seen
         self._seen: set[Path] = set()
@@ -113,7 +114,10 @@ class FolderProcessor:
                 return self.clock() + self.backoff.delay(3, self.rng)
 
     def _finish(self, folder: Path) -> None:
-        self.finished.add(folder)
+        try:
+            self.finished[folder] = folder.stat().st_ino
+        except OSError:
+            self.finished.pop(folder, None)
         self._seen.discard(folder)
         self.incomplete_since.pop(folder, None)
         self.unwatch_folder(folder)
@@ -185,11 +189,9 @@ class FolderProcessor:
             blog.info("folder_complete", status=run.status, artifacts=[a.role for a in run.artifacts])
             outcome = self.tracker.track(run, app, run.instance_id or default_instance, check_claim)
         except InvalidFolder as exc:
-            self._fail(folder, blog, f"invalid folder: {exc.problem}", "invalid")
-            return None
+            return self._fail(folder, blog, f"invalid folder: {exc.problem}", "invalid")
         except RejectedError as exc:
-            self._fail(folder, blog, f"rejected by the API: {exc}", "rejected")
-            return None
+            return self._fail(folder, blog, f"rejected by the API: {exc}", "rejected")
         except FolderChanged as exc:
             blog.info("folder_retrying", reason="changed", error=exc.problem)
             self._outcome(folder, app, "retried", "changed", exc.problem)
@@ -235,8 +237,7 @@ class FolderProcessor:
             journal.attempts += 1
         journal.last_error = str(exc)
         if journal.attempts >= self.config.retry.max_attempts:
-            self._fail(folder, blog, f"gave up after {journal.attempts} attempts: {exc}", "exhausted")
-            return None
+            return self._fail(folder, blog, f"gave up after {journal.attempts} attempts: {exc}", "exhausted")
         delay = self.backoff.delay(max(1, journal.attempts), self.rng)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
@@ -247,16 +248,22 @@ class FolderProcessor:
                      attempt=journal.attempts, retry_in=round(delay, 2))
         return journal.next_attempt_at
 
-    def _fail(self, folder: Path, blog: Any, error: str, reason: str) -> None:
-        journal = self.store.journal(folder)
-        attempts = journal.attempts + (0 if reason == "exhausted" else 1)
-        self.store.mark_failed(folder, error, attempts, self.clock(), reason=reason)
-        if journal.intents:
-            # A POST may have created the run: keep the intents so that `retry` looks it up first.
-            self.store.save_journal(folder, Journal(intents=journal.intents, uploads=journal.uploads))
-        else:
-            self.store.clear_journal(folder)
+    def _fail(self, folder: Path, blog: Any, error: str, reason: str) -> float | None:
+        """Mark the folder failed. Returns None, or when to try again if the marker could not be written."""
+        try:
+            journal = self.store.journal(folder)
+            attempts = journal.attempts + (0 if reason == "exhausted" else 1)
+            self.store.mark_failed(folder, error, attempts, self.clock(), reason=reason)
+            if journal.intents:
+                # A POST may have created the run: keep the intents so that `retry` looks it up first.
+                self.store.save_journal(folder, Journal(intents=journal.intents, uploads=journal.uploads))
+            else:
+                self.store.clear_journal(folder)
+        except StateError as exc:
+            blog.error("state_error", error=str(exc), pending="failed marker")
+            return self.clock() + self.backoff.delay(3, self.rng)
         watch = self.config.watch_for(folder)
         self._outcome(folder, watch.application_id if watch else "", "failed", reason, error)
         blog.error("folder_failed", reason=reason, error=error, attempts=attempts)
         self._finish(folder)
+        return None
