@@ -70,6 +70,7 @@ def test_sighup_adds_a_watched_path_and_a_bad_reload_keeps_the_old_config(cloud:
         daemon.wait_ready()
         raw = yaml.safe_load(config.read_text())
         raw["watch"].append({"path": str(second), "application_id": "app-2"})
+        raw["logging"]["level"] = "warning"
         config.write_text(yaml.safe_dump(raw))
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGHUP)
@@ -78,6 +79,8 @@ def test_sighup_adds_a_watched_path_and_a_bad_reload_keeps_the_old_config(cloud:
         write_folder(second, "new-path", {"input.json": "{}", "output.json": "{}"})
         wait_for(lambda: marker(second / "new-path"), 20, "a folder in the added path")
         assert cloud.runs()[-1].application_id == "app-2"
+        tracked = [e for e in daemon.events() if e.get("event") == "run_tracked"]
+        assert not [e for e in tracked if "new-path" in e["folder"]], "the reloaded log level hides info events"
 
         config.write_text(config.read_text() + "\nbogus_key: 1\n")
         daemon.proc.send_signal(signal.SIGHUP)

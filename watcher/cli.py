@@ -130,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     logs.configure(config.logging.level, config.logging.format)
-    service = Service(config, _api_key(config))
+    service = Service(config, _api_key(config),
+                      on_reload=lambda new: logs.configure(new.logging.level, new.logging.format))
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         service.request_stop()

@@ -515,8 +515,6 @@ class Service:
         self.config = new
         self.processor.config = new
         self.prober.config = new
-        if self.on_reload is not None:
-            self.on_reload(new)
         if {w.path: w for w in new.watch} != {w.path: w for w in old.watch} and self.watching:
             self.detectors.reconfigure(new.watch)
         if new.workers != self._target_workers:
@@ -524,5 +522,7 @@ class Service:
         added = sorted({str(w.path) for w in new.watch} - {str(w.path) for w in old.watch})
         removed = sorted({str(w.path) for w in old.watch} - {str(w.path) for w in new.watch})
         log.info("config_reloaded", added=added, removed=removed, workers=new.workers, level=new.logging.level)
+        if self.on_reload is not None:
+            self.on_reload(new)   # after the event above, so that a quieter level does not hide it
         self.notifier.ready(self._status_line())
         self._rescan("configuration reloaded")
