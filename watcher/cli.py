@@ -130,6 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     logs.configure(config.logging.level, config.logging.format)
+    # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
+    # this long instead of the default 5 ms; measured: the 100,000-folder scan under load goes faster.
+    sys.setswitchinterval(0.001)
     service = Service(config, _api_key(config),
                       on_reload=lambda new: logs.configure(new.logging.level, new.logging.format))
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +157,17 @@ class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.fallback_root = state_dir / "folders"
+        self._fallback_checked_at = -1e9
+        self._fallback_exists = False
+
+    def _has_fallbacks(self) -> bool:
+        """Whether any folder's state lives in the state directory; checked at most once a second, since
+        a scan asks for every one of 100,000 folders (and we set it ourselves when we create one)."""
+        now = time.monotonic()
+        if now - self._fallback_checked_at > 1.0:
+            self._fallback_exists = self.fallback_root.is_dir()
+            self._fallback_checked_at = now
+        return self._fallback_exists
 
     def fallback_dir(self, folder: Path) -> Path:
         """Where `folder`'s state goes when the folder itself is not writable."""
@@ -170,7 +182,7 @@ class StateStore:
 
     def _locations(self, folder: Path, name: str) -> list[Path]:
         places = [folder / name]
-        if self.fallback_root.is_dir():
+        if self._has_fallbacks():
             with contextlib.suppress(StateError):
                 places.append(self.fallback_dir(folder) / name)
         return places
@@ -196,6 +208,7 @@ class StateStore:
         place = self.fallback_dir(folder)
         try:
             place.mkdir(parents=True, exist_ok=True)
+            self._fallback_exists = True
             atomic_write(place / name, payload)
         except OSError as exc:
             raise StateError(f"{folder} is not writable and neither is {place}: {exc.strerror}") from None
@@ -218,14 +231,14 @@ class StateStore:
     def finished(self, folder: Path) -> str | None:
         """'tracked' or 'failed' when that marker exists, else None. Existence only (two stats at most
         per place), so that scanning 100,000 folders stays cheap; a marker is never half-written."""
-        places = [folder]
-        if self.fallback_root.is_dir():
+        places = [os.fspath(folder)]
+        if self._has_fallbacks():
             with contextlib.suppress(StateError):
-                places.append(self.fallback_dir(folder))
+                places.append(os.fspath(self.fallback_dir(folder)))
         for place in places:
             for name, state in ((TRACKED, "tracked"), (FAILED, "failed")):
                 try:
-                    os.stat(place / name)
+                    os.stat(f"{place}/{name}")
                 except OSError:
                     continue
                 return state
