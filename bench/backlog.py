@@ -3,7 +3,8 @@
 Time to the first upload is the first 2xx PUT the emulator counts (its stats are polled every
 10 ms) after the daemon was spawned; the first POST comes from the earliest run's `created_at`.
 The scan time is the daemon's own `startup_scan_done` event. Peak RSS (VmHWM) is read once every
-pending folder is tracked (or the time limit is reached), so it covers scan and uploads.
+pending folder is tracked (or the time limit is reached), so it covers scan and uploads. Afterwards
+the same scan functions run alone in this process, for reference.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from bench.common import WORK, BenchError, fresh_dir
 from bench.daemon import DaemonProcess, write_config
 from bench.emulator import Emulator
 from bench.folders import backlog_tree, tracked_count
+from watcher.scan import iter_folders, quick_state
+from watcher.state import StateStore
 
 
 @dataclass
@@ -33,6 +37,17 @@ class Backlog:
     own_cpu: float
     emu_cpu: float
     check: str
+    scan_alone: tuple[float, float] | None = None   # (wall, CPU) seconds of the same scan with nothing else
+
+
+def scan_alone(root: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of the daemon's own start-up scan functions over `root`, in this process,
+    with no workers and no uploads competing: what the scan costs by itself."""
+    store = StateStore(WORK / "scan-alone-state")
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for folder in iter_folders(root):
+        quick_state(store, folder)
+    return time.perf_counter() - wall0, time.process_time() - cpu0
 
 
 def measure(total: int, pending: int, *, timeout: float, log: Callable[[str], None] = print) -> Backlog:
@@ -82,4 +97,4 @@ def measure(total: int, pending: int, *, timeout: float, log: Callable[[str], No
     if len(runs) != tracked:
         check = f"{len(runs)} runs at the emulator for {tracked} tracked folders; " + check
     return Backlog(total, pending, first_put, first_post, scan_seconds, scan_done_at, peak, tracked,
-                   all_tracked_after, own_cpu, emu_cpu, check)
+                   all_tracked_after, own_cpu, emu_cpu, check, scan_alone(root))

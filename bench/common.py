@@ -39,11 +39,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads) from /proc/<pid>/stat."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the process (all its threads) from /proc/<pid>/stat, in seconds."""
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads)."""
+    return sum(cpu_split(pid))
 
 
 def status_kb(pid: int, key: str) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import API_KEY, APP, PYTHON, REPO, BenchError, cpu_seconds, peak_rss_mb, stop_process
+from bench.common import API_KEY, APP, PYTHON, REPO, BenchError, cpu_seconds, cpu_split, peak_rss_mb, stop_process
 
 
 def write_config(path: Path, *, url: str, root: Path, state_dir: Path, ca: Path | None = None,
@@ -137,6 +137,9 @@ class DaemonProcess:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def cpu_split(self) -> tuple[float, float]:
+        return cpu_split(self.pid)
 
     def peak_rss_mb(self) -> float | None:
         return peak_rss_mb(self.pid)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.backlog import Backlog
 from bench.detection import Detection
+from bench.floor import Floor
 from bench.idle import Idle
 from bench.memory import Memory
 from bench.throughput import Throughput
@@ -60,8 +61,12 @@ def cpu(seconds: float, wall: float) -> str:
     return f"{seconds:.1f} s ({100 * seconds / wall:.0f}% of a core)" if wall > 0 else f"{seconds:.1f} s"
 
 
-def _lat(t: Throughput) -> str:
-    return f"{t.latency * 1000:.0f} ms {'HTTPS' if t.https else 'HTTP'}"
+def per_run(t: Throughput) -> str:
+    """The daemon's CPU: total, share of a core, per run, user + system."""
+    text = cpu(t.own_cpu, t.seconds) + f", {1000 * t.own_cpu / t.n:.1f} ms/run"
+    if t.user_sys:
+        text += f" (user {t.user_sys[0]:.1f} s + sys {t.user_sys[1]:.1f} s)"
+    return text
 
 
 def _rate(t: Throughput) -> str:
@@ -71,7 +76,7 @@ def _rate(t: Throughput) -> str:
 
 
 def throughput_rows(report: Report, default: Throughput | None, best: Throughput | None,
-                    sdk: Throughput | None, label: str) -> None:
+                    sdk: Throughput | None, label: str, tried: str = "") -> None:
     """Rows for one latency/scheme: defaults vs SDK (target), W/(RxL) at 20 ms, best worker count."""
     need = None
     if default is not None:
@@ -79,13 +84,15 @@ def throughput_rows(report: Report, default: Throughput | None, best: Throughput
     emu_sdk = f"; SDK run: {cpu(sdk.emu_cpu, sdk.seconds)}" if sdk else ""
     sdk_cell = f"{sdk.rate:.1f} runs/s" + ("" if sdk.check == "ok" else f" [check: {sdk.check}]") if sdk else \
         "ERROR (see notes)"
+    best_is_default = best is not None and best is default
     if default is not None:
         ratio = default.rate / sdk.rate if sdk else None
         daemon = _rate(default) + (f" = **{ratio:.1f}x** SDK" if ratio else "")
         ok = ratio is not None and need is not None and ratio >= need and default.check == "ok"
-        report.add(Row(f"Throughput {label}, defaults (W={default.workers})", daemon, sdk_cell,
+        also = f"; also the best of W = {tried}" if best_is_default else ""
+        report.add(Row(f"Throughput {label}, defaults (W={default.workers}{also})", daemon, sdk_cell,
                        f">= {need:g}x SDK", verdict(ok) if ratio is not None else NOT_MEASURED,
-                       cpu(default.emu_cpu, default.seconds) + emu_sdk, cpu(default.own_cpu, default.seconds)))
+                       cpu(default.emu_cpu, default.seconds) + emu_sdk, per_run(default)))
         limit = default.limit()
         if limit:
             frac = default.rate / limit
@@ -93,13 +100,22 @@ def throughput_rows(report: Report, default: Throughput | None, best: Throughput
                            f"{default.latency * 1000:.0f} ms) = {limit:.0f} runs/s",
                            f"**{100 * frac:.0f}%** (steady {100 * (default.steady_rate or 0) / limit:.0f}%)",
                            "-", ">= 80%", verdict(frac >= 0.8), "-", "-"))
-    if best is not None:
+    if best is not None and not best_is_default:
         ratio = best.rate / sdk.rate if sdk else None
         best_limit = best.limit()
         extra = f"; {100 * best.rate / best_limit:.0f}% of W/(RxL)" if best_limit else ""
-        report.add(Row(f"Throughput {label}, best worker count (W={best.workers})",
+        report.add(Row(f"Throughput {label}, best of W = {tried} (W={best.workers})",
                        _rate(best) + (f" = {ratio:.1f}x SDK" if ratio else "") + extra, sdk_cell, "-", NO_TARGET,
-                       cpu(best.emu_cpu, best.seconds), cpu(best.own_cpu, best.seconds)))
+                       cpu(best.emu_cpu, best.seconds), per_run(best)))
+
+
+def floor_row(report: Report, f: Floor) -> None:
+    limit = f.workers / (3 * f.latency) if f.latency > 0 else None
+    share = f"; {100 * f.rate / limit:.0f}% of W/(RxL)" if limit else ""
+    report.add(Row(f"Reference (not the daemon): bare httpx, same 3-round-trip pattern, {f.latency * 1000:.0f} ms "
+                   f"HTTP, W={f.workers} threads", f"{f.rate:.1f} runs/s{share}", "-", "-", NO_TARGET,
+                   cpu(f.emu_cpu, f.seconds), f"{1000 * (f.user + f.sys) / f.n:.1f} ms/run (user "
+                   f"{f.user:.1f} s + sys {f.sys:.1f} s)"))
 
 
 def detection_rows(report: Report, d: Detection) -> None:
@@ -153,6 +169,10 @@ def backlog_rows(report: Report, b: Backlog) -> None:
     scan = "none" if b.scan_seconds is None else f"{b.scan_seconds:.1f} s"
     report.add(Row(f"{label}: start-up scan (startup_scan_done.seconds)", scan + flag, "-", "< 30 s",
                    verdict(b.scan_seconds is not None and b.scan_seconds < 30), "-", "-"))
+    if b.scan_alone:
+        report.add(Row(f"Reference (not the daemon): the same {b.total:,}-folder scan alone "
+                       "(watcher.scan.iter_folders + quick_state, one thread, nothing else running)",
+                       f"{b.scan_alone[0]:.1f} s", "-", "-", NO_TARGET, "-", f"{b.scan_alone[1]:.1f} s"))
     wall = b.all_tracked_after or 0
     done = f"all {b.pending:,} tracked after {wall:.0f} s" if b.all_tracked_after else \
         f"{b.tracked:,}/{b.pending:,} tracked when measured"

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import backlog, detection, idle, memory, throughput
+from bench import backlog, detection, floor, idle, memory, throughput
 from bench.certs import make_tls
 from bench.common import REPO, WORK, machine
 from bench.report import (
@@ -31,6 +31,7 @@ from bench.report import (
     Report,
     backlog_rows,
     detection_rows,
+    floor_row,
     idle_rows,
     kept_analysis,
     memory_rows,
@@ -109,7 +110,15 @@ def run_throughput(plan: Plan, report: Report) -> None:
                     if workers is None:
                         default = got
             best = max(runs, key=lambda r: r.rate) if len(runs) > 1 else None
-            throughput_rows(report, default, best, sdk, label)
+            tried = "/".join(str(r.workers) for r in runs)
+            throughput_rows(report, default, best, sdk, label, tried)
+            if not https:
+                workers = default.workers if default and default.workers else 8
+                floor_run = attempt(report, f"reference bare httpx {label}",
+                                    partial(floor.measure, n, latency, workers, timeout=60 + n * 0.5))
+                if floor_run:
+                    say(f"    bare httpx W={workers}: {floor_run.rate:.1f} runs/s")
+                    floor_row(report, floor_run)
     if plan.profile:
         for latency, gil in ((0.02, False), (0.0, True)):
             label = f"profile {latency * 1000:.0f} ms HTTP, defaults{' (--gil)' if gil else ''}"
@@ -207,6 +216,10 @@ def render(plan: Plan, report: Report, argv: list[str], quick: bool, seconds: fl
         "is checked: N markers on disk, exactly N runs at the emulator, N distinct names (`[check: ...]`",
         "otherwise). Detection latency is the emulator's `created_at` of the run minus the time the marker",
         "file was closed (same clock), so it includes the two uploads before the POST. Peak RSS is VmHWM.",
+        "The *Reference* rows are not the daemon: `bench/floor.py` drives the same three round trips per run",
+        "from W threads on one pooled httpx client, with no files, state or logging, to show what Python and",
+        "httpx reach on this machine and so how much of any gap is the daemon's own per-run work. Daemon CPU",
+        "per run is the daemon's total CPU (start-up included) divided by N.",
     ]
     if report.notes:
         lines += ["", "## Notes from this run", ""]

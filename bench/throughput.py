@@ -40,6 +40,7 @@ class Throughput:
     emu_cpu: float            # CPU seconds of the emulator process
     check: str                # "ok" or what did not match
     startup: float | None = None   # seconds from spawn to startup_scan_done
+    user_sys: tuple[float, float] | None = None
     profile: str | None = None
 
     @property
@@ -91,7 +92,8 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
             finally:
                 summary = profiler.stop() if profiler else None
             seconds = done - daemon.started_at
-            own_cpu = daemon.cpu()
+            user_sys = daemon.cpu_split()
+            own_cpu = sum(user_sys)
             emu_cpu = emu.cpu() - emu_cpu0
             started = daemon.first("daemon_started") or {}
             scan = daemon.first("startup_scan_done")
@@ -106,7 +108,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         if retries:
             check += f" ({retries} folder_retrying events)"
     return Throughput("daemon", latency, tls is not None, started.get("workers"), n, seconds, steady, own_cpu,
-                      emu_cpu, check, startup, summary)
+                      emu_cpu, check, startup, user_sys, summary)
 
 
 def sdk_run(n: int, latency: float, tls: Tls | None, ca: Path, *, timeout: float) -> Throughput:

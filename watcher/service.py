@@ -102,7 +102,7 @@ class Service:
         self.client = NextmvClient(
             config.api.url, api_key, connect_timeout=config.api.connect_timeout_seconds,
             read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle),
-            transport=transport, max_connections=max(16, config.workers * 4), observer=self._on_request,
+            transport=transport, max_connections=config.workers * 3 + 2, observer=self._on_request,
             clock=clock,
         )
         self.executor = ThreadPoolExecutor(max_workers=max(4, config.workers * 2), thread_name_prefix="upload")

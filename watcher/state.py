@@ -214,14 +214,16 @@ class StateStore:
             raise StateError(f"{folder} is not writable and neither is {place}: {exc.strerror}") from None
         return place / name
 
-    def remove(self, folder: Path, name: str) -> bool:
-        """Remove a state file wherever it is; True when one was removed."""
+    def remove(self, folder: Path, name: str, *, durable: bool = True) -> bool:
+        """Remove a state file wherever it is; True when one was removed. `durable=False` skips the
+        directory fsync, for removals that may safely be undone by a power cut."""
         removed = False
         for place in self._locations(folder, name):
             try:
                 place.unlink()
                 removed = True
-                fsync_dir(place.parent)
+                if durable:
+                    fsync_dir(place.parent)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -268,4 +270,6 @@ class StateStore:
         self.write(folder, JOURNAL, journal.to_json())
 
     def clear_journal(self, folder: Path) -> None:
-        self.remove(folder, JOURNAL)
+        # Not durable on purpose: it follows a durable marker, and a journal that comes back after a
+        # power cut is ignored because the marker says the folder is finished.
+        self.remove(folder, JOURNAL, durable=False)
