@@ -13,7 +13,6 @@ which set flags.
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
 import threading
@@ -32,6 +31,7 @@ from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
 from watcher.control import ControlServer
 from watcher.errors import ConfigError, WatcherError
+from watcher.health import Health
 from watcher.lookup import RunLookup
 from watcher.metrics import HealthServer, Metrics
 from watcher.notify import Notifier
@@ -50,9 +50,6 @@ FULL_RECONCILE_EVERY = 12     # every Nth reconciliation also re-reads the marke
 STATUS_EVERY_SECONDS = 5.0    # STATUS= lines to systemd
 HOUSEKEEPING_SECONDS = 30.0   # incomplete-too-long warnings
 RETENTION_EVERY_SECONDS = 3600.0
-# A worker that moved no bytes and saw no request finish for this long is wedged: stop pinging
-# systemd's watchdog so that it restarts us. Longer than a read timeout plus a capped Retry-After.
-STALL_SECONDS = 180.0
 
 
 class State(enum.Enum):
@@ -92,8 +89,6 @@ class Service:
         self.on_reload = on_reload
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
         self.metrics = Metrics(self.status)
-        self.recent_failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
-        self._progress_at = time.monotonic()
 
         self.store = StateStore(config.state_dir)
         self.spool_dir = config.state_dir / "spool"
@@ -130,6 +125,10 @@ class Service:
         self._next = {"reconcile": now + config.reconcile_seconds, "status": 0.0, "watchdog": 0.0,
                       "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
         self._warned_incomplete: set[Path] = set()
+        self.health_view = Health(
+            config=lambda: self.config, queue=self.queue, gate=self.gate, processor=self.processor,
+            detectors=self.detectors, watching=watch, workers=lambda: self._workers[: self._target_workers],
+            state=lambda: self.state.value, clock=clock)
         self._full_rescan = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -253,53 +252,10 @@ class Service:
     # -- what the outside sees -------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        now = self.clock()
-        pending = self.queue.snapshot()
-        incomplete = dict(self.processor.incomplete_since)
-        warn = self.config.metrics.incomplete_warn_seconds
-        return {
-            "state": self.state.value,
-            "pid": os.getpid(),
-            "uptime_seconds": round(now - self.started_at, 3),
-            "queue_depth": len(pending),
-            "in_flight": sorted(str(p) for p in self.queue.in_flight()),
-            "oldest_pending_age_seconds": self._oldest_pending_age(pending, now),
-            "paused": {scope: {"reason": p.reason, "message": p.message, "since": p.since}
-                       for scope, p in self.gate.pauses().items()},
-            "counters": {"tracked": self.processor.counters.tracked, "failed": self.processor.counters.failed,
-                         "retried": self.processor.counters.retried},
-            "recent_failures": list(self.recent_failures),
-            "observer_alive": self.detectors.alive() if self.watching else None,
-            "observer_restarts": self.detectors.restarts,
-            "workers_alive": sum(1 for t in self._workers if t.is_alive()),
-            "incomplete": len(incomplete),
-            "incomplete_too_long": sum(1 for since in incomplete.values() if now - since > warn),
-            "watched": [str(w.path) for w in self.config.watch],
-        }
-
-    def _oldest_pending_age(self, pending: dict[Path, float], now: float) -> float | None:
-        """Age of the oldest folder that is ready and waiting (by its newest file's mtime)."""
-        ready = [p for p, at in pending.items() if at <= now]
-        ages = []
-        for folder in ready[:1000]:
-            try:
-                ages.append(now - folder.stat().st_mtime)
-            except OSError:
-                continue
-        return round(max(ages), 3) if ages else None
+        return self.health_view.status()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while observers and workers are alive and the API is not paused for too long."""
-        reasons = []
-        if self.watching and not self.detectors.alive():
-            reasons.append("observer not running")
-        if not all(t.is_alive() for t in self._workers[: self._target_workers]):
-            reasons.append("a worker thread died")
-        now = self.clock()
-        for scope, pause in self.gate.pauses().items():
-            if now - pause.since > self.config.metrics.unhealthy_pause_seconds:
-                reasons.append(f"API paused ({pause.reason}) for {round(now - pause.since)} s: {scope}")
-        return not reasons, {"reasons": reasons, "queue_depth": len(self.queue), "state": self.state.value}
+        return self.health_view.health()
 
     def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
@@ -354,15 +310,15 @@ class Service:
             if folder is None:
                 continue
             again = self.processor.process(folder)
-            self._progress_at = time.monotonic()
+            self.health_view.progressed()
             self.queue.done(folder, again)
 
     def _on_bytes(self, n: int) -> None:
-        self._progress_at = time.monotonic()
+        self.health_view.progressed()
         self.metrics.upload_bytes(n)
 
     def _on_request(self, outcome: RequestOutcome) -> None:
-        self._progress_at = time.monotonic()
+        self.health_view.progressed()
         self.metrics.request(outcome)
         if outcome.error is None:
             self.gate.record_success()
@@ -374,7 +330,7 @@ class Service:
     def _on_outcome(self, folder: Path, app: str, outcome: str, reason: str, error: str) -> None:
         self.metrics.folder(app, outcome, reason)
         if outcome == "failed":
-            self.recent_failures.append({"folder": str(folder), "application_id": app, "reason": reason,
+            self.health_view.recent_failures.append({"folder": str(folder), "application_id": app, "reason": reason,
                                          "error": error, "at": self.clock()})
 
     def _after_tracked_safely(self, folder: Path) -> None:
@@ -447,17 +403,11 @@ class Service:
                 log.info("retention_swept", folders=removed, days=self.config.retention_days)
 
     def _status_line(self) -> str:
-        c = self.processor.counters
-        paused = ", API paused" if self.gate.is_paused() else ""
-        return (f"queue {len(self.queue)}, in flight {len(self.queue.in_flight())}, tracked {c.tracked}, "
-                f"failed {c.failed}{paused}")
+        return self.health_view.status_line()
 
     def _watchdog(self) -> None:
-        """WATCHDOG=1 only while observers run and workers are not wedged."""
-        stalled = bool(self.queue.in_flight()) and time.monotonic() - self._progress_at > STALL_SECONDS
-        healthy = not stalled and (not self.watching or self.detectors.alive()) and \
-            all(t.is_alive() for t in self._workers[: self._target_workers])
-        if healthy:
+        ok, stalled = self.health_view.watchdog_ok()
+        if ok:
             self.notifier.watchdog()
         else:
             log.error("watchdog_withheld", stalled=stalled, observer_alive=self.detectors.alive())
