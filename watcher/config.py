@@ -441,12 +441,11 @@ class _Validator:
         polling = self.get(item, where, "polling", bool, {where: WATCH_DEFAULTS})
         interval = self.positive(self.get(item, where, "poll_interval_seconds", (int, float), {where: WATCH_DEFAULTS}),
                                  f"{where}.poll_interval_seconds")
-        if not ok:
-            return None
-        path = self.path(path_raw)
-        assert path is not None
-        if not path.is_dir():
+        path = self.path(path_raw) if isinstance(path_raw, str) and path_raw else None
+        if path is not None and not path.is_dir():
             self.problem(f"{where}.path: {path} does not exist or is not a directory")
+        if not ok or path is None:
+            return None
         return WatchConfig(path=Path(os.path.abspath(path)), application_id=str(app), instance_id=instance,
                            format=fmt, files=watch_files, polling=polling, poll_interval_seconds=interval)
 
