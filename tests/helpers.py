@@ -28,7 +28,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # sleep-ok: the polling interval of wait_for itself, bounded by its timeout
 
 
 def write_folder(root: Path, name: str, files: dict[str, str | bytes], *, marker: str | None = "DONE",

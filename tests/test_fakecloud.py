@@ -231,7 +231,7 @@ def test_expired_or_tampered_url_answers_403(cloud: FakeCloud, api: httpx.Client
     deadline = time.monotonic() + 5
     status = raw.put(short, content=b"x").status_code
     while status == 200 and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling for expiry, not synchronizing
+        time.sleep(0.01)  # sleep-ok: polling until the URL expires, bounded by the deadline
         status = raw.put(short, content=b"x").status_code
     assert status == 403
 

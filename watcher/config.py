@@ -8,7 +8,7 @@ Defaults live in one place, `DEFAULTS`, which `config.example.yaml` mirrors.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -483,9 +483,3 @@ def _type_name(types: Any) -> str:
     if set(seq) == {int, float}:
         return "a number"
     return " or ".join(names.get(t, t.__name__) for t in seq if not (t is float and int in seq))
-
-
-def env_lookup(env: Mapping[str, str] | None) -> Callable[[str], str | None]:
-    """A small accessor so callers can inject the environment."""
-    source = os.environ if env is None else env
-    return source.get

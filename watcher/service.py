@@ -113,7 +113,8 @@ class Service:
         self.processor = FolderProcessor(
             config, self.store, self.claims, self.keeper, self.tracker, self.gate,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
-            recheck_incomplete=recheck_incomplete, on_outcome=self._on_outcome, after_tracked=self._after_tracked)
+            recheck_incomplete=recheck_incomplete, on_outcome=self._on_outcome,
+            after_tracked=self._after_tracked_safely)
         socket_path = config.control_socket or config.state_dir / "control.sock"
         self.control = ControlServer(socket_path, self.handle_control) if watch else None
         self.health_server: HealthServer | None = None
@@ -334,6 +335,7 @@ class Service:
                                          "error": error, "at": self.clock()})
 
     def _after_tracked_safely(self, folder: Path) -> None:
+        """Keep, move or delete a tracked folder; a failure is logged, the folder stays tracked."""
         try:
             self._after_tracked(folder)
         except WatcherError as exc:

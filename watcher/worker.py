@@ -25,13 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from watcher.claim import Claims, LeaseKeeper
 from watcher.completion import check_completion
-from watcher.config import Config
+from watcher.config import Config, WatchConfig
 from watcher.errors import (
     ApplicationNotFound,
     AuthError,
@@ -108,32 +107,32 @@ class FolderProcessor:
         # Bound in the context, so every event of this folder (the tracker's too) names it.
         with structlog.contextvars.bound_contextvars(folder=str(folder), application_id=watch.application_id):
             try:
-                return self._process(folder, log)
+                return self._process(folder, watch)
             except Exception as exc:  # a bug must not kill the worker; it is logged with its trace
                 log.exception("folder_error", error=str(exc))
                 return self.clock() + self.backoff.delay(3, self.rng)
+
+    def _forget(self, folder: Path) -> None:
+        """Drop what we keep about a folder that is no longer pending (finished or gone)."""
+        self._seen.discard(folder)
+        self.incomplete_since.pop(folder, None)
+        self.unwatch_folder(folder)
 
     def _finish(self, folder: Path) -> None:
         try:
             self.finished[folder] = folder.stat().st_ino
         except OSError:
             self.finished.pop(folder, None)
-        self._seen.discard(folder)
-        self.incomplete_since.pop(folder, None)
-        self.unwatch_folder(folder)
+        self._forget(folder)
 
     def _outcome(self, folder: Path, app: str, outcome: str, reason: str, error: str = "") -> None:
         self.counters.add(outcome)
         if self.on_outcome is not None:
             self.on_outcome(folder, app, outcome, reason, error)
 
-    def _process(self, folder: Path, blog: Any) -> float | None:
-        watch = self.config.watch_for(folder)
-        assert watch is not None
+    def _process(self, folder: Path, watch: WatchConfig) -> float | None:
         if not folder.is_dir() or folder.is_symlink():
-            self.unwatch_folder(folder)
-            self._seen.discard(folder)
-            self.incomplete_since.pop(folder, None)
+            self._forget(folder)
             return None
         if self.store.finished(folder) is not None:
             self._finish(folder)
@@ -141,7 +140,7 @@ class FolderProcessor:
         now = self.clock()
         if folder not in self._seen:
             self._seen.add(folder)
-            blog.info("folder_detected")
+            log.info("folder_detected")
         completion = check_completion(folder, watch.files, self.config.completion, now)
         if not completion.complete:
             self.incomplete_since.setdefault(folder, now)
@@ -159,7 +158,7 @@ class FolderProcessor:
             return None
         claim = self.claims.acquire(folder)
         if claim is None:
-            blog.debug("folder_claimed_elsewhere", holder=self.claims.holder(folder))
+            log.debug("folder_claimed_elsewhere", holder=self.claims.holder(folder))
             return now + CLAIM_BUSY_SECONDS
         self.keeper.hold(claim)
         try:
@@ -167,68 +166,61 @@ class FolderProcessor:
             if self.store.finished(folder) is not None:
                 self._finish(folder)
                 return None
-            again = self._attempt(folder, watch.application_id, watch.instance_id, blog,
-                                  lambda: self.claims.verify(claim))
+            again = self._attempt(folder, watch, lambda: self.claims.verify(claim))
         finally:
             self.keeper.drop(claim)
             self.claims.release(claim)
         # Moving or deleting happens after the claim is gone, so the claim never travels with the folder.
         if again is None and self.after_tracked is not None and self.store.finished(folder) == "tracked":
-            try:
-                self.after_tracked(folder)
-            except StateError as exc:
-                blog.error("after_tracking_failed", error=str(exc))
+            self.after_tracked(folder)
         return again
 
-    def _attempt(self, folder: Path, app: str, default_instance: str | None,
-                 blog: Any, check_claim: Callable[[], None]) -> float | None:
-        watch = self.config.watch_for(folder)
-        assert watch is not None
+    def _attempt(self, folder: Path, watch: WatchConfig, check_claim: Callable[[], None]) -> float | None:
+        app = watch.application_id
         try:
             run = inspect_folder(folder, watch.files, watch.format, self.config.completion.marker)
-            blog.info("folder_complete", status=run.status, artifacts=[a.role for a in run.artifacts])
-            outcome = self.tracker.track(run, app, run.instance_id or default_instance, check_claim)
+            log.info("folder_complete", status=run.status, artifacts=[a.role for a in run.artifacts])
+            outcome = self.tracker.track(run, app, run.instance_id or watch.instance_id, check_claim)
         except InvalidFolder as exc:
-            return self._fail(folder, blog, f"invalid folder: {exc.problem}", "invalid")
+            return self._fail(folder, app, f"invalid folder: {exc.problem}", "invalid")
         except RejectedError as exc:
-            return self._fail(folder, blog, f"rejected by the API: {exc}", "rejected")
+            return self._fail(folder, app, f"rejected by the API: {exc}", "rejected")
         except FolderChanged as exc:
-            blog.info("folder_retrying", reason="changed", error=exc.problem)
+            log.info("folder_retrying", reason="changed", error=exc.problem)
             self._outcome(folder, app, "retried", "changed", exc.problem)
             return self.clock() + max(CHANGED_SECONDS, self.config.completion.settle_seconds)
         except RetryLater as exc:
-            blog.info("folder_waiting", reason=str(exc))
+            log.info("folder_waiting", reason=str(exc))
             return exc.at
         except ClaimLost as exc:
-            blog.warning("folder_claim_lost", error=str(exc))
+            log.warning("folder_claim_lost", error=str(exc))
             return self.clock() + CLAIM_BUSY_SECONDS
         except AuthError as exc:
             if self.gate.close(GLOBAL, "auth", str(exc)):
-                blog.error("api_paused", reason="auth", error=str(exc),
+                log.error("api_paused", reason="auth", error=str(exc),
                            hint="check the API key; work resumes by itself once it is accepted")
             self.gate.park(app, folder)
             return None
         except ApplicationNotFound as exc:
             if self.gate.close(app, "application_not_found", str(exc)):
-                blog.error("application_paused", reason="application_not_found", error=str(exc))
+                log.error("application_paused", reason="application_not_found", error=str(exc))
             self.gate.park(app, folder)
             return None
         except TransientError as exc:
-            return self._transient(folder, app, blog, exc)
+            return self._transient(folder, app, exc)
         except StateError as exc:
-            blog.error("state_error", error=str(exc))
+            log.error("state_error", error=str(exc))
             return self.clock() + self.backoff.delay(3, self.rng)
         for warning in outcome.warnings:
-            blog.warning("folder_warning", warning=warning, run_id=outcome.run_id)
-        blog.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted)
+            log.warning("folder_warning", warning=warning, run_id=outcome.run_id)
+        log.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted)
         self._outcome(folder, app, "tracked", "adopted" if outcome.adopted else "posted")
         self._finish(folder)
         return None
 
-    def _transient(self, folder: Path, app: str, blog: Any,
-                   exc: TransientError) -> float | None:
+    def _transient(self, folder: Path, app: str, exc: TransientError) -> float | None:
         if self.gate.blocked(app) is not None and self.gate.park(app, folder):
-            blog.info("folder_parked", reason="api paused", error=str(exc))
+            log.info("folder_parked", reason="api paused", error=str(exc))
             return None
         journal = self.store.journal(folder)
         # Throttling and POSTs of unknown outcome are not the folder's fault: they do not use up attempts.
@@ -237,22 +229,28 @@ class FolderProcessor:
             journal.attempts += 1
         journal.last_error = str(exc)
         if journal.attempts >= self.config.retry.max_attempts:
-            return self._fail(folder, blog, f"gave up after {journal.attempts} attempts: {exc}", "exhausted")
+            return self._fail(folder, app, f"gave up after {journal.attempts} attempts: {exc}", "exhausted",
+                              journal)
         delay = self.backoff.delay(max(1, journal.attempts), self.rng)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         journal.next_attempt_at = self.clock() + delay
         self.store.save_journal(folder, journal)
         self._outcome(folder, app, "retried", "throttled" if throttled else "api_error", str(exc))
-        blog.warning("folder_retrying", reason="throttled" if throttled else "api_error", error=str(exc),
+        log.warning("folder_retrying", reason="throttled" if throttled else "api_error", error=str(exc),
                      attempt=journal.attempts, retry_in=round(delay, 2))
         return journal.next_attempt_at
 
-    def _fail(self, folder: Path, blog: Any, error: str, reason: str) -> float | None:
-        """Mark the folder failed. Returns None, or when to try again if the marker could not be written."""
+    def _fail(self, folder: Path, app: str, error: str, reason: str,
+              journal: Journal | None = None) -> float | None:
+        """Mark the folder failed. `journal` is the caller's up-to-date one when it has it (its attempts
+        already counted); else it is read and this attempt counted. Returns None, or when to try again
+        if the marker could not be written."""
         try:
-            journal = self.store.journal(folder)
-            attempts = journal.attempts + (0 if reason == "exhausted" else 1)
+            if journal is None:
+                journal = self.store.journal(folder)
+                journal.attempts += 1
+            attempts = journal.attempts
             self.store.mark_failed(folder, error, attempts, self.clock(), reason=reason)
             if journal.intents:
                 # A POST may have created the run: keep the intents so that `retry` looks it up first.
@@ -260,10 +258,9 @@ class FolderProcessor:
             else:
                 self.store.clear_journal(folder)
         except StateError as exc:
-            blog.error("state_error", error=str(exc), pending="failed marker")
+            log.error("state_error", error=str(exc), pending="failed marker")
             return self.clock() + self.backoff.delay(3, self.rng)
-        watch = self.config.watch_for(folder)
-        self._outcome(folder, watch.application_id if watch else "", "failed", reason, error)
-        blog.error("folder_failed", reason=reason, error=error, attempts=attempts)
+        self._outcome(folder, app, "failed", reason, error)
+        log.error("folder_failed", reason=reason, error=error, attempts=attempts)
         self._finish(folder)
         return None
