@@ -442,13 +442,15 @@ class Service:
             for folder, inode in iter_entries(watch.path):
                 if folder in busy:
                     continue
-                if self.processor.finished.get(folder) == inode:
-                    if not full or quick_state(self.store, folder) is not None:
-                        continue
+                known_finished = self.processor.finished.get(folder) == inode
+                if known_finished and not full:
+                    continue
+                if quick_state(self.store, folder) is not None:
+                    continue
+                if known_finished:   # its marker was removed (retry, forget): track it again
                     self.processor.finished.pop(folder, None)
-                if quick_state(self.store, folder) is None:
-                    self.queue.put(folder)
-                    queued += 1
+                self.queue.put(folder)
+                queued += 1
         if queued:
             log.info("reconcile_queued", folders=queued, full=full)
 
