@@ -126,3 +126,29 @@ class Daemon:
         self.proc.kill()
         self.proc.wait(timeout=10)
         self._log.close()
+
+
+_PYTHONS: dict[int, tuple[list[str], dict[str, str]] | None] = {}
+
+
+def python_for(uid: int) -> tuple[list[str], dict[str, str]] | None:
+    """A Python command and environment with which user `uid` can import this project, or None.
+
+    This interpreter first; when `uid` may not run it (pyenv under a 0700 home), the system's Python of
+    the same version with this venv's packages and the project on PYTHONPATH (pure-Python packages and
+    the same ABI, so they import)."""
+    if uid not in _PYTHONS:
+        repo = str(Path(__file__).resolve().parent.parent)
+        site = [p for p in sys.path if p.endswith("site-packages")]
+        system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [([sys.executable], {}), ([system], {"PYTHONPATH": os.pathsep.join([repo, *site])})]
+        _PYTHONS[uid] = None
+        for cmd, env in candidates:
+            try:
+                subprocess.run([*cmd, "-c", "import watcher.cli"], user=uid, group=uid, check=True, timeout=60,
+                               capture_output=True, env={**os.environ, **env}, cwd="/")
+            except (OSError, subprocess.SubprocessError):
+                continue
+            _PYTHONS[uid] = (cmd, env)
+            break
+    return _PYTHONS[uid]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +93,22 @@ def test_move_onto_a_taken_name_adds_a_suffix(make_config: MakeConfig, watched: 
 
 
 @pytest.fixture
-def cross_device(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """os.rename fails with EXDEV between different directories, as between two filesystems;
-    renames within one directory (the hiding of a folder before its removal) still work."""
-    real_rename = os.rename
-    refused: list[tuple[str, str]] = []
-
-    def rename(src: Any, dst: Any) -> None:
-        if Path(src).parent != Path(dst).parent:
-            refused.append((str(src), str(dst)))
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", rename)
-    return refused
+def shm_done(tmp_path: Path) -> Iterator[Path]:
+    """A done_path on another filesystem (/dev/shm is a tmpfs; tmp_path is not)."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    path = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="nextmv-done-"))
+    try:
+        if path.stat().st_dev == tmp_path.stat().st_dev:
+            pytest.skip("/dev/shm is on the same filesystem as the test directory")
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_move_across_filesystems_copies_syncs_then_removes_the_source(
-        make_config: MakeConfig, watched: Path, done: Path, tmp_path: Path,
-        cross_device: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+        make_config: MakeConfig, watched: Path, shm_done: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tracked_folder(watched, "run-x", tmp_path / "state")
     (folder / "output" / "link.json").symlink_to("solution.json")
     os.utime(folder / "input.json", (1_600_000_000, 1_600_000_000))
@@ -124,62 +122,64 @@ def test_move_across_filesystems_copies_syncs_then_removes_the_source(
 
     monkeypatch.setattr(os, "fsync", fsync)
     with structlog.testing.capture_logs() as events:
-        assert aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done))) == "moved"
+        assert aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(shm_done))) == "moved"
 
-    assert cross_device, "the move did not go through the cross-filesystem path"
     assert visible(watched) == []
-    moved = done / "run-x"
-    assert visible(done) == ["run-x"]
+    moved = shm_done / "run-x"
+    assert visible(shm_done) == ["run-x"]
     assert tree(moved) == before
     assert os.readlink(moved / "output" / "link.json") == "solution.json"
-    assert (moved / "input.json").stat().st_mtime == 1_600_000_000   # copy2 keeps metadata
+    assert (moved / "input.json").stat().st_mtime == 1_600_000_000   # metadata is kept
     # Every copied file and directory was fsynced (under its staging name, before the rename into place).
     synced_names = {Path(p).name for p in synced}
     for rel in ("input.json", "logs.txt", "DONE", TRACKED, "output/solution.json"):
         assert Path(rel).name in synced_names, rel
-    assert "output" in synced_names and "done" in synced_names
+    assert "output" in synced_names and shm_done.name in synced_names
     assert any(e["event"] == "folder_moved_across_filesystems" for e in events)
 
 
 def test_a_failed_cross_filesystem_copy_leaves_the_folder_whole_and_no_partial_copy(
-        make_config: MakeConfig, watched: Path, done: Path, tmp_path: Path,
-        cross_device: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+        make_config: MakeConfig, watched: Path, shm_done: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tracked_folder(watched, "run-x", tmp_path / "state")
     before = tree(folder)
     copied: list[str] = []
-    real_copy2 = shutil.copy2
+    real_copy = aftercare._copy_file
 
-    def copy2(src: Any, dst: Any, **kwargs: Any) -> Any:
+    def copy_file(src_dir: int, dst_dir: int, name: str, st: os.stat_result) -> None:
         if len(copied) == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        copied.append(str(src))
-        return real_copy2(src, dst, **kwargs)
+        copied.append(name)
+        real_copy(src_dir, dst_dir, name, st)
 
-    monkeypatch.setattr(shutil, "copy2", copy2)
+    monkeypatch.setattr(aftercare, "_copy_file", copy_file)
     with pytest.raises(StateError, match="cannot copy"):
-        aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done)))
+        aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(shm_done)))
+    assert len(copied) == 2
     assert tree(folder) == before
-    assert os.listdir(done) == []
+    assert os.listdir(shm_done) == []
 
 
 def test_a_source_that_cannot_be_removed_after_the_copy_keeps_only_the_source(
-        make_config: MakeConfig, watched: Path, done: Path, tmp_path: Path,
-        cross_device: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+        make_config: MakeConfig, watched: Path, shm_done: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tracked_folder(watched, "run-x", tmp_path / "state")
     before = tree(folder)
     real_rename = os.rename
+    refused: list[str] = []
 
-    def rename(src: Any, dst: Any) -> None:
-        if Path(src) == folder and Path(dst).parent == folder.parent:   # hiding the source to remove it
+    def rename(src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        if src == folder.name and str(dst).startswith(aftercare.REMOVING):   # hiding the source to remove it
+            refused.append(str(dst))
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-        real_rename(src, dst)
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(StateError, match="cannot remove"):
-        aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(done)))
-    assert cross_device, "the move did not go through the cross-filesystem path"
+        aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(shm_done)))
+    assert refused, "the source was copied and then could not be hidden"
     assert tree(folder) == before
-    assert os.listdir(done) == []
+    assert os.listdir(shm_done) == []
 
 
 def test_delete_removes_the_folder(make_config: MakeConfig, watched: Path, tmp_path: Path) -> None:

@@ -13,16 +13,10 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from watcher.archive import (
-    CHUNK_SIZE,
-    archive_members,
-    copy_utf8,
-    is_utf8,
-    load_json,
-    wrapped_json,
-    write_archive,
-)
+from watcher.archive import CHUNK_SIZE, copy_utf8, is_utf8, open_member, wrapped_json, write_archive
 from watcher.errors import FolderChanged, InvalidFolder
+from watcher.folder import Member
+from watcher.rundir import Ident, Limits, RunDir
 
 
 def build_tree(root: Path, files: dict[str, bytes]) -> None:
@@ -32,9 +26,19 @@ def build_tree(root: Path, files: dict[str, bytes]) -> None:
         path.write_bytes(content)
 
 
-def archive_bytes(directory: Path) -> bytes:
+def members(d: RunDir, rel: str) -> list[Member]:
+    return [Member(arcname, real, Ident.of(st)) for arcname, real, st in d.walk(rel, Limits())]
+
+
+def one(d: RunDir, rel: str) -> Member:
+    real, st = d.resolve(rel)
+    return Member(rel, real, Ident.of(st))
+
+
+def archive_bytes(run: Path, rel: str = "input") -> bytes:
     buf = io.BytesIO()
-    write_archive(archive_members(directory, True), buf)
+    with RunDir.open(run) as d:
+        write_archive(d, members(d, rel), buf)
     return buf.getvalue()
 
 
@@ -62,43 +66,18 @@ TREE = {
 }
 
 
-# --- archive_members --------------------------------------------------------------------------------
-
-
-def test_archive_members_lists_every_regular_file_sorted(fs: FakeFilesystem) -> None:
-    root = Path("/run/input")
-    build_tree(root, TREE)
-    (root / "empty-dir").mkdir()
-    names = [name for name, _ in archive_members(root, True)]
-    assert names == sorted(TREE)
-    assert all(path == root / name for name, path in archive_members(root, True))
-
-
-def test_archive_members_of_one_file_is_that_file(fs: FakeFilesystem) -> None:
-    fs.create_file("/run/input.csv")
-    assert archive_members(Path("/run/input.csv"), False) == [("input.csv", Path("/run/input.csv"))]
-
-
-def test_archive_members_refuses_a_link_outside_the_given_root(fs: FakeFilesystem) -> None:
-    fs.create_file("/run/shared/x.csv")
-    fs.create_dir("/run/input")
-    fs.create_symlink("/run/input/x.csv", "/run/shared/x.csv")
-    assert archive_members(Path("/run/input"), True)[0][0] == "x.csv"
-    with pytest.raises(InvalidFolder, match=r"x.csv: symlink points outside the run folder"):
-        archive_members(Path("/run/input"), True, root=Path("/run/input"))
-
-
 # --- write_archive ----------------------------------------------------------------------------------
 
 
 def test_archive_round_trips_names_and_content(tmp_path: Path) -> None:
-    build_tree(tmp_path / "input", TREE)
-    assert extract(archive_bytes(tmp_path / "input")) == TREE
+    build_tree(tmp_path / "run" / "input", TREE)
+    (tmp_path / "run" / "input" / "empty-dir").mkdir()
+    assert extract(archive_bytes(tmp_path / "run")) == TREE
 
 
 def test_archive_is_byte_identical_for_the_same_content(tmp_path: Path) -> None:
-    build_tree(tmp_path / "one", TREE)
-    build_tree(tmp_path / "two", TREE)
+    build_tree(tmp_path / "one" / "input", TREE)
+    build_tree(tmp_path / "two" / "input", TREE)
     for path in (tmp_path / "two").rglob("*"):
         os.utime(path, (12345, 12345))
         path.chmod(0o600 if path.is_file() else 0o700)
@@ -108,9 +87,9 @@ def test_archive_is_byte_identical_for_the_same_content(tmp_path: Path) -> None:
 
 
 def test_gzip_header_has_no_mtime_and_no_file_name(tmp_path: Path) -> None:
-    build_tree(tmp_path / "input", {"a": b"a"})
-    with open(tmp_path / "named.tar.gz", "wb") as dest:
-        write_archive(archive_members(tmp_path / "input", True), dest)
+    build_tree(tmp_path / "run" / "input", {"a": b"a"})
+    with open(tmp_path / "named.tar.gz", "wb") as dest, RunDir.open(tmp_path / "run") as d:
+        write_archive(d, members(d, "input"), dest)
     data = (tmp_path / "named.tar.gz").read_bytes()
     assert data[:3] == b"\x1f\x8b\x08"
     assert data[3] & 0x08 == 0  # FNAME flag
@@ -118,29 +97,30 @@ def test_gzip_header_has_no_mtime_and_no_file_name(tmp_path: Path) -> None:
     assert len(gzip.decompress(data)) % tarfile.RECORDSIZE == 0
 
 
-def test_an_empty_member_list_is_an_empty_archive() -> None:
+def test_an_empty_member_list_is_an_empty_archive(tmp_path: Path) -> None:
     buf = io.BytesIO()
-    write_archive([], buf)
+    with RunDir.open(tmp_path) as d:
+        write_archive(d, [], buf)
     assert extract(buf.getvalue()) == {}
 
 
 def test_three_thousand_small_files(tmp_path: Path) -> None:
     files = {f"d{i % 10}/f{i:05d}.csv": f"{i}\n".encode() for i in range(3000)}
-    build_tree(tmp_path / "input", files)
-    members = archive_members(tmp_path / "input", True)
-    assert [n for n, _ in members] == sorted(files)
-    assert extract(archive_bytes(tmp_path / "input")) == files
+    build_tree(tmp_path / "run" / "input", files)
+    with RunDir.open(tmp_path / "run") as d:
+        assert [m.arcname for m in members(d, "input")] == sorted(files)
+    assert extract(archive_bytes(tmp_path / "run")) == files
 
 
 def test_archive_works_on_pyfakefs(fs: FakeFilesystem) -> None:
     build_tree(Path("/run/input"), {"a.csv": b"a", "b/c.csv": b"c"})
-    assert extract(archive_bytes(Path("/run/input"))) == {"a.csv": b"a", "b/c.csv": b"c"}
+    assert extract(archive_bytes(Path("/run"))) == {"a.csv": b"a", "b/c.csv": b"c"}
 
 
 def test_non_utf8_member_name_is_invalid_and_named_by_repr(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"a")
-    with pytest.raises(InvalidFolder, match=r"'\\udcff.csv': file name is not valid UTF-8"):
-        write_archive([("\udcff.csv", tmp_path / "a")], io.BytesIO())
+    with RunDir.open(tmp_path) as d, pytest.raises(InvalidFolder, match=r"'\\udcff.csv': file name is not valid UTF-8"):
+        write_archive(d, [Member("\udcff.csv", "a", one(d, "a").ident)], io.BytesIO())
 
 
 class _Saboteur(io.BytesIO):
@@ -168,21 +148,44 @@ def test_a_member_changing_size_while_read_is_folder_changed(
     victim = tmp_path / "big.bin"
     victim.write_bytes(random.Random(2).randbytes(1 << 20))  # incompressible: gzip writes while reading
     dest = _Saboteur(victim, action)
-    with pytest.raises(FolderChanged, match=rf"big.bin {message} while being archived"):
-        write_archive([("big.bin", victim)], dest)
+    with RunDir.open(tmp_path) as d, pytest.raises(FolderChanged, match=rf"big.bin {message} while being read"):
+        write_archive(d, [one(d, "big.bin")], dest)
     assert dest.sabotaged
 
 
 def test_a_vanished_member_is_folder_changed(tmp_path: Path) -> None:
-    with pytest.raises(FolderChanged, match=r"gone.csv vanished"):
-        write_archive([("gone.csv", tmp_path / "gone.csv")], io.BytesIO())
+    (tmp_path / "gone.csv").write_text("x")
+    with RunDir.open(tmp_path) as d:
+        member = one(d, "gone.csv")
+        (tmp_path / "gone.csv").unlink()
+        with pytest.raises(FolderChanged, match=r"gone.csv vanished"):
+            write_archive(d, [member], io.BytesIO())
+
+
+def test_a_member_replaced_after_inspection_is_never_read(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("inspected")
+    (tmp_path / "secret").write_text("not for upload")
+    with RunDir.open(tmp_path) as d:
+        member = one(d, "a.csv")
+        (tmp_path / "a.csv").unlink()
+        (tmp_path / "a.csv").symlink_to(tmp_path / "secret")
+        with pytest.raises(FolderChanged, match=r"a.csv was replaced"):
+            write_archive(d, [member], io.BytesIO())
+        (tmp_path / "a.csv").unlink()
+        os.link(tmp_path / "secret", tmp_path / "a.csv")
+        with pytest.raises(FolderChanged, match=r"a.csv changed since it was inspected"):
+            write_archive(d, [member], io.BytesIO())
 
 
 @pytest.mark.timeout(10)
-def test_a_fifo_member_is_never_opened_for_blocking_reads(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / "pipe")
-    with pytest.raises(FolderChanged, match=r"pipe is no longer a regular file \(FIFO\)"):
-        write_archive([("pipe", tmp_path / "pipe")], io.BytesIO())
+def test_a_fifo_swapped_in_for_a_member_is_never_read(tmp_path: Path) -> None:
+    (tmp_path / "pipe").write_text("x")
+    with RunDir.open(tmp_path) as d:
+        member = one(d, "pipe")
+        (tmp_path / "pipe").unlink()
+        os.mkfifo(tmp_path / "pipe")
+        with pytest.raises(FolderChanged, match=r"pipe is no longer a regular file \(FIFO\)"):
+            write_archive(d, [member], io.BytesIO())
 
 
 # --- copy_utf8 / is_utf8 ----------------------------------------------------------------------------
@@ -194,10 +197,10 @@ MIXED = "ok é 😀 €\n".encode() * 50 + b"bad \xff here, cut \xe2\x82 there, 
 def test_copy_utf8_replaces_invalid_sequences_across_chunk_boundaries(
     tmp_path: Path, chunk_size: int,
 ) -> None:
-    src = tmp_path / "logs.txt"
-    src.write_bytes(MIXED)
+    (tmp_path / "logs.txt").write_bytes(MIXED)
     dest = io.BytesIO()
-    assert copy_utf8(src, dest, chunk_size=chunk_size) == 3
+    with RunDir.open(tmp_path) as d, open_member(d, one(d, "logs.txt")) as src:
+        assert copy_utf8(src, dest, chunk_size=chunk_size) == 3
     assert dest.getvalue() == MIXED.decode("utf-8", "replace").encode()
     assert dest.getvalue().decode("utf-8").count("\ufffd") == 4  # three replacements, one genuine
 
@@ -207,10 +210,8 @@ def test_copy_utf8_replaces_invalid_sequences_across_chunk_boundaries(
     [(b"", 0), (b"plain", 0), ("\ufffd already".encode(), 0), (b"\xff\xfe", 2), (b"end cut \xf0\x9f\x98", 1)],
 )
 def test_copy_utf8_counts(tmp_path: Path, data: bytes, count: int) -> None:
-    src = tmp_path / "logs.txt"
-    src.write_bytes(data)
     dest = io.BytesIO()
-    assert copy_utf8(src, dest, chunk_size=2) == count
+    assert copy_utf8(io.BytesIO(data), dest, chunk_size=2) == count
     assert dest.getvalue() == data.decode("utf-8", "replace").encode()
 
 
@@ -221,9 +222,9 @@ def test_copy_utf8_counts(tmp_path: Path, data: bytes, count: int) -> None:
 )
 @pytest.mark.parametrize("chunk_size", [1, 3, CHUNK_SIZE])
 def test_is_utf8(tmp_path: Path, data: bytes, valid: bool, chunk_size: int) -> None:
-    path = tmp_path / "logs.txt"
-    path.write_bytes(data)
-    assert is_utf8(path, chunk_size=chunk_size) is valid
+    (tmp_path / "logs.txt").write_bytes(data)
+    with RunDir.open(tmp_path) as d, open_member(d, one(d, "logs.txt")) as src:
+        assert is_utf8(src, chunk_size=chunk_size) is valid
 
 
 # --- JSON ---------------------------------------------------------------------------------------------
@@ -241,9 +242,8 @@ def test_is_utf8(tmp_path: Path, data: bytes, valid: bool, chunk_size: int) -> N
         ("42", "statistics", {"statistics": 42}),
     ],
 )
-def test_wrapped_json(fs: FakeFilesystem, content: str, key: str, expected: object) -> None:
-    fs.create_file("/run/x.json", contents=content)
-    result = wrapped_json(Path("/run/x.json"), key)
+def test_wrapped_json(content: str, key: str, expected: object) -> None:
+    result = wrapped_json(content.encode(), key, name="x.json", folder="/run")
     if expected is None:
         assert result is None
     else:
@@ -251,23 +251,15 @@ def test_wrapped_json(fs: FakeFilesystem, content: str, key: str, expected: obje
         assert json.loads(result.decode("utf-8")) == expected
 
 
-def test_wrapped_json_is_compact_utf8(fs: FakeFilesystem) -> None:
-    fs.create_file("/run/statistics.json", contents='{ "a" : [1, 2], "é": "ü" }')
+def test_wrapped_json_is_compact_utf8() -> None:
     expected = '{"statistics":{"a":[1,2],"é":"ü"}}'.encode()
-    assert wrapped_json(Path("/run/statistics.json"), "statistics") == expected
+    assert wrapped_json('{ "a" : [1, 2], "é": "ü" }'.encode(), "statistics", name="statistics.json",
+                        folder="/run") == expected
 
 
 @pytest.mark.parametrize("content", [b"{", b"", b"NaN", b'{"a": Infinity}', b"\xff", b"[" * 100_000])
-def test_invalid_json_is_invalid_folder_naming_the_file(fs: FakeFilesystem, content: bytes) -> None:
-    fs.create_file("/run/assets.json", contents=content)
+def test_invalid_json_is_invalid_folder_naming_the_file(content: bytes) -> None:
     with pytest.raises(InvalidFolder) as excinfo:
-        wrapped_json(Path("/run/assets.json"), "assets")
+        wrapped_json(content, "assets", name="assets.json", folder="/run")
     assert excinfo.value.folder == "/run"
     assert excinfo.value.problem.startswith("assets.json: ")
-
-
-def test_load_json_size_limit(fs: FakeFilesystem) -> None:
-    fs.create_file("/run/status.json", contents=b"{}" + b" " * 100)
-    assert load_json(Path("/run/status.json"), folder="/run", max_bytes=102) == {}
-    with pytest.raises(InvalidFolder, match=r"status.json: bigger than 101 bytes"):
-        load_json(Path("/run/status.json"), folder="/run", max_bytes=101)

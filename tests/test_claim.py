@@ -14,6 +14,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.claim import CLAIM, Claims, LeaseKeeper
 from watcher.errors import ClaimLost
+from watcher.state import StateStore
 
 FOLDER = Path("/runs/run-1")
 LEASE = 60.0
@@ -214,8 +215,9 @@ def test_a_read_only_folder_is_claimed_in_its_fallback_dir(clock: Clock, fs: Fak
     fs.create_dir("/state")
     os.chmod("/state", 0o777)
     os.chmod(FOLDER, 0o555)  # pyfakefs's os.access only looks at the owner bits
-    fallback = Path("/state/folders/run-1")
-    mine = Claims(lease_seconds=LEASE, clock=clock, host="h", pid=os.getpid(), fallback_dir=lambda _: fallback)
+    store = StateStore(Path("/state"), owners=[1000])
+    fallback = store.fallback_dir(FOLDER)
+    mine = Claims(lease_seconds=LEASE, clock=clock, host="h", pid=os.getpid(), store=store)
     saved = helpers.get_uid()
     helpers.set_uid(1000)  # an ordinary user: the root-owned run folder is read-only
     try:

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pytest
@@ -60,6 +61,11 @@ class Server:
         if callable(answer):
             return answer(request)
         return answer
+
+
+def opener(path: Path) -> Callable[[], BinaryIO]:
+    """What the client reads a PUT body from: a fresh reader of `path` (the caller closes it)."""
+    return lambda: path.open("rb")
 
 
 @pytest.fixture
@@ -152,7 +158,7 @@ def test_put_streams_the_file_with_a_length_and_without_the_key(
     client, _ = make_client(server)
     progress: list[int] = []
 
-    client.put_file(target(), path, len(content), progress=progress.append)
+    client.put_file(target(), opener(path), len(content), progress=progress.append)
 
     (request,) = server.requests
     assert request.method == "PUT"
@@ -173,7 +179,7 @@ def test_a_retried_put_sends_the_whole_file_again(
     server = Server(httpx.Response(503), httpx.Response(200))
     client, _ = make_client(server)
 
-    client.put_file(target(), path, 8)
+    client.put_file(target(), opener(path), 8)
 
     assert server.bodies == [b'{"x": 1}', b'{"x": 1}']
 
@@ -318,7 +324,7 @@ def test_an_expired_upload_url_is_upload_expired_and_not_retried(
     client, _ = make_client(server)
 
     with pytest.raises(UploadExpired) as excinfo:
-        client.put_file(target(), path, 2)
+        client.put_file(target(), opener(path), 2)
 
     assert len(server.requests) == 1
     assert_clean(excinfo.value)
@@ -332,7 +338,7 @@ def test_a_refused_put_is_rejected_not_an_auth_error(
     client, _ = make_client(server)
 
     with pytest.raises(RejectedError) as excinfo:
-        client.put_file(target(), path, 2)
+        client.put_file(target(), opener(path), 2)
 
     assert_clean(excinfo.value)
 
@@ -345,7 +351,7 @@ def test_a_failing_put_keeps_the_storage_error_page_out_of_the_message(
     client, _ = make_client(server, attempts=2)
 
     with pytest.raises(TransientError) as excinfo:
-        client.put_file(target(), path, 2)
+        client.put_file(target(), opener(path), 2)
 
     assert excinfo.value.status == 502
     assert len(server.requests) == 2
@@ -426,7 +432,7 @@ def test_network_errors_do_not_leak_the_url_or_the_key(
     client, _ = make_client(Server(leaky), attempts=2)
 
     with pytest.raises(TransientError) as put_error:
-        client.put_file(target(), path, 2)
+        client.put_file(target(), opener(path), 2)
     with pytest.raises(TransientError) as api_error:
         client.get_application("app")
 

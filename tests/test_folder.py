@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import python_for
 from pyfakefs import helpers
 from pyfakefs.fake_filesystem import FakeFilesystem
 
@@ -19,8 +25,10 @@ from watcher.folder import (
     find_candidates,
     fingerprint,
     inspect_folder,
+    read_member,
     verify_fingerprint,
 )
+from watcher.rundir import RunDir
 
 FILES = FilesConfig(
     input=("input.json", "input.*", "input/"),
@@ -30,6 +38,7 @@ FILES = FilesConfig(
 )
 AUTO = FormatConfig()
 ROOT = Path("/watch/run-1")
+NOBODY = 65534
 
 
 def make(fs: FakeFilesystem, entries: Mapping[str, str | bytes], root: Path = ROOT) -> Path:
@@ -56,6 +65,11 @@ def invalid(
     with pytest.raises(InvalidFolder) as excinfo:
         inspect_folder(path, files, formats, marker)
     return problem_of(excinfo)
+
+
+def candidates(names: tuple[str, ...], **kwargs: Any) -> list[str]:
+    with RunDir.open(ROOT) as d:
+        return find_candidates(d, names, **kwargs)
 
 
 @pytest.fixture
@@ -137,7 +151,7 @@ def test_marker_and_daemon_files_are_excluded_even_by_a_catch_all_pattern(fs: Fa
     make(fs, {"DONE": "", ".nextmv-state.json": "{}", "data.csv": "1", "status.json": "{}",
               "metrics.json": "{}"})
     exclude = {"status.json", "metrics.json"}
-    assert find_candidates(ROOT, ("*",), marker="DONE", exclude=exclude) == ["data.csv"]
+    assert candidates(("*",), marker="DONE", exclude=exclude) == ["data.csv"]
     files = FilesConfig(input=("*",), output=("result/",), logs=("logs.txt",), status="status.json")
     run = inspect_folder(ROOT, files, AUTO, marker="DONE")
     assert run.artifact("input") == Artifact("input", ROOT / "data.csv", False, "multi-file")
@@ -146,15 +160,15 @@ def test_marker_and_daemon_files_are_excluded_even_by_a_catch_all_pattern(fs: Fa
 
 def test_the_marker_is_excluded_by_name(fs: FakeFilesystem) -> None:
     make(fs, {"input.json": "{}", "input.done": ""})
-    assert find_candidates(ROOT, FILES.input, marker="input.done") == ["input.json"]
-    assert find_candidates(ROOT, FILES.input, marker=None) == ["input.done", "input.json"]
+    assert candidates(FILES.input, marker="input.done") == ["input.json"]
+    assert candidates(FILES.input, marker=None) == ["input.done", "input.json"]
 
 
 def test_directory_names_only_match_directories_and_file_names_only_files(fs: FakeFilesystem) -> None:
     make(fs, {"input": "a file named like the directory", "output.d/x": "1"})
-    assert find_candidates(ROOT, FILES.input, marker=None) == []
-    assert find_candidates(ROOT, FILES.output, marker=None) == []
-    assert find_candidates(ROOT, ("output*/",), marker=None) == ["output.d/"]
+    assert candidates(FILES.input, marker=None) == []
+    assert candidates(FILES.output, marker=None) == []
+    assert candidates(("output*/",), marker=None) == ["output.d/"]
 
 
 def test_configured_names_replace_the_defaults(fs: FakeFilesystem) -> None:
@@ -447,11 +461,35 @@ def test_unreadable_status_json_is_invalid(fs: FakeFilesystem) -> None:
     assert invalid() == "status.json: permission denied"
 
 
-@pytest.mark.usefixtures("unprivileged")
-def test_unreadable_input_directory_is_invalid(fs: FakeFilesystem) -> None:
-    make(fs, {"input/x.csv": "1", "output.json": "{}"})
-    os.chmod(ROOT / "input", 0)
-    assert invalid() == "input: permission denied"
+def test_unreadable_input_directory_is_invalid(tmp_path: Path) -> None:
+    """On a real filesystem (pyfakefs answers ENOTDIR where Linux says EACCES), as an ordinary user."""
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="nextmv-unreadable-"))
+    try:
+        base.chmod(0o755)
+        root = base / "run-1"
+        (root / "input").mkdir(parents=True)
+        (root / "input" / "x.csv").write_text("1")
+        (root / "output.json").write_text("{}")
+        (root / "input").chmod(0)
+        code = ("import sys; from pathlib import Path; from watcher.config import FilesConfig, FormatConfig;"
+                "from watcher.errors import InvalidFolder; from watcher.folder import inspect_folder\n"
+                "try:\n inspect_folder(Path(sys.argv[1]), FilesConfig(input=('input.json','input.*','input/'),"
+                " output=('output.json','output.*','output/'), logs=('logs.txt',), status='status.json'),"
+                " FormatConfig())\nexcept InvalidFolder as e:\n print(e.problem)")
+        if os.geteuid() == 0:
+            python = python_for(NOBODY)
+            if python is None:
+                pytest.skip("no Python that an unprivileged user can run with this project")
+            cmd, env = python
+            out = subprocess.run([*cmd, "-c", code, str(root)], capture_output=True, text=True, check=True,
+                                 timeout=60, user=NOBODY, group=NOBODY, env={**os.environ, **env}, cwd="/")
+        else:
+            out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True,
+                                 check=True, timeout=60)
+        assert out.stdout.strip() == "input: permission denied"
+    finally:
+        (base / "run-1" / "input").chmod(0o755)
+        shutil.rmtree(base)
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -603,10 +641,23 @@ def test_a_vanished_directory_is_detected(
         verify_fingerprint(run, before)
 
 
-def test_fingerprint_of_a_member_gone_since_inspection_is_folder_changed(
+def test_a_member_gone_since_inspection_is_folder_changed_when_read(
     tracked: tuple[RunFolder, dict[str, tuple[int, int, int]]],
 ) -> None:
     run, _ = tracked
     os.remove(ROOT / "output.json")
-    with pytest.raises(FolderChanged, match=r"output.json vanished during fingerprinting"):
-        fingerprint(run)
+    out = run.artifact("output")
+    assert out is not None
+    with pytest.raises(FolderChanged, match=r"output.json vanished"):
+        read_member(run.handle, out.members[0])
+
+
+def test_a_member_replaced_since_inspection_is_never_read(
+    tracked: tuple[RunFolder, dict[str, tuple[int, int, int]]],
+) -> None:
+    run, _ = tracked
+    _replace(ROOT / "output.json")
+    out = run.artifact("output")
+    assert out is not None
+    with pytest.raises(FolderChanged, match=r"output.json changed since it was inspected"):
+        read_member(run.handle, out.members[0])

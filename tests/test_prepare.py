@@ -172,7 +172,7 @@ def test_the_spool_files_go_even_when_the_upload_fails(fs: FakeFilesystem) -> No
 def test_an_error_half_way_leaves_no_spool_file(fs: FakeFilesystem) -> None:
     run = make(fs, {"input/a.csv": "a", "output.json": "{}", "statistics.json": "{}"})
     (ROOT / "statistics.json").write_text("{broken")
-    with pytest.raises(InvalidFolder, match=r"statistics.json: invalid JSON"):
+    with pytest.raises(FolderChanged, match=r"statistics.json changed since it was inspected"):
         prepare(run, SPOOL)
     assert SPOOL.exists()
     assert spool_files() == []
@@ -189,8 +189,11 @@ def test_a_member_vanishing_before_archiving_is_folder_changed(fs: FakeFilesyste
 def test_a_json_file_vanishing_is_folder_changed(fs: FakeFilesystem) -> None:
     run = make(fs, {"input.json": "{}", "output.json": "{}"})
     os.remove(ROOT / "output.json")
-    with pytest.raises(FolderChanged, match=r"output.json vanished"):
-        prepare(run, SPOOL)
+    with prepare(run, SPOOL) as prepared:
+        upload = prepared.upload("output")
+        assert upload is not None
+        with pytest.raises(FolderChanged, match=r"output.json vanished"):
+            prepared.open(upload)
 
 
 def test_a_full_spool_disk_is_a_state_error_and_leaves_nothing(fs: FakeFilesystem) -> None:

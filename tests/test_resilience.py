@@ -9,7 +9,6 @@ of one input file, an observer whose `schedule` fails like inotify does at its l
 
 from __future__ import annotations
 
-import builtins
 import errno
 import gzip
 import io
@@ -19,7 +18,7 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +35,8 @@ import watcher.state
 import watcher.watch
 from watcher.config import load_config
 from watcher.fakecloud import FakeCloud
+from watcher.folder import Member
+from watcher.rundir import DirHandle, RunDir
 from watcher.scan import classify, scan_all
 from watcher.service import Service, State
 from watcher.state import JOURNAL, StateStore
@@ -47,6 +48,14 @@ FILES: dict[str, str | bytes] = {"input.json": INPUT, "output.json": OUTPUT}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 ServiceFactory = Callable[..., Service]
+
+
+def opened_path(path: Any, dir_fd: int | None) -> str:
+    """The full path an `os.open(path, dir_fd=...)` call opens (our I/O is relative to open folders)."""
+    name = os.fsdecode(os.fspath(path))
+    if dir_fd is not None and not name.startswith(os.sep):
+        name = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+    return name
 Events = list[MutableMapping[str, Any]]
 
 
@@ -209,16 +218,16 @@ def test_inotify_limits_at_start_name_the_sysctl_and_fall_back_to_polling(
 def test_disk_full_writing_the_tracked_marker_is_retried_and_the_run_adopted_not_posted_again(
         cloud: FakeCloud, watched: Path, make_service: ServiceFactory, state_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = watcher.state.atomic_write
+    real_write = DirHandle.write_atomic
     refused: list[Path] = []
 
-    def disk_full_for_tracked(path: Path, data: bytes) -> None:
-        if path.name == TRACKED and len(refused) < 2:
-            refused.append(path)
-            raise oserror(errno.ENOSPC, path)
-        real_write(path, data)
+    def disk_full_for_tracked(self: DirHandle, name: str, data: bytes, mode: int = 0o640) -> None:
+        if name == TRACKED and len(refused) < 2:
+            refused.append(self.path / name)
+            raise oserror(errno.ENOSPC, self.path / name)
+        real_write(self, name, data, mode)
 
-    monkeypatch.setattr(watcher.state, "atomic_write", disk_full_for_tracked)
+    monkeypatch.setattr(DirHandle, "write_atomic", disk_full_for_tracked)
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         folder = write_folder(watched, "run-1", FILES)
@@ -248,16 +257,16 @@ def test_disk_full_writing_the_tracked_marker_is_retried_and_the_run_adopted_not
 def track_invalid_folder_with_a_full_disk(watched: Path, make_service: ServiceFactory,
                                           monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Service, Events]:
     """An invalid folder (no input) whose failed marker hits a full disk once; returns once it is marked."""
-    real_write = watcher.state.atomic_write
+    real_write = DirHandle.write_atomic
     refused: list[Path] = []
 
-    def disk_full_for_failed(path: Path, data: bytes) -> None:
-        if path.name == FAILED and not refused:
-            refused.append(path)
-            raise oserror(errno.ENOSPC, path)
-        real_write(path, data)
+    def disk_full_for_failed(self: DirHandle, name: str, data: bytes, mode: int = 0o640) -> None:
+        if name == FAILED and not refused:
+            refused.append(self.path / name)
+            raise oserror(errno.ENOSPC, self.path / name)
+        real_write(self, name, data, mode)
 
-    monkeypatch.setattr(watcher.state, "atomic_write", disk_full_for_failed)
+    monkeypatch.setattr(DirHandle, "write_atomic", disk_full_for_failed)
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         folder = write_folder(watched, "no-input", {"output.json": OUTPUT})
@@ -295,12 +304,12 @@ def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
     spool = state_dir / "spool"
     spooled: list[list[Path]] = []   # the spool files present each time an archive is written
 
-    def disk_full_once(members: list[tuple[str, Path]], dest: BinaryIO, *, folder: str | None = None) -> None:
+    def disk_full_once(d: RunDir, members: Sequence[Member], dest: BinaryIO) -> None:
         spooled.append(sorted(spool.iterdir()))
         if len(spooled) == 1:
             dest.write(b"\x1f\x8b partial")
             raise oserror(errno.ENOSPC)
-        real_archive(members, dest, folder=folder)
+        real_archive(d, members, dest)
 
     monkeypatch.setattr(watcher.prepare, "write_archive", disk_full_once)
     with structlog.testing.capture_logs() as events:
@@ -340,7 +349,7 @@ def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Iterator[tuple[l
     written: list[str] = []
 
     def ro_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
-        name = os.fsdecode(os.fspath(path))
+        name = opened_path(path, dir_fd)
         if flags & WRITE_FLAGS:
             if name.startswith(inside):
                 refused.append(name)
@@ -375,8 +384,11 @@ def test_a_read_only_run_folder_keeps_its_state_in_the_state_dir_keyed_by_inode(
         fallback = store.fallback_dir(folder)
         assert fallback.parent == state_dir / "folders"
         assert state_files(folder) == [], "nothing of ours may be left in a read-only folder"
-        assert any(p.startswith(os.fspath(folder / JOURNAL)) for p in refused), "tried the folder first"
-        assert any(p.startswith(os.fspath(fallback / JOURNAL)) for p in written), "journal in the state dir"
+        # State files are written through temporary files with random names (.nextmv-tmp-*).
+        assert any(Path(p).parent == folder and Path(p).name.startswith(".nextmv-") for p in refused), \
+            "tried the folder first"
+        assert any(Path(p).parent == fallback and Path(p).name.startswith(".nextmv-") for p in written), \
+            "state written in the state dir"
         assert sorted(p.name for p in fallback.iterdir()) == [TRACKED]
         runs = cloud.runs()
         assert len(runs) == 1
@@ -471,7 +483,7 @@ def test_permission_denied_on_a_file_of_a_multi_file_input_marks_the_folder_fail
     secret = "secret.csv"
 
     def denied(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
-        if os.fsdecode(os.fspath(path)).endswith(os.sep + secret):
+        if opened_path(path, dir_fd).endswith(os.sep + secret):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
@@ -492,13 +504,15 @@ def test_permission_denied_on_a_file_of_a_multi_file_input_marks_the_folder_fail
 
 def test_permission_denied_reading_a_json_input_marks_the_folder_failed_naming_it(
         cloud: FakeCloud, watched: Path, make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    def denied(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if os.fspath(file).endswith(os.sep + "input.json"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
-        return builtins.open(file, *args, **kwargs)
+    real_open = os.open
 
-    # The json input is read for the first time by the client's PUT: it is sent as its bytes.
-    monkeypatch.setattr(watcher.client, "open", denied, raising=False)
+    def denied(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if opened_path(path, dir_fd).endswith(os.sep + "input.json"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    # The json input is opened for the first time for its PUT: it is sent as its bytes.
+    monkeypatch.setattr(os, "open", denied)
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         folder = write_folder(watched, "locked", FILES)

@@ -279,7 +279,8 @@ def test_a_file_changed_during_upload_raises_folder_changed_and_posts_nothing(en
 
     with pytest.raises(FolderChanged) as exc:
         env.tracker(progress=touch_once).track(run, APP, None)
-    assert "input.json changed during upload" in exc.value.problem
+    # Seen either when the file is opened for its own upload or when the folder is checked after them.
+    assert re.fullmatch(r"input.json changed (during upload|since it was inspected)", exc.value.problem)
     assert touched
     assert env.count("create_run") == 0
     assert env.store.journal(run.path).intents == []

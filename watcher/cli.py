@@ -21,7 +21,7 @@ from typing import Any, TextIO, cast
 import structlog
 
 from watcher import __version__, logs
-from watcher.claim import Claims
+from watcher.claim import CLAIM, Claims
 from watcher.client import NextmvClient, build_verify
 from watcher.config import (
     LOG_LEVELS,
@@ -35,9 +35,19 @@ from watcher.config import (
     resolve_api_key,
     resolve_config_path,
 )
-from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, StateError, WatcherError
+from watcher.errors import (
+    ApiError,
+    ApplicationNotFound,
+    AuthError,
+    ConfigError,
+    FolderError,
+    StateError,
+    UnsafeStateFile,
+    WatcherError,
+)
 from watcher.folder import inspect_folder
 from watcher.lookup import RunLookup
+from watcher.rundir import RunDir
 from watcher.scan import iter_folders, quick_state, scan_all
 from watcher.state import FAILED as FAILED_MARKER
 from watcher.state import JOURNAL, StateStore
@@ -166,35 +176,49 @@ def cmd_track(args: argparse.Namespace) -> int:
         return USAGE
     files: FilesConfig = watch.files if watch else config.files
     formats = watch.format if watch else FormatConfig()
-    store = StateStore(config.state_dir)
-    tracked = store.tracked(folder)
-    if tracked is not None:
-        print(f"nextmv-watcher: {folder} is already tracked as run {tracked.get('run_id')}", file=sys.stderr)
-        return FAILED
-    if not folder.is_dir():
-        print(f"nextmv-watcher: {folder} is not a directory", file=sys.stderr)
-        return FAILED
-    client = _client(config, _api_key(config))
-    claims = Claims(clock=time.time, fallback_dir=store.fallback_dir)
+    store = StateStore.of(config)
     try:
-        claim = claims.acquire(folder)
+        d = RunDir.open(folder)
+    except FolderError as exc:
+        print(f"nextmv-watcher: {folder}: {exc.problem}", file=sys.stderr)
+        return FAILED
+    with d:
+        try:
+            tracked = store.tracked(d)
+        except WatcherError as exc:
+            print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
+            return FAILED
+        if tracked is not None:
+            print(f"nextmv-watcher: {folder} is already tracked as run {tracked.get('run_id')}", file=sys.stderr)
+            return FAILED
+        return _track_open(config, store, d, app, files, formats, watch.instance_id if watch else None)
+
+
+def _track_open(config: Config, store: StateStore, d: RunDir, app: str, files: FilesConfig,
+                formats: FormatConfig, instance_id: str | None) -> int:
+    folder = d.path
+    client = _client(config, _api_key(config))
+    claims = Claims(clock=time.time, store=store)
+    try:
+        claim = claims.acquire(d)
     except WatcherError as exc:
         client.close()
         print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
         return FAILED
     if claim is None:
         client.close()
-        print(f"nextmv-watcher: {folder} is being tracked by another process ({claims.holder(folder)})",
+        print(f"nextmv-watcher: {folder} is being tracked by another process ({claims.holder(d)})",
               file=sys.stderr)
         return FAILED
     try:
+        if claim.replaced is not None:
+            raise UnsafeStateFile(d.label, CLAIM, claim.replaced)
         with ThreadPoolExecutor(max_workers=4) as pool:
             tracker = Tracker(client, store, config.state_dir / "spool", executor=pool,
                               lookup=RunLookup(client))
-            run = inspect_folder(folder, files, formats, config.completion.marker)
-            outcome = tracker.track(run, app, run.instance_id or (watch.instance_id if watch else None),
-                                    lambda: claims.verify(claim))
-        store.remove(folder, ".nextmv-failed.json")
+            run = inspect_folder(d, files, formats, config.completion.marker)
+            outcome = tracker.track(run, app, run.instance_id or instance_id, lambda: claims.verify(claim))
+        store.remove(d, FAILED_MARKER)
     except WatcherError as exc:
         print(f"nextmv-watcher: {folder}: could not track: {logs.REDACTOR.scrub(str(exc))}", file=sys.stderr)
         return FAILED
@@ -208,7 +232,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.logging.level, config.logging.format)
-    reports = list(scan_all(config, StateStore(config.state_dir), time.time()))
+    reports = list(scan_all(config, StateStore.of(config), time.time()))
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
         return OK
@@ -274,9 +298,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
             raise
         config = None
     state_dir = config.state_dir if config else default_state_dir()
-    store = StateStore(state_dir)
+    store = StateStore.of(config) if config else StateStore(state_dir)
     folder = Path(args.folder).absolute()
-    if not _clear_failure(store, folder):
+    try:
+        cleared = _clear_failure(store, folder)
+    except WatcherError as exc:
+        print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
+        return FAILED
+    if not cleared:
         print(f"nextmv-watcher: {folder} has no failed marker", file=sys.stderr)
         return FAILED
     print(f"{folder}: failed marker removed; it will be tracked again")
@@ -289,7 +318,7 @@ def _retry_all(config: Config, application: str | None) -> int:
     if not watches:
         print(f"nextmv-watcher: no watched path has application {application}", file=sys.stderr)
         return USAGE
-    store = StateStore(config.state_dir)
+    store = StateStore.of(config)
     count = problems = 0
     for watch in watches:
         for folder in sorted(iter_folders(watch.path)):
@@ -297,7 +326,7 @@ def _retry_all(config: Config, application: str | None) -> int:
                 continue
             try:
                 cleared = _clear_failure(store, folder)
-            except StateError as exc:
+            except WatcherError as exc:
                 print(f"nextmv-watcher: {exc}", file=sys.stderr)
                 problems += 1
                 continue
@@ -312,15 +341,21 @@ def _retry_all(config: Config, application: str | None) -> int:
 
 def _clear_failure(store: StateStore, folder: Path) -> bool:
     """Remove the failed marker and reset the attempt count; open intents stay, so that a run a POST
-    may have created is looked up before anything is posted again. False when there was no marker."""
-    if not store.remove(folder, FAILED_MARKER):
-        return False
-    journal = store.journal(folder)
-    journal.attempts, journal.next_attempt_at, journal.last_error = 0, None, None
-    if journal.is_empty:
-        store.remove(folder, JOURNAL)
-    else:
-        store.save_journal(folder, journal)
+    may have created is looked up before anything is posted again. False when there was no marker.
+    The folder is opened once and everything goes through it. Raises WatcherError (FolderError when the
+    folder cannot be opened or a state file is not ours, StateError)."""
+    with RunDir.open(folder) as d:
+        if not store.remove(d, FAILED_MARKER):
+            return False
+        try:
+            journal = store.journal(d)
+        except UnsafeStateFile:
+            return True   # not ours: left alone; the daemon will find it again and say so
+        journal.attempts, journal.next_attempt_at, journal.last_error, journal.repeats = 0, None, None, 0
+        if journal.is_empty:
+            store.remove(d, JOURNAL)
+        else:
+            store.save_journal(d, journal)
     return True
 
 
@@ -338,26 +373,36 @@ def _poke(socket_path: Path | None) -> None:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     config = _load(args)
-    store = StateStore(config.state_dir)
+    store = StateStore.of(config)
     folder = Path(args.folder).absolute()
-    tracked = store.tracked(folder)
-    if tracked is None:
-        print(f"nextmv-watcher: {folder} has no tracked marker", file=sys.stderr)
-        return FAILED
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("nextmv-watcher: forget: not asking without a terminal; give --yes", file=sys.stderr)
-            return USAGE
-        print(f"Forget run {tracked.get('run_id')} of {folder} and track it again? [y/N] ", end="",
-              file=sys.stderr, flush=True)
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("nextmv-watcher: nothing forgotten", file=sys.stderr)
-            return FAILED
     try:
-        store.remove(folder, TRACKED_MARKER)
-    except StateError as exc:
-        print(f"nextmv-watcher: {exc}", file=sys.stderr)
+        d = RunDir.open(folder)
+    except FolderError as exc:
+        print(f"nextmv-watcher: {folder}: {exc.problem}", file=sys.stderr)
         return FAILED
+    with d:
+        try:
+            tracked = store.tracked(d)
+        except WatcherError as exc:
+            print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
+            return FAILED
+        if tracked is None:
+            print(f"nextmv-watcher: {folder} has no tracked marker", file=sys.stderr)
+            return FAILED
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("nextmv-watcher: forget: not asking without a terminal; give --yes", file=sys.stderr)
+                return USAGE
+            print(f"Forget run {tracked.get('run_id')} of {folder} and track it again? [y/N] ", end="",
+                  file=sys.stderr, flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("nextmv-watcher: nothing forgotten", file=sys.stderr)
+                return FAILED
+        try:
+            store.remove(d, TRACKED_MARKER)
+        except StateError as exc:
+            print(f"nextmv-watcher: {exc}", file=sys.stderr)
+            return FAILED
     print(f"{folder}: forgot run {tracked.get('run_id')}; it will be tracked again as a new run")
     _poke(config.control_socket)
     return OK

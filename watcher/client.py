@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -134,16 +134,16 @@ class NextmvClient:
             raise TransientError("uploadurl: response lacks upload_id/upload_url", status=resp.status_code)
         return UploadTarget(upload_id, url, self.clock())
 
-    def put_file(self, target: UploadTarget, path: Path, size: int,
+    def put_file(self, target: UploadTarget, source: Callable[[], BinaryIO], size: int,
                  progress: Callable[[int], None] | None = None) -> None:
-        """Stream `path` to the presigned URL with a Content-Length (presigned PUTs refuse chunked bodies)
-        and no Authorization header. UploadExpired when the URL is refused (403); OSError when the file
-        cannot be opened or read."""
+        """Stream the bytes of `source()` (a reader of exactly `size` bytes) to the presigned URL with a
+        Content-Length (presigned PUTs refuse chunked bodies) and no Authorization header.
+        UploadExpired when the URL is refused (403). Whatever opening or reading the source raises
+        (the folder's errors, OSError) propagates unchanged."""
 
-        # Opened before anything is sent, so that a file we may not read fails here (OSError, for the
-        # caller to judge) and not in the middle of a request.
-        f = open(path, "rb")  # noqa: SIM115 - closed in the finally below; re-read on each retry
-        try:
+        # Opened before anything is sent, so that a file we may not read fails here and not in the
+        # middle of a request.
+        with source() as f:
             def body() -> Iterator[bytes]:
                 f.seek(0)
                 while chunk := f.read(CHUNK):
@@ -153,8 +153,6 @@ class NextmvClient:
 
             headers = {"Content-Length": str(size)}
             self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False)
-        finally:
-            f.close()
 
     def create_run(self, application_id: str, body: dict[str, Any], instance_id: str | None) -> str:
         """POST the run; returns its id. Repeated only when the request never reached the server;

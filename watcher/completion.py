@@ -13,14 +13,13 @@ Time is a parameter (`now`), so tests step it instead of sleeping.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from watcher.config import CompletionConfig, FilesConfig
 from watcher.errors import FolderChanged, InvalidFolder
 from watcher.folder import find_candidates, reserved_names
+from watcher.rundir import RunDir
 
 DAEMON_PREFIX = ".nextmv-"
 
@@ -34,77 +33,58 @@ class Completion:
     recheck_at: float | None = None
 
 
-def check_completion(path: Path, files: FilesConfig, completion: CompletionConfig, now: float) -> Completion:
-    """Decide whether the run folder `path` is complete at time `now` (seconds since the epoch).
+def check_completion(folder: RunDir | Path, files: FilesConfig, completion: CompletionConfig,
+                     now: float) -> Completion:
+    """Decide whether the run folder is complete at time `now` (seconds since the epoch).
 
-    In: the folder, the watched path's file names, the completion settings, the current time.
-    Out: a `Completion`; reasons: "marker DONE present", "waiting for marker DONE", "no input yet",
-    "no output or status yet", "settling (changed 1.2 s ago)", "settled".
+    In: the open folder (or its path, opened here), the watched path's file names, the completion
+    settings, the current time. Out: a `Completion`; reasons: "marker DONE present", "waiting for
+    marker DONE", "no input yet", "no output or status yet", "settling (changed 1.2 s ago)",
+    "settled".
     Raises: `FolderChanged` when the folder vanished; `InvalidFolder` when it cannot be read.
     """
+    if isinstance(folder, Path):
+        with RunDir.open(folder) as d:
+            return check_completion(d, files, completion, now)
     try:
         if completion.marker is not None:
-            return _marker_mode(path, completion.marker)
-        return _settle_mode(path, files, completion.settle_seconds, now)
+            return _marker_mode(folder, completion.marker)
+        return _settle_mode(folder, files, completion.settle_seconds, now)
     except (FileNotFoundError, NotADirectoryError):
-        raise FolderChanged(str(path), "run folder vanished") from None
+        raise FolderChanged(folder.label, "run folder vanished") from None
     except PermissionError:
-        raise InvalidFolder(str(path), "run folder: permission denied") from None
+        raise InvalidFolder(folder.label, "run folder: permission denied") from None
 
 
-def _marker_mode(path: Path, marker: str) -> Completion:
-    if os.path.lexists(path / marker):
+def _marker_mode(d: RunDir, marker: str) -> Completion:
+    if d.lstat(marker) is not None:
         return Completion(True, f"marker {marker} present")
-    if not stat.S_ISDIR(path.stat().st_mode):
-        raise NotADirectoryError(path)
     return Completion(False, f"waiting for marker {marker}")
 
 
-def _settle_mode(path: Path, files: FilesConfig, settle_seconds: float, now: float) -> Completion:
+def _settle_mode(d: RunDir, files: FilesConfig, settle_seconds: float, now: float) -> Completion:
     exclude = reserved_names(files)
-    if not find_candidates(path, files.input, marker=None, exclude=exclude):
+    if not find_candidates(d, files.input, marker=None, exclude=exclude):
         return Completion(False, "no input yet")
-    has_result = os.path.lexists(path / files.status) or find_candidates(
-        path, files.output, marker=None, exclude=exclude)
+    has_result = d.lstat(files.status) is not None or find_candidates(
+        d, files.output, marker=None, exclude=exclude)
     if not has_result:
         return Completion(False, "no output or status yet")
-    newest = newest_mtime(path, now)
+    newest = newest_mtime(d, now, files)
     ready = newest + settle_seconds
     if now >= ready:
         return Completion(True, "settled")
     return Completion(False, f"settling (changed {max(now - newest, 0.0):.1f} s ago)", ready)
 
 
-def newest_mtime(path: Path, now: float) -> float:
-    """The newest st_mtime (lstat) of every entry under `path`, not counting `path` itself.
+def newest_mtime(d: RunDir, now: float, files: FilesConfig | None = None) -> float:
+    """The newest st_mtime (lstat) of every entry under the folder, not counting the folder itself.
 
-    Root-level `.nextmv-*` entries are skipped and symlinked directories are not followed. An entry
-    that vanishes during the walk counts as changed at `now`; a subdirectory we may not list counts
-    by its own mtime only. Out: float seconds, or `-inf` for an empty folder.
-    Raises: `OSError` when `path` itself cannot be listed.
+    Root-level `.nextmv-*` entries are skipped and symlinks are never followed (the walk goes through
+    the folder's descriptor, see `RunDir.newest_mtime`). An entry that vanishes during the walk counts
+    as changed at `now`; a subdirectory we may not list counts by its own mtime only; at most
+    `files.max_archive_files` entries are looked at. Out: float seconds, or `-inf` for an empty folder.
+    Raises: `OSError` when the folder itself cannot be listed.
     """
-    newest = float("-inf")
-    stack: list[tuple[str, bool]] = [(os.fspath(path), True)]
-    while stack:
-        dir_path, is_root = stack.pop()
-        try:
-            it = os.scandir(dir_path)
-        except OSError:
-            if is_root:
-                raise
-            if not os.path.lexists(dir_path):
-                newest = max(newest, now)  # vanished during the walk: a change happening now
-            continue
-        with it:
-            for entry in it:
-                if is_root and entry.name.startswith(DAEMON_PREFIX):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    newest = max(newest, now)
-                    continue
-                newest = max(newest, st.st_mtime)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((entry.path, False))
-    return newest
+    cap = files.max_archive_files if files is not None else FilesConfig.max_archive_files
+    return d.newest_mtime(DAEMON_PREFIX, now, 2 * cap)

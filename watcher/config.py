@@ -8,6 +8,7 @@ Defaults live in one place, `DEFAULTS`, which `config.example.yaml` mirrors.
 from __future__ import annotations
 
 import os
+import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         "output": ["output.json", "output.*", "output/"],
         "logs": ["logs.txt", "logs.log"],
         "status": "status.json",
+        "max_json_bytes": 16 * 1024 * 1024,
+        "max_archive_files": 100_000,
+        "max_archive_depth": 64,
     },
     "completion": {"marker": None, "settle_seconds": 5.0},
     "workers": 8,
@@ -51,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "retention_days": None,
     "metrics": {"listen": None, "incomplete_warn_seconds": 3600.0, "unhealthy_pause_seconds": 300.0},
     "control_socket": None,
+    "state_owners": [],
 }
 AFTER_TRACKING = ("keep", "move", "delete")
 WATCH_DEFAULTS: dict[str, Any] = {"instance_id": None, "format": {"input": "auto", "output": "auto"}, "files": {},
@@ -75,6 +80,9 @@ class FilesConfig:
     output: tuple[str, ...]
     logs: tuple[str, ...]
     status: str
+    max_json_bytes: int = 16 * 1024 * 1024   # metrics/statistics/assets.json larger than this: invalid
+    max_archive_files: int = 100_000         # files in one input/ or output/ directory
+    max_archive_depth: int = 64              # directory levels in one input/ or output/ directory
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ class Config:
     retention_days: float | None = None
     metrics: MetricsConfig = MetricsConfig(None, 3600.0, 300.0)
     control_socket: Path | None = None
+    state_owners: tuple[int, ...] = ()   # uids besides ours and root whose .nextmv-* files are trusted
 
     def watch_for(self, folder: Path) -> WatchConfig | None:
         """The watched path whose direct child `folder` is, if any."""
@@ -306,6 +315,7 @@ def parse_config(
                                                  DEFAULTS), "metrics.unhealthy_pause_seconds"),
     )
     control = v.path(v.get(root, "", "control_socket", (str, type(None)), DEFAULTS))
+    owners = v.owners(v.get(root, "", "state_owners", list, DEFAULTS), "state_owners")
     if v.problems:
         raise ConfigError(source, v.problems)
     return Config(
@@ -314,6 +324,7 @@ def parse_config(
         reconcile_seconds=float(reconcile), drain_timeout_seconds=float(drain),
         after_tracking=after, done_path=done_path, retention_days=None if retention is None else float(retention),
         metrics=metrics, control_socket=control or default_control_socket(state_dir, env),
+        state_owners=owners,
     )
 
 
@@ -402,12 +413,19 @@ class _Validator:
         fallback = base or FilesConfig(
             input=tuple(DEFAULTS["files"]["input"]), output=tuple(DEFAULTS["files"]["output"]),
             logs=tuple(DEFAULTS["files"]["logs"]), status=DEFAULTS["files"]["status"],
+            max_json_bytes=DEFAULTS["files"]["max_json_bytes"],
+            max_archive_files=DEFAULTS["files"]["max_archive_files"],
+            max_archive_depth=DEFAULTS["files"]["max_archive_depth"],
         )
         roles: dict[str, tuple[str, ...]] = {}
         for role in ("input", "output", "logs"):
             roles[role] = getattr(fallback, role)
             if role in raw_map:
                 roles[role] = self.names(raw_map[role], f"{where}.{role}") or roles[role]
+        caps = {key: getattr(fallback, key) for key in ("max_json_bytes", "max_archive_files", "max_archive_depth")}
+        for key, default in list(caps.items()):
+            value = self.get(raw_map, where, key, int, {where: caps}) if key in raw_map else default
+            caps[key] = self.at_least(value, 1, f"{where}.{key}")
         status = fallback.status
         if "status" in raw_map:
             got = raw_map["status"]
@@ -415,7 +433,7 @@ class _Validator:
                 self.problem(f"{where}.status: must be a plain file name")
             else:
                 status = got
-        return FilesConfig(input=roles["input"], output=roles["output"], logs=roles["logs"], status=status)
+        return FilesConfig(input=roles["input"], output=roles["output"], logs=roles["logs"], status=status, **caps)
 
     def watch(self, raw: object, where: str, files: FilesConfig) -> WatchConfig | None:
         item = self.mapping(raw, where, {"path", "application_id", "instance_id", "format", "files", "polling",
@@ -460,6 +478,21 @@ class _Validator:
         if not resolved.is_dir():
             self.problem(f"done_path: {resolved} does not exist or is not a directory")
 
+    def owners(self, raw: list[Any], where: str) -> tuple[int, ...]:
+        """User names or uids, as uids; a name must exist on this host."""
+        uids = []
+        for i, item in enumerate(raw):
+            if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+                uids.append(item)
+            elif isinstance(item, str) and item:
+                try:
+                    uids.append(pwd.getpwnam(item).pw_uid)
+                except KeyError:
+                    self.problem(f"{where}[{i}]: no user {item!r} on this host")
+            else:
+                self.problem(f"{where}[{i}]: must be a user name or a uid")
+        return tuple(uids)
+
     def listen_address(self, value: str, where: str) -> None:
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -478,7 +511,7 @@ def _join(where: str, key: str) -> str:
 
 def _type_name(types: Any) -> str:
     names: dict[type, str] = {str: "a string", int: "an integer", float: "a number", type(None): "null",
-                              bool: "true or false"}
+                              bool: "true or false", list: "a list"}
     seq = types if isinstance(types, tuple) else (types,)
     if set(seq) == {int, float}:
         return "a number"

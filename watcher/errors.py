@@ -7,7 +7,11 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
     ├── ConfigError            the configuration is wrong (exit code 2); lists every problem
     ├── FolderError            the run folder itself is the problem
     │   ├── InvalidFolder      it breaks the run-folder contract: mark failed at once, never retried
+    │   │   └── UnsafeStateFile  a `.nextmv-*` file that is not ours (a FIFO, a symlink, too big, a
+    │   │                      stranger's): never read, never trusted; the folder is invalid
     │   └── FolderChanged      a file changed or vanished while we worked: retry later from the start
+    │       └── FolderUnreadable an I/O error that is no change (EIO, a name too long): retried, but
+    │                          the same one 3 times in a row makes the folder invalid
     ├── StateError             a marker, journal or spool file could not be written (disk full, EROFS)
     ├── ClaimLost              another process holds or took over the folder's claim
     ├── RetryLater             not a failure: come back at `at` (the run listing may lag)
@@ -50,8 +54,24 @@ class InvalidFolder(FolderError):
     """The folder breaks the run-folder contract. Permanent: the folder is marked failed."""
 
 
+class UnsafeStateFile(InvalidFolder):
+    """A `.nextmv-*` state file we did not write: not a regular file, too big, or owned by a user that is
+    neither ours, root nor one of `state_owners` (`untrusted`; `uid` is its owner)."""
+
+    def __init__(self, folder: str, name: str, problem: str, *, uid: int | None = None) -> None:
+        self.name = name
+        self.uid = uid
+        self.untrusted = problem.startswith("is owned by")
+        super().__init__(folder, f"{name} {problem}")
+
+
 class FolderChanged(FolderError):
     """A file of the folder changed or vanished during tracking. Retried later from the start."""
+
+
+class FolderUnreadable(FolderChanged):
+    """Reading the folder failed with an I/O error that says nothing changed. Retried; the same error
+    several times in a row makes the folder invalid (see `worker.SAME_ERROR_LIMIT`)."""
 
 
 class StateError(WatcherError):

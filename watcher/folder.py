@@ -18,8 +18,10 @@ changed while it was being uploaded.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,9 +29,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from watcher.archive import archive_members, checked_stat, load_json
 from watcher.config import FilesConfig, FormatConfig
-from watcher.errors import FolderChanged, FolderError, InvalidFolder
+from watcher.errors import FolderChanged, FolderError, FolderUnreadable, InvalidFolder
+from watcher.rundir import Ident, Limits, RunDir, kind
 
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))
@@ -39,9 +41,22 @@ _ID_KEYS = ("instance_id", "batch_experiment_id")
 _STRING_KEYS = ("error", "name", "description", *_ID_KEYS)
 STATUS_KEYS = ("status", "duration", *_STRING_KEYS, "options")
 FORMATS = ("auto", "json", "multi-file", "text")
+# Parsing JSON costs ~10-20 times its size in memory: files above this are parsed one at a time, so
+# that workers parsing at the `files.max_json_bytes` cap together cannot multiply the peak.
+BIG_JSON_BYTES = 1 << 20
+_BIG_PARSE = threading.Lock()
 
-Member = tuple[str, Path]
 Fingerprint = dict[str, tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of an artifact: its name in the archive, where it is inside the run folder (symlinks
+    resolved: the path to open), and what it was when inspected."""
+
+    arcname: str
+    rel: str
+    ident: Ident
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,7 @@ class Artifact:
     """One file or directory of a run folder and how it is uploaded.
 
     `format`: input/output "json" | "multi-file" | "text"; logs "text"; metrics/statistics/assets
-    "json". `members` holds the validated `(arcname, path)` list found by `inspect_folder`.
+    "json". `members` holds the inspected files (one for a file artifact).
     """
 
     role: str
@@ -58,22 +73,27 @@ class Artifact:
     format: str
     members: tuple[Member, ...] = field(default=(), compare=False, repr=False)
 
-    def named_members(self) -> list[Member]:
-        """`(arcname, path)` of every file that makes up the artifact, sorted (see `archive_members`)."""
-        if self.members:
-            return list(self.members)
-        if self.is_dir:  # an Artifact built by hand, not by inspect_folder: walk it now
-            return archive_members(self.path, True)
-        return [(self.path.name, self.path)]
+    def named_members(self) -> list[tuple[str, Path]]:
+        """`(arcname, path)` of every file that makes up the artifact, sorted by arcname."""
+        if not self.is_dir:
+            return [(self.path.name, self.path)]
+        return [(m.arcname, self.path / m.arcname) for m in self.members]
 
     def member_paths(self) -> list[Path]:
         """The file itself, or every regular file under the directory, sorted by relative path."""
         return [path for _, path in self.named_members()]
 
+    @property
+    def size(self) -> int:
+        """Bytes of a file artifact as inspected."""
+        return self.members[0].ident.size
+
 
 @dataclass(frozen=True)
 class RunFolder:
-    """A validated run folder; `artifacts` in the order input, output, logs, statistics, metrics, assets."""
+    """A validated run folder; `artifacts` in the order input, output, logs, statistics, metrics, assets.
+
+    `dir` is the open folder every later read goes through (see `watcher.rundir`)."""
 
     path: Path
     name: str
@@ -86,10 +106,17 @@ class RunFolder:
     options: dict[str, str] = field(hash=False)
     artifacts: tuple[Artifact, ...]
     status_file: Path | None = None
+    status_member: Member | None = field(default=None, compare=False, repr=False)
+    dir: RunDir | None = field(default=None, compare=False, repr=False)
 
     def artifact(self, role: str) -> Artifact | None:
         """The artifact playing `role`, if present."""
         return next((a for a in self.artifacts if a.role == role), None)
+
+    @property
+    def handle(self) -> RunDir:
+        assert self.dir is not None, "a RunFolder made by inspect_folder has its folder open"
+        return self.dir
 
 
 def reserved_names(files: FilesConfig) -> frozenset[str]:
@@ -98,90 +125,99 @@ def reserved_names(files: FilesConfig) -> frozenset[str]:
 
 
 def find_candidates(
-    path: Path, names: tuple[str, ...], *, marker: str | None, exclude: Collection[str] = ()
+    folder: RunDir, names: tuple[str, ...], *, marker: str | None, exclude: Collection[str] = ()
 ) -> list[str]:
     """The entries of the folder root that match one of `names` (a role's configured names).
 
-    In: the run folder, the role's names ('/'-suffixed: a directory; globs allowed), the completion
-    marker and further names to leave out. Out: sorted entry names, directories with a trailing '/'.
-    A symlink counts as what it points to. Ignored: dotfiles, `IGNORED_PATTERNS`, the marker, `exclude`.
-    Raises: `OSError` from listing the folder or examining an entry (FileNotFoundError when the folder
-    vanished, PermissionError); a broken symlink is not an error.
+    In: the open run folder, the role's names ('/'-suffixed: a directory; globs allowed), the
+    completion marker and further names to leave out. Out: sorted entry names, directories with a
+    trailing '/'. A symlink counts as what it resolves to inside the folder (resolved by us, see
+    `RunDir.resolve`). Ignored: dotfiles, `IGNORED_PATTERNS`, the marker, `exclude`.
+    Raises: `OSError` from listing the folder (PermissionError); a broken or escaping symlink is not
+    an error here (a file candidate, refused later by name).
     """
     found: set[str] = set()
-    with os.scandir(path) as it:
-        for entry in it:
-            name = entry.name
-            if _ignored(name, marker) or name in exclude:
-                continue
-            try:
-                is_dir = stat.S_ISDIR(entry.stat().st_mode)
-            except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    raise
-                is_dir = False  # a broken symlink: a file candidate, refused later by name
-            for pattern in names:
-                if pattern.endswith("/"):
-                    if is_dir and fnmatchcase(name, pattern[:-1]):
-                        found.add(name + "/")
-                        break
-                elif not is_dir and fnmatchcase(name, pattern):
-                    found.add(name)
+    for name, lst in folder.entries():
+        if _ignored(name, marker) or name in exclude:
+            continue
+        is_dir = stat.S_ISDIR(lst.st_mode)
+        if stat.S_ISLNK(lst.st_mode):
+            is_dir = _link_is_dir(folder, name)
+        for pattern in names:
+            if pattern.endswith("/"):
+                if is_dir and fnmatchcase(name, pattern[:-1]):
+                    found.add(name + "/")
                     break
+            elif not is_dir and fnmatchcase(name, pattern):
+                found.add(name)
+                break
     return sorted(found)
 
 
-def inspect_folder(
-    path: Path, files: FilesConfig, formats: FormatConfig, marker: str | None = None
-) -> RunFolder:
-    """Validate the run folder `path` against the contract and describe it.
+def _link_is_dir(folder: RunDir, name: str) -> bool:
+    """Whether the symlink `name` stands for a directory, for choosing candidates only (whatever it is
+    gets refused later, by name, if it leaves the folder or is broken)."""
+    try:
+        return stat.S_ISDIR(folder.resolve(name)[1].st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (FolderError, OSError):
+        # Leaving the folder (or a loop): only its type is looked at, so that `input -> /elsewhere`
+        # is reported as the input directory it claims to be; nothing is opened.
+        try:
+            return stat.S_ISDIR(os.stat(name, dir_fd=folder.fileno()).st_mode)
+        except OSError:
+            return False
 
-    In: the folder, the watched path's file names and formats, the completion marker (never a
-    candidate). Reads status.json and the small metrics/statistics/assets files; walks input/output
-    directories (stat only); never reads input or output content.
-    Out: a `RunFolder`.
+
+def inspect_folder(
+    folder: RunDir | Path, files: FilesConfig, formats: FormatConfig, marker: str | None = None
+) -> RunFolder:
+    """Validate the run folder against the contract and describe it.
+
+    In: the open folder (or its path, opened here), the watched path's file names, formats and caps,
+    the completion marker (never a candidate). Reads status.json and the small metrics/statistics/
+    assets files (bounded by their caps); walks input/output directories (lstat only, bounded by
+    `files.max_archive_files`/`max_archive_depth`); never reads input or output content.
+    Out: a `RunFolder` holding the open folder and what every member was when inspected.
     Raises: `InvalidFolder(str(path), problem)` for every contract breach (ambiguous or missing
     input, invalid status.json, succeeded without output, bad symlinks, FIFOs, permission denied,
-    invalid JSON in metrics/statistics/assets, a directory where a format needs a file);
-    `FolderChanged` when the folder or one of its files vanished while inspected.
+    invalid or oversized metrics/statistics/assets, a directory where a format needs a file, an
+    archive over its caps); `FolderChanged` when the folder or one of its files vanished.
     """
-    folder = str(path)
+    d = folder if isinstance(folder, RunDir) else RunDir.open(folder)
+    path = d.path
     with _translate(path, "inspection"):
-        try:
-            if not stat.S_ISDIR(path.stat().st_mode):
-                raise FolderChanged(folder, "run folder is no longer a directory")
-        except FileNotFoundError:
-            raise FolderChanged(folder, "run folder vanished") from None
-        root_real = os.path.realpath(path)
         exclude = reserved_names(files)
         chosen: dict[str, str] = {}
         for role in ("input", "output", "logs"):
-            candidates = find_candidates(path, getattr(files, role), marker=marker, exclude=exclude)
+            candidates = find_candidates(d, getattr(files, role), marker=marker, exclude=exclude)
             if len(candidates) > 1:
-                raise InvalidFolder(folder, f"ambiguous {role}: {', '.join(candidates)}")
+                raise InvalidFolder(d.label, f"ambiguous {role}: {', '.join(candidates)}")
             if candidates:
                 clash = next((r for r, n in chosen.items() if n == candidates[0]), None)
                 if clash:
-                    raise InvalidFolder(folder, f"{candidates[0]} matches both {clash} and {role}")
+                    raise InvalidFolder(d.label, f"{candidates[0]} matches both {clash} and {role}")
                 chosen[role] = candidates[0]
         if "input" not in chosen:
-            raise InvalidFolder(folder, f"no input (expected one of: {', '.join(files.input)})")
-        status_file = path / files.status
-        has_status = os.path.lexists(status_file)
-        settings = _read_status(status_file, folder, root_real) if has_status else {}
+            raise InvalidFolder(d.label, f"no input (expected one of: {', '.join(files.input)})")
+        status_member: Member | None = None
+        settings: dict[str, Any] = {}
+        if d.lstat(files.status) is not None:
+            status_member, settings = _read_status(d, files.status)
 
+        limits = Limits(max_files=files.max_archive_files, max_depth=files.max_archive_depth)
         artifacts: list[Artifact] = []
         for role in ("input", "output"):
             if role in chosen:
-                fmt = getattr(formats, role)
-                artifacts.append(_content_artifact(path, root_real, role, chosen[role], fmt))
+                artifacts.append(_content_artifact(d, role, chosen[role], getattr(formats, role), limits))
         if "logs" in chosen:
-            artifacts.append(_logs_artifact(path, root_real, chosen["logs"]))
+            artifacts.append(_logs_artifact(d, chosen["logs"]))
         for role, name in EXTRA_FILES:
-            if os.path.lexists(path / name):
-                artifacts.append(_json_artifact(path, root_real, role, name))
+            if d.lstat(name) is not None:
+                artifacts.append(_json_artifact(d, role, name, files.max_json_bytes))
 
-    status = _decide_status(settings, has_output="output" in chosen, folder=folder)
+    status = _decide_status(settings, has_output="output" in chosen, folder=d.label)
     return RunFolder(
         path=path,
         name=settings.get("name") or _decoded(path.name),
@@ -193,23 +229,17 @@ def inspect_folder(
         batch_experiment_id=settings.get("batch_experiment_id"),
         options=dict(settings.get("options", {})),
         artifacts=tuple(artifacts),
-        status_file=status_file if has_status else None,
+        status_file=path / files.status if status_member is not None else None,
+        status_member=status_member,
+        dir=d,
     )
 
 
 def fingerprint(folder: RunFolder) -> Fingerprint:
-    """Size, mtime_ns and inode of every member of every artifact, plus status.json.
+    """Size, mtime_ns and inode of every member of every artifact, plus status.json, as inspected.
 
-    Keys are paths relative to the run folder ('input/a/b.csv', 'output.json'); symlinks inside the
-    folder are followed. Raises: `FolderChanged` when a member vanished, `InvalidFolder` when it
-    cannot be examined (permission denied).
-    """
-    result: Fingerprint = {}
-    with _translate(folder.path, "fingerprinting"):
-        for rel, path in _files(folder, current=False):
-            st = path.stat()
-            result[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    return result
+    Keys are paths relative to the run folder ('input/a/b.csv', 'output.json')."""
+    return dict(_members(folder))
 
 
 def verify_fingerprint(folder: RunFolder, before: Fingerprint) -> None:
@@ -220,15 +250,12 @@ def verify_fingerprint(folder: RunFolder, before: Fingerprint) -> None:
     new file in an input/output directory; also when a directory no longer passes validation.
     """
     where = str(folder.path)
+    d = folder.handle
     now: Fingerprint = {}
     try:
         with _translate(folder.path, "verification"):
-            for rel, path in _files(folder, current=True):
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                now[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            for rel, ident in _current(folder, d):
+                now[rel] = ident
     except InvalidFolder as e:
         raise FolderChanged(where, f"changed during upload: {e.problem}") from None
     for rel in before:
@@ -241,76 +268,127 @@ def verify_fingerprint(folder: RunFolder, before: Fingerprint) -> None:
         raise FolderChanged(where, f"{appeared[0]} appeared during upload")
 
 
-def _files(folder: RunFolder, *, current: bool) -> Iterator[tuple[str, Path]]:
-    """(relative path, path) of every file that is uploaded; `current` re-walks directories now."""
+def _members(folder: RunFolder) -> Iterator[tuple[str, tuple[int, int, int]]]:
     for artifact in folder.artifacts:
-        if not artifact.is_dir:
-            yield artifact.path.name, artifact.path
-            continue
-        try:
-            members = (archive_members(artifact.path, True, root=folder.path) if current
-                       else artifact.named_members())
-        except FileNotFoundError:
-            if not current:
-                raise
-            members = []
-        for arcname, path in members:
-            yield f"{artifact.path.name}/{arcname}", path
+        for m in artifact.members:
+            key = f"{artifact.path.name}/{m.arcname}" if artifact.is_dir else artifact.path.name
+            yield key, m.ident.fingerprint()
+    if folder.status_member is not None and folder.status_file is not None:
+        yield folder.status_file.name, folder.status_member.ident.fingerprint()
+
+
+def _current(folder: RunFolder, d: RunDir) -> Iterator[tuple[str, tuple[int, int, int]]]:
+    """What `_members` gives, looked at again now; a vanished member is left out."""
+    names = [a.path.name for a in folder.artifacts if not a.is_dir]
     if folder.status_file is not None:
-        yield folder.status_file.name, folder.status_file
+        names.append(folder.status_file.name)
+    for artifact in folder.artifacts:
+        if artifact.is_dir:
+            try:
+                walked = d.walk(artifact.path.name, Limits())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for arcname, _, st in walked:
+                yield f"{artifact.path.name}/{arcname}", Ident.of(st).fingerprint()
+    for name in names:
+        try:
+            _, st = d.resolve(name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        yield name, Ident.of(st).fingerprint()
 
 
-def _content_artifact(root: Path, root_real: str, role: str, entry: str, fmt: str) -> Artifact:
-    folder = str(root)
+def _entry(d: RunDir, name: str, label: str) -> tuple[str, os.stat_result]:
+    """A root entry of the folder as the contract wants it: resolved inside the folder, a regular
+    file or a directory. Never opens anything (a FIFO would block)."""
+    real, st = d.resolve(name, label)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise InvalidFolder(d.label, f"{label}: not a regular file or directory ({kind(st.st_mode)})")
+    return real, st
+
+
+def _content_artifact(d: RunDir, role: str, entry: str, fmt: str, limits: Limits) -> Artifact:
     name = entry.rstrip("/")
-    path = root / name
-    st = checked_stat(str(path), entry, folder=folder, root_real=root_real)
+    real, st = _entry(d, name, entry)
     is_dir = stat.S_ISDIR(st.st_mode)
     if fmt == "auto":
         fmt = "multi-file" if is_dir or not name.lower().endswith(".json") else "json"
     elif fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     if is_dir and fmt != "multi-file":
-        raise InvalidFolder(folder, f"format {fmt} needs a single file, {entry} is a directory")
-    members = archive_members(path, is_dir, root=root) if fmt == "multi-file" else [(name, path)]
-    return Artifact(role=role, path=path, is_dir=is_dir, format=fmt, members=tuple(members))
+        raise InvalidFolder(d.label, f"format {fmt} needs a single file, {entry} is a directory")
+    if is_dir:
+        members = tuple(Member(arcname, rel, Ident.of(mst)) for arcname, rel, mst in d.walk(name, limits))
+        for m in members:
+            check_name(m.arcname, d.label, f"{name}/{m.arcname}")
+    else:
+        if fmt == "multi-file":
+            check_name(name, d.label, name)
+        members = (Member(name, real, Ident.of(st)),)
+    return Artifact(role=role, path=d.path / name, is_dir=is_dir, format=fmt, members=members)
 
 
-def _logs_artifact(root: Path, root_real: str, entry: str) -> Artifact:
-    path = root / entry.rstrip("/")
-    st = checked_stat(str(path), entry, folder=str(root), root_real=root_real)
+def _logs_artifact(d: RunDir, entry: str) -> Artifact:
+    name = entry.rstrip("/")
+    real, st = _entry(d, name, entry)
     if stat.S_ISDIR(st.st_mode):
-        raise InvalidFolder(str(root), f"logs: {entry} is a directory, expected a file")
-    return Artifact(role="logs", path=path, is_dir=False, format="text", members=((path.name, path),))
+        raise InvalidFolder(d.label, f"logs: {entry} is a directory, expected a file")
+    return Artifact(role="logs", path=d.path / name, is_dir=False, format="text",
+                    members=(Member(name, real, Ident.of(st)),))
 
 
-def _json_artifact(root: Path, root_real: str, role: str, name: str) -> Artifact:
-    folder = str(root)
-    path = root / name
-    st = checked_stat(str(path), name, folder=folder, root_real=root_real)
+def _json_artifact(d: RunDir, role: str, name: str, cap: int) -> Artifact:
+    real, st = _entry(d, name, name)
     if stat.S_ISDIR(st.st_mode):
-        raise InvalidFolder(folder, f"{name}: is a directory, expected a JSON file")
-    content = load_json(path, folder=folder)
+        raise InvalidFolder(d.label, f"{name}: is a directory, expected a JSON file")
+    if st.st_size > cap:
+        raise InvalidFolder(d.label, f"{name}: {st.st_size} bytes, over the {cap}-byte cap (files.max_json_bytes)")
+    member = Member(name, real, Ident.of(st))
+    content = parse_json(read_member(d, member), name, d.label)
     if role == "metrics" and not isinstance(content, dict):
-        raise InvalidFolder(folder, f"{name}: must be a JSON object")
-    return Artifact(role=role, path=path, is_dir=False, format="json", members=((name, path),))
+        raise InvalidFolder(d.label, f"{name}: must be a JSON object")
+    return Artifact(role=role, path=d.path / name, is_dir=False, format="json", members=(member,))
 
 
-def _read_status(path: Path, folder: str, root_real: str) -> dict[str, Any]:
+def read_member(d: RunDir, member: Member) -> bytes:
+    """The bytes of a small inspected file (status, metrics, statistics, assets)."""
+    with _translate(d.path, "reading"):
+        return d.read_file(member.rel, member.ident)
+
+
+def parse_json(data: bytes, name: str, folder: str) -> object:
+    """Parse the small JSON file `name` from its bytes; big ones are parsed one at a time.
+
+    Raises: `InvalidFolder` naming the file when it is not UTF-8 or not valid JSON (NaN and
+    Infinity are not JSON)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidFolder(folder, f"{name}: not valid UTF-8 (byte {e.start})") from None
+    try:
+        if len(data) <= BIG_JSON_BYTES:
+            return json.loads(text, parse_constant=_reject_constant)
+        with _BIG_PARSE:
+            return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise InvalidFolder(folder, f"{name}: invalid JSON ({e})") from None
+
+
+def _read_status(d: RunDir, name: str) -> tuple[Member, dict[str, Any]]:
     """Parse and validate status.json; every problem is reported at once, each naming its key."""
-    name = path.name
-    st = checked_stat(str(path), name, folder=folder, root_real=root_real)
+    real, st = _entry(d, name, name)
     if stat.S_ISDIR(st.st_mode):
-        raise InvalidFolder(folder, f"{name}: is a directory, expected a JSON file")
+        raise InvalidFolder(d.label, f"{name}: is a directory, expected a JSON file")
     if st.st_size > STATUS_MAX_BYTES:
-        raise InvalidFolder(folder, f"{name}: bigger than 1 MiB ({st.st_size} bytes)")
-    raw = load_json(path, folder=folder, max_bytes=STATUS_MAX_BYTES)
+        raise InvalidFolder(d.label, f"{name}: bigger than 1 MiB ({st.st_size} bytes)")
+    member = Member(name, real, Ident.of(st))
+    raw = parse_json(read_member(d, member), name, d.label)
     if not isinstance(raw, dict):
-        raise InvalidFolder(folder, f"{name}: must be a JSON object, got {_json_type(raw)}")
+        raise InvalidFolder(d.label, f"{name}: must be a JSON object, got {_json_type(raw)}")
     problems = _status_problems(raw)
     if problems:
-        raise InvalidFolder(folder, f"{name}: {'; '.join(problems)}")
-    return raw
+        raise InvalidFolder(d.label, f"{name}: {'; '.join(problems)}")
+    return member, raw
 
 
 def _status_problems(raw: dict[str, Any]) -> list[str]:
@@ -348,6 +426,18 @@ def _decide_status(settings: dict[str, Any], *, has_output: bool, folder: str) -
     return status
 
 
+def check_name(arcname: str, folder: str, rel: str) -> None:
+    """An archive member's name must be UTF-8 (tar's pax names are); else the folder is invalid."""
+    try:
+        arcname.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidFolder(folder, f"{rel!r}: file name is not valid UTF-8") from None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _ignored(name: str, marker: str | None) -> bool:
     return name.startswith(".") or name == marker or any(fnmatchcase(name, p) for p in IGNORED_PATTERNS)
 
@@ -377,7 +467,9 @@ def _translate(root: Path, during: str) -> Iterator[None]:
     except NotADirectoryError as e:
         raise FolderChanged(folder, f"{_rel(root, e.filename)} changed during {during}") from None
     except OSError as e:
-        raise FolderChanged(folder, f"{_rel(root, e.filename)}: {e.strerror or e}") from e
+        if e.errno == errno.ELOOP:   # a directory we walk was swapped for a symlink
+            raise FolderChanged(folder, f"{_rel(root, e.filename)} changed during {during}") from None
+        raise FolderUnreadable(folder, f"{_rel(root, e.filename)}: {e.strerror or e}") from None
 
 
 def _rel(root: Path, filename: object) -> str:

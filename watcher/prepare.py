@@ -21,21 +21,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from watcher.archive import copy_utf8, is_utf8, wrapped_json, write_archive
-from watcher.errors import FolderChanged, InvalidFolder, StateError
-from watcher.folder import Artifact, RunFolder
+from watcher.archive import copy_utf8, is_utf8, open_member, wrapped_json, write_archive
+from watcher.errors import StateError
+from watcher.folder import Artifact, Member, RunFolder, read_member
+from watcher.rundir import RunDir
 
 SPOOL_PREFIX = "spool-"
 
 
 @dataclass(frozen=True)
 class Upload:
-    """What to PUT for one artifact: `path` is the original file, or a spool file when `spooled`."""
+    """What to PUT for one artifact: `path` is the original file, or a spool file when `spooled`;
+    `member` is the inspected original file (read through the open folder, never by `path`)."""
 
     role: str
     path: Path
     size: int
     spooled: bool
+    member: Member | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,19 @@ class PreparedRun:
     uploads: tuple[Upload, ...]
     warnings: tuple[str, ...]
     spool_files: tuple[Path, ...] = field(default=(), repr=False)
+    dir: RunDir | None = field(default=None, repr=False)
 
     def upload(self, role: str) -> Upload | None:
         """The upload for `role`, if the folder has that artifact."""
         return next((u for u in self.uploads if u.role == role), None)
+
+    def open(self, upload: Upload) -> BinaryIO:
+        """A reader of exactly the bytes to PUT for `upload`. Raises `FolderChanged` when an original
+        file is not the inspected one any more, `OSError` for a spool file that cannot be read."""
+        if upload.spooled or upload.member is None:
+            return open(upload.path, "rb")
+        assert self.dir is not None
+        return open_member(self.dir, upload.member)
 
     def close(self) -> None:
         """Delete the spool files (idempotent; a file already gone is fine)."""
@@ -82,11 +94,12 @@ def prepare(folder: RunFolder, spool_dir: Path) -> PreparedRun:
     warnings: list[str] = []
     try:
         for artifact in folder.artifacts:
-            uploads.append(_prepare_artifact(artifact, str(folder.path), spool, warnings))
+            uploads.append(_prepare_artifact(artifact, folder.handle, spool, warnings))
     except BaseException:
         _remove(spool.files)
         raise
-    return PreparedRun(uploads=tuple(uploads), warnings=tuple(warnings), spool_files=tuple(spool.files))
+    return PreparedRun(uploads=tuple(uploads), warnings=tuple(warnings), spool_files=tuple(spool.files),
+                       dir=folder.handle)
 
 
 def clean_spool(spool_dir: Path) -> int:
@@ -109,27 +122,29 @@ def clean_spool(spool_dir: Path) -> int:
     return removed
 
 
-def _prepare_artifact(artifact: Artifact, folder: str, spool: _Spool, warnings: list[str]) -> Upload:
+def _prepare_artifact(artifact: Artifact, d: RunDir, spool: _Spool, warnings: list[str]) -> Upload:
     role, path = artifact.role, artifact.path
     if role in ("input", "output") and artifact.format == "multi-file":
-        members = artifact.named_members()
-        return spool.write(role, ".tar.gz", lambda dest: write_archive(members, dest, folder=folder))
-    if role == "logs" and not is_utf8(path):
-        replaced: list[int] = []
-        upload = spool.write(role, ".txt", lambda dest: replaced.append(copy_utf8(path, dest)))
-        warnings.append(f"{path.name}: {replaced[0]} invalid UTF-8 sequences replaced")
-        return upload
+        return spool.write(role, ".tar.gz", lambda dest: write_archive(d, artifact.members, dest))
+    member = artifact.members[0]
+    if role == "logs":
+        with open_member(d, member) as src:
+            valid = is_utf8(src)
+        if not valid:
+            replaced: list[int] = []
+
+            def fill(dest: BinaryIO) -> None:
+                with open_member(d, member) as src:
+                    replaced.append(copy_utf8(src, dest))
+
+            upload = spool.write(role, ".txt", fill)
+            warnings.append(f"{path.name}: {replaced[0]} invalid UTF-8 sequences replaced")
+            return upload
     if role in ("statistics", "assets"):
-        data = wrapped_json(path, role)
+        data = wrapped_json(read_member(d, member), role, name=path.name, folder=d.label)
         if data is not None:
             return spool.write(role, ".json", lambda dest: dest.write(data))
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise FolderChanged(folder, f"{path.name} vanished") from None
-    except PermissionError:
-        raise InvalidFolder(folder, f"{path.name}: permission denied") from None
-    return Upload(role=role, path=path, size=size, spooled=False)
+    return Upload(role=role, path=path, size=member.ident.size, spooled=False, member=member)
 
 
 class _Spool:

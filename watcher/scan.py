@@ -1,8 +1,11 @@
 """Walk watched paths and classify run folders, uploading nothing.
 
 `iter_folders` lists candidate run folders with one os.scandir per watched path (no stat
-per entry). `quick_state` reads only the markers, so a start-up scan of 100,000 folders costs
-two stats per folder. `classify` is the full verdict used by `nextmv-watcher scan`.
+per entry). `quick_state` looks only at the markers (lstat), so a start-up scan of 100,000
+folders costs two stats per folder; it is a hint, checked again by a worker through the open
+folder. `classify` is the full verdict used by `nextmv-watcher scan`: it opens the folder once
+and reads everything through that descriptor, so a hostile producer cannot make it block or
+read outside the folder.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from watcher.completion import check_completion
 from watcher.config import Config, WatchConfig
 from watcher.errors import FolderError, StateError
 from watcher.folder import inspect_folder
+from watcher.rundir import RunDir
 from watcher.state import StateStore
 
 STATES = ("tracked", "failed", "pending", "incomplete", "invalid")
@@ -60,7 +64,7 @@ def iter_folders(root: Path) -> Iterator[Path]:
 
 def quick_state(store: StateStore, folder: Path) -> str | None:
     """'tracked', 'failed' or None (anything else), from the markers' existence alone."""
-    return store.finished(folder)
+    return store.quick_state(folder)
 
 
 def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore, now: float) -> FolderReport:
@@ -70,17 +74,19 @@ def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore
         return FolderReport(str(folder), watch.application_id, state, reason, run_id)
 
     try:
-        tracked = store.tracked(folder)
-        if tracked is not None:
-            return report("tracked", f"tracked at {tracked.get('tracked_at')}", str(tracked.get("run_id")))
-        failed = store.failed(folder)
-        if failed is not None:
-            return report("failed", str(failed.get("error")))
-        completion = check_completion(folder, watch.files, config.completion, now)
-        if not completion.complete:
-            return report("incomplete", completion.reason)
-        inspect_folder(folder, watch.files, watch.format, config.completion.marker)
-        journal = store.journal(folder)
+        with RunDir.open(folder) as d:
+            state = store.finished(d)   # a marker name taken by something not ours: UnsafeStateFile
+            if state == "tracked":
+                tracked = store.tracked(d) or {}
+                return report("tracked", f"tracked at {tracked.get('tracked_at')}", str(tracked.get("run_id")))
+            if state == "failed":
+                failed = store.failed(d) or {}
+                return report("failed", str(failed.get("error")))
+            completion = check_completion(d, watch.files, config.completion, now)
+            if not completion.complete:
+                return report("incomplete", completion.reason)
+            inspect_folder(d, watch.files, watch.format, config.completion.marker)
+            journal = store.journal(d)
     except FolderError as exc:
         return report("invalid", exc.problem)
     except StateError as exc:

@@ -39,8 +39,9 @@ from watcher.prepare import clean_spool
 from watcher.probe import Prober
 from watcher.queue import WorkQueue
 from watcher.retry import ApiGate
+from watcher.rundir import DirHandle
 from watcher.scan import iter_entries, quick_state
-from watcher.state import StateStore
+from watcher.state import StateStore, trusted_owners
 from watcher.tracker import Tracker
 from watcher.watch import Detectors, ObserverFactory
 from watcher.worker import FolderProcessor
@@ -90,7 +91,7 @@ class Service:
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
         self.metrics = Metrics(self.status)
 
-        self.store = StateStore(config.state_dir)
+        self.store = StateStore.of(config)
         self.spool_dir = config.state_dir / "spool"
         self.queue = WorkQueue(clock)
         self.gate = ApiGate(clock)
@@ -105,7 +106,7 @@ class Service:
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
                                lookup=self.lookup, clock=clock, grace_seconds=config.retry.lookup_grace_seconds,
                                progress=self._on_bytes)
-        self.claims = Claims(clock=clock, fallback_dir=self.store.fallback_dir)
+        self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
         self.detectors = Detectors(config.watch, self.queue.put, observer_factory=observer_factory,
                                    on_overflow=self._on_overflow)
@@ -334,17 +335,18 @@ class Service:
             self.health_view.recent_failures.append({"folder": str(folder), "application_id": app, "reason": reason,
                                          "error": error, "at": self.clock()})
 
-    def _after_tracked_safely(self, folder: Path) -> None:
-        """Keep, move or delete a tracked folder; a failure is logged, the folder stays tracked."""
+    def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> None:
+        """Keep, move or delete a tracked folder (`d`: the tracked folder, open); a failure is logged,
+        the folder stays tracked."""
         try:
-            self._after_tracked(folder)
+            self._after_tracked(folder, d)
         except WatcherError as exc:
             log.error("after_tracking_failed", folder=str(folder), error=str(exc))
 
-    def _after_tracked(self, folder: Path) -> None:
+    def _after_tracked(self, folder: Path, d: DirHandle | None) -> None:
         if self.config.after_tracking == "keep":
             return
-        action = aftercare.after_tracked(folder, self.config)
+        action = aftercare.after_tracked(folder, self.config, d)
         self.processor.finished.pop(folder, None)
         log.info("folder_" + action, folder=str(folder))
 
@@ -467,6 +469,7 @@ class Service:
         if new.api != old.api or new.state_dir != old.state_dir:
             log.warning("reload_partial", hint="api and state_dir changes need a restart")
         self.config = new
+        self.store.owners = trusted_owners(new.state_owners)
         self.processor.config = new
         self.prober.config = new
         if {w.path: w for w in new.watch} != {w.path: w for w in old.watch} and self.watching:

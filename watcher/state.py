@@ -1,15 +1,20 @@
 """Durable per-folder state: the tracked and failed markers and the journal.
 
-Every write is atomic and durable: a temporary file beside the target, fsync,
-os.replace, fsync of the directory. A reader therefore sees the old file or
-the new one, never half of one, even after a power cut.
+Every write is atomic and durable (`DirHandle.write_atomic`: a temporary file with a random name
+created O_EXCL|O_NOFOLLOW mode 0640, fsync, rename relative to the folder's descriptor, fsync of the
+directory). A reader therefore sees the old file or the new one, never half of one, even after a
+power cut; and nothing a producer planted (a symlink, a FIFO) is ever followed or opened.
 
-Where the state lives: inside the run folder (`.nextmv-tracked.json`,
-`.nextmv-failed.json`, `.nextmv-journal.json`). When the run folder cannot be
-written (a read-only mount, no permission), the same files go to
-`<state_dir>/folders/<key>/`, where the key combines a hash of the folder's
-path with its device and inode numbers and its modification time, so that a later folder that reuses the
-name is not mistaken for the one that was tracked.
+Where the state lives: inside the run folder (`.nextmv-tracked.json`, `.nextmv-failed.json`,
+`.nextmv-journal.json`). When the run folder cannot be written (a read-only mount, no permission),
+the same files go to `<state_dir>/folders/<key>/`, where the key combines a hash of the folder's
+path with its device and inode numbers and its modification time, so that a later folder that reuses
+the name is not mistaken for the one that was tracked.
+
+A state file is trusted only when it is a regular file of at most `MAX_STATE_BYTES` owned by the
+daemon's user, root or one of `state_owners`; anything else raises `UnsafeStateFile` (the folder is
+invalid, see `watcher.rundir`). Every method takes the open folder (`DirHandle`); a `Path` is opened
+for that one call (tests and one-off use).
 """
 
 from __future__ import annotations
@@ -19,22 +24,28 @@ import errno
 import hashlib
 import json
 import os
-import threading
 import time
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from watcher.errors import StateError
+from watcher.errors import FolderError, StateError, UnsafeStateFile
+from watcher.rundir import DirHandle, RunDir, state_problem
+
+if TYPE_CHECKING:
+    from watcher.config import Config
 
 PREFIX = ".nextmv-"
 TRACKED = ".nextmv-tracked.json"
 FAILED = ".nextmv-failed.json"
 JOURNAL = ".nextmv-journal.json"
-MAX_STATE_BYTES = 1 << 20
+STATE_FILES = (TRACKED, FAILED, JOURNAL)
+MAX_STATE_BYTES = 256 * 1024
 # errno values that mean "this folder cannot hold our files": fall back to the state directory.
 UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+Folder = DirHandle | Path
 
 
 def utc_iso(ts: float) -> str:
@@ -48,7 +59,7 @@ def parse_iso(text: str) -> float:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in `path` durable."""
+    """Make a rename or unlink in `path` (one of our own directories) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -57,44 +68,26 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and durably. Raises OSError (callers translate it)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    """Write `data` to `path` atomically and durably (see `DirHandle.write_atomic`). Raises OSError."""
+    with DirHandle.open_own(path.parent) as d:
+        d.write_atomic(path.name, data)
 
 
-def read_json_file(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when it does not exist. A file that is not a JSON object
-    (impossible for our atomic writes unless someone edited it) raises StateError."""
+def trusted_owners(extra: Collection[int] = ()) -> frozenset[int]:
+    """Whose state files are ours: this process's user, root, and `extra` (config `state_owners`)."""
+    return frozenset({os.geteuid(), 0, *extra})
+
+
+def decode_state(data: bytes, where: str) -> dict[str, Any]:
+    """The JSON object in a state file's bytes; anything else (impossible for our atomic writes unless
+    someone edited it) raises StateError."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATE_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
-    except OSError as exc:
-        raise StateError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = json.loads(raw)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise StateError(f"{path}: not valid JSON (edited by hand?)") from None
-    if not isinstance(data, dict):
-        raise StateError(f"{path}: not a JSON object (edited by hand?)")
-    return data
+        raise StateError(f"{where}: not valid JSON (edited by hand?)") from None
+    if not isinstance(value, dict):
+        raise StateError(f"{where}: not a JSON object (edited by hand?)")
+    return value
 
 
 @dataclass
@@ -119,7 +112,8 @@ class Journal:
     """Progress of one folder across attempts and restarts.
 
     `attempts` counts failed attempts that were the folder's own fault; `next_attempt_at` is the
-    earliest wall-clock time of the next one. `uploads` holds finished uploads by role. `intents`
+    earliest wall-clock time of the next one; `repeats` how often `last_error`, an I/O error reading
+    the folder, came back in a row. `uploads` holds finished uploads by role. `intents`
     lists every POST that may have created the run; while it is non-empty the run must be looked up
     before anything is posted again.
     """
@@ -127,6 +121,7 @@ class Journal:
     attempts: int = 0
     next_attempt_at: float | None = None
     last_error: str | None = None
+    repeats: int = 0
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     intents: list[Intent] = field(default_factory=list)
 
@@ -140,6 +135,7 @@ class Journal:
                 attempts=int(data.get("attempts", 0)),
                 next_attempt_at=data.get("next_attempt_at"),
                 last_error=data.get("last_error"),
+                repeats=int(data.get("repeats", 0)),
                 uploads={role: UploadRecord(**rec) for role, rec in data.get("uploads", {}).items()},
                 intents=[Intent(**i) for i in data.get("intents", [])],
             )
@@ -154,11 +150,17 @@ class Journal:
 class StateStore:
     """Reads and writes the state files of run folders, in the folder or in the fallback directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, owners: Collection[int] = ()) -> None:
         self.state_dir = state_dir
         self.fallback_root = state_dir / "folders"
+        self.owners = trusted_owners(owners)
         self._fallback_checked_at = -1e9
         self._fallback_exists = False
+
+    @classmethod
+    def of(cls, config: Config) -> StateStore:
+        """The store of a configuration: its state directory, its `state_owners`."""
+        return cls(config.state_dir, config.state_owners)
 
     def _has_fallbacks(self) -> bool:
         """Whether any folder's state lives in the state directory; checked at most once a second, since
@@ -169,107 +171,179 @@ class StateStore:
             self._fallback_checked_at = now
         return self._fallback_exists
 
-    def fallback_dir(self, folder: Path) -> Path:
+    def fallback_dir(self, folder: Folder) -> Path:
         """Where `folder`'s state goes when the folder itself is not writable."""
         try:
-            st = folder.stat()
-        except OSError as exc:
-            raise StateError(f"{folder}: cannot stat: {exc.strerror}") from None
+            with opened(folder) as d:
+                st = d.fstat()
+                path = d.path
+        except FolderError as exc:
+            raise StateError(f"{folder}: cannot open: {exc.problem}") from None
         # The folder's mtime is part of the key: a new folder reusing the name (even the inode, which
         # filesystems hand out again) has a different one, while a finished read-only folder keeps its own.
-        digest = hashlib.sha256(os.fsencode(folder)).hexdigest()[:16]
+        digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
         return self.fallback_root / f"{digest}-{st.st_dev}-{st.st_ino}-{st.st_mtime_ns}"
 
-    def _locations(self, folder: Path, name: str) -> list[Path]:
-        places = [folder / name]
-        if self._has_fallbacks():
-            with contextlib.suppress(StateError):
-                places.append(self.fallback_dir(folder) / name)
-        return places
+    @contextlib.contextmanager
+    def _places(self, d: DirHandle, *, create: bool = False) -> Iterator[list[DirHandle]]:
+        """The folder and, when it exists (or `create`), its fallback directory, opened."""
+        places = [d]
+        if create or self._has_fallbacks():
+            try:
+                path = self.fallback_dir(d)
+                if create:
+                    self._fallback_exists = True
+                places.append(DirHandle.open_own(path, create=create, label=d.label))
+            except FileNotFoundError:
+                pass
+            except (OSError, StateError) as exc:
+                if create:
+                    raise StateError(f"{d.label} is not writable and neither is {self.fallback_root}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            yield places
+        finally:
+            for place in places[1:]:
+                place.close()
 
-    def read(self, folder: Path, name: str) -> dict[str, Any] | None:
-        """The state file `name` of `folder`, wherever it lives, or None."""
-        for place in self._locations(folder, name):
-            data = read_json_file(place)
-            if data is not None:
-                return data
+    def read(self, folder: Folder, name: str) -> dict[str, Any] | None:
+        """The state file `name` of `folder`, wherever it lives, or None.
+        Raises UnsafeStateFile (not ours), StateError (unreadable, not JSON)."""
+        with opened(folder) as d, self._places(d) as places:
+            for place in places:
+                try:
+                    data = place.read_state(name, limit=MAX_STATE_BYTES, owners=self.owners)
+                except UnsafeStateFile:
+                    raise
+                except OSError as exc:
+                    raise StateError(f"{d.label}: cannot read {name}: {exc.strerror}") from None
+                if data is not None:
+                    return decode_state(data, f"{d.label}/{name}")
         return None
 
-    def write(self, folder: Path, name: str, data: dict[str, Any]) -> Path:
+    def write(self, folder: Folder, name: str, data: dict[str, Any]) -> Path:
         """Write a state file atomically; fall back to the state directory when the folder is read-only.
-        Returns where it was written. Raises StateError (disk full, both places unwritable)."""
+        Whatever else holds the name (a directory, a FIFO a producer made) is replaced. Returns where it
+        was written. Raises StateError (disk full, both places unwritable)."""
         payload = json.dumps(data, indent=1, sort_keys=True).encode()
-        try:
-            atomic_write(folder / name, payload)
-            return folder / name
-        except OSError as exc:
-            if exc.errno not in UNWRITABLE:
-                raise StateError(f"{folder}: cannot write {name}: {exc.strerror}") from None
-        place = self.fallback_dir(folder)
-        try:
-            place.mkdir(parents=True, exist_ok=True)
-            self._fallback_exists = True
-            atomic_write(place / name, payload)
-        except OSError as exc:
-            raise StateError(f"{folder} is not writable and neither is {place}: {exc.strerror}") from None
-        return place / name
+        with opened(folder) as d:
+            try:
+                _replace(d, name, payload)
+                return d.path / name
+            except OSError as exc:
+                if exc.errno not in UNWRITABLE:
+                    raise StateError(f"{d.label}: cannot write {name}: {exc.strerror}") from None
+            with self._places(d, create=True) as places:
+                try:
+                    _replace(places[-1], name, payload)
+                except OSError as exc:
+                    raise StateError(f"{d.label} is not writable and neither is {places[-1].path}: "
+                                     f"{exc.strerror}") from None
+                return places[-1].path / name
 
-    def remove(self, folder: Path, name: str, *, durable: bool = True) -> bool:
+    def remove(self, folder: Folder, name: str, *, durable: bool = True) -> bool:
         """Remove a state file wherever it is; True when one was removed. `durable=False` skips the
         directory fsync, for removals that may safely be undone by a power cut."""
         removed = False
-        for place in self._locations(folder, name):
-            try:
-                place.unlink()
-                removed = True
-                if durable:
-                    fsync_dir(place.parent)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise StateError(f"{place}: cannot remove: {exc.strerror}") from None
+        with opened(folder) as d, self._places(d) as places:
+            for place in places:
+                try:
+                    if place.unlink(name):
+                        removed = True
+                        if durable:
+                            place.sync()
+                except OSError as exc:
+                    raise StateError(f"{place.label}: cannot remove {name}: {exc.strerror}") from None
         return removed
 
-    def finished(self, folder: Path) -> str | None:
-        """'tracked' or 'failed' when that marker exists, else None. Existence only (two stats at most
-        per place), so that scanning 100,000 folders stays cheap; a marker is never half-written."""
+    def finished(self, folder: Folder) -> str | None:
+        """'tracked' or 'failed' when that marker exists and is ours, else None. A marker is never
+        half-written, so its existence is enough (no read). Raises UnsafeStateFile when a marker name is
+        taken by something that is not ours and no marker of ours says the folder is finished."""
+        unsafe: UnsafeStateFile | None = None
+        with opened(folder) as d, self._places(d) as places:
+            for name, state in ((TRACKED, "tracked"), (FAILED, "failed")):
+                for place in places:
+                    try:
+                        st = place.lstat(name)
+                    except OSError:
+                        continue
+                    if st is None:
+                        continue
+                    problem = state_problem(st, limit=MAX_STATE_BYTES, owners=self.owners)
+                    if problem is None:
+                        return state
+                    unsafe = unsafe or UnsafeStateFile(d.label, name, problem, uid=st.st_uid)
+        if unsafe is not None:
+            raise unsafe
+        return None
+
+    def quick_state(self, folder: Path) -> str | None:
+        """'tracked', 'failed' or None, from lstat by path alone: two stats per folder, so that a scan
+        of 100,000 folders stays cheap. A hint only (a worker checks again through the open folder);
+        a marker name taken by something that is not ours reads as None."""
         places = [os.fspath(folder)]
         if self._has_fallbacks():
             with contextlib.suppress(StateError):
                 places.append(os.fspath(self.fallback_dir(folder)))
-        for place in places:
-            for name, state in ((TRACKED, "tracked"), (FAILED, "failed")):
+        for name, state in ((TRACKED, "tracked"), (FAILED, "failed")):
+            for place in places:
                 try:
-                    os.stat(f"{place}/{name}")
+                    st = os.lstat(f"{place}/{name}")
                 except OSError:
                     continue
-                return state
+                if state_problem(st, limit=MAX_STATE_BYTES, owners=self.owners) is None:
+                    return state
         return None
 
     # The three files, by meaning.
 
-    def tracked(self, folder: Path) -> dict[str, Any] | None:
+    def tracked(self, folder: Folder) -> dict[str, Any] | None:
         return self.read(folder, TRACKED)
 
-    def failed(self, folder: Path) -> dict[str, Any] | None:
+    def failed(self, folder: Folder) -> dict[str, Any] | None:
         return self.read(folder, FAILED)
 
-    def mark_tracked(self, folder: Path, run_id: str, application_id: str, now: float,
+    def mark_tracked(self, folder: Folder, run_id: str, application_id: str, now: float,
                      **extra: Any) -> None:
         self.write(folder, TRACKED, {"run_id": run_id, "application_id": application_id,
                                      "tracked_at": utc_iso(now), **extra})
 
-    def mark_failed(self, folder: Path, error: str, attempts: int, now: float, **extra: Any) -> None:
+    def mark_failed(self, folder: Folder, error: str, attempts: int, now: float, **extra: Any) -> None:
         self.write(folder, FAILED, {"error": error, "attempts": attempts, "failed_at": utc_iso(now), **extra})
 
-    def journal(self, folder: Path) -> Journal:
+    def journal(self, folder: Folder) -> Journal:
         data = self.read(folder, JOURNAL)
         return Journal() if data is None else Journal.from_json(data)
 
-    def save_journal(self, folder: Path, journal: Journal) -> None:
+    def save_journal(self, folder: Folder, journal: Journal) -> None:
         self.write(folder, JOURNAL, journal.to_json())
 
-    def clear_journal(self, folder: Path) -> None:
+    def clear_journal(self, folder: Folder) -> None:
         # Not durable on purpose: it follows a durable marker, and a journal that comes back after a
         # power cut is ignored because the marker says the folder is finished.
         self.remove(folder, JOURNAL, durable=False)
+
+
+def _replace(d: DirHandle, name: str, payload: bytes) -> None:
+    """Write `name` in `d`; a directory a producer made under our name is removed first."""
+    try:
+        d.write_atomic(name, payload)
+    except IsADirectoryError:
+        d.unlink(name)
+        d.write_atomic(name, payload)
+
+
+@contextlib.contextmanager
+def opened(folder: Folder) -> Iterator[DirHandle]:
+    """`folder` itself when it is open; a path is opened for the duration (see `RunDir.open`).
+    Raises StateError when a path cannot be opened."""
+    if isinstance(folder, DirHandle):
+        yield folder
+        return
+    try:
+        d = RunDir.open(folder)
+    except FolderError as exc:
+        raise StateError(f"{folder}: cannot open: {exc.problem}") from None
+    with d:
+        yield d

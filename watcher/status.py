@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher.config import Config
-from watcher.errors import StateError
+from watcher.errors import FolderError, StateError
 from watcher.retry import GLOBAL
 from watcher.scan import STATES, scan_all
 from watcher.state import StateStore, utc_iso
@@ -54,7 +54,7 @@ def format_status(st: dict[str, Any]) -> str:
 
 def print_scan_status(config: Config, *, json_output: bool) -> int:
     """No daemon: counts by state from a scan, and the failed folders with their reasons."""
-    store = StateStore(config.state_dir)
+    store = StateStore.of(config)
     counts = dict.fromkeys(STATES, 0)
     failed: list[dict[str, Any]] = []
     for report in scan_all(config, store, time.time()):
@@ -62,7 +62,7 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
         if report.state == "failed":
             try:
                 marker = store.failed(Path(report.folder)) or {}
-            except StateError as exc:
+            except (StateError, FolderError) as exc:
                 marker = {"error": str(exc)}
             failed.append({"folder": report.folder, "application_id": report.application_id,
                            "reason": marker.get("reason"), "error": marker.get("error"),

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from watcher.config import Config
-from watcher.errors import StateError
+from watcher.errors import FolderError, StateError
 from watcher.retry import GLOBAL
 from watcher.scan import classify, iter_folders
 from watcher.service import Service
@@ -135,7 +135,7 @@ def summarize(config: Config, store: StateStore, started: float, tracked: int) -
                         summary.already_tracked += 1
                     continue
                 failed = store.failed(folder)
-            except StateError as exc:
+            except (StateError, FolderError) as exc:
                 summary.left.append((str(folder), str(exc)))
                 continue
             if failed is not None:

@@ -106,7 +106,7 @@ class Tracker:
 
         Raises InvalidFolder/FolderChanged (folder problems), StateError, ClaimLost, RetryLater, and
         the ApiError family; the journal keeps whatever progress survives the error."""
-        journal = self.store.journal(run.path)
+        journal = self.store.journal(run.handle)
         if journal.intents:
             adopted = self._resolve(run, application_id, journal)
             if adopted is not None:
@@ -118,7 +118,7 @@ class Tracker:
             check_claim()
             token = uuid.uuid4().hex
             journal.intents.append(Intent(token=token, created_at=self.clock()))
-            self.store.save_journal(run.path, journal)
+            self.store.save_journal(run.handle, journal)
             log.debug("posting_run", token=token)
             try:
                 run_id = self.client.create_run(application_id, run_body(run, upload_ids, token),
@@ -131,7 +131,7 @@ class Tracker:
             except Exception:
                 # Any other failure means the run was certainly not created: forget the intent.
                 journal.intents.pop()
-                self.store.save_journal(run.path, journal)
+                self.store.save_journal(run.handle, journal)
                 raise
             self._finish(run, application_id, run_id, token, adopted=False)
             return Outcome(run_id=run_id, adopted=False, warnings=prepared.warnings)
@@ -139,9 +139,9 @@ class Tracker:
     # -- steps -----------------------------------------------------------------------------
 
     def _finish(self, run: RunFolder, application_id: str, run_id: str, token: str, *, adopted: bool) -> None:
-        self.store.mark_tracked(run.path, run_id, application_id, self.clock(), name=run.name,
+        self.store.mark_tracked(run.handle, run_id, application_id, self.clock(), name=run.name,
                                 token=token, adopted=adopted)
-        self.store.clear_journal(run.path)
+        self.store.clear_journal(run.handle)
 
     def _resolve(self, run: RunFolder, application_id: str, journal: Journal) -> Outcome | None:
         """Look the open intents up. Adopt a found run; raise RetryLater while the grace period runs;
@@ -158,7 +158,7 @@ class Tracker:
             raise RetryLater("run not in the listing yet; looking again before posting", at=wait_until)
         log.info("run_not_found", intents=len(journal.intents), reason="posting again after grace period")
         journal.intents.clear()
-        self.store.save_journal(run.path, journal)
+        self.store.save_journal(run.handle, journal)
         return None
 
     def _upload_all(self, run: RunFolder, application_id: str, prepared: PreparedRun, journal: Journal,
@@ -171,8 +171,8 @@ class Tracker:
         for upload in prepared.uploads:
             art = run.artifact(upload.role)
             assert art is not None
-            members = {str(p.relative_to(run.path)): list(before.get(str(p.relative_to(run.path)), ()))
-                       for p in art.member_paths()}
+            keys = [f"{art.path.name}/{m.arcname}" if art.is_dir else art.path.name for m in art.members]
+            members = {key: list(before.get(key, ())) for key in keys}
             rec = journal.uploads.get(upload.role)
             if (rec is not None and rec.fingerprint == members
                     and now - rec.obtained_at < URL_LIFETIME_SECONDS - REUSE_MARGIN_SECONDS):
@@ -182,12 +182,12 @@ class Tracker:
             todo.append((upload, members))
 
         def one(upload: Upload, members: dict[str, list[int]]) -> None:
-            target = self._upload(application_id, upload, run.path)
+            target = self._upload(application_id, prepared, upload, run.path)
             with lock:
                 ids[upload.role] = target.upload_id
                 journal.uploads[upload.role] = UploadRecord(target.upload_id, target.obtained_at, members)
                 if upload.size >= JOURNAL_UPLOAD_BYTES:
-                    self.store.save_journal(run.path, journal)
+                    self.store.save_journal(run.handle, journal)
 
         if todo:
             log.info("uploading", artifacts=[u.role for u, _ in todo],
@@ -207,12 +207,12 @@ class Tracker:
             raise first_error
         return ids
 
-    def _upload(self, application_id: str, upload: Upload, folder: Path) -> UploadTarget:
+    def _upload(self, application_id: str, prepared: PreparedRun, upload: Upload, folder: Path) -> UploadTarget:
         """Get an upload URL and PUT the bytes; an expired URL is replaced up to three times."""
         for attempt in range(3):
             target = self.client.new_upload(application_id)
             try:
-                self.client.put_file(target, upload.path, upload.size, progress=self.progress)
+                self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress)
             except PermissionError:
                 raise InvalidFolder(str(folder), f"{upload.role} {upload.path.name}: permission denied") from None
             except OSError as exc:
