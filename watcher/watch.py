@@ -8,6 +8,21 @@ the caller's periodic re-check instead (`watch_folder` returns False).
 
 The handler runs on watchdog's single dispatcher thread, so it only maps a path to its run
 folder and enqueues it; all I/O happens in the workers.
+
+Locks. The codebase's rule is that a lock is never held while calling into another component,
+and here it matters most: watchdog's dispatcher holds its observer's lock while it calls our
+handler, and the observer's `schedule`, `unschedule` and `stop` take that same lock. So:
+- A Detector's `_lock` guards only the Detector's own fields. It is never held across a call to
+  the observer (or anything else): a caller takes what it needs under the lock, calls the
+  observer without it, and publishes the result under it again.
+- The handler takes only that lock (briefly, in `mark_stale`) and calls `enqueue`,
+  whose queue lock is likewise never held across a call into us. It never waits on a caller.
+- Per folder, one caller at a time changes its watch outside the lock (the folder is "busy");
+  meanwhile another `watch_folder` returns False (the folder is then re-checked by polling) and
+  another `unwatch_folder` is left to the busy caller, which undoes its watch when it is done.
+  Workers never overlap on one folder (the queue hands a folder to one worker at a time), so
+  this is about the main loop's `stop`/`restart` and about staying correct if that changes.
+Detectors' own lock guards only its root-to-detector map.
 """
 
 from __future__ import annotations
@@ -95,6 +110,17 @@ INOTIFY_LIMITS = {
 POLL_FALLBACK_SECONDS = 2.0
 
 
+def _unschedule(observer: BaseObserver, watch: ObservedWatch) -> None:
+    """Remove `watch`; one whose emitter is already gone (a stopped observer) is no error."""
+    with contextlib.suppress(KeyError, OSError):
+        observer.unschedule(watch)
+
+
+def _stop_observer(observer: BaseObserver) -> None:
+    observer.stop()
+    observer.join(timeout=5)
+
+
 class _OverflowSignal(logging.Handler):
     """watchdog reports a kernel queue overflow only as a log record; turn it into a callback."""
 
@@ -108,7 +134,11 @@ class _OverflowSignal(logging.Handler):
 
 
 class Detector:
-    """Owns the observer and its watches. Thread-safe: workers call watch_folder/unwatch_folder."""
+    """Owns one observer and its watches.
+
+    Workers call watch_folder/unwatch_folder from any thread; watchdog's dispatcher calls mark_stale and
+    nothing else; the main loop alone calls start/stop/restart/use_polling. See the module docstring
+    for the lock rule."""
 
     def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
                  observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024,
@@ -119,12 +149,15 @@ class Detector:
         self.observer_factory = observer_factory
         self.max_folder_watches = max_folder_watches
         self._handler = _Handler(self)
-        self._lock = threading.Lock()
-        self._observer: BaseObserver | None = None
-        self._folder_watches: dict[Path, tuple[ObservedWatch, int]] = {}
-        self._stale: set[Path] = set()
         self.polling = False
         self._overflow = _OverflowSignal(on_overflow) if on_overflow is not None else None
+        self._lock = threading.Lock()
+        # Guarded by _lock, and nothing else is:
+        self._observer: BaseObserver | None = None
+        self._folder_watches: dict[Path, tuple[ObservedWatch, int]] = {}   # on _observer, with the inode
+        self._stale: set[Path] = set()       # watched folders deleted or renamed away since
+        self._busy: set[Path] = set()        # folders whose watch a caller is changing outside the lock
+        self._unwanted: set[Path] = set()    # busy folders unwatched meanwhile
 
     def start(self) -> None:
         """Start the observer with a watch on every root. When inotify's limits are hit, log which
@@ -148,85 +181,118 @@ class Detector:
         self.polling = True
 
     def _start(self) -> None:
+        """Build and start a new observer, then publish it (it is nobody else's until then)."""
+        observer = self.observer_factory()
+        try:
+            for root in self.roots:
+                observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
+            observer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                observer.stop()
+            raise
+        old = self._swap(observer)
+        if old is not None:
+            _stop_observer(old)
+
+    def _swap(self, observer: BaseObserver | None) -> BaseObserver | None:
+        """Make `observer` the current one (its folder watches start empty); return the previous one."""
         with self._lock:
-            observer = self.observer_factory()
-            try:
-                for root in self.roots:
-                    observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
-                observer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    observer.stop()
-                raise
-            self._observer = observer
+            old, self._observer = self._observer, observer
             self._folder_watches.clear()
+            self._stale.clear()
+        return old
 
     def restart(self) -> None:
         """Replace a dead observer with a new one (folder watches are dropped; the caller rescans)."""
-        with self._lock:
-            old, self._observer = self._observer, None
+        old = self._swap(None)
         if old is not None:
-            with contextlib.suppress(Exception):
-                old.stop()
+            _stop_observer(old)
         self._start()
 
     def alive(self) -> bool:
         with self._lock:
-            return self._observer is not None and self._observer.is_alive()
+            observer = self._observer
+        return observer is not None and observer.is_alive()
 
     def watch_folder(self, folder: Path) -> bool:
-        """Watch an incomplete folder's root. False when it cannot be (limit, error): poll it instead."""
+        """Watch an incomplete folder's root. True when it is watched; False when it cannot be (the limit,
+        an error, no observer, another caller changing its watch right now): poll it instead."""
         try:
             inode = os.stat(folder).st_ino
         except OSError:
             return False
         with self._lock:
+            observer = self._observer
+            if observer is None or folder in self._busy:
+                return False
             known = self._folder_watches.get(folder)
+            if known is not None and known[1] == inode and folder not in self._stale:
+                return True
+            # Not watched yet, or replaced under the same name: the old watch died with the old directory.
+            self._stale.discard(folder)
             if known is not None:
-                if known[1] == inode and folder not in self._stale:
-                    return True
-                self._stale.discard(folder)
-                # The folder was replaced under the same name: its watch died with the old directory.
                 del self._folder_watches[folder]
-                if self._observer is not None:
-                    with contextlib.suppress(KeyError, OSError):
-                        self._observer.unschedule(known[0])
-            if self._observer is None or len(self._folder_watches) >= self.max_folder_watches:
+            room = len(self._folder_watches) + len(self._busy) < self.max_folder_watches
+            if known is None and not room:
+                return False
+            self._busy.add(folder)
+        try:
+            if known is not None:   # first: a watch on the same path would share the old one's emitter
+                _unschedule(observer, known[0])
+            if not room:
                 return False
             try:
-                watch = self._observer.schedule(self._handler, os.fspath(folder), recursive=False,
-                                                event_filter=EVENTS)
+                watch = observer.schedule(self._handler, os.fspath(folder), recursive=False, event_filter=EVENTS)
             except OSError as exc:
                 log.warning("folder_watch_failed", folder=str(folder), error=exc.strerror or str(exc))
                 return False
-            self._folder_watches[folder] = (watch, inode)
-            return True
+            with self._lock:
+                kept = self._observer is observer and folder not in self._unwanted
+                if kept:
+                    self._folder_watches[folder] = (watch, inode)
+            if not kept:   # unwatched, stopped or restarted meanwhile
+                _unschedule(observer, watch)
+            return kept
+        finally:
+            with self._lock:
+                self._busy.discard(folder)
+                self._unwanted.discard(folder)
 
     def mark_stale(self, folder: Path) -> None:
-        """The watched folder was deleted or renamed away: its watch must be made anew if asked again."""
+        """The watched folder was deleted or renamed away: its watch must be made anew if asked again.
+        Called on watchdog's dispatcher thread."""
         with self._lock:
-            if folder in self._folder_watches:
+            if folder in self._folder_watches or folder in self._busy:
                 self._stale.add(folder)
 
     def unwatch_folder(self, folder: Path) -> None:
         with self._lock:
             self._stale.discard(folder)
+            if folder in self._busy:
+                self._unwanted.add(folder)   # the busy caller drops its watch when it is done
+                return
             known = self._folder_watches.pop(folder, None)
-            if known is not None and self._observer is not None:
-                with contextlib.suppress(KeyError, OSError):
-                    self._observer.unschedule(known[0])
+            observer = self._observer
+            if known is None or observer is None:
+                return
+            self._busy.add(folder)
+        try:
+            _unschedule(observer, known[0])
+        finally:
+            with self._lock:
+                self._busy.discard(folder)
+                self._unwanted.discard(folder)
+                self._stale.discard(folder)
 
     def folder_watch_count(self) -> int:
         with self._lock:
             return len(self._folder_watches)
 
     def stop(self) -> None:
-        with self._lock:
-            observer, self._observer = self._observer, None
-            self._folder_watches.clear()
+        observer = self._swap(None)
         if observer is not None:
-            observer.stop()
-            observer.join(timeout=5)
+            _stop_observer(observer)
         if self._overflow is not None:
             for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
                 logging.getLogger(name).removeHandler(self._overflow)
@@ -235,7 +301,10 @@ class Detector:
 class Detectors:
     """One Detector per observation mode: inotify for local paths, a polling observer per interval for
     watched paths marked `polling: true` (NFS, SMB). Incomplete folders are watched only under inotify;
-    under polling they are re-checked by the queue."""
+    under polling they are re-checked by the queue.
+
+    Workers call watch_folder/unwatch_folder; everything else is for the main loop, except the read-only
+    alive/polling, which anyone may call."""
 
     def __init__(self, watches: Sequence[WatchConfig], enqueue: Callable[[Path], None], *,
                  observer_factory: ObserverFactory | None = None,
@@ -265,20 +334,24 @@ class Detectors:
         with self._lock:
             self._detectors, self._by_root = detectors, by_root
 
+    def _all(self) -> list[Detector]:
+        with self._lock:
+            return list(self._detectors)
+
     def start(self) -> None:
-        for d in self._detectors:
+        for d in self._all():
             d.start()
 
     def stop(self) -> None:
-        for d in self._detectors:
+        for d in self._all():
             d.stop()
 
     def alive(self) -> bool:
-        return all(d.alive() for d in self._detectors)
+        return all(d.alive() for d in self._all())
 
     def restart(self) -> None:
         """Restart every dead observer; one that cannot be restarted falls back to polling."""
-        for d in self._detectors:
+        for d in self._all():
             if d.alive():
                 continue
             self.restarts += 1
@@ -310,4 +383,4 @@ class Detectors:
 
     @property
     def polling(self) -> bool:
-        return any(d.polling for d in self._detectors)
+        return any(d.polling for d in self._all())
