@@ -245,7 +245,8 @@ class Detector:
             try:
                 watch = observer.schedule(self._handler, os.fspath(folder), recursive=False, event_filter=EVENTS)
             except OSError as exc:
-                log.warning("folder_watch_failed", folder=str(folder), error=exc.strerror or str(exc))
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):   # not merely gone since the stat above
+                    log.warning("folder_watch_failed", folder=str(folder), error=exc.strerror or str(exc))
                 return False
             with self._lock:
                 kept = self._observer is observer and folder not in self._unwanted
