@@ -15,14 +15,21 @@ handler, and the observer's `schedule`, `unschedule` and `stop` take that same l
 - A Detector's `_lock` guards only the Detector's own fields. It is never held across a call to
   the observer (or anything else): a caller takes what it needs under the lock, calls the
   observer without it, and publishes the result under it again.
-- The handler takes only that lock (briefly, in `mark_stale`) and calls `enqueue`,
+- The handler takes only that lock (briefly: `mark_stale`, heartbeats) and calls `enqueue`,
   whose queue lock is likewise never held across a call into us. It never waits on a caller.
 - Per folder, one caller at a time changes its watch outside the lock (the folder is "busy");
   meanwhile another `watch_folder` returns False (the folder is then re-checked by polling) and
   another `unwatch_folder` is left to the busy caller, which undoes its watch when it is done.
   Workers never overlap on one folder (the queue hands a folder to one worker at a time), so
   this is about the main loop's `stop`/`restart` and about staying correct if that changes.
-Detectors' own lock guards only its root-to-detector map.
+Detectors' own lock guards only its list of detectors and its root-to-detector map.
+
+Liveness. On every tick the main loop sends each observer a heartbeat through its event queue
+(`Detectors.check_liveness`), which the dispatcher hands to our handler like any event. One left
+unanswered for WEDGED_SECONDS means the dispatcher is stuck and no event reaches us: it is logged
+once (`observer_wedged`), `wedged()` reports it, and Health withholds systemd's watchdog ping.
+Such an observer cannot be stopped (`stop()` needs the lock its dispatcher holds): stopping gives
+up after `stop_seconds`, so a SIGTERM still ends the daemon.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -80,11 +88,21 @@ def run_folder_of(path: str, roots: list[str]) -> Path | None:
     return None
 
 
+class HeartbeatEvent(FileSystemEvent):
+    """Posted by `Detector.beat` straight into the observer's event queue; the path is unique per beat
+    (watchdog's queue drops an item equal to the last one put) and names no file."""
+
+    event_type = "heartbeat"
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, detector: Detector) -> None:
         self.detector = detector
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, HeartbeatEvent):
+            self.detector.answered(event)
+            return
         roots = self.detector.root_strings
         if event.is_directory and event.event_type in ("deleted", "moved"):
             gone = run_folder_of(os.fsdecode(event.src_path), roots)
@@ -108,6 +126,10 @@ INOTIFY_LIMITS = {
     errno.EMFILE: "inotify instance limit reached: raise it with `sysctl fs.inotify.max_user_instances=1024`",
 }
 POLL_FALLBACK_SECONDS = 2.0
+# A heartbeat unanswered this long means the observer's dispatcher is stuck: no event reaches us. Far
+# longer than the dispatcher needs for a backlog of many thousand events (our handler only enqueues).
+WEDGED_SECONDS = 15.0
+STOP_SECONDS = 5.0
 
 
 def _unschedule(observer: BaseObserver, watch: ObservedWatch) -> None:
@@ -116,9 +138,16 @@ def _unschedule(observer: BaseObserver, watch: ObservedWatch) -> None:
         observer.unschedule(watch)
 
 
-def _stop_observer(observer: BaseObserver) -> None:
-    observer.stop()
-    observer.join(timeout=5)
+def _stop_observer(observer: BaseObserver, seconds: float) -> None:
+    """Stop and join `observer`, giving up after `seconds`: `stop()` needs the observer's lock, which a
+    stuck dispatcher never releases. Its threads are daemon threads and end with the process."""
+    stopper = threading.Thread(target=observer.stop, name="observer-stop", daemon=True)
+    stopper.start()
+    stopper.join(seconds)
+    if stopper.is_alive():
+        log.error("observer_stop_timeout", seconds=seconds, hint="its dispatcher is stuck; it is left behind")
+        return
+    observer.join(timeout=seconds)
 
 
 class _OverflowSignal(logging.Handler):
@@ -137,27 +166,31 @@ class Detector:
     """Owns one observer and its watches.
 
     Workers call watch_folder/unwatch_folder from any thread; watchdog's dispatcher calls mark_stale and
-    nothing else; the main loop alone calls start/stop/restart/use_polling. See the module docstring
+    answered; the main loop alone calls start/stop/restart/use_polling/beat. See the module docstring
     for the lock rule."""
 
     def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
                  observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024,
-                 on_overflow: Callable[[], None] | None = None) -> None:
+                 on_overflow: Callable[[], None] | None = None, stop_seconds: float = STOP_SECONDS) -> None:
         self.roots = list(roots)
         self.root_strings = [os.fspath(r) for r in self.roots]
         self.enqueue = enqueue
         self.observer_factory = observer_factory
         self.max_folder_watches = max_folder_watches
+        self.stop_seconds = stop_seconds
         self._handler = _Handler(self)
         self.polling = False
         self._overflow = _OverflowSignal(on_overflow) if on_overflow is not None else None
         self._lock = threading.Lock()
         # Guarded by _lock, and nothing else is:
         self._observer: BaseObserver | None = None
+        self._root_watch: ObservedWatch | None = None   # heartbeats travel with this watch
         self._folder_watches: dict[Path, tuple[ObservedWatch, int]] = {}   # on _observer, with the inode
         self._stale: set[Path] = set()       # watched folders deleted or renamed away since
         self._busy: set[Path] = set()        # folders whose watch a caller is changing outside the lock
         self._unwanted: set[Path] = set()    # busy folders unwatched meanwhile
+        self._beats = 0
+        self._beat: tuple[str, float] | None = None   # the heartbeat on its way: its path, when it was sent
 
     def start(self) -> None:
         """Start the observer with a watch on every root. When inotify's limits are hit, log which
@@ -184,30 +217,31 @@ class Detector:
         """Build and start a new observer, then publish it (it is nobody else's until then)."""
         observer = self.observer_factory()
         try:
-            for root in self.roots:
-                observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
+            watches = [observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
+                       for root in self.roots]
             observer.start()
         except BaseException:
             with contextlib.suppress(Exception):
                 observer.stop()
             raise
-        old = self._swap(observer)
+        old = self._swap(observer, watches[0] if watches else None)
         if old is not None:
-            _stop_observer(old)
+            _stop_observer(old, self.stop_seconds)
 
-    def _swap(self, observer: BaseObserver | None) -> BaseObserver | None:
+    def _swap(self, observer: BaseObserver | None, root_watch: ObservedWatch | None) -> BaseObserver | None:
         """Make `observer` the current one (its folder watches start empty); return the previous one."""
         with self._lock:
-            old, self._observer = self._observer, observer
+            old, self._observer, self._root_watch = self._observer, observer, root_watch
             self._folder_watches.clear()
             self._stale.clear()
+            self._beat = None
         return old
 
     def restart(self) -> None:
         """Replace a dead observer with a new one (folder watches are dropped; the caller rescans)."""
-        old = self._swap(None)
+        old = self._swap(None, None)
         if old is not None:
-            _stop_observer(old)
+            _stop_observer(old, self.stop_seconds)
         self._start()
 
     def alive(self) -> bool:
@@ -290,10 +324,34 @@ class Detector:
         with self._lock:
             return len(self._folder_watches)
 
+    def beat(self, now: float) -> None:
+        """Post a heartbeat through the observer's event queue, unless one is still on its way. The
+        dispatcher hands it to our handler like any event, so an answer proves events get through."""
+        with self._lock:
+            observer, watch = self._observer, self._root_watch
+            if observer is None or watch is None or self._beat is not None:
+                return
+            self._beats += 1
+            path = f"<heartbeat {self._beats}>"
+            self._beat = (path, now)
+        observer.event_queue.put((HeartbeatEvent(path), watch))
+
+    def answered(self, event: HeartbeatEvent) -> None:
+        """The dispatcher delivered a heartbeat. Called on watchdog's dispatcher thread."""
+        with self._lock:
+            if self._beat is not None and self._beat[0] == event.src_path:
+                self._beat = None
+
+    def unanswered_for(self, now: float) -> float:
+        """Seconds the heartbeat on its way has waited for the dispatcher; 0 when none is on its way."""
+        with self._lock:
+            beat = self._beat
+        return max(0.0, now - beat[1]) if beat is not None else 0.0
+
     def stop(self) -> None:
-        observer = self._swap(None)
+        observer = self._swap(None, None)
         if observer is not None:
-            _stop_observer(observer)
+            _stop_observer(observer, self.stop_seconds)
         if self._overflow is not None:
             for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
                 logging.getLogger(name).removeHandler(self._overflow)
@@ -305,18 +363,21 @@ class Detectors:
     under polling they are re-checked by the queue.
 
     Workers call watch_folder/unwatch_folder; everything else is for the main loop, except the read-only
-    alive/polling, which anyone may call."""
+    alive/wedged/polling, which anyone may call. `clock` (monotonic seconds) times the heartbeats."""
 
     def __init__(self, watches: Sequence[WatchConfig], enqueue: Callable[[Path], None], *,
                  observer_factory: ObserverFactory | None = None,
-                 on_overflow: Callable[[], None] | None = None) -> None:
+                 on_overflow: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.enqueue = enqueue
         self.observer_factory = observer_factory
         self.on_overflow = on_overflow
+        self.clock = clock
         self.restarts = 0
         self._lock = threading.Lock()
         self._by_root: dict[Path, Detector] = {}
         self._detectors: list[Detector] = []
+        self._reported: set[Detector] = set()   # wedged observers already logged (main loop only)
         self._build(watches)
 
     def _build(self, watches: Sequence[WatchConfig]) -> None:
@@ -334,25 +395,27 @@ class Detectors:
             by_root.update(dict.fromkeys(roots, d))
         with self._lock:
             self._detectors, self._by_root = detectors, by_root
+        self._reported.clear()   # reconfigure() stopped the detectors reported before
 
-    def _all(self) -> list[Detector]:
+    def members(self) -> list[Detector]:
+        """The detectors now, one per observer."""
         with self._lock:
             return list(self._detectors)
 
     def start(self) -> None:
-        for d in self._all():
+        for d in self.members():
             d.start()
 
     def stop(self) -> None:
-        for d in self._all():
+        for d in self.members():
             d.stop()
 
     def alive(self) -> bool:
-        return all(d.alive() for d in self._all())
+        return all(d.alive() for d in self.members())
 
     def restart(self) -> None:
         """Restart every dead observer; one that cannot be restarted falls back to polling."""
-        for d in self._all():
+        for d in self.members():
             if d.alive():
                 continue
             self.restarts += 1
@@ -369,6 +432,35 @@ class Detectors:
         self._build(watches)
         self.start()
 
+    def check_liveness(self) -> None:
+        """Called by the main loop on every tick: send each observer a heartbeat (when the last one was
+        answered), and log `observer_wedged` once when one has waited WEDGED_SECONDS (`observer_answering`
+        if it is answered after all). A wedged observer is not restarted: stopping it needs the lock its
+        dispatcher holds. Health withholds the watchdog ping instead, so systemd restarts the daemon."""
+        now = self.clock()
+        for d in self.members():
+            waited = d.unanswered_for(now)
+            if waited >= WEDGED_SECONDS and d not in self._reported:
+                self._reported.add(d)
+                log.error("observer_wedged", watched=d.root_strings, seconds=round(waited, 1),
+                          hint="its dispatcher stopped delivering events, so no folder is detected there; "
+                               "the systemd watchdog ping is withheld so that systemd restarts the daemon")
+            elif waited < WEDGED_SECONDS and d in self._reported:
+                self._reported.discard(d)
+                log.info("observer_answering", watched=d.root_strings)
+            d.beat(now)
+
+    def wedged(self) -> dict[str, float]:
+        """Watched paths whose observer has left a heartbeat unanswered for WEDGED_SECONDS or more, with
+        the seconds it has waited. Read-only."""
+        now = self.clock()
+        out: dict[str, float] = {}
+        for d in self.members():
+            waited = d.unanswered_for(now)
+            if waited >= WEDGED_SECONDS:
+                out.update(dict.fromkeys(d.root_strings, round(waited, 1)))
+        return out
+
     def watch_folder(self, folder: Path) -> bool:
         with self._lock:
             d = self._by_root.get(folder.parent)
@@ -384,4 +476,4 @@ class Detectors:
 
     @property
     def polling(self) -> bool:
-        return any(d.polling for d in self._all())
+        return any(d.polling for d in self.members())
