@@ -290,6 +290,14 @@ def test_status_asks_the_running_daemon(run: Run, config: Path, daemon: StubDaem
     assert "no daemon" not in result.err
 
 
+def test_status_shows_a_wedged_observer(run: Run, config: Path, daemon: StubDaemon) -> None:
+    daemon.answer = {"ok": True, "status": {**STATUS, "observer_wedged": ["/runs"]}}
+    result = run("status", "--config", config)
+    assert result.code == 0, result.err
+    assert "health: observer WEDGED (delivers no events) for /runs, 8 worker(s) alive, " \
+           "1 folder(s) incomplete for too long" in result.out.splitlines()
+
+
 def test_status_json_prints_the_daemons_status(run: Run, config: Path, daemon: StubDaemon) -> None:
     daemon.answer = {"ok": True, "status": STATUS}
     result = run("status", "--json", "--config", config)

@@ -68,6 +68,7 @@ class Health:
             "counters": {"tracked": counters.tracked, "failed": counters.failed, "retried": counters.retried},
             "recent_failures": list(self.recent_failures),
             "observer_alive": self.detectors.alive() if self.watching else None,
+            "observer_wedged": sorted(self.detectors.wedged()) if self.watching else None,
             "observer_restarts": self.detectors.restarts,
             "workers_alive": sum(1 for t in self.workers() if t.is_alive()),
             "incomplete": len(incomplete),
@@ -76,10 +77,13 @@ class Health:
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while observers and workers are alive and the API is not paused for too long."""
+        """Healthy while observers run and answer, workers are alive and the API is not paused for too long."""
         reasons = []
         if self.watching and not self.detectors.alive():
             reasons.append("observer not running")
+        wedged = self.detectors.wedged() if self.watching else {}
+        if wedged:
+            reasons.append(f"observer not answering for {round(max(wedged.values()))} s: {', '.join(sorted(wedged))}")
         if not self.workers_alive():
             reasons.append("a worker thread died")
         now = self.clock()
@@ -96,9 +100,11 @@ class Health:
                 f"failed {c.failed}{paused}")
 
     def watchdog_ok(self) -> tuple[bool, bool]:
-        """(ok, stalled): WATCHDOG=1 only while observers run and workers are alive and not wedged."""
+        """(ok, stalled): WATCHDOG=1 only while observers run and answer heartbeats (at once when one stops
+        answering: see Detectors.check_liveness) and workers are alive and not wedged."""
         stalled = bool(self.queue.in_flight()) and time.monotonic() - self.progress_at > STALL_SECONDS
-        ok = not stalled and (not self.watching or self.detectors.alive()) and self.workers_alive()
+        observers_ok = not self.watching or (self.detectors.alive() and not self.detectors.wedged())
+        ok = not stalled and observers_ok and self.workers_alive()
         return ok, stalled
 
 

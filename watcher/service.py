@@ -414,7 +414,8 @@ class Service:
         if ok:
             self.notifier.watchdog()
         else:
-            log.error("watchdog_withheld", stalled=stalled, observer_alive=self.detectors.alive())
+            log.error("watchdog_withheld", stalled=stalled, observer_alive=self.detectors.alive(),
+                      observer_wedged=sorted(self.detectors.wedged()))
 
     def _warn_incomplete(self) -> None:
         now = self.clock()
@@ -426,12 +427,15 @@ class Service:
                             hint="its producer never finished it (no marker, or no input/output)")
 
     def _check_observer(self) -> None:
-        """A dead observer is replaced and the watched paths rescanned, so no folder is missed."""
-        if not self.watching or self.detectors.alive() or self._stop.is_set():
+        """A dead observer is replaced and the watched paths rescanned, so no folder is missed. Every
+        observer gets a heartbeat; one that stops answering is reported (and Health withholds the ping)."""
+        if not self.watching or self._stop.is_set():
             return
-        log.error("observer_died", restarts=self.detectors.restarts + 1, action="restarting it and rescanning")
-        self.detectors.restart()
-        self._rescan("observer restarted")
+        if not self.detectors.alive():
+            log.error("observer_died", restarts=self.detectors.restarts + 1, action="restarting it and rescanning")
+            self.detectors.restart()
+            self._rescan("observer restarted")
+        self.detectors.check_liveness()
 
     def _reconcile(self) -> None:
         """Queue folders the observer may have missed; finished ones (same name, same inode) are skipped."""

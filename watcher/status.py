@@ -35,7 +35,9 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append(f"counters: {c.get('tracked', 0)} tracked, {c.get('failed', 0)} failed, "
                  f"{c.get('retried', 0)} retried")
     health = []
-    if st.get("observer_alive") is not None:
+    if st.get("observer_wedged"):
+        health.append(f"observer WEDGED (delivers no events) for {', '.join(st['observer_wedged'])}")
+    elif st.get("observer_alive") is not None:
         health.append(f"observer {'alive' if st['observer_alive'] else 'DEAD'}")
     workers = st.get("workers_alive")
     if isinstance(workers, bool):
