@@ -301,6 +301,33 @@ def test_other_value_problems_name_their_keys(tmp_path: Path, runs: Path) -> Non
     assert "plain file name" in problem_at(found, "completion.marker")
 
 
+def test_read_caps_and_state_owners_are_read_and_checked(tmp_path: Path, runs: Path) -> None:
+    good = write(tmp_path / "good.yaml", f"""
+        files: {{max_json_bytes: 1024, max_archive_files: 10}}
+        state_owners: [root, 4242]
+        watch: [{{path: {runs}, application_id: app, files: {{max_archive_depth: 3}}}}]
+    """)
+    config = load_config(good, env=ENV)
+    assert (config.files.max_json_bytes, config.files.max_archive_files, config.files.max_archive_depth) == (
+        1024, 10, 64)
+    watch_files = config.watch[0].files
+    assert (watch_files.max_json_bytes, watch_files.max_archive_files, watch_files.max_archive_depth) == (
+        1024, 10, 3)   # a watched path inherits the global caps and may override any
+    assert config.state_owners == (0, 4242)
+
+    bad = write(tmp_path / "bad.yaml", f"""
+        files: {{max_json_bytes: 0, max_archive_files: many}}
+        state_owners: [no-such-user-here, -1, 1.5]
+        watch: [{{path: {runs}, application_id: app}}]
+    """)
+    found = problems(bad)
+    assert "at least 1" in problem_at(found, "files.max_json_bytes")
+    assert "must be an integer" in problem_at(found, "files.max_archive_files")
+    assert "no user 'no-such-user-here'" in problem_at(found, "state_owners[0]")
+    assert "user name or a uid" in problem_at(found, "state_owners[1]")
+    assert "user name or a uid" in problem_at(found, "state_owners[2]")
+
+
 def test_a_section_that_is_not_a_mapping_is_reported(tmp_path: Path, runs: Path) -> None:
     path = write(tmp_path / "config.yaml", f"""
         api: [1, 2]
