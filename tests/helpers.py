@@ -81,19 +81,37 @@ def write_config(path: Path, cloud_url: str, watched: list[tuple[Path, str]], st
 
 
 class Daemon:
-    """The real `nextmv-watcher run` process; stderr goes to a file that `events()` parses."""
+    """The real `nextmv-watcher run` process; stderr goes to a file that `events()` parses.
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    By default it runs as the test's own user with the test's umask. `user`/`group` (numeric, needs
+    root) run it as another user with no supplementary groups, `umask` sets its umask, and `python`
+    is the interpreter (one that user can run).
+    """
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None, *,
+                 user: int | None = None, group: int | None = None, umask: int = -1,
+                 python: str = sys.executable) -> None:
         self.config = config
         self.log_path = log_path
         self.env = {**os.environ, "NEXTMV_API_KEY": API_KEY, **(env or {})}
+        self.user = user
+        self.group = group
+        self.umask = umask
+        self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "watcher", "run", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log, env=self.env)
+        self.proc = subprocess.Popen([self.python, "-m", "watcher", "run", "--config", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=self._log, env=self.env,
+                                     user=self.user, group=self.group,
+                                     extra_groups=[] if self.user is not None else None, umask=self.umask)
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
 
     def events(self) -> list[dict[str, Any]]:
         out = []

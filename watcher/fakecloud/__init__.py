@@ -3,7 +3,9 @@
 It speaks the tracked-run protocol of /work/shared/nextmv-api.md over real HTTP(S) on loopback:
 upload URLs, presigned PUTs, run creation with the API's validation, listing with paging and lag,
 and metadata. Faults (latency, 5xx, 429, connection resets before or after processing, expiring
-URLs, slow answers) are injected at random with a seed or deterministically with `fail_next`.
+URLs, slow answers) are injected at random with a seed or deterministically with `fail_next`; the
+requests of one endpoint can be held until released (`hold`), so that a test acts at a known point
+of a client's work.
 
 Modules, from the outside in:
 
@@ -15,12 +17,14 @@ Modules, from the outside in:
     store.py       uploads, runs and listing state
     validation.py  run-body validation rules
     faults.py      Faults and the per-request fault decision
+    holds.py       Holds: requests of one endpoint waiting until a test releases them
     body.py        reading request bodies (Content-Length or chunked)
     records.py     RequestRecord and counters
 """
 
 from watcher.fakecloud.cloud import FakeCloud, State, serve
 from watcher.fakecloud.faults import ENDPOINTS, Faults
+from watcher.fakecloud.holds import Hold
 from watcher.fakecloud.records import RequestRecord
 from watcher.fakecloud.store import RecordedRun, RecordedUpload
 
@@ -28,6 +32,7 @@ __all__ = [
     "ENDPOINTS",
     "FakeCloud",
     "Faults",
+    "Hold",
     "RecordedRun",
     "RecordedUpload",
     "RequestRecord",

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from watcher.fakecloud.body import BodyError, BodyReader
 from watcher.fakecloud.faults import FaultInjector
+from watcher.fakecloud.holds import Holds
 from watcher.fakecloud.records import RequestLog
 from watcher.fakecloud.signing import UrlSigner
 from watcher.fakecloud.store import PAGE_SIZE, Store, run_item
@@ -95,9 +96,11 @@ class Api:
         log: RequestLog,
         api_keys: Iterable[str],
         applications: Iterable[str] | None,
+        holds: Holds | None = None,
     ) -> None:
         self.store = store
         self.faults = faults
+        self.holds = holds if holds is not None else Holds()
         self.log = log
         self.signer = UrlSigner()
         self.base_url = ""

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from watcher.fakecloud.api import Api
 from watcher.fakecloud.control import stats
 from watcher.fakecloud.faults import FaultInjector, Faults
+from watcher.fakecloud.holds import Hold, Holds
 from watcher.fakecloud.records import RequestLog, RequestRecord
 from watcher.fakecloud.server import Server
 from watcher.fakecloud.store import RecordedRun, RecordedUpload, Store
@@ -51,12 +52,14 @@ class FakeCloud:
         self._faults = FaultInjector(faults)
         self._store = Store(max_stored_bytes)
         self._log = RequestLog()
+        self._holds = Holds()
         self._api = Api(
             store=self._store,
             faults=self._faults,
             log=self._log,
             api_keys=api_keys,
             applications=applications,
+            holds=self._holds,
         )
         self._state = State.NEW
         self._state_lock = threading.Lock()
@@ -93,10 +96,11 @@ class FakeCloud:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket and open connections. Idempotent."""
+        """Release every hold, stop serving and close the listening socket and open connections. Idempotent."""
         with self._state_lock:
             self._state = State.STOPPED
             running, self._running = self._running, None
+        self._holds.close()
         if running is None:
             return
         server, thread = running
@@ -147,6 +151,16 @@ class FakeCloud:
             endpoint, status, after_processing=after_processing, count=count, retry_after=retry_after
         )
 
+    def hold(self, endpoint: str, *, content_length: int | None = None) -> Hold:
+        """Hold every later request to `endpoint` (declaring `content_length`, when given) until released.
+
+        A held request waits before faults and processing (see holds.py): a test acts at a known point
+        of a client's work, e.g. while the client has asked for an upload URL and before it uploads.
+        Returns the `Hold` (`wait_held(timeout)`, `release()`). Raises ValueError for an unknown
+        endpoint, RuntimeError once stopped.
+        """
+        return self._holds.hold(endpoint, content_length=content_length)
+
     # --- what happened ---------------------------------------------------------------------------
 
     def runs(self, application_id: str | None = None) -> list[RecordedRun]:
@@ -156,6 +170,10 @@ class FakeCloud:
     def upload(self, upload_id: str) -> RecordedUpload | None:
         """The content last PUT to `upload_id`, or None if unknown or never PUT."""
         return self._store.upload(upload_id)
+
+    def uploads(self) -> list[RecordedUpload]:
+        """The content of every upload id PUT so far, referenced by a run or not, in no set order."""
+        return self._store.uploads()
 
     def requests(self) -> list[RequestRecord]:
         """Every request seen, in order of completion (control requests included, as "control")."""

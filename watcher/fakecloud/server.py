@@ -1,7 +1,8 @@
 """The HTTP layer: a threading HTTP/1.1 server whose handler parses, injects faults and answers.
 
-Per request: route, then (except for /_fake/*) latency, a `before` fault (status or reset, request
-not processed), the endpoint, then an `after` fault (status or reset replacing the real answer).
+Per request: route, then (except for /_fake/*) a hold (holds.py), latency, a `before` fault (status
+or reset, request not processed), the endpoint, then an `after` fault (status or reset replacing the
+real answer).
 The body is always fully read before answering so keep-alive connections stay in sync; a reset
 closes the socket with SO_LINGER 0, which makes the kernel send RST instead of FIN.
 """
@@ -147,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
             if endpoint == "control":
                 record.send(handle_control(api, self.command, path, body))
                 return
+            if endpoint in ENDPOINTS:
+                api.holds.wait(endpoint, None if chunked else content_length)
             # Unknown paths are never faulted: their 404 is the answer under test.
             decision = api.faults.decide(endpoint) if endpoint in ENDPOINTS else _NO_FAULT
             if decision.latency > 0:

@@ -178,6 +178,11 @@ class Store:
             slot = self._slots.get(upload_id)
             return slot.content if slot is not None else None
 
+    def uploads(self) -> list[RecordedUpload]:
+        """The current content of every upload id that was PUT."""
+        with self._lock:
+            return [slot.content for slot in self._slots.values() if slot.content is not None]
+
     def upload_count(self) -> int:
         with self._lock:
             return sum(1 for slot in self._slots.values() if slot.content is not None)
