@@ -164,9 +164,9 @@ class Server:
         assert status.get("pid") == daemon.pid, f"status did not come from the daemon: {done.stderr.strip()}"
         return status
 
-    def scan(self) -> dict[str, dict[str, Any]]:
-        """`scan --json` by folder name."""
-        done = self.cli("scan", "--json")
+    def scan(self, config: Path | None = None) -> dict[str, dict[str, Any]]:
+        """`scan --json` (with the daemon's configuration, or `config`) by folder name."""
+        done = self.cli("scan", "--json", config=config)
         assert done.returncode == 0, done.stderr
         return {Path(r["folder"]).name: r for r in json.loads(done.stdout)}
 

@@ -68,7 +68,7 @@ def test_state_owners_trusts_the_markers_of_a_listed_owner(server: Server) -> No
     config = server.write_config("owners.yaml", state_owners=[TEAM_A_ID])
     daemon = server.start_daemon(config)
     server.assert_still_serving(daemon, "state-owners")
-    report = server.scan()["shared-tracked"]
+    report = server.scan(config)["shared-tracked"]
     assert report["state"] == "tracked" and report["run_id"] == "run-forged", report
     assert server.run_named(server.a, forged.name) is None
     assert server.cloud.uploads() and all(u.data != A_INPUT for u in server.cloud.uploads())

@@ -473,7 +473,7 @@ class Service:
         if new.api != old.api or new.state_dir != old.state_dir:
             log.warning("reload_partial", hint="api and state_dir changes need a restart")
         self.config = new
-        self.store.owners = trusted_owners(new.state_owners)
+        self.store.owners = trusted_owners(new.state_owners, new.state_dir)
         self.processor.config = new
         self.prober.config = new
         if {w.path: w for w in new.watch} != {w.path: w for w in old.watch} and self.watching:

@@ -12,7 +12,7 @@ path with its device and inode numbers and its modification time, so that a late
 the name is not mistaken for the one that was tracked.
 
 A state file is trusted only when it is a regular file of at most `MAX_STATE_BYTES` owned by the
-daemon's user, root or one of `state_owners`; anything else raises `UnsafeStateFile` (the folder is
+daemon's user (this process's, or the owner of the state directory), root or one of `state_owners`; anything else raises `UnsafeStateFile` (the folder is
 invalid, see `watcher.rundir`). Every method takes the open folder (`DirHandle`); a `Path` is opened
 for that one call (tests and one-off use).
 """
@@ -73,9 +73,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         d.write_atomic(path.name, data)
 
 
-def trusted_owners(extra: Collection[int] = ()) -> frozenset[int]:
-    """Whose state files are ours: this process's user, root, and `extra` (config `state_owners`)."""
-    return frozenset({os.geteuid(), 0, *extra})
+def trusted_owners(extra: Collection[int] = (), state_dir: Path | None = None) -> frozenset[int]:
+    """Whose state files are ours: this process's user, root, the owner of `state_dir` (the daemon's
+    user, when an admin runs a command as root), and `extra` (config `state_owners`)."""
+    owners = {os.geteuid(), 0, *extra}
+    if state_dir is not None:
+        with contextlib.suppress(OSError):
+            owners.add(state_dir.stat().st_uid)
+    return frozenset(owners)
 
 
 def decode_state(data: bytes, where: str) -> dict[str, Any]:
@@ -153,7 +158,7 @@ class StateStore:
     def __init__(self, state_dir: Path, owners: Collection[int] = ()) -> None:
         self.state_dir = state_dir
         self.fallback_root = state_dir / "folders"
-        self.owners = trusted_owners(owners)
+        self.owners = trusted_owners(owners, state_dir)
         self._fallback_checked_at = -1e9
         self._fallback_exists = False
 
