@@ -12,9 +12,9 @@ path with its device and inode numbers and its modification time, so that a late
 the name is not mistaken for the one that was tracked.
 
 A state file is trusted only when it is a regular file of at most `MAX_STATE_BYTES` owned by the
-daemon's user (this process's, or the owner of the state directory), root or one of `state_owners`; anything else raises `UnsafeStateFile` (the folder is
-invalid, see `watcher.rundir`). Every method takes the open folder (`DirHandle`); a `Path` is opened
-for that one call (tests and one-off use).
+daemon's user (this process's, or the owner of the state directory), root or one of `state_owners`;
+anything else raises `UnsafeStateFile` (the folder is invalid, see `watcher.rundir`). Every method
+takes the open folder (`DirHandle`); a `Path` is opened for that one call (tests and one-off use).
 """
 
 from __future__ import annotations
