@@ -64,10 +64,13 @@ CLAIM_BUSY_SECONDS = 15.0   # another process holds the claim: look again after 
 CHANGED_SECONDS = 2.0       # a folder changed under us: look again after at least this
 
 
-def _check_claim_file(d: RunDir, claim: Claim) -> None:
-    """A claim file that was not ours (a FIFO, a stranger's) was moved out of the way: invalid."""
+def _check_claim_file(d: RunDir, claim: Claim, found: InvalidFolder | None) -> None:
+    """A claim file that was not ours (a FIFO, a stranger's) was moved out of the way: invalid. So is a
+    folder found invalid before it was claimed (`found`)."""
     if claim.replaced is not None:
         raise UnsafeStateFile(d.label, CLAIM, claim.replaced)
+    if found is not None:
+        raise found
 
 
 @dataclass
@@ -199,8 +202,8 @@ class FolderProcessor:
         self.incomplete_since.pop(folder, None)
         try:
             journal = self.store.journal(d)
-        except InvalidFolder:
-            return self._claimed(folder, d, watch)
+        except InvalidFolder as exc:
+            return self._claimed(folder, d, watch, exc)
         except StateError as exc:
             log.error("state_error", error=str(exc))
             return now + self.backoff.delay(3, self.rng)
@@ -216,8 +219,10 @@ class FolderProcessor:
         age = now - self.incomplete_since.get(folder, now)
         return now + min(POLL_MAX_SECONDS, max(POLL_SECONDS, age / 10))
 
-    def _claimed(self, folder: Path, d: RunDir, watch: WatchConfig) -> float | None:
-        """Claim the folder, run one attempt, release the claim."""
+    def _claimed(self, folder: Path, d: RunDir, watch: WatchConfig,
+                 found: InvalidFolder | None = None) -> float | None:
+        """Claim the folder, run one attempt (or, when `found` says the folder is invalid, fail it), release
+        the claim."""
         try:
             claim = self.claims.acquire(d)
         except StateError as exc:
@@ -228,15 +233,16 @@ class FolderProcessor:
             return self.clock() + CLAIM_BUSY_SECONDS
         self.keeper.hold(claim)
         try:
-            return self._attempt(folder, d, watch, claim)
+            return self._attempt(folder, d, watch, claim, found)
         finally:
             self.keeper.drop(claim)
             self.claims.release(claim)
 
-    def _attempt(self, folder: Path, d: RunDir, watch: WatchConfig, claim: Claim) -> float | None:
+    def _attempt(self, folder: Path, d: RunDir, watch: WatchConfig, claim: Claim,
+                 found: InvalidFolder | None = None) -> float | None:
         app = watch.application_id
         try:
-            _check_claim_file(d, claim)
+            _check_claim_file(d, claim, found)
             # Another process may have finished the folder between our marker check and our claim.
             if self.store.finished(d) is not None:
                 self._finish(folder, d)
