@@ -193,3 +193,20 @@ def test_close_is_final_and_idempotent(systemd: FakeSystemd) -> None:
     n.close()
     assert not n.stopping()
     assert systemd.nothing_pending()
+
+
+@pytest.mark.timeout(20)
+def test_a_systemd_that_stops_reading_never_blocks_a_sender(systemd: FakeSystemd) -> None:
+    """sendto on a full datagram queue would block while holding the notifier's lock (and every other
+    thread that notifies behind it); it fails instead, and sending works again once systemd reads."""
+    notifier = Notifier(systemd.env)
+    sent = 0
+    while notifier.status(f"filling the queue {sent}"):
+        sent += 1
+        assert sent < 100_000, "the queue never filled"
+    assert not notifier.status("one more"), "a full queue is a failed send, not a wait"
+    while not systemd.nothing_pending():
+        pass
+    assert notifier.status("after the queue drained")
+    assert systemd.receive() == ["STATUS=after the queue drained"]
+    notifier.close()

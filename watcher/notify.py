@@ -57,6 +57,8 @@ class Notifier:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    # Never wait on systemd while holding the lock: a full queue is a failed send.
+                    self._sock.setblocking(False)
                 self._sock.sendto(data, self._address)
             except OSError as exc:
                 if not self._failing:
