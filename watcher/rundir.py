@@ -313,6 +313,8 @@ class RunDir(DirHandle):
             if todo and not stat.S_ISDIR(st.st_mode):
                 raise InvalidFolder(self.label, f"{rel_label}: broken symlink") if links else NotADirectoryError(rel)
             done.append(name)
+        if stat.S_ISLNK(st.st_mode):   # the last link named a directory already resolved (".", the folder)
+            st = self._stat_parts(done)
         return "/".join(done), st
 
     def _inside(self, target: str, rel: str) -> str:
