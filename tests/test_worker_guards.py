@@ -86,7 +86,7 @@ def test_an_unwatched_incomplete_folder_is_looked_at_less_often_as_it_ages(tmp_p
         assert again is not None
         delays.append(round(again - clock.now, 3))
 
-    assert delays == [POLL_SECONDS, POLL_SECONDS, 6.0, 60.0, POLL_MAX_SECONDS, POLL_MAX_SECONDS]
+    assert delays == [POLL_SECONDS, 5.0, 60.0, POLL_MAX_SECONDS, POLL_MAX_SECONDS, POLL_MAX_SECONDS]
     assert asked == [folder] * 6, "a watch is asked for every time (it may become possible)"
     assert tracker.calls == 0
     assert processor.incomplete_since[folder] == T0

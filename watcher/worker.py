@@ -58,7 +58,7 @@ from watcher.tracker import Tracker
 log = structlog.get_logger("watcher.worker")
 
 POLL_SECONDS = 2.0          # re-check of an incomplete folder that could not be watched, at first
-POLL_MAX_SECONDS = 120.0    # ... and at the latest, once it has been incomplete for 20 minutes
+POLL_MAX_SECONDS = 120.0    # ... then after its age, at most this long
 SAME_ERROR_LIMIT = 3        # the same I/O error this many times in a row: the folder is invalid
 CLAIM_BUSY_SECONDS = 15.0   # another process holds the claim: look again after this
 CHANGED_SECONDS = 2.0       # a folder changed under us: look again after at least this
@@ -153,10 +153,12 @@ class FolderProcessor:
             self._forget(folder)   # vanished, or not a directory (a symlink is never a run folder)
             return None
         except InvalidFolder as exc:
+            now = self.clock()
             if folder not in self._seen:
                 self._seen.add(folder)
                 log.warning("folder_unreadable", error=exc.problem, hint="the daemon's user may not open it")
-            return self._poll_later(folder, self.clock())
+            self.incomplete_since.setdefault(folder, now)   # looked at less often as time goes by
+            return self._poll_later(folder, now)
         with d:
             again = self._process_open(folder, d, watch)
             # Moving or deleting happens after the claim is gone, so the claim never travels with the
@@ -214,10 +216,10 @@ class FolderProcessor:
         return self._claimed(folder, d, watch)
 
     def _poll_later(self, folder: Path, now: float) -> float:
-        """When to look again at a folder no watch tells us about: every 2 s at first, then less often
-        the longer it stays incomplete (a tenth of its age, at most every 2 minutes)."""
+        """When to look again at a folder no watch tells us about: after 2 s at first, then after as long
+        as it has been incomplete (each look doubles its age: 2, 4, 8, ... s), at most every 2 minutes."""
         age = now - self.incomplete_since.get(folder, now)
-        return now + min(POLL_MAX_SECONDS, max(POLL_SECONDS, age / 10))
+        return now + min(POLL_MAX_SECONDS, max(POLL_SECONDS, age))
 
     def _claimed(self, folder: Path, d: RunDir, watch: WatchConfig,
                  found: InvalidFolder | None = None) -> float | None:
