@@ -17,7 +17,7 @@ is closed as soon as it is accepted (counted in metrics_connections_refused_tota
 connection is cut `CONNECTION_SECONDS` (10) after it was accepted, whatever it sends or fails to
 read, so idle or trickling clients give their slot back. A scrape takes milliseconds, and
 Prometheus' default scrape timeout is 10 s as well. A scraper refused while the slots are held
-sees a closed connection (a failed scrape, `up` 0) until the holders are cut.
+sees a closed connection (Prometheus records a failed scrape) until the holders are cut.
 
 Series (all prefixed ``nextmv_watcher_``):
 
