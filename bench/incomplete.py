@@ -1,4 +1,4 @@
-"""6. Many incomplete folders: the daemon's CPU while thousands of folders never get their marker.
+"""7. Many incomplete folders: the daemon's CPU while thousands of folders never get their marker.
 
 Past `max_folder_watches` (1,024) incomplete folders are not watched but re-checked; issue 8 made the
 re-check back off with the folder's age (2 s at first, at most every 2 minutes). N empty folders are

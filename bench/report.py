@@ -9,6 +9,7 @@ from pathlib import Path
 from bench.backlog import Backlog
 from bench.detection import Detection
 from bench.floor import Floor
+from bench.hostile_memory import Hostile
 from bench.idle import Idle
 from bench.memory import Memory
 from bench.throughput import Throughput
@@ -196,3 +197,25 @@ def kept_analysis(path: Path) -> str:
         return ""
     _, found, after = text.partition(KEEP_MARKER)
     return after.strip() if found else ""
+
+
+def hostile_rows(report: Report, h: Hostile) -> None:
+    cap = "files.max_json_bytes set to it" if h.cap_configured else "no cap in this daemon: read whole"
+    label = (f"Peak RSS, hostile: {h.folders} workers each on a folder with statistics/assets/metrics.json of "
+             f"{_gib(h.json_bytes)} worst-case JSON ({cap}), plus a backlog of {h.backlog_total:,} folders "
+             f"({h.backlog_pending:,} pending)")
+    flag = "" if h.check == "ok" else f" [check: {h.check}]"
+    when = []
+    if h.peak_at is not None:
+        when.append(f"highest VmRSS sample at {h.peak_at:.1f} s")
+    if h.scan_done_at is not None:
+        when.append(f"scan done at {h.scan_done_at:.1f} s")
+    if h.hostile_done_at is not None:
+        when.append(f"{h.tracked}/{h.folders} hostile folders tracked at {h.hostile_done_at:.1f} s")
+    daemon = f"{h.peak_mb:.0f} MB ({'; '.join(when)}){flag}" if h.peak_mb else f"no reading{flag}"
+    if h.memory_max_mb is None:
+        target, result = "below the unit's MemoryMax= (not set)", NOT_MEASURED
+    else:
+        target = f"< MemoryMax= {h.memory_max_mb:.0f} MB (systemd unit)"
+        result = verdict((h.peak_mb or 1e9) < h.memory_max_mb and h.check == "ok")
+    report.add(Row(label, daemon, "-", target, result, "-", f"{h.own_cpu:.1f} s"))

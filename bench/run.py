@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import backlog, detection, floor, idle, memory, throughput
+from bench import backlog, detection, floor, hostile_memory, idle, memory, throughput
 from bench.certs import make_tls
 from bench.common import REPO, WORK, machine
 from bench.report import (
@@ -32,13 +32,14 @@ from bench.report import (
     backlog_rows,
     detection_rows,
     floor_row,
+    hostile_rows,
     idle_rows,
     kept_analysis,
     memory_rows,
     throughput_rows,
 )
 
-SECTIONS = ("throughput", "detection", "memory", "backlog", "idle")
+SECTIONS = ("throughput", "detection", "memory", "backlog", "idle", "hostile")
 T = TypeVar("T")
 
 
@@ -58,6 +59,8 @@ class Plan:
     idle_folders: int
     idle_window: float
     profile: bool
+    hostile_workers: int = 8            # = hostile folders tracked at once (the daemon's default worker count)
+    hostile_json_bytes: int = 16 << 20  # each of statistics/assets/metrics.json: the cap of issue 8
 
 
 FULL = Plan(n=500, latencies=(0.0, 0.02), https=(False, True), worker_counts=(16, 32), detect_n=200,
@@ -65,7 +68,7 @@ FULL = Plan(n=500, latencies=(0.0, 0.02), https=(False, True), worker_counts=(16
             backlog_timeout=420, idle_folders=10_000, idle_window=60, profile=True)
 QUICK = Plan(n=100, latencies=(0.0, 0.02), https=(False, True), worker_counts=(), detect_n=50, detect_gap=0.05,
              mem_size=128 << 20, mem_parts=16, backlog_total=10_000, backlog_pending=1_000, backlog_timeout=120,
-             idle_folders=2_000, idle_window=15, profile=False)
+             idle_folders=2_000, idle_window=15, profile=False, hostile_json_bytes=4 << 20)
 
 
 def say(text: str) -> None:
@@ -170,6 +173,16 @@ def run_idle(plan: Plan, report: Report) -> None:
         idle_rows(report, got)
 
 
+def run_hostile(plan: Plan, report: Report) -> None:
+    got = attempt(report, "hostile memory", lambda: hostile_memory.measure(
+        plan.hostile_workers, plan.hostile_json_bytes, plan.backlog_total, plan.backlog_pending,
+        timeout=plan.backlog_timeout + 300, log=say))
+    if got:
+        say(f"    peak {got.peak_mb} MB at {got.peak_at} s; scan done at {got.scan_done_at} s, hostile folders "
+            f"tracked at {got.hostile_done_at} s ({got.check}); unit MemoryMax {got.memory_max_mb} MB")
+        hostile_rows(report, got)
+
+
 def versions() -> str:
     def git(*args: str) -> str:
         try:
@@ -249,12 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a fast smoke run (about 3 minutes)")
     p.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)}")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    p.add_argument("--hostile-json-mib", type=float, metavar="MIB",
+                   help="size of each worst-case JSON file in the hostile section (default: 16, --quick: 4)")
+    p.add_argument("--hostile-workers", type=int, metavar="N",
+                   help="workers, and hostile folders, in the hostile section (default: 8, the daemon's default)")
     p.add_argument("--output", type=Path, help="where to write the Markdown (default: bench/RESULTS.md, "
                                                "or bench/.work/RESULTS-quick.md with --quick)")
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.no_profile:
         plan = Plan(**{**plan.__dict__, "profile": False})
+    if args.hostile_json_mib:
+        plan = Plan(**{**plan.__dict__, "hostile_json_bytes": int(args.hostile_json_mib * 2**20)})
+    if args.hostile_workers:
+        plan = Plan(**{**plan.__dict__, "hostile_workers": args.hostile_workers})
     sections = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -265,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     started = time.monotonic()
     steps = {"throughput": run_throughput, "detection": run_detection, "memory": run_memory,
-             "backlog": run_backlog, "idle": run_idle}
+             "backlog": run_backlog, "idle": run_idle, "hostile": run_hostile}
     for name in sections:
         say(f"== {name} ({time.monotonic() - started:.0f} s elapsed)")
         steps[name](plan, report)

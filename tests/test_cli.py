@@ -20,7 +20,7 @@ import pytest
 import yaml
 from helpers import API_KEY, FAILED, TRACKED, marker, write_config, write_folder
 
-from watcher import __version__
+from watcher import __version__, hardening
 from watcher.claim import Claims
 from watcher.cli import main
 from watcher.fakecloud import FakeCloud
@@ -47,6 +47,17 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEXTMV_API_KEY", API_KEY)
     for name in ("NEXTMV_WATCHER_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def sysctl_fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for /proc/sys/fs with the link protections on, so `check` does not depend on the host."""
+    fs = tmp_path / "proc-sys-fs"
+    fs.mkdir()
+    for name in hardening.LINK_PROTECTIONS:
+        (fs / name).write_text("1\n")
+    monkeypatch.setattr(hardening, "PROC_SYS_FS", fs)
+    return fs
 
 
 @pytest.fixture
@@ -199,6 +210,22 @@ def test_check_exits_1_when_the_api_is_unreachable(run: Run, tmp_path: Path, wat
     result = run("check", "--config", config)
     assert result.code == 1
     assert f"API {url}: UNREACHABLE" in result.out
+
+
+@pytest.mark.parametrize("off", ["protected_hardlinks", "protected_symlinks"])
+def test_check_warns_when_a_link_protection_is_off(run: Run, config: Path, sysctl_fs: Path, off: str) -> None:
+    (sysctl_fs / off).write_text("0\n")
+    result = run("check", "--offline", "--config", config)
+    assert result.code == 0, result.err
+    warnings = [e for e in map(json.loads, result.err.splitlines()) if e["event"] == "link_protection_disabled"]
+    assert [(w["sysctl"], w["level"]) for w in warnings] == [(f"fs.{off}", "warning")]
+    assert f"sysctl -w fs.{off}=1" in warnings[0]["hint"]
+
+
+def test_check_is_quiet_when_the_link_protections_are_on(run: Run, config: Path) -> None:
+    result = run("check", "--offline", "--config", config)
+    assert result.code == 0, result.err
+    assert "link_protection_disabled" not in log_events(result.err)
 
 
 def test_a_key_file_readable_by_others_draws_a_warning(run: Run, tmp_path: Path, cloud: FakeCloud,

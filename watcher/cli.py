@@ -46,6 +46,7 @@ from watcher.errors import (
     WatcherError,
 )
 from watcher.folder import inspect_folder
+from watcher.hardening import disabled_link_protections, scrub_variable
 from watcher.lookup import RunLookup
 from watcher.rundir import RunDir
 from watcher.scan import iter_folders, quick_state, scan_all
@@ -121,9 +122,15 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(resolve_config_path(getattr(args, "config", None)))
 
 
-def _api_key(config: Config) -> str:
+def _api_key(config: Config, *, scrub_env: bool = False) -> str:
+    """The API key (see `resolve_api_key`), registered for redaction. With `scrub_env` (the daemon, which
+    lives long; not the one-shot commands, whose `main` may be called in-process) a key that came from
+    the environment is removed from it, /proc/<pid>/environ included."""
     key, source = resolve_api_key(config.api)
     logs.REDACTOR.add_secret(key)
+    if scrub_env and source == f"${config.api.key_env}" and not scrub_variable(config.api.key_env):
+        log.warning("api_key_left_in_environment", variable=config.api.key_env,
+                    hint="could not overwrite it in /proc/self/environ; prefer LoadCredential= or api.key_file")
     if config.api.key_file is not None and source == str(config.api.key_file) \
             and key_file_is_shared(config.api.key_file):
         log.warning("key_file_readable_by_others", path=source, hint=f"chmod 600 {source}")
@@ -143,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
     # this long instead of the default 5 ms; measured: the 100,000-folder scan under load goes faster.
     sys.setswitchinterval(0.001)
-    service = Service(config, _api_key(config),
+    service = Service(config, _api_key(config, scrub_env=True),
                       on_reload=lambda new: logs.configure(new.logging.level, new.logging.format))
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -258,6 +265,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"warning: watch[{i}].path {watch.path} is not writable by this user: markers would go to "
                   f"{config.state_dir}/folders; under systemd add it to ReadWritePaths= with a drop-in "
                   f"(systemctl edit nextmv-watcher) and restart", file=sys.stderr)
+    for sysctl, risk in disabled_link_protections():
+        log.warning("link_protection_disabled", sysctl=sysctl, risk=risk,
+                    hint=f"sysctl -w {sysctl}=1, and set it in /etc/sysctl.d/ to keep it")
     if args.offline:
         return OK
     client = _client(config, key)

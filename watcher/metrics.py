@@ -11,6 +11,14 @@ they cannot drift from what `nextmv-watcher status` shows.
     GET /healthz  200 {"healthy": true, ...} or 503 {"healthy": false, "reasons": [...], ...}
     anything else 404
 
+Anyone who can reach the listen address can connect, so what a client can hold is bounded: at
+most `MAX_CONNECTIONS` (16) connections are served at once, each on its own thread, and one more
+is closed as soon as it is accepted (counted in metrics_connections_refused_total); every
+connection is cut `CONNECTION_SECONDS` (10) after it was accepted, whatever it sends or fails to
+read, so idle or trickling clients give their slot back. A scrape takes milliseconds, and
+Prometheus' default scrape timeout is 10 s as well. A scraper refused while the slots are held
+sees a closed connection (Prometheus records a failed scrape) until the holders are cut.
+
 Series (all prefixed ``nextmv_watcher_``):
 
     folders_total{application_id, outcome, reason}      counter; outcome tracked | failed | retried
@@ -20,6 +28,8 @@ Series (all prefixed ``nextmv_watcher_``):
     api_paused{scope}                                   1 per paused scope ("all" for the global
                                                         pause); a single {scope="all"} 0 when none
     observer_restarts_total                             counter
+    metrics_connections_refused_total                   counter: connections to this listener closed
+                                                        unserved because MAX_CONNECTIONS were open
     incomplete_too_long                                 gauge: folders incomplete for longer than
                                                         metrics.incomplete_warn_seconds
     up, uptime_seconds                                  gauges
@@ -28,12 +38,14 @@ Series (all prefixed ``nextmv_watcher_``):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import selectors
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -52,6 +64,10 @@ log = structlog.get_logger("watcher.metrics")
 PREFIX = "nextmv_watcher_"
 OUTCOMES = ("tracked", "failed", "retried")
 ALL_SCOPES = "all"
+# The listener's bounds (see the module docstring): connections served at once, and how long one may last.
+MAX_CONNECTIONS = 16
+CONNECTION_SECONDS = 10.0
+CONNECTION_THREAD = "nextmv-watcher-http-connection"
 # From a quick API call to a large upload on a slow link.
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -77,6 +93,9 @@ class Metrics:
         self._requests = Histogram(f"{PREFIX}request_duration_seconds",
                                    "Nextmv API and upload request attempts by endpoint and HTTP status.",
                                    ["endpoint", "status"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        self._refused = Counter(f"{PREFIX}metrics_connections_refused",
+                                "Connections to the metrics listener closed unserved: too many were open.",
+                                registry=self.registry)
         self.registry.register(_StatusCollector(status))
         ProcessCollector(registry=self.registry)
 
@@ -95,6 +114,10 @@ class Metrics:
         """Observe one HTTP attempt; fits `NextmvClient(observer=...)`."""
         status = "none" if outcome.status is None else str(outcome.status)
         self._requests.labels(endpoint=outcome.endpoint, status=status).observe(outcome.seconds)
+
+    def connection_refused(self) -> None:
+        """Count one connection the listener closed unserved (it was at `MAX_CONNECTIONS`)."""
+        self._refused.inc()
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (served as CONTENT_TYPE_LATEST)."""
@@ -155,14 +178,20 @@ class HealthServer:
     `listen` is "host:port" ("[::1]:9464" for IPv6; port 0 picks a free one, see `port`).
     `health` returns (healthy, details); details are merged into the JSON body, and an unhealthy
     answer should carry "reasons" (a list of strings). `start()` binds (raising OSError when the
-    address is taken) and serves; `stop()` closes the socket and joins the thread. A server is
-    started at most once.
+    address is taken) and serves; `stop()` cuts open connections, closes the socket and joins the
+    threads. A server is started at most once. `max_connections` and `connection_seconds` bound
+    what clients can hold (see the module docstring); tests shorten them.
     """
 
-    def __init__(self, listen: str, metrics: Metrics, health: Health) -> None:
+    def __init__(self, listen: str, metrics: Metrics, health: Health, *, max_connections: int = MAX_CONNECTIONS,
+                 connection_seconds: float = CONNECTION_SECONDS) -> None:
+        if max_connections < 1 or connection_seconds <= 0:
+            raise ValueError("max_connections must be >= 1 and connection_seconds > 0")
         self.host, self.port = parse_listen(listen)
         self.metrics = metrics
         self.health = health
+        self.max_connections = max_connections
+        self.connection_seconds = connection_seconds
         self._state = _State.NEW
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -211,16 +240,26 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class _Server(ThreadingHTTPServer):
-    """A ThreadingHTTPServer whose loop sleeps until a connection or `wake()`: unlike serve_forever
-    it neither wakes up twice a second while idle nor makes `stop()` wait for the next poll."""
+    """A ThreadingHTTPServer whose loop sleeps until a connection, a connection's deadline or `wake()`:
+    unlike serve_forever it neither wakes up twice a second while idle nor makes `stop()` wait for
+    the next poll. It admits at most `owner.max_connections` connections at once and shuts down
+    each one `owner.connection_seconds` after accepting it (which ends its handler's blocking read
+    or write); only this loop cuts connections, and only while holding `_lock`, under which a
+    finished connection is forgotten before it is closed, so a reused descriptor is never cut."""
 
     daemon_threads = True
     timeout = 0.0   # handle_request() must not block if the connection that woke us vanished
+    # socketserver's default backlog of 5 overflowed under a burst (measured: 60 connections opened at
+    # once took 9 s, the kernel dropping SYNs that are retransmitted after 1 s; 3 ms with 64), and a
+    # scraper connecting during a flood of refused connections would wait as long.
+    request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: HealthServer) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.owner = owner
+        self._lock = threading.Lock()
+        self._deadlines: dict[socket.socket, float] = {}   # open connections -> when to cut them
         self._wake_r, self._wake_w = socket.socketpair()   # before binding: a failed bind calls server_close
         super().__init__(address, handler)
 
@@ -229,15 +268,50 @@ class _Server(ThreadingHTTPServer):
             sel.register(self, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             while True:
-                ready = {key.fileobj for key, _ in sel.select()}
+                ready = {key.fileobj for key, _ in sel.select(self._cut_overdue())}
                 if self._wake_r in ready:
                     return
-                self.handle_request()   # accepts the waiting connection; the handler runs on its own thread
+                if self in ready:
+                    self.handle_request()   # accepts the waiting connection; the handler runs on its own thread
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            admitted = len(self._deadlines) < self.owner.max_connections
+            if admitted:
+                self._deadlines[request] = time.monotonic() + self.owner.connection_seconds
+        if not admitted:
+            self.owner.metrics.connection_refused()
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        threading.current_thread().name = CONNECTION_THREAD   # one per admitted connection
+        super().process_request_thread(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
+
+    def _cut_overdue(self, *, everything: bool = False) -> float | None:
+        """Shut down the connections past their deadline (all of them with `everything`); return the
+        seconds until the next deadline, or None when no connection is open."""
+        now = time.monotonic()
+        with self._lock:
+            for conn, deadline in self._deadlines.items():
+                if deadline <= now or everything:
+                    self._deadlines[conn] = float("inf")   # cut once; the slot is free when its thread ends
+                    with contextlib.suppress(OSError):   # the client hung up already
+                        conn.shutdown(socket.SHUT_RDWR)
+            pending = [d for d in self._deadlines.values() if d != float("inf")]
+        return max(0.0, min(pending) - now) if pending else None
 
     def wake(self) -> None:
         self._wake_w.send(b"x")
 
     def server_close(self) -> None:
+        self._cut_overdue(everything=True)   # so that joining the handler threads does not wait for clients
         super().server_close()
         self._wake_r.close()
         self._wake_w.close()
@@ -265,6 +339,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._healthz()
             else:
                 self._reply(404, "text/plain; charset=utf-8", b"not found\n")
+        except ConnectionError:   # the client hung up, or was cut at its deadline: no one to answer
+            log.debug("metrics_connection_lost", path=path)
+            self.close_connection = True
         except Exception:   # a bug in a status or health callback must not kill the listener
             log.exception("metrics_request_failed", path=self.path)
             self._reply(500, "text/plain; charset=utf-8", b"internal error\n")
