@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, InvalidFolder
 from watcher.folder import (
+    BIG_JSON_BYTES,
     Artifact,
     RunFolder,
     find_candidates,
     fingerprint,
     inspect_folder,
+    json_turn,
     read_member,
     verify_fingerprint,
 )
@@ -661,3 +664,31 @@ def test_a_member_replaced_since_inspection_is_never_read(
     assert out is not None
     with pytest.raises(FolderChanged, match=r"output.json changed since it was inspected"):
         read_member(run.handle, out.members[0])
+
+
+def test_big_json_documents_take_turns_and_small_ones_never_wait() -> None:
+    """Reading and parsing a JSON file costs many times its size; big ones are handled one at a time."""
+    entered = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def big(label: str) -> None:
+        with json_turn(BIG_JSON_BYTES + 1):
+            order.append(f"{label} in")
+            entered.set()
+            release.wait(10)
+            order.append(f"{label} out")
+
+    first = threading.Thread(target=big, args=("first",))
+    first.start()
+    assert entered.wait(10)
+    entered.clear()
+    second = threading.Thread(target=big, args=("second",))
+    second.start()
+    with json_turn(BIG_JSON_BYTES):   # a small document does not wait for the big one
+        order.append("small")
+    assert not entered.wait(0.2), "a second big document started while the first held its turn"
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert order == ["first in", "small", "first out", "second in", "second out"]

@@ -41,10 +41,10 @@ _ID_KEYS = ("instance_id", "batch_experiment_id")
 _STRING_KEYS = ("error", "name", "description", *_ID_KEYS)
 STATUS_KEYS = ("status", "duration", *_STRING_KEYS, "options")
 FORMATS = ("auto", "json", "multi-file", "text")
-# Parsing JSON costs ~10-20 times its size in memory: files above this are parsed one at a time, so
-# that workers parsing at the `files.max_json_bytes` cap together cannot multiply the peak.
+# Reading and parsing JSON costs ~10-30 times its size in memory: documents above this take turns (see
+# `json_turn`), so that workers at the `files.max_json_bytes` cap together cannot multiply the peak.
 BIG_JSON_BYTES = 1 << 20
-_BIG_PARSE = threading.Lock()
+_BIG_JSON = threading.RLock()
 
 Fingerprint = dict[str, tuple[int, int, int]]
 
@@ -344,8 +344,9 @@ def _json_artifact(d: RunDir, role: str, name: str, cap: int) -> Artifact:
     if st.st_size > cap:
         raise InvalidFolder(d.label, f"{name}: {st.st_size} bytes, over the {cap}-byte cap (files.max_json_bytes)")
     member = Member(name, real, Ident.of(st))
-    content = parse_json(read_member(d, member), name, d.label)
-    if role == "metrics" and not isinstance(content, dict):
+    with json_turn(st.st_size):
+        is_object = isinstance(parse_json(read_member(d, member), name, d.label), dict)
+    if role == "metrics" and not is_object:
         raise InvalidFolder(d.label, f"{name}: must be a JSON object")
     return Artifact(role=role, path=d.path / name, is_dir=False, format="json", members=(member,))
 
@@ -357,7 +358,7 @@ def read_member(d: RunDir, member: Member) -> bytes:
 
 
 def parse_json(data: bytes, name: str, folder: str) -> object:
-    """Parse the small JSON file `name` from its bytes; big ones are parsed one at a time.
+    """Parse the JSON file `name` from its bytes (callers hold its `json_turn`).
 
     Raises: `InvalidFolder` naming the file when it is not UTF-8 or not valid JSON (NaN and
     Infinity are not JSON)."""
@@ -366,12 +367,20 @@ def parse_json(data: bytes, name: str, folder: str) -> object:
     except UnicodeDecodeError as e:
         raise InvalidFolder(folder, f"{name}: not valid UTF-8 (byte {e.start})") from None
     try:
-        if len(data) <= BIG_JSON_BYTES:
-            return json.loads(text, parse_constant=_reject_constant)
-        with _BIG_PARSE:
-            return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         raise InvalidFolder(folder, f"{name}: invalid JSON ({e})") from None
+
+
+@contextmanager
+def json_turn(size: int) -> Iterator[None]:
+    """Hold the turn for reading, parsing and re-encoding a JSON document of `size` bytes: one document
+    above `BIG_JSON_BYTES` at a time in the whole process (no other lock is taken inside)."""
+    if size <= BIG_JSON_BYTES:
+        yield
+        return
+    with _BIG_JSON:
+        yield
 
 
 def _read_status(d: RunDir, name: str) -> tuple[Member, dict[str, Any]]:

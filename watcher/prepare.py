@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from watcher.archive import copy_utf8, is_utf8, open_member, wrapped_json, write_archive
 from watcher.errors import StateError
-from watcher.folder import Artifact, Member, RunFolder, read_member
+from watcher.folder import Artifact, Member, RunFolder, json_turn, read_member
 from watcher.rundir import RunDir
 
 SPOOL_PREFIX = "spool-"
@@ -141,9 +141,10 @@ def _prepare_artifact(artifact: Artifact, d: RunDir, spool: _Spool, warnings: li
             warnings.append(f"{path.name}: {replaced[0]} invalid UTF-8 sequences replaced")
             return upload
     if role in ("statistics", "assets"):
-        data = wrapped_json(read_member(d, member), role, name=path.name, folder=d.label)
-        if data is not None:
-            return spool.write(role, ".json", lambda dest: dest.write(data))
+        with json_turn(member.ident.size):   # the document, its parse and its wrapped copy: one at a time
+            data = wrapped_json(read_member(d, member), role, name=path.name, folder=d.label)
+            if data is not None:
+                return spool.write(role, ".json", lambda dest: dest.write(data))
     return Upload(role=role, path=path, size=member.ident.size, spooled=False, member=member)
 
 
