@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ FILE_MODE = 0o640
 TMP_PREFIX = ".nextmv-tmp-"
 MAX_SYMLINKS = 40          # as the kernel's own limit when it resolves a path
 MAX_PATH_BYTES = 4096      # a relative path inside a run folder (PATH_MAX)
+MAX_RESOLVE_OPENS = 4096   # directories opened to resolve one path (a path of PATH_MAX bytes needs < 2048)
 
 
 @dataclass(frozen=True)
@@ -278,42 +280,72 @@ class RunDir(DirHandle):
         """Resolve `rel` (a '/'-separated path inside the run folder) with every symlink read and
         followed here, and return the path without symlinks and the stat of what it names.
 
-        Raises `InvalidFolder` (naming `label`, default `rel`) for a symlink that leaves the run
-        folder, a broken symlink or a loop; `FileNotFoundError`/`OSError` when an entry that is not
-        behind a symlink vanished."""
+        The directory reached so far is held open, so each component costs one open; '..' reopens its
+        parent from the top (never through '..'). Raises `InvalidFolder` (naming `label`, default `rel`)
+        for a symlink that leaves the run folder, a broken symlink, a loop, or a path that would need
+        more than `MAX_RESOLVE_OPENS` directory opens (a producer's `../d/../d/...` at the bottom of a
+        deep tree); `FileNotFoundError`/`OSError` when an entry that is not behind a symlink vanished."""
         rel_label = rel if label is None else label
-        todo = [p for p in rel.split("/") if p not in ("", ".")]
+        todo = deque(_parts(rel))
         done: list[str] = []
-        links = 0
-        st = self.fstat()
-        while todo:
-            name = todo.pop(0)
-            if name == "..":
-                if not done:
-                    raise InvalidFolder(self.label, f"{rel_label}: symlink points outside the run folder")
-                done.pop()
-                st = self._stat_parts(done)
-                continue
-            try:
-                st = self._lstat_in(done, name)
-            except (FileNotFoundError, NotADirectoryError):
-                if links:
-                    raise InvalidFolder(self.label, f"{rel_label}: broken symlink") from None
-                raise
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise InvalidFolder(self.label, f"{rel_label}: broken symlink (loop)")
-                target = self._readlink_in(done, name)
-                if target.startswith("/"):
-                    done = []
-                    target = self._inside(target, rel_label)
-                todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-                continue
-            if todo and not stat.S_ISDIR(st.st_mode):
-                raise InvalidFolder(self.label, f"{rel_label}: broken symlink") if links else NotADirectoryError(rel)
-            done.append(name)
+        links = opens = 0
+        fd = os.dup(self.fileno())   # the directory `done`
+        try:
+            st = os.fstat(fd)
+            while todo:
+                name = todo.popleft()
+                if name == "..":
+                    if not done:
+                        raise InvalidFolder(self.label, f"{rel_label}: symlink points outside the run folder")
+                    done.pop()
+                    opens = self._count_opens(opens, len(done), rel_label)
+                    fd = self._reopen(fd, done)
+                    st = os.fstat(fd)
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    if links:
+                        raise InvalidFolder(self.label, f"{rel_label}: broken symlink") from None
+                    raise
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise InvalidFolder(self.label, f"{rel_label}: broken symlink (loop)")
+                    target = os.readlink(name, dir_fd=fd)
+                    if target.startswith("/"):
+                        target = self._inside(target, rel_label)
+                        done = []
+                        fd = self._reopen(fd, done)
+                    todo.extendleft(reversed(_parts(target)))
+                    if not todo:   # the link names a directory already reached ('.', the folder itself)
+                        st = os.fstat(fd)
+                    continue
+                if todo and not stat.S_ISDIR(st.st_mode):
+                    if links:
+                        raise InvalidFolder(self.label, f"{rel_label}: broken symlink")
+                    raise NotADirectoryError(rel)
+                done.append(name)
+                if todo:
+                    opens = self._count_opens(opens, 1, rel_label)
+                    nxt = os.open(name, O_DIR, dir_fd=fd)
+                    os.close(fd)
+                    fd = nxt
+        finally:
+            os.close(fd)
         return "/".join(done), st
+
+    def _reopen(self, fd: int, parts: list[str]) -> int:
+        """The directory `parts`, opened from the top, in place of `fd` (which stays open if that fails)."""
+        new = self._open_parts(parts)
+        os.close(fd)
+        return new
+
+    def _count_opens(self, opens: int, more: int, rel: str) -> int:
+        if opens + more > MAX_RESOLVE_OPENS:
+            raise InvalidFolder(self.label, f"{rel}: too deep to resolve (more than {MAX_RESOLVE_OPENS} "
+                                            "directories to open)")
+        return opens + more
 
     def _inside(self, target: str, rel: str) -> str:
         """An absolute symlink target as a path relative to the run folder, if it lies inside."""
@@ -324,27 +356,24 @@ class RunDir(DirHandle):
                 return target[len(root.rstrip("/")) + 1:]
         raise InvalidFolder(self.label, f"{rel}: symlink points outside the run folder")
 
-    def _lstat_in(self, parts: list[str], name: str) -> os.stat_result:
-        with self._open_dir(parts) as fd:
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
-
-    def _readlink_in(self, parts: list[str], name: str) -> str:
-        with self._open_dir(parts) as fd:
-            return os.readlink(name, dir_fd=fd)
-
-    def _stat_parts(self, parts: list[str]) -> os.stat_result:
-        with self._open_dir(parts) as fd:
-            return os.fstat(fd)
-
-    @contextlib.contextmanager
-    def _open_dir(self, parts: list[str] | tuple[str, ...]) -> Iterator[int]:
-        """A descriptor of the directory `parts` (no symlinks), opened component by component."""
+    def _open_parts(self, parts: list[str] | tuple[str, ...]) -> int:
+        """A new descriptor of the directory `parts` (no symlinks), opened component by component."""
         fd = os.dup(self.fileno())
         try:
             for part in parts:
                 nxt = os.open(part, O_DIR, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _open_dir(self, parts: list[str] | tuple[str, ...]) -> Iterator[int]:
+        """A descriptor of the directory `parts` (no symlinks), opened component by component."""
+        fd = self._open_parts(parts)
+        try:
             yield fd
         finally:
             os.close(fd)
@@ -482,6 +511,10 @@ class RunDir(DirHandle):
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(f"{real}/{name}" if real else name)
         return newest
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def _not_the_file(st: os.stat_result, ident: Ident, rel: str) -> str | None:
