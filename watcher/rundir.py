@@ -423,9 +423,9 @@ class RunDir(DirHandle):
         Out: `(arcname, path without symlinks, stat)` sorted by arcname ('/'-separated, relative to
         `rel`). A symlink inside the run folder is followed (a file is listed under the link's name, a
         directory is descended into). Raises `InvalidFolder` for a symlink leaving the folder, a broken
-        symlink, a loop, a FIFO/socket/device, more than `limits.max_files` files, deeper than
-        `limits.max_depth` or a path longer than 4096 bytes; `FolderChanged`/`OSError` when the tree
-        changes under us."""
+        symlink, a loop, a FIFO/socket/device, more than `limits.max_files` files (or directories: links
+        can make a few directories into exponentially many paths), deeper than `limits.max_depth` or
+        a path longer than 4096 bytes; `FolderChanged`/`OSError` when the tree changes under us."""
         top, st = self.resolve(rel)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(rel)
@@ -433,6 +433,7 @@ class RunDir(DirHandle):
         stack: list[tuple[str, str, int, tuple[int, int], frozenset[tuple[int, int]]]] = [
             (top, "", 0, root_key, frozenset({root_key}))]
         found: list[tuple[str, str, os.stat_result]] = []
+        dirs = 0
         while stack:
             real, prefix, depth, dev_ino, ancestors = stack.pop()
             for name, est in self._list(real, dev_ino, f"{rel}/{prefix}"):
@@ -450,6 +451,10 @@ class RunDir(DirHandle):
                     if depth + 1 > limits.max_depth:
                         raise InvalidFolder(self.label, f"{rel}: deeper than {limits.max_depth} directories "
                                                         "(files.max_archive_depth)")
+                    dirs += 1
+                    if dirs > limits.max_files:
+                        raise InvalidFolder(self.label, f"{rel}: more than {limits.max_files} directories "
+                                                        "(files.max_archive_files)")
                     stack.append((path, arcname + "/", depth + 1, key, ancestors | {key}))
                 elif stat.S_ISREG(est.st_mode):
                     found.append((arcname, path, est))
