@@ -443,7 +443,8 @@ class RunDir(DirHandle):
                     raise InvalidFolder(self.label, f"{label[:80]}...: path longer than {MAX_PATH_BYTES} bytes")
                 path = f"{real}/{name}" if real else name
                 if stat.S_ISLNK(est.st_mode):
-                    path, est = self.resolve(path, label)  # noqa: PLW2901 - the link stands for its target
+                    with self._changed(label, "vanished"):
+                        path, est = self.resolve(path, label)  # noqa: PLW2901 - the link stands for its target
                 if stat.S_ISDIR(est.st_mode):
                     key = (est.st_dev, est.st_ino)
                     if key in ancestors:
@@ -469,7 +470,7 @@ class RunDir(DirHandle):
 
     def _list(self, real: str, dev_ino: tuple[int, int], label: str) -> list[tuple[str, os.stat_result]]:
         """The entries of the directory `real`, which must still be the one seen (`dev_ino`)."""
-        with self._open_dir(real.split("/") if real else []) as fd:
+        with self._changed(label.rstrip("/"), "was replaced"), self._open_dir(real.split("/") if real else []) as fd:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != dev_ino:
                 raise FolderChanged(self.label, f"{label.rstrip('/')} was replaced while inspected")
@@ -481,6 +482,18 @@ class RunDir(DirHandle):
                     except FileNotFoundError:
                         continue
             return entries
+
+    @contextlib.contextmanager
+    def _changed(self, label: str, what: str) -> Iterator[None]:
+        """A directory on the way vanished or became a symlink (O_NOFOLLOW refused it): FolderChanged."""
+        try:
+            yield
+        except (FileNotFoundError, NotADirectoryError):
+            raise FolderChanged(self.label, f"{label} {what} while inspected") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise FolderChanged(self.label, f"{label} {what} while inspected") from None
 
     def newest_mtime(self, skip_prefix: str, now: float, max_entries: int) -> float:
         """The newest st_mtime of every entry under the folder (lstat; symlinks not followed), root
