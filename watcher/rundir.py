@@ -222,9 +222,14 @@ class DirHandle:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeStateFile(self.label, name, "is a symlink, not a regular file") from None
+            # A socket cannot be opened at all (ENXIO): say what it is rather than how open() failed.
+            st = self.lstat(name)
+            if st is None or stat.S_ISREG(st.st_mode):
                 raise
-            raise UnsafeStateFile(self.label, name, "is a symlink, not a regular file") from None
+            raise UnsafeStateFile(self.label, name, f"is a {kind(st.st_mode)}, not a regular file",
+                                  uid=st.st_uid) from None
 
 
 def state_problem(st: os.stat_result, *, limit: int, owners: Collection[int] | None) -> str | None:
