@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import structlog
 
 from watcher.config import Config
 from watcher.errors import FolderError, StateError
-from watcher.rundir import O_CREATE, O_DIR, O_READ, DirHandle, RunDir, kind
+from watcher.rundir import O_CREATE, O_DIR, O_READ, DirHandle, RunDir, kind, remove_tree
 from watcher.scan import iter_folders
 from watcher.state import StateStore, parse_iso
 
@@ -311,7 +310,7 @@ def _delete_hidden(parent: DirHandle, hidden: str, folder: Path) -> None:
     """Delete a hidden folder (symlink-safe). A failure is only logged: what is left is a dot-folder
     that no scan looks at, and the next retention sweep finishes the removal."""
     try:
-        shutil.rmtree(hidden, dir_fd=parent.fileno())
+        remove_tree(parent.fileno(), hidden)
     except OSError as exc:
         log.warning("remove_incomplete", folder=str(folder), left=str(parent.path / hidden), error=str(exc))
 

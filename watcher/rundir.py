@@ -24,7 +24,6 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
 from collections import deque
 from collections.abc import Collection, Iterator
@@ -146,16 +145,10 @@ class DirHandle:
         return result
 
     def unlink(self, name: str) -> bool:
-        """Remove the entry `name` (a directory with everything under it, symlink-safe). True when
-        something was removed. Raises OSError."""
-        st = self.lstat(name)
-        if st is None:
-            return False
+        """Remove the entry `name` (a directory with everything under it, see `remove_tree`). True
+        when something was removed. Raises OSError."""
         try:
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=self.fileno())
-            else:
-                os.unlink(name, dir_fd=self.fileno())
+            remove_tree(self.fileno(), name)
         except FileNotFoundError:
             return False
         return True
@@ -230,6 +223,64 @@ class DirHandle:
                 raise
             raise UnsafeStateFile(self.label, name, f"is a {kind(st.st_mode)}, not a regular file",
                                   uid=st.st_uid) from None
+
+
+def remove_tree(dir_fd: int, name: str) -> None:
+    """Remove the entry `name` of the directory `dir_fd`, and everything under it when it is a
+    directory, in a tree a producer may still be changing.
+
+    Nothing is followed or opened but directories (`O_DIRECTORY|O_NOFOLLOW`: a symlink or a FIFO
+    swapped in is refused, never followed or blocked on); each subdirectory is first moved up into
+    `name` itself, so any depth costs three descriptors and no recursion (`shutil.rmtree` recursed:
+    a 3,000-level tree raised RecursionError, 1,000 levels exhausted the descriptors). Raises
+    FileNotFoundError when `name` does not exist, OSError when something cannot be removed."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:
+        _remove_dir(dir_fd, name)
+
+
+def _remove_dir(dir_fd: int, name: str) -> None:
+    top = os.open(name, O_DIR, dir_fd=dir_fd)
+    try:
+        pending: list[str | None] = [None]   # directories to empty: `name` itself, then its children
+        while pending:
+            sub = pending.pop()
+            try:
+                fd = top if sub is None else os.open(sub, O_DIR, dir_fd=top)
+            except FileNotFoundError:
+                continue
+            try:
+                pending += _empty(fd, top)
+            finally:
+                if fd != top:
+                    os.close(fd)
+            if sub is not None:
+                os.rmdir(sub, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _empty(fd: int, top: int) -> list[str]:
+    """Unlink every non-directory in `fd`; return its subdirectories, moved into `top` first (unless
+    `fd` is `top`) under random dot-names, to be emptied in turn."""
+    with os.scandir(fd) as it:
+        names = [entry.name for entry in it]
+    subdirs = []
+    for name in names:
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        except IsADirectoryError:
+            if fd == top:
+                subdirs.append(name)
+                continue
+            hoisted = f"{TMP_PREFIX}rm-{secrets.token_hex(8)}"
+            os.rename(name, hoisted, src_dir_fd=fd, dst_dir_fd=top)
+            subdirs.append(hoisted)
+    return subdirs
 
 
 def state_problem(st: os.stat_result, *, limit: int, owners: Collection[int] | None) -> str | None:
