@@ -554,16 +554,22 @@ class RunDir(DirHandle):
     def newest_mtime(self, skip_prefix: str, now: float, max_entries: int) -> float:
         """The newest st_mtime of every entry under the folder (lstat; symlinks not followed), root
         entries starting with `skip_prefix` left out; `-inf` when empty. An entry that vanishes during
-        the walk counts as changed `now`; at most `max_entries` entries are looked at."""
+        the walk counts as changed `now`; at most `max_entries` entries are looked at, and reopening
+        a directory from the top costs one entry per level (a 100,000-level chain would otherwise cost
+        5 * 10**9 opens)."""
         newest = float("-inf")
         seen = 0
         stack: list[str] = [""]
         while stack and seen < max_entries:
             real = stack.pop()
+            parts = real.split("/") if real else []
+            seen += len(parts)
             try:
-                with self._open_dir(real.split("/") if real else []) as fd, os.scandir(fd) as it:
-                    entries = []
+                with self._open_dir(parts) as fd, os.scandir(fd) as it:
+                    entries: list[tuple[str, os.stat_result]] = []
                     for entry in it:
+                        if seen + len(entries) >= max_entries:
+                            break   # one directory of millions of entries is not listed whole either
                         try:
                             entries.append((entry.name, entry.stat(follow_symlinks=False)))
                         except FileNotFoundError:
