@@ -115,7 +115,11 @@ class Claims:
                 d: DirHandle = RunDir.open(folder)
             except FolderError as exc:
                 raise StateError(f"{folder}: cannot claim: {exc.problem}") from None
-            claim = self._acquire(d, owns=True)
+            try:
+                claim = self._acquire(d, owns=True)
+            except BaseException:
+                d.close()
+                raise
             if claim is None:
                 d.close()
             return claim
