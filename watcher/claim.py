@@ -138,7 +138,7 @@ class Claims:
                     try:
                         current = self._read(place)
                     except UnsafeStateFile as exc:
-                        replaced, current = exc.problem, None
+                        replaced, current = exc.reason, None
                     except StateError:
                         current = {"id": "corrupt"}
                     if current is not None and not self._is_stale(current):
