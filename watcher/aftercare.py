@@ -43,6 +43,9 @@ log = structlog.get_logger("watcher.aftercare")
 DAY_SECONDS = 86400.0
 MAX_NAME_SUFFIX = 10000
 MAX_COPY_DEPTH = 256
+# A copy is the daemon's own file: it keeps the permissions, never set-user-ID, set-group-ID or sticky bits
+# (a producer's set-uid file would otherwise become a set-uid program of the daemon's user).
+PERMISSION_BITS = 0o777
 REMOVING = ".nextmv-removing-"   # a folder being removed is first renamed to this prefix plus a random id
 
 Identity = tuple[int, int]
@@ -222,8 +225,9 @@ def _discard(d: DirHandle, name: str) -> None:
 
 def _copy_durably(src_fd: int, dst_parent: int, name: str, depth: int) -> None:
     """Copy the directory `src_fd` into the new directory `name` of `dst_parent`: regular files with
-    their mode and times, directories, symlinks as symlinks (never followed), every file and directory
-    fsynced. Anything else (a FIFO, a device) fails the copy. Raises OSError."""
+    their permission bits (see PERMISSION_BITS) and times, directories, symlinks as symlinks (never
+    followed), every file and directory fsynced. Anything else (a FIFO, a device) fails the copy.
+    Raises OSError."""
     if depth > MAX_COPY_DEPTH:
         raise OSError(errno.ELOOP, f"deeper than {MAX_COPY_DEPTH} directories")
     dst_fd = os.open(name, O_DIR, dir_fd=dst_parent)
@@ -246,7 +250,7 @@ def _copy_durably(src_fd: int, dst_parent: int, name: str, depth: int) -> None:
             else:
                 raise OSError(errno.EINVAL, f"{entry}: a {kind(st.st_mode)} cannot be copied")
         src_st = os.fstat(src_fd)
-        os.fchmod(dst_fd, stat.S_IMODE(src_st.st_mode))
+        os.fchmod(dst_fd, stat.S_IMODE(src_st.st_mode) & PERMISSION_BITS)
         os.fsync(dst_fd)
         os.utime(dst_fd, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
     finally:
@@ -263,7 +267,7 @@ def _copy_file(src_dir: int, dst_dir: int, name: str, st: os.stat_result) -> Non
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(dst, view):]
-            os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            os.fchmod(dst, stat.S_IMODE(st.st_mode) & PERMISSION_BITS)
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(dst)
         finally:
