@@ -167,6 +167,22 @@ def test_a_symlinked_name_is_not_opened_when_no_open_folder_is_given(
     assert tree(other_team) == theirs
 
 
+@pytest.mark.parametrize("action", ["delete", "move"])
+def test_a_folder_opened_by_name_must_be_tracked_when_opened(
+        action: str, make_config: MakeConfig, watched: Path, done: Path, tmp_path: Path) -> None:
+    """The start-up scan judges 'tracked' by path; by the time the folder is opened the name may hold
+    an untracked folder (deleted and recreated): it is not moved or deleted."""
+    config = make_config(after_tracking=action, done_path=str(done))
+    folder = tracked(watched, tmp_path)
+    shutil.rmtree(folder)
+    fresh = write_folder(watched, "run-1", {"input.json": b'{"new": true}'})
+    before = tree(fresh)
+    with pytest.raises(StateError, match="not tracked"):
+        aftercare.after_tracked(folder, config)
+    assert tree(fresh) == before
+    assert os.listdir(done) == []
+
+
 # --- a copy across filesystems ------------------------------------------------------------------------
 
 

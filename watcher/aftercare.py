@@ -67,7 +67,7 @@ def after_tracked(folder: Path, config: Config, d: DirHandle | None = None) -> s
         raise StateError(f"unknown after_tracking {action!r}")
     if action == "move" and config.done_path is None:
         raise StateError("after_tracking is move but done_path is not set")
-    with _open_tracked(folder, d) as src, _open_own(folder.parent) as parent:
+    with _open_tracked(folder, d, config) as src, _open_own(folder.parent) as parent:
         expect = (src.dev, src.ino)
         if action == "delete":
             _delete_hidden(parent, _hide(parent, folder, expect), folder)
@@ -134,7 +134,9 @@ def _tracked_at(store: StateStore, d: DirHandle) -> float | None:
 
 
 @contextlib.contextmanager
-def _open_tracked(folder: Path, d: DirHandle | None) -> Iterator[DirHandle]:
+def _open_tracked(folder: Path, d: DirHandle | None, config: Config) -> Iterator[DirHandle]:
+    """`d`, or the folder opened now; then it must carry a tracked marker of ours (the caller judged by
+    path, e.g. the start-up scan, and the name may lead to another folder by now)."""
     if d is not None:
         yield d
         return
@@ -143,6 +145,12 @@ def _open_tracked(folder: Path, d: DirHandle | None) -> Iterator[DirHandle]:
     except FolderError as exc:
         raise StateError(f"{folder}: cannot open: {exc.problem}") from None
     with opened:
+        try:
+            finished = StateStore.of(config).finished(opened)
+        except FolderError as exc:
+            raise StateError(f"{folder}: not tracked: {exc.problem}") from None
+        if finished != "tracked":
+            raise StateError(f"{folder}: not tracked (any more); left alone")
         yield opened
 
 
