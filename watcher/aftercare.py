@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import structlog
 
 from watcher.config import Config
 from watcher.errors import FolderError, StateError
-from watcher.rundir import O_CREATE, O_DIR, O_READ, DirHandle, RunDir, kind
+from watcher.rundir import O_CREATE, O_DIR, O_READ, DirHandle, RunDir, kind, remove_tree
 from watcher.scan import iter_folders
 from watcher.state import StateStore, parse_iso
 
@@ -44,6 +43,9 @@ log = structlog.get_logger("watcher.aftercare")
 DAY_SECONDS = 86400.0
 MAX_NAME_SUFFIX = 10000
 MAX_COPY_DEPTH = 256
+# A copy is the daemon's own file: it keeps the permissions, never set-user-ID, set-group-ID or sticky bits
+# (a producer's set-uid file would otherwise become a set-uid program of the daemon's user).
+PERMISSION_BITS = 0o777
 REMOVING = ".nextmv-removing-"   # a folder being removed is first renamed to this prefix plus a random id
 
 Identity = tuple[int, int]
@@ -65,7 +67,7 @@ def after_tracked(folder: Path, config: Config, d: DirHandle | None = None) -> s
         raise StateError(f"unknown after_tracking {action!r}")
     if action == "move" and config.done_path is None:
         raise StateError("after_tracking is move but done_path is not set")
-    with _open_tracked(folder, d) as src, _open_own(folder.parent) as parent:
+    with _open_tracked(folder, d, config) as src, _open_own(folder.parent) as parent:
         expect = (src.dev, src.ino)
         if action == "delete":
             _delete_hidden(parent, _hide(parent, folder, expect), folder)
@@ -132,7 +134,9 @@ def _tracked_at(store: StateStore, d: DirHandle) -> float | None:
 
 
 @contextlib.contextmanager
-def _open_tracked(folder: Path, d: DirHandle | None) -> Iterator[DirHandle]:
+def _open_tracked(folder: Path, d: DirHandle | None, config: Config) -> Iterator[DirHandle]:
+    """`d`, or the folder opened now; then it must carry a tracked marker of ours (the caller judged by
+    path, e.g. the start-up scan, and the name may lead to another folder by now)."""
     if d is not None:
         yield d
         return
@@ -141,6 +145,12 @@ def _open_tracked(folder: Path, d: DirHandle | None) -> Iterator[DirHandle]:
     except FolderError as exc:
         raise StateError(f"{folder}: cannot open: {exc.problem}") from None
     with opened:
+        try:
+            finished = StateStore.of(config).finished(opened)
+        except FolderError as exc:
+            raise StateError(f"{folder}: not tracked: {exc.problem}") from None
+        if finished != "tracked":
+            raise StateError(f"{folder}: not tracked (any more); left alone")
         yield opened
 
 
@@ -223,8 +233,9 @@ def _discard(d: DirHandle, name: str) -> None:
 
 def _copy_durably(src_fd: int, dst_parent: int, name: str, depth: int) -> None:
     """Copy the directory `src_fd` into the new directory `name` of `dst_parent`: regular files with
-    their mode and times, directories, symlinks as symlinks (never followed), every file and directory
-    fsynced. Anything else (a FIFO, a device) fails the copy. Raises OSError."""
+    their permission bits (see PERMISSION_BITS) and times, directories, symlinks as symlinks (never
+    followed), every file and directory fsynced. Anything else (a FIFO, a device) fails the copy.
+    Raises OSError."""
     if depth > MAX_COPY_DEPTH:
         raise OSError(errno.ELOOP, f"deeper than {MAX_COPY_DEPTH} directories")
     dst_fd = os.open(name, O_DIR, dir_fd=dst_parent)
@@ -247,7 +258,7 @@ def _copy_durably(src_fd: int, dst_parent: int, name: str, depth: int) -> None:
             else:
                 raise OSError(errno.EINVAL, f"{entry}: a {kind(st.st_mode)} cannot be copied")
         src_st = os.fstat(src_fd)
-        os.fchmod(dst_fd, stat.S_IMODE(src_st.st_mode))
+        os.fchmod(dst_fd, stat.S_IMODE(src_st.st_mode) & PERMISSION_BITS)
         os.fsync(dst_fd)
         os.utime(dst_fd, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
     finally:
@@ -264,7 +275,7 @@ def _copy_file(src_dir: int, dst_dir: int, name: str, st: os.stat_result) -> Non
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(dst, view):]
-            os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            os.fchmod(dst, stat.S_IMODE(st.st_mode) & PERMISSION_BITS)
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(dst)
         finally:
@@ -311,7 +322,7 @@ def _delete_hidden(parent: DirHandle, hidden: str, folder: Path) -> None:
     """Delete a hidden folder (symlink-safe). A failure is only logged: what is left is a dot-folder
     that no scan looks at, and the next retention sweep finishes the removal."""
     try:
-        shutil.rmtree(hidden, dir_fd=parent.fileno())
+        remove_tree(parent.fileno(), hidden)
     except OSError as exc:
         log.warning("remove_incomplete", folder=str(folder), left=str(parent.path / hidden), error=str(exc))
 

@@ -43,6 +43,7 @@ class MemberReader(io.RawIOBase):
 
     def __init__(self, d: RunDir, member: Member) -> None:
         super().__init__()
+        self._fd = -1   # so that a reader whose open fails still closes cleanly when collected
         self._fd = d.open_file(member.rel, member.ident)
         self._size = member.ident.size
         self._left = self._size
@@ -83,7 +84,8 @@ class MemberReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         super().close()
 
 

@@ -115,7 +115,11 @@ class Claims:
                 d: DirHandle = RunDir.open(folder)
             except FolderError as exc:
                 raise StateError(f"{folder}: cannot claim: {exc.problem}") from None
-            claim = self._acquire(d, owns=True)
+            try:
+                claim = self._acquire(d, owns=True)
+            except BaseException:
+                d.close()
+                raise
             if claim is None:
                 d.close()
             return claim
@@ -134,7 +138,7 @@ class Claims:
                     try:
                         current = self._read(place)
                     except UnsafeStateFile as exc:
-                        replaced, current = exc.detail, None
+                        replaced, current = exc.reason, None
                     except StateError:
                         current = {"id": "corrupt"}
                     if current is not None and not self._is_stale(current):

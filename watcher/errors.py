@@ -60,7 +60,7 @@ class UnsafeStateFile(InvalidFolder):
 
     def __init__(self, folder: str, name: str, problem: str, *, uid: int | None = None) -> None:
         self.name = name
-        self.detail = problem
+        self.reason = problem   # what is wrong with it, without its name
         self.uid = uid
         self.untrusted = problem.startswith("is owned by")
         super().__init__(folder, f"{name} {problem}")

@@ -108,6 +108,7 @@ class RunFolder:
     status_file: Path | None = None
     status_member: Member | None = field(default=None, compare=False, repr=False)
     dir: RunDir | None = field(default=None, compare=False, repr=False)
+    limits: Limits = field(default=Limits(), compare=False, repr=False)   # the caps it was inspected with
 
     def artifact(self, role: str) -> Artifact | None:
         """The artifact playing `role`, if present."""
@@ -232,6 +233,7 @@ def inspect_folder(
         status_file=path / files.status if status_member is not None else None,
         status_member=status_member,
         dir=d,
+        limits=limits,
     )
 
 
@@ -285,7 +287,7 @@ def _current(folder: RunFolder, d: RunDir) -> Iterator[tuple[str, tuple[int, int
     for artifact in folder.artifacts:
         if artifact.is_dir:
             try:
-                walked = d.walk(artifact.path.name, Limits())
+                walked = d.walk(artifact.path.name, folder.limits)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for arcname, _, st in walked:

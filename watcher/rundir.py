@@ -24,8 +24,8 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
+from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ FILE_MODE = 0o640
 TMP_PREFIX = ".nextmv-tmp-"
 MAX_SYMLINKS = 40          # as the kernel's own limit when it resolves a path
 MAX_PATH_BYTES = 4096      # a relative path inside a run folder (PATH_MAX)
+MAX_RESOLVE_OPENS = 4096   # directories opened to resolve one path (a path of PATH_MAX bytes needs < 2048)
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,10 @@ class DirHandle:
         return result
 
     def unlink(self, name: str) -> bool:
-        """Remove the entry `name` (a directory with everything under it, symlink-safe). True when
-        something was removed. Raises OSError."""
-        st = self.lstat(name)
-        if st is None:
-            return False
+        """Remove the entry `name` (a directory with everything under it, see `remove_tree`). True
+        when something was removed. Raises OSError."""
         try:
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=self.fileno())
-            else:
-                os.unlink(name, dir_fd=self.fileno())
+            remove_tree(self.fileno(), name)
         except FileNotFoundError:
             return False
         return True
@@ -220,9 +215,72 @@ class DirHandle:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeStateFile(self.label, name, "is a symlink, not a regular file") from None
+            # A socket cannot be opened at all (ENXIO): say what it is rather than how open() failed.
+            st = self.lstat(name)
+            if st is None or stat.S_ISREG(st.st_mode):
                 raise
-            raise UnsafeStateFile(self.label, name, "is a symlink, not a regular file") from None
+            raise UnsafeStateFile(self.label, name, f"is a {kind(st.st_mode)}, not a regular file",
+                                  uid=st.st_uid) from None
+
+
+def remove_tree(dir_fd: int, name: str) -> None:
+    """Remove the entry `name` of the directory `dir_fd`, and everything under it when it is a
+    directory, in a tree a producer may still be changing.
+
+    Nothing is followed or opened but directories (`O_DIRECTORY|O_NOFOLLOW`: a symlink or a FIFO
+    swapped in is refused, never followed or blocked on); each subdirectory is first moved up into
+    `name` itself, so any depth costs three descriptors and no recursion (`shutil.rmtree` recursed:
+    a 3,000-level tree raised RecursionError, 1,000 levels exhausted the descriptors). Raises
+    FileNotFoundError when `name` does not exist, OSError when something cannot be removed."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:
+        _remove_dir(dir_fd, name)
+
+
+def _remove_dir(dir_fd: int, name: str) -> None:
+    top = os.open(name, O_DIR, dir_fd=dir_fd)
+    try:
+        pending: list[str | None] = [None]   # directories to empty: `name` itself, then its children
+        while pending:
+            sub = pending.pop()
+            try:
+                fd = top if sub is None else os.open(sub, O_DIR, dir_fd=top)
+            except FileNotFoundError:
+                continue
+            try:
+                pending += _empty(fd, top)
+            finally:
+                if fd != top:
+                    os.close(fd)
+            if sub is not None:
+                os.rmdir(sub, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _empty(fd: int, top: int) -> list[str]:
+    """Unlink every non-directory in `fd`; return its subdirectories, moved into `top` first (unless
+    `fd` is `top`) under random dot-names, to be emptied in turn."""
+    with os.scandir(fd) as it:
+        names = [entry.name for entry in it]
+    subdirs = []
+    for name in names:
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        except IsADirectoryError:
+            if fd == top:
+                subdirs.append(name)
+                continue
+            hoisted = f"{TMP_PREFIX}rm-{secrets.token_hex(8)}"
+            os.rename(name, hoisted, src_dir_fd=fd, dst_dir_fd=top)
+            subdirs.append(hoisted)
+    return subdirs
 
 
 def state_problem(st: os.stat_result, *, limit: int, owners: Collection[int] | None) -> str | None:
@@ -278,44 +336,72 @@ class RunDir(DirHandle):
         """Resolve `rel` (a '/'-separated path inside the run folder) with every symlink read and
         followed here, and return the path without symlinks and the stat of what it names.
 
-        Raises `InvalidFolder` (naming `label`, default `rel`) for a symlink that leaves the run
-        folder, a broken symlink or a loop; `FileNotFoundError`/`OSError` when an entry that is not
-        behind a symlink vanished."""
+        The directory reached so far is held open, so each component costs one open; '..' reopens its
+        parent from the top (never through '..'). Raises `InvalidFolder` (naming `label`, default `rel`)
+        for a symlink that leaves the run folder, a broken symlink, a loop, or a path that would need
+        more than `MAX_RESOLVE_OPENS` directory opens (a producer's `../d/../d/...` at the bottom of a
+        deep tree); `FileNotFoundError`/`OSError` when an entry that is not behind a symlink vanished."""
         rel_label = rel if label is None else label
-        todo = [p for p in rel.split("/") if p not in ("", ".")]
+        todo = deque(_parts(rel))
         done: list[str] = []
-        links = 0
-        st = self.fstat()
-        while todo:
-            name = todo.pop(0)
-            if name == "..":
-                if not done:
-                    raise InvalidFolder(self.label, f"{rel_label}: symlink points outside the run folder")
-                done.pop()
-                st = self._stat_parts(done)
-                continue
-            try:
-                st = self._lstat_in(done, name)
-            except (FileNotFoundError, NotADirectoryError):
-                if links:
-                    raise InvalidFolder(self.label, f"{rel_label}: broken symlink") from None
-                raise
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise InvalidFolder(self.label, f"{rel_label}: broken symlink (loop)")
-                target = self._readlink_in(done, name)
-                if target.startswith("/"):
-                    done = []
-                    target = self._inside(target, rel_label)
-                todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-                continue
-            if todo and not stat.S_ISDIR(st.st_mode):
-                raise InvalidFolder(self.label, f"{rel_label}: broken symlink") if links else NotADirectoryError(rel)
-            done.append(name)
-        if stat.S_ISLNK(st.st_mode):   # the last link named a directory already resolved (".", the folder)
-            st = self._stat_parts(done)
+        links = opens = 0
+        fd = os.dup(self.fileno())   # the directory `done`
+        try:
+            st = os.fstat(fd)
+            while todo:
+                name = todo.popleft()
+                if name == "..":
+                    if not done:
+                        raise InvalidFolder(self.label, f"{rel_label}: symlink points outside the run folder")
+                    done.pop()
+                    opens = self._count_opens(opens, len(done), rel_label)
+                    fd = self._reopen(fd, done)
+                    st = os.fstat(fd)
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    if links:
+                        raise InvalidFolder(self.label, f"{rel_label}: broken symlink") from None
+                    raise
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise InvalidFolder(self.label, f"{rel_label}: broken symlink (loop)")
+                    target = os.readlink(name, dir_fd=fd)
+                    if target.startswith("/"):
+                        target = self._inside(target, rel_label)
+                        done = []
+                        fd = self._reopen(fd, done)
+                    todo.extendleft(reversed(_parts(target)))
+                    if not todo:   # the link names a directory already reached ('.', the folder itself)
+                        st = os.fstat(fd)
+                    continue
+                if todo and not stat.S_ISDIR(st.st_mode):
+                    if links:
+                        raise InvalidFolder(self.label, f"{rel_label}: broken symlink")
+                    raise NotADirectoryError(rel)
+                done.append(name)
+                if todo:
+                    opens = self._count_opens(opens, 1, rel_label)
+                    nxt = os.open(name, O_DIR, dir_fd=fd)
+                    os.close(fd)
+                    fd = nxt
+        finally:
+            os.close(fd)
         return "/".join(done), st
+
+    def _reopen(self, fd: int, parts: list[str]) -> int:
+        """The directory `parts`, opened from the top, in place of `fd` (which stays open if that fails)."""
+        new = self._open_parts(parts)
+        os.close(fd)
+        return new
+
+    def _count_opens(self, opens: int, more: int, rel: str) -> int:
+        if opens + more > MAX_RESOLVE_OPENS:
+            raise InvalidFolder(self.label, f"{rel}: too deep to resolve (more than {MAX_RESOLVE_OPENS} "
+                                            "directories to open)")
+        return opens + more
 
     def _inside(self, target: str, rel: str) -> str:
         """An absolute symlink target as a path relative to the run folder, if it lies inside."""
@@ -326,27 +412,24 @@ class RunDir(DirHandle):
                 return target[len(root.rstrip("/")) + 1:]
         raise InvalidFolder(self.label, f"{rel}: symlink points outside the run folder")
 
-    def _lstat_in(self, parts: list[str], name: str) -> os.stat_result:
-        with self._open_dir(parts) as fd:
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
-
-    def _readlink_in(self, parts: list[str], name: str) -> str:
-        with self._open_dir(parts) as fd:
-            return os.readlink(name, dir_fd=fd)
-
-    def _stat_parts(self, parts: list[str]) -> os.stat_result:
-        with self._open_dir(parts) as fd:
-            return os.fstat(fd)
-
-    @contextlib.contextmanager
-    def _open_dir(self, parts: list[str] | tuple[str, ...]) -> Iterator[int]:
-        """A descriptor of the directory `parts` (no symlinks), opened component by component."""
+    def _open_parts(self, parts: list[str] | tuple[str, ...]) -> int:
+        """A new descriptor of the directory `parts` (no symlinks), opened component by component."""
         fd = os.dup(self.fileno())
         try:
             for part in parts:
                 nxt = os.open(part, O_DIR, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _open_dir(self, parts: list[str] | tuple[str, ...]) -> Iterator[int]:
+        """A descriptor of the directory `parts` (no symlinks), opened component by component."""
+        fd = self._open_parts(parts)
+        try:
             yield fd
         finally:
             os.close(fd)
@@ -396,9 +479,9 @@ class RunDir(DirHandle):
         Out: `(arcname, path without symlinks, stat)` sorted by arcname ('/'-separated, relative to
         `rel`). A symlink inside the run folder is followed (a file is listed under the link's name, a
         directory is descended into). Raises `InvalidFolder` for a symlink leaving the folder, a broken
-        symlink, a loop, a FIFO/socket/device, more than `limits.max_files` files, deeper than
-        `limits.max_depth` or a path longer than 4096 bytes; `FolderChanged`/`OSError` when the tree
-        changes under us."""
+        symlink, a loop, a FIFO/socket/device, more than `limits.max_files` files (or directories: links
+        can make a few directories into exponentially many paths), deeper than `limits.max_depth` or
+        a path longer than 4096 bytes; `FolderChanged`/`OSError` when the tree changes under us."""
         top, st = self.resolve(rel)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(rel)
@@ -406,6 +489,7 @@ class RunDir(DirHandle):
         stack: list[tuple[str, str, int, tuple[int, int], frozenset[tuple[int, int]]]] = [
             (top, "", 0, root_key, frozenset({root_key}))]
         found: list[tuple[str, str, os.stat_result]] = []
+        dirs = 0
         while stack:
             real, prefix, depth, dev_ino, ancestors = stack.pop()
             for name, est in self._list(real, dev_ino, f"{rel}/{prefix}"):
@@ -415,7 +499,8 @@ class RunDir(DirHandle):
                     raise InvalidFolder(self.label, f"{label[:80]}...: path longer than {MAX_PATH_BYTES} bytes")
                 path = f"{real}/{name}" if real else name
                 if stat.S_ISLNK(est.st_mode):
-                    path, est = self.resolve(path, label)  # noqa: PLW2901 - the link stands for its target
+                    with self._changed(label, "vanished"):
+                        path, est = self.resolve(path, label)  # noqa: PLW2901 - the link stands for its target
                 if stat.S_ISDIR(est.st_mode):
                     key = (est.st_dev, est.st_ino)
                     if key in ancestors:
@@ -423,6 +508,10 @@ class RunDir(DirHandle):
                     if depth + 1 > limits.max_depth:
                         raise InvalidFolder(self.label, f"{rel}: deeper than {limits.max_depth} directories "
                                                         "(files.max_archive_depth)")
+                    dirs += 1
+                    if dirs > limits.max_files:
+                        raise InvalidFolder(self.label, f"{rel}: more than {limits.max_files} directories "
+                                                        "(files.max_archive_files)")
                     stack.append((path, arcname + "/", depth + 1, key, ancestors | {key}))
                 elif stat.S_ISREG(est.st_mode):
                     found.append((arcname, path, est))
@@ -437,7 +526,7 @@ class RunDir(DirHandle):
 
     def _list(self, real: str, dev_ino: tuple[int, int], label: str) -> list[tuple[str, os.stat_result]]:
         """The entries of the directory `real`, which must still be the one seen (`dev_ino`)."""
-        with self._open_dir(real.split("/") if real else []) as fd:
+        with self._changed(label.rstrip("/"), "was replaced"), self._open_dir(real.split("/") if real else []) as fd:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != dev_ino:
                 raise FolderChanged(self.label, f"{label.rstrip('/')} was replaced while inspected")
@@ -450,19 +539,37 @@ class RunDir(DirHandle):
                         continue
             return entries
 
+    @contextlib.contextmanager
+    def _changed(self, label: str, what: str) -> Iterator[None]:
+        """A directory on the way vanished or became a symlink (O_NOFOLLOW refused it): FolderChanged."""
+        try:
+            yield
+        except (FileNotFoundError, NotADirectoryError):
+            raise FolderChanged(self.label, f"{label} {what} while inspected") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise FolderChanged(self.label, f"{label} {what} while inspected") from None
+
     def newest_mtime(self, skip_prefix: str, now: float, max_entries: int) -> float:
         """The newest st_mtime of every entry under the folder (lstat; symlinks not followed), root
         entries starting with `skip_prefix` left out; `-inf` when empty. An entry that vanishes during
-        the walk counts as changed `now`; at most `max_entries` entries are looked at."""
+        the walk counts as changed `now`; at most `max_entries` entries are looked at, and reopening
+        a directory from the top costs one entry per level (a 100,000-level chain would otherwise cost
+        5 * 10**9 opens)."""
         newest = float("-inf")
         seen = 0
         stack: list[str] = [""]
         while stack and seen < max_entries:
             real = stack.pop()
+            parts = real.split("/") if real else []
+            seen += len(parts)
             try:
-                with self._open_dir(real.split("/") if real else []) as fd, os.scandir(fd) as it:
-                    entries = []
+                with self._open_dir(parts) as fd, os.scandir(fd) as it:
+                    entries: list[tuple[str, os.stat_result]] = []
                     for entry in it:
+                        if seen + len(entries) >= max_entries:
+                            break   # one directory of millions of entries is not listed whole either
                         try:
                             entries.append((entry.name, entry.stat(follow_symlinks=False)))
                         except FileNotFoundError:
@@ -484,6 +591,10 @@ class RunDir(DirHandle):
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(f"{real}/{name}" if real else name)
         return newest
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def _not_the_file(st: os.stat_result, ident: Ident, rel: str) -> str | None:

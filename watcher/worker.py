@@ -319,7 +319,13 @@ class FolderProcessor:
         if self.gate.blocked(app) is not None and self.gate.park(app, folder):
             log.info("folder_parked", reason="api paused", error=str(exc))
             return None
-        journal = self.store.journal(d)
+        try:
+            journal = self.store.journal(d)
+        except UnsafeStateFile as err:   # replaced during the attempt (a FIFO, a stranger's file)
+            return self._fail(folder, d, app, f"invalid folder: {err.problem}", "invalid", trust_journal=False)
+        except StateError as err:
+            log.error("state_error", error=str(err))
+            return self.clock() + self.backoff.delay(3, self.rng)
         # Throttling and POSTs of unknown outcome are not the folder's fault: they do not use up attempts.
         throttled = exc.status == 429
         if not throttled and not isinstance(exc, UncertainError):
@@ -332,7 +338,10 @@ class FolderProcessor:
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         journal.next_attempt_at = self.clock() + delay
-        self.store.save_journal(d, journal)
+        try:
+            self.store.save_journal(d, journal)
+        except StateError as err:   # the attempt is not counted; the retry is scheduled all the same
+            log.error("state_error", error=str(err))
         self._outcome(folder, app, "retried", "throttled" if throttled else "api_error", str(exc))
         log.warning("folder_retrying", reason="throttled" if throttled else "api_error", error=str(exc),
                      attempt=journal.attempts, retry_in=round(delay, 2))
