@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from watcher.archive import CHUNK_SIZE, copy_utf8, is_utf8, open_member, wrapped_json, write_archive
+from watcher.archive import CHUNK_SIZE, copy_utf8, is_utf8, open_member, write_archive, write_wrapped
 from watcher.errors import FolderChanged, InvalidFolder
 from watcher.folder import Member
 from watcher.rundir import Ident, Limits, RunDir
@@ -233,33 +233,17 @@ def test_is_utf8(tmp_path: Path, data: bytes, valid: bool, chunk_size: int) -> N
 @pytest.mark.parametrize(
     ("content", "key", "expected"),
     [
-        ('{"statistics": {"run": {"duration": 1}}}', "statistics", None),
-        ('{"run": {"duration": 1}, "é": "ü"}', "statistics",
-         {"statistics": {"run": {"duration": 1}, "é": "ü"}}),
+        ('{"run": {"duration": 1}, "é": "ü"}', "statistics", {"statistics": {"run": {"duration": 1}, "é": "ü"}}),
         ('[{"content": "x"}]', "assets", {"assets": [{"content": "x"}]}),
-        ('{"assets": []}', "assets", None),
         ('{"statistics": 1}', "assets", {"assets": {"statistics": 1}}),
         ("42", "statistics", {"statistics": 42}),
+        (' \n[1, 2]\n', "assets", {"assets": [1, 2]}),
     ],
 )
-def test_wrapped_json(content: str, key: str, expected: object) -> None:
-    result = wrapped_json(content.encode(), key, name="x.json", folder="/run")
-    if expected is None:
-        assert result is None
-    else:
-        assert result is not None
-        assert json.loads(result.decode("utf-8")) == expected
-
-
-def test_wrapped_json_is_compact_utf8() -> None:
-    expected = '{"statistics":{"a":[1,2],"é":"ü"}}'.encode()
-    assert wrapped_json('{ "a" : [1, 2], "é": "ü" }'.encode(), "statistics", name="statistics.json",
-                        folder="/run") == expected
-
-
-@pytest.mark.parametrize("content", [b"{", b"", b"NaN", b'{"a": Infinity}', b"\xff", b"[" * 100_000])
-def test_invalid_json_is_invalid_folder_naming_the_file(content: bytes) -> None:
-    with pytest.raises(InvalidFolder) as excinfo:
-        wrapped_json(content, "assets", name="assets.json", folder="/run")
-    assert excinfo.value.folder == "/run"
-    assert excinfo.value.problem.startswith("assets.json: ")
+@pytest.mark.parametrize("chunk_size", [1, 3, CHUNK_SIZE])
+def test_write_wrapped_keeps_the_documents_bytes_inside_the_wrapper(
+        content: str, key: str, expected: object, chunk_size: int) -> None:
+    dest = io.BytesIO()
+    write_wrapped(io.BytesIO(content.encode()), key, dest, chunk_size=chunk_size)
+    assert dest.getvalue() == b'{"' + key.encode() + b'":' + content.encode() + b"}"
+    assert json.loads(dest.getvalue().decode("utf-8")) == expected

@@ -337,6 +337,32 @@ def test_extra_files_must_be_valid_json(fs: FakeFilesystem, name: str) -> None:
     assert invalid().startswith(f"{name}: invalid JSON")
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "wrap"),
+    [
+        ("statistics.json", '{"statistics": {"run": {"duration": 1}}}', None),
+        ("statistics.json", '{"run": {"duration": 1}}', "statistics"),
+        ("statistics.json", "42", "statistics"),
+        ("assets.json", '{"assets": []}', None),
+        ("assets.json", '[{"content": "x"}]', "assets"),
+        ("assets.json", '{"statistics": 1}', "assets"),
+        ("metrics.json", '{"metrics": 1}', None),
+    ],
+)
+def test_statistics_and_assets_are_wrapped_unless_they_carry_their_key(
+        fs: FakeFilesystem, name: str, content: str, wrap: str | None) -> None:
+    make(fs, {"input.json": "{}", "output.json": "{}", name: content})
+    artifact = inspect_folder(ROOT, FILES, AUTO).artifact(name.removesuffix(".json"))
+    assert artifact is not None
+    assert artifact.wrap == wrap
+
+
+@pytest.mark.parametrize("content", [b"{", b"", b"NaN", b'{"a": Infinity}', b"\xff", b"[" * 100_000])
+def test_invalid_json_in_an_extra_file_is_invalid_naming_the_file(fs: FakeFilesystem, content: bytes) -> None:
+    make(fs, {"input.json": "{}", "output.json": "{}", "assets.json": content})
+    assert invalid().startswith("assets.json: ")
+
+
 def test_metrics_must_be_an_object(fs: FakeFilesystem) -> None:
     make(fs, {"input.json": "{}", "output.json": "{}", "metrics.json": "[1]"})
     assert invalid() == "metrics.json: must be a JSON object"

@@ -1,7 +1,7 @@
 """Turning run-folder files into upload bytes: tar.gz archives, UTF-8 logs, wrapped JSON.
 
-Everything here streams: no function reads a whole input, output or log file into memory
-(the JSON helper reads the small statistics and assets files, bounded by `files.max_json_bytes`).
+Everything here streams: no function reads a whole file into memory (statistics and assets are
+wrapped as bytes, the decision whether to wrap them was made when they were inspected).
 Every file is read through the open run folder (`watcher.rundir`) and must be the file that was
 inspected (`MemberReader`).
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from watcher.errors import FolderChanged, FolderUnreadable
-from watcher.folder import Member, check_name, parse_json
+from watcher.folder import Member, check_name
 from watcher.rundir import RunDir
 
 CHUNK_SIZE = 1 << 16
@@ -174,15 +174,12 @@ def is_utf8(src: BinaryIO, *, chunk_size: int = CHUNK_SIZE) -> bool:
             return True
 
 
-def wrapped_json(data: bytes, key: str, *, name: str, folder: str) -> bytes | None:
-    """The upload bytes of statistics or assets (`data`, the file's content): wrapped under `key`
-    unless already so.
+def write_wrapped(src: BinaryIO, key: str, dest: BinaryIO, *, chunk_size: int = CHUNK_SIZE) -> None:
+    """Stream the JSON document `src` (statistics or assets, validated at inspection) to `dest` wrapped
+    as `{"<key>": <document>}`: the document's own bytes, unparsed and unchanged, between the two.
 
-    Out: None when the content is a JSON object with `key` at top level (upload it as it is);
-    otherwise the compact UTF-8 bytes of `{"<key>": <content>}`.
-    Raises: `InvalidFolder` naming the file for invalid JSON or invalid UTF-8.
-    """
-    content = parse_json(data, name, folder)
-    if isinstance(content, dict) and key in content:
-        return None
-    return json.dumps({key: content}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    Raises: whatever reading `src` raises (`FolderChanged`); `OSError` writing `dest`."""
+    dest.write(b"{" + json.dumps(key).encode("utf-8") + b":")
+    while chunk := src.read(chunk_size):
+        dest.write(chunk)
+    dest.write(b"}")

@@ -72,6 +72,7 @@ class Artifact:
     is_dir: bool
     format: str
     members: tuple[Member, ...] = field(default=(), compare=False, repr=False)
+    wrap: str | None = field(default=None, compare=False)   # statistics/assets: the key to wrap it under
 
     def named_members(self) -> list[tuple[str, Path]]:
         """`(arcname, path)` of every file that makes up the artifact, sorted by arcname."""
@@ -347,10 +348,14 @@ def _json_artifact(d: RunDir, role: str, name: str, cap: int) -> Artifact:
         raise InvalidFolder(d.label, f"{name}: {st.st_size} bytes, over the {cap}-byte cap (files.max_json_bytes)")
     member = Member(name, real, Ident.of(st))
     with json_turn(st.st_size):
-        is_object = isinstance(parse_json(read_member(d, member), name, d.label), dict)
+        content = parse_json(read_member(d, member), name, d.label)
+        is_object = isinstance(content, dict)
+        keyed = isinstance(content, dict) and role in content
+        del content   # a document at the cap parses to hundreds of MB: let it go before the next turn
     if role == "metrics" and not is_object:
         raise InvalidFolder(d.label, f"{name}: must be a JSON object")
-    return Artifact(role=role, path=d.path / name, is_dir=False, format="json", members=(member,))
+    wrap = role if role in ("statistics", "assets") and not keyed else None
+    return Artifact(role=role, path=d.path / name, is_dir=False, format="json", members=(member,), wrap=wrap)
 
 
 def read_member(d: RunDir, member: Member) -> bytes:

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from watcher.archive import copy_utf8, is_utf8, open_member, wrapped_json, write_archive
+from watcher.archive import copy_utf8, is_utf8, open_member, write_archive, write_wrapped
 from watcher.errors import StateError
-from watcher.folder import Artifact, Member, RunFolder, json_turn, read_member
+from watcher.folder import Artifact, Member, RunFolder
 from watcher.rundir import RunDir
 
 SPOOL_PREFIX = "spool-"
@@ -140,11 +140,14 @@ def _prepare_artifact(artifact: Artifact, d: RunDir, spool: _Spool, warnings: li
             upload = spool.write(role, ".txt", fill)
             warnings.append(f"{path.name}: {replaced[0]} invalid UTF-8 sequences replaced")
             return upload
-    if role in ("statistics", "assets"):
-        with json_turn(member.ident.size):   # the document, its parse and its wrapped copy: one at a time
-            data = wrapped_json(read_member(d, member), role, name=path.name, folder=d.label)
-            if data is not None:
-                return spool.write(role, ".json", lambda dest: dest.write(data))
+    if artifact.wrap is not None:
+        key = artifact.wrap
+
+        def wrapped(dest: BinaryIO) -> None:
+            with open_member(d, member) as src:
+                write_wrapped(src, key, dest)
+
+        return spool.write(role, ".json", wrapped)
     return Upload(role=role, path=path, size=member.ident.size, spooled=False, member=member)
 
 
