@@ -34,9 +34,10 @@ import watcher.prepare
 import watcher.state
 import watcher.watch
 from watcher.config import load_config
+from watcher.dirhandle import DirHandle
 from watcher.fakecloud import FakeCloud
 from watcher.folder import Member
-from watcher.rundir import DirHandle, RunDir
+from watcher.rundir import RunDir
 from watcher.scan import classify, scan_all
 from watcher.service import Service, State
 from watcher.state import JOURNAL, StateStore

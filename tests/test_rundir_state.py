@@ -30,8 +30,9 @@ from hostile_fs import (
 )
 
 from watcher.claim import CLAIM, Claims, LeaseKeeper
+from watcher.dirhandle import TMP_PREFIX
 from watcher.errors import ClaimLost, StateError, UnsafeStateFile
-from watcher.rundir import TMP_PREFIX, RunDir
+from watcher.rundir import RunDir
 from watcher.state import FAILED, JOURNAL, TRACKED, StateStore
 
 STATE = JOURNAL
@@ -129,7 +130,7 @@ def test_temporary_names_are_random_and_created_exclusively(run: Path, monkeypat
 def test_a_symlink_planted_at_the_temporary_name_is_never_written_through(
         run: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a producer that guessed the random name (here: forced) only makes the write fail."""
-    monkeypatch.setattr("watcher.rundir.secrets.token_hex", lambda n: "guessed")
+    monkeypatch.setattr("watcher.dirhandle.secrets.token_hex", lambda n: "guessed")
     (run / f"{TMP_PREFIX}guessed").symlink_to(secret)
     with RunDir.open(run) as d, pytest.raises(FileExistsError):
         d.write_atomic(STATE, b"journal")

@@ -33,8 +33,9 @@ from pathlib import Path
 import structlog
 
 from watcher.config import Config
+from watcher.dirhandle import O_CREATE, O_DIR, O_READ, DirHandle, kind, remove_tree
 from watcher.errors import FolderError, StateError
-from watcher.rundir import O_CREATE, O_DIR, O_READ, DirHandle, RunDir, kind, remove_tree
+from watcher.rundir import RunDir
 from watcher.scan import iter_folders
 from watcher.state import StateStore, parse_iso
 

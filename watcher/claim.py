@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watcher.dirhandle import DirHandle
 from watcher.errors import ClaimLost, FolderError, StateError, UnsafeStateFile
-from watcher.rundir import DirHandle, RunDir
+from watcher.rundir import RunDir
 from watcher.state import MAX_STATE_BYTES, UNWRITABLE, StateStore, decode_state, opened, trusted_owners
 
 CLAIM = ".nextmv-claim"

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from watcher.config import FilesConfig, FormatConfig
+from watcher.dirhandle import kind
 from watcher.errors import FolderChanged, FolderError, FolderUnreadable, InvalidFolder
-from watcher.rundir import Ident, Limits, RunDir, kind
+from watcher.rundir import Ident, Limits, RunDir
 
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))

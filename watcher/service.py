@@ -30,6 +30,7 @@ from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
 from watcher.control import ControlServer
+from watcher.dirhandle import DirHandle
 from watcher.errors import ConfigError, WatcherError
 from watcher.health import Health
 from watcher.lookup import RunLookup
@@ -39,7 +40,6 @@ from watcher.prepare import clean_spool
 from watcher.probe import Prober
 from watcher.queue import WorkQueue
 from watcher.retry import ApiGate
-from watcher.rundir import DirHandle
 from watcher.scan import iter_entries, quick_state
 from watcher.state import StateStore, trusted_owners
 from watcher.tracker import Tracker

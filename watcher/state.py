@@ -31,8 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from watcher.dirhandle import DirHandle, state_problem
 from watcher.errors import FolderError, StateError, UnsafeStateFile
-from watcher.rundir import DirHandle, RunDir, state_problem
+from watcher.rundir import RunDir
 
 if TYPE_CHECKING:
     from watcher.config import Config
