@@ -21,17 +21,16 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, InvalidFolder
 from watcher.folder import (
-    BIG_JSON_BYTES,
     Artifact,
     RunFolder,
     find_candidates,
     fingerprint,
     inspect_folder,
-    json_turn,
     read_member,
     verify_fingerprint,
 )
 from watcher.rundir import RunDir
+from watcher.runjson import BIG_JSON_BYTES, json_turn
 
 FILES = FilesConfig(
     input=("input.json", "input.*", "input/"),

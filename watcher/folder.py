@@ -18,10 +18,8 @@ changed while it was being uploaded.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
-import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,19 +31,11 @@ from watcher.config import FilesConfig, FormatConfig
 from watcher.dirhandle import kind
 from watcher.errors import FolderChanged, FolderError, FolderUnreadable, InvalidFolder
 from watcher.rundir import Ident, Limits, RunDir
+from watcher.runjson import STATUS_MAX_BYTES, decide_status, json_turn, parse_json, parse_status
 
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))
-STATUS_MAX_BYTES = 1024 * 1024
-STATUSES = ("succeeded", "failed")
-_ID_KEYS = ("instance_id", "batch_experiment_id")
-_STRING_KEYS = ("error", "name", "description", *_ID_KEYS)
-STATUS_KEYS = ("status", "duration", *_STRING_KEYS, "options")
 FORMATS = ("auto", "json", "multi-file", "text")
-# Reading and parsing JSON costs ~10-30 times its size in memory: documents above this take turns (see
-# `json_turn`), so that workers at the `files.max_json_bytes` cap together cannot multiply the peak.
-BIG_JSON_BYTES = 1 << 20
-_BIG_JSON = threading.RLock()
 
 Fingerprint = dict[str, tuple[int, int, int]]
 
@@ -220,7 +210,7 @@ def inspect_folder(
             if d.lstat(name) is not None:
                 artifacts.append(_json_artifact(d, role, name, files.max_json_bytes))
 
-    status = _decide_status(settings, has_output="output" in chosen, folder=d.label)
+    status = decide_status(settings, has_output="output" in chosen, folder=d.label)
     return RunFolder(
         path=path,
         name=settings.get("name") or _decoded(path.name),
@@ -365,32 +355,6 @@ def read_member(d: RunDir, member: Member) -> bytes:
         return d.read_file(member.rel, member.ident)
 
 
-def parse_json(data: bytes, name: str, folder: str) -> object:
-    """Parse the JSON file `name` from its bytes (callers hold its `json_turn`).
-
-    Raises: `InvalidFolder` naming the file when it is not UTF-8 or not valid JSON (NaN and
-    Infinity are not JSON)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidFolder(folder, f"{name}: not valid UTF-8 (byte {e.start})") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise InvalidFolder(folder, f"{name}: invalid JSON ({e})") from None
-
-
-@contextmanager
-def json_turn(size: int) -> Iterator[None]:
-    """Hold the turn for reading, parsing and re-encoding a JSON document of `size` bytes: one document
-    above `BIG_JSON_BYTES` at a time in the whole process (no other lock is taken inside)."""
-    if size <= BIG_JSON_BYTES:
-        yield
-        return
-    with _BIG_JSON:
-        yield
-
-
 def _read_status(d: RunDir, name: str) -> tuple[Member, dict[str, Any]]:
     """Parse and validate status.json; every problem is reported at once, each naming its key."""
     real, st = _entry(d, name, name)
@@ -399,48 +363,7 @@ def _read_status(d: RunDir, name: str) -> tuple[Member, dict[str, Any]]:
     if st.st_size > STATUS_MAX_BYTES:
         raise InvalidFolder(d.label, f"{name}: bigger than 1 MiB ({st.st_size} bytes)")
     member = Member(name, real, Ident.of(st))
-    raw = parse_json(read_member(d, member), name, d.label)
-    if not isinstance(raw, dict):
-        raise InvalidFolder(d.label, f"{name}: must be a JSON object, got {_json_type(raw)}")
-    problems = _status_problems(raw)
-    if problems:
-        raise InvalidFolder(d.label, f"{name}: {'; '.join(problems)}")
-    return member, raw
-
-
-def _status_problems(raw: dict[str, Any]) -> list[str]:
-    known = ", ".join(STATUS_KEYS)
-    problems = [f'unknown key "{key}" (known: {known})' for key in raw if key not in STATUS_KEYS]
-    if "status" in raw and raw["status"] not in STATUSES:
-        problems.append('"status" must be "succeeded" or "failed"')
-    duration = raw.get("duration", 0)
-    if not isinstance(duration, int) or isinstance(duration, bool):
-        problems.append('"duration" must be an integer number of milliseconds')
-    elif duration < 0:
-        problems.append('"duration" must be an integer number of milliseconds, not negative')
-    for key in _STRING_KEYS:
-        if key in raw and not isinstance(raw[key], str):
-            problems.append(f'"{key}" must be a string')
-        elif key in _ID_KEYS and raw.get(key) == "":
-            problems.append(f'"{key}" must not be empty')
-    options = raw.get("options", {})
-    if not isinstance(options, dict):
-        problems.append('"options" must be an object of strings to strings')
-    else:
-        problems += [f'"options.{k}" must be a string' for k, v in options.items() if not isinstance(v, str)]
-    if "error" in raw and raw.get("status") == "succeeded":
-        problems.append('"error" is only allowed when "status" is "failed"')
-    return problems
-
-
-def _decide_status(settings: dict[str, Any], *, has_output: bool, folder: str) -> str:
-    """status.json's status, else failed with an error, else succeeded iff an output exists."""
-    status: str = settings.get("status") or (
-        "failed" if "error" in settings else "succeeded" if has_output else "failed"
-    )
-    if status == "succeeded" and not has_output:
-        raise InvalidFolder(folder, "status succeeded but no output")
-    return status
+    return member, parse_status(read_member(d, member), name, d.label)
 
 
 def check_name(arcname: str, folder: str, rel: str) -> None:
@@ -451,10 +374,6 @@ def check_name(arcname: str, folder: str, rel: str) -> None:
         raise InvalidFolder(folder, f"{rel!r}: file name is not valid UTF-8") from None
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _ignored(name: str, marker: str | None) -> bool:
     return name.startswith(".") or name == marker or any(fnmatchcase(name, p) for p in IGNORED_PATTERNS)
 
@@ -462,11 +381,6 @@ def _ignored(name: str, marker: str | None) -> bool:
 def _decoded(name: str) -> str:
     """A file name as text the API can take: bytes that are not UTF-8 become U+FFFD."""
     return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _json_type(value: object) -> str:
-    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 @contextmanager
