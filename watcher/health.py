@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from watcher.config import Config
+from watcher.detectors import Detectors
 from watcher.queue import WorkQueue
 from watcher.retry import ApiGate
-from watcher.watch import Detectors
 from watcher.worker import FolderProcessor
 
 # A worker that moved no bytes and saw no request finish for this long is wedged: stop pinging

@@ -30,6 +30,7 @@ from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
 from watcher.control import ControlServer
+from watcher.detectors import Detectors
 from watcher.dirhandle import DirHandle
 from watcher.errors import ConfigError, WatcherError
 from watcher.health import Health
@@ -43,7 +44,7 @@ from watcher.retry import ApiGate
 from watcher.scan import iter_entries, quick_state
 from watcher.state import StateStore, trusted_owners
 from watcher.tracker import Tracker
-from watcher.watch import Detectors, ObserverFactory
+from watcher.watch import ObserverFactory
 from watcher.worker import FolderProcessor
 
 log = structlog.get_logger("watcher.service")

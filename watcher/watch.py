@@ -22,11 +22,11 @@ handler, and the observer's `schedule`, `unschedule` and `stop` take that same l
   another `unwatch_folder` is left to the busy caller, which undoes its watch when it is done.
   Workers never overlap on one folder (the queue hands a folder to one worker at a time), so
   this is about the main loop's `stop`/`restart` and about staying correct if that changes.
-Detectors' own lock guards only its list of detectors and its root-to-detector map.
+`watcher.detectors.Detectors` (all the observers) follows the same rule.
 
 Liveness. On every tick the main loop sends each observer a heartbeat through its event queue
-(`Detectors.check_liveness`), which the dispatcher hands to our handler like any event. One left
-unanswered for WEDGED_SECONDS means the dispatcher is stuck and no event reaches us: it is logged
+(`Detectors.check_liveness` in `watcher.detectors`), which the dispatcher hands to our handler like any
+event. One left unanswered for WEDGED_SECONDS means the dispatcher is stuck and no event reaches us: it is logged
 once (`observer_wedged`), `wedged()` reports it, and Health withholds systemd's watchdog ping.
 Such an observer cannot be stopped (`stop()` needs the lock its dispatcher holds): stopping gives
 up after `stop_seconds`, so a SIGTERM still ends the daemon.
@@ -39,8 +39,7 @@ import errno
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -59,7 +58,6 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from watcher.config import WatchConfig
 from watcher.state import PREFIX
 
 log = structlog.get_logger("watcher.watch")
@@ -355,125 +353,3 @@ class Detector:
         if self._overflow is not None:
             for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
                 logging.getLogger(name).removeHandler(self._overflow)
-
-
-class Detectors:
-    """One Detector per observation mode: inotify for local paths, a polling observer per interval for
-    watched paths marked `polling: true` (NFS, SMB). Incomplete folders are watched only under inotify;
-    under polling they are re-checked by the queue.
-
-    Workers call watch_folder/unwatch_folder; everything else is for the main loop, except the read-only
-    alive/wedged/polling, which anyone may call. `clock` (monotonic seconds) times the heartbeats."""
-
-    def __init__(self, watches: Sequence[WatchConfig], enqueue: Callable[[Path], None], *,
-                 observer_factory: ObserverFactory | None = None,
-                 on_overflow: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.enqueue = enqueue
-        self.observer_factory = observer_factory
-        self.on_overflow = on_overflow
-        self.clock = clock
-        self.restarts = 0
-        self._lock = threading.Lock()
-        self._by_root: dict[Path, Detector] = {}
-        self._detectors: list[Detector] = []
-        self._reported: set[Detector] = set()   # wedged observers already logged (main loop only)
-        self._build(watches)
-
-    def _build(self, watches: Sequence[WatchConfig]) -> None:
-        groups: dict[tuple[bool, float], list[Path]] = {}
-        for w in watches:
-            key = (w.polling, w.poll_interval_seconds if w.polling else 0.0)
-            groups.setdefault(key, []).append(w.path)
-        detectors: list[Detector] = []
-        by_root: dict[Path, Detector] = {}
-        for (polling, interval), roots in groups.items():
-            factory = polling_factory(interval) if polling else (self.observer_factory or Observer)
-            d = Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self.on_overflow)
-            d.polling = polling
-            detectors.append(d)
-            by_root.update(dict.fromkeys(roots, d))
-        with self._lock:
-            self._detectors, self._by_root = detectors, by_root
-        self._reported.clear()   # reconfigure() stopped the detectors reported before
-
-    def members(self) -> list[Detector]:
-        """The detectors now, one per observer."""
-        with self._lock:
-            return list(self._detectors)
-
-    def start(self) -> None:
-        for d in self.members():
-            d.start()
-
-    def stop(self) -> None:
-        for d in self.members():
-            d.stop()
-
-    def alive(self) -> bool:
-        return all(d.alive() for d in self.members())
-
-    def restart(self) -> None:
-        """Restart every dead observer; one that cannot be restarted falls back to polling."""
-        for d in self.members():
-            if d.alive():
-                continue
-            self.restarts += 1
-            try:
-                d.restart()
-            except OSError as exc:
-                log.error("observer_restart_failed", error=str(exc), action="polling instead")
-                d.use_polling(POLL_FALLBACK_SECONDS)
-                d.restart()
-
-    def reconfigure(self, watches: Sequence[WatchConfig]) -> None:
-        """Replace the observers for a new set of watched paths (after a reload)."""
-        self.stop()
-        self._build(watches)
-        self.start()
-
-    def check_liveness(self) -> None:
-        """Called by the main loop on every tick: send each observer a heartbeat (when the last one was
-        answered), and log `observer_wedged` once when one has waited WEDGED_SECONDS (`observer_answering`
-        if it is answered after all). A wedged observer is not restarted: stopping it needs the lock its
-        dispatcher holds. Health withholds the watchdog ping instead, so systemd restarts the daemon."""
-        now = self.clock()
-        for d in self.members():
-            waited = d.unanswered_for(now)
-            if waited >= WEDGED_SECONDS and d not in self._reported:
-                self._reported.add(d)
-                log.error("observer_wedged", watched=d.root_strings, seconds=round(waited, 1),
-                          hint="its dispatcher stopped delivering events, so no folder is detected there; "
-                               "the systemd watchdog ping is withheld so that systemd restarts the daemon")
-            elif waited < WEDGED_SECONDS and d in self._reported:
-                self._reported.discard(d)
-                log.info("observer_answering", watched=d.root_strings)
-            d.beat(now)
-
-    def wedged(self) -> dict[str, float]:
-        """Watched paths whose observer has left a heartbeat unanswered for WEDGED_SECONDS or more, with
-        the seconds it has waited. Read-only."""
-        now = self.clock()
-        out: dict[str, float] = {}
-        for d in self.members():
-            waited = d.unanswered_for(now)
-            if waited >= WEDGED_SECONDS:
-                out.update(dict.fromkeys(d.root_strings, round(waited, 1)))
-        return out
-
-    def watch_folder(self, folder: Path) -> bool:
-        with self._lock:
-            d = self._by_root.get(folder.parent)
-        if d is None or d.polling:
-            return False
-        return d.watch_folder(folder)
-
-    def unwatch_folder(self, folder: Path) -> None:
-        with self._lock:
-            d = self._by_root.get(folder.parent)
-        if d is not None:
-            d.unwatch_folder(folder)
-
-    @property
-    def polling(self) -> bool:
-        return any(d.polling for d in self.members())
