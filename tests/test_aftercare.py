@@ -5,17 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from helpers import TRACKED, marker, write_config, write_folder
+from helpers import TRACKED, marker, write_folder
 
 from watcher import aftercare
-from watcher.config import Config, load_config
+from watcher.config import Config
 from watcher.errors import StateError
 from watcher.state import StateStore
 
@@ -25,23 +24,6 @@ FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output/soluti
                                  "logs.txt": "solved\n"}
 
 MakeConfig = Callable[..., Config]
-
-
-@pytest.fixture
-def done(tmp_path: Path) -> Path:
-    path = tmp_path / "done"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def make_config(tmp_path: Path, watched: Path) -> MakeConfig:
-    def make(**overrides: Any) -> Config:
-        path = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", [(watched, "app-1")],
-                            tmp_path / "state", **overrides)
-        return load_config(path)
-
-    return make
 
 
 def tracked_folder(root: Path, name: str, state_dir: Path, tracked_at: float = NOW) -> Path:
@@ -90,20 +72,6 @@ def test_move_onto_a_taken_name_adds_a_suffix(make_config: MakeConfig, watched: 
     assert tree(done / "run-1-2") == before
     assert (done / "run-1" / "older.txt").read_text() == "an older run of the same name"
     assert visible(done / "run-1-1") == []
-
-
-@pytest.fixture
-def shm_done(tmp_path: Path) -> Iterator[Path]:
-    """A done_path on another filesystem (/dev/shm is a tmpfs; tmp_path is not)."""
-    if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm")
-    path = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="nextmv-done-"))
-    try:
-        if path.stat().st_dev == tmp_path.stat().st_dev:
-            pytest.skip("/dev/shm is on the same filesystem as the test directory")
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_move_across_filesystems_copies_syncs_then_removes_the_source(

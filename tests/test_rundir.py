@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,7 @@ from hostile_fs import (
     OpenCounter,
     deep_dirs,
     loaded_fifo,
-    open_fds,
     put,
-    remove_all,
     unix_socket,
 )
 
@@ -29,32 +26,9 @@ from watcher.errors import FolderChanged, InvalidFolder
 from watcher.folder import Member, fingerprint, inspect_folder, verify_fingerprint
 from watcher.rundir import MAX_PATH_BYTES, MAX_SYMLINKS, Ident, Limits, RunDir
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 Entry = tuple[str, os.stat_result]
-
-
-@pytest.fixture(autouse=True)
-def _no_fd_leak(tmp_path: Path) -> Iterator[None]:
-    before = open_fds()
-    try:
-        yield
-        assert open_fds() == before, "a descriptor was left open"
-    finally:
-        remove_all(tmp_path)   # deep trees, wherever a test (or the code) moved them
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Path:
-    path = tmp_path / "runs" / "run-1"
-    path.mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    """The daemon's API key, outside every run folder."""
-    path = tmp_path / "secret.key"
-    path.write_bytes(SECRET)
-    return path
 
 
 def walked(run: Path, rel: str = "input", limits: Limits | None = None) -> list[tuple[str, str]]:

@@ -10,65 +10,24 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import TRACKED, marker, write_config, write_folder
-from hostile_fs import SECRET, TOO_DEEP, deep_dirs, loaded_fifo, open_fds, remove_all
+from helpers import TRACKED, marker, write_folder
+from hostile_fs import SECRET, TOO_DEEP, deep_dirs, loaded_fifo
 
 from watcher import aftercare
-from watcher.config import Config, load_config
+from watcher.config import Config
 from watcher.errors import StateError
 from watcher.rundir import RunDir
 from watcher.state import StateStore
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 NOW = 1_800_000_000.0
 FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output/solution.json": b'{"value": 7}'}
 MakeConfig = Callable[..., Config]
-
-
-@pytest.fixture(autouse=True)
-def _no_fd_leak(tmp_path: Path) -> Iterator[None]:
-    before = open_fds()
-    try:
-        yield
-        assert open_fds() == before, "a descriptor was left open"
-    finally:
-        remove_all(tmp_path)   # deep trees, wherever a test (or the code) moved them
-
-
-@pytest.fixture
-def make_config(tmp_path: Path, watched: Path) -> MakeConfig:
-    def make(**overrides: Any) -> Config:
-        path = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", [(watched, "app-1")],
-                            tmp_path / "state", **overrides)
-        return load_config(path)
-
-    return make
-
-
-@pytest.fixture
-def done(tmp_path: Path) -> Path:
-    path = tmp_path / "done"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def shm_done(tmp_path: Path) -> Iterator[Path]:
-    """A done_path on another filesystem."""
-    if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm")
-    path = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="nextmv-done-"))
-    try:
-        if path.stat().st_dev == tmp_path.stat().st_dev:
-            pytest.skip("/dev/shm is on the same filesystem as the test directory")
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,8 @@ from hostile_fs import (
     chown_or_skip,
     deep_dirs,
     loaded_fifo,
-    open_fds,
     planted,
     put,
-    remove_all,
     unix_socket,
 )
 
@@ -35,34 +32,11 @@ from watcher.errors import ClaimLost, StateError, UnsafeStateFile
 from watcher.rundir import RunDir
 from watcher.state import FAILED, JOURNAL, TRACKED, StateStore
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 STATE = JOURNAL
 WORDS = {"fifo": "FIFO", "symlink": "symlink", "directory": "directory", "socket": "socket"}
 FOREIGN = 12345
-
-
-@pytest.fixture(autouse=True)
-def _no_fd_leak(tmp_path: Path) -> Iterator[None]:
-    before = open_fds()
-    try:
-        yield
-        assert open_fds() == before, "a descriptor was left open"
-    finally:
-        remove_all(tmp_path)   # deep trees, wherever a test (or the code) moved them
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Path:
-    path = tmp_path / "runs" / "run-1"
-    path.mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    """The daemon's API key, outside every run folder."""
-    path = tmp_path / "secret.key"
-    path.write_bytes(SECRET)
-    return path
 
 
 @pytest.fixture

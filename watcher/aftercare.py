@@ -37,7 +37,7 @@ from watcher.dirhandle import O_CREATE, O_DIR, O_READ, DirHandle, kind, remove_t
 from watcher.errors import FolderError, StateError
 from watcher.rundir import RunDir
 from watcher.scan import iter_folders
-from watcher.state import StateStore, parse_iso
+from watcher.state import StateStore, opened, parse_iso
 
 log = structlog.get_logger("watcher.aftercare")
 
@@ -141,18 +141,14 @@ def _open_tracked(folder: Path, d: DirHandle | None, config: Config) -> Iterator
     if d is not None:
         yield d
         return
-    try:
-        opened = RunDir.open(folder)
-    except FolderError as exc:
-        raise StateError(f"{folder}: cannot open: {exc.problem}") from None
-    with opened:
+    with opened(folder) as now:
         try:
-            finished = StateStore.of(config).finished(opened)
+            finished = StateStore.of(config).finished(now)
         except FolderError as exc:
             raise StateError(f"{folder}: not tracked: {exc.problem}") from None
         if finished != "tracked":
             raise StateError(f"{folder}: not tracked (any more); left alone")
-        yield opened
+        yield now
 
 
 def _open_own(path: Path) -> DirHandle:

@@ -184,21 +184,30 @@ def cmd_track(args: argparse.Namespace) -> int:
     files: FilesConfig = watch.files if watch else config.files
     formats = watch.format if watch else FormatConfig()
     store = StateStore.of(config)
-    try:
-        d = RunDir.open(folder)
-    except FolderError as exc:
-        print(f"nextmv-watcher: {folder}: {exc.problem}", file=sys.stderr)
+    opened = _open_with_marker(store, folder)
+    if opened is None:
         return FAILED
+    d, tracked = opened
     with d:
-        try:
-            tracked = store.tracked(d)
-        except WatcherError as exc:
-            print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
-            return FAILED
         if tracked is not None:
             print(f"nextmv-watcher: {folder} is already tracked as run {tracked.get('run_id')}", file=sys.stderr)
             return FAILED
         return _track_open(config, store, d, app, files, formats, watch.instance_id if watch else None)
+
+
+def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str, Any] | None] | None:
+    """The folder, open, and its tracked marker (or None); None after printing why it cannot be read."""
+    try:
+        d = RunDir.open(folder)
+    except FolderError as exc:
+        print(f"nextmv-watcher: {folder}: {exc.problem}", file=sys.stderr)
+        return None
+    try:
+        return d, store.tracked(d)
+    except WatcherError as exc:
+        d.close()
+        print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
+        return None
 
 
 def _track_open(config: Config, store: StateStore, d: RunDir, app: str, files: FilesConfig,
@@ -385,17 +394,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
     config = _load(args)
     store = StateStore.of(config)
     folder = Path(args.folder).absolute()
-    try:
-        d = RunDir.open(folder)
-    except FolderError as exc:
-        print(f"nextmv-watcher: {folder}: {exc.problem}", file=sys.stderr)
+    opened = _open_with_marker(store, folder)
+    if opened is None:
         return FAILED
+    d, tracked = opened
     with d:
-        try:
-            tracked = store.tracked(d)
-        except WatcherError as exc:
-            print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
-            return FAILED
         if tracked is None:
             print(f"nextmv-watcher: {folder} has no tracked marker", file=sys.stderr)
             return FAILED
