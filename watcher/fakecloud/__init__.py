@@ -1,6 +1,7 @@
 """A local emulator of the Nextmv Cloud runs API, for end-to-end tests, the demo and benchmarks.
 
-It speaks the tracked-run protocol of /work/shared/nextmv-api.md over real HTTP(S) on loopback:
+It speaks the tracked-run protocol of docs/protocol.md over real HTTP(S) on loopback (that note's
+section "The emulator" says what it imitates and what not yet):
 upload URLs, presigned PUTs, run creation with the API's validation, listing with paging and lag,
 and metadata. Faults (latency, 5xx, 429, connection resets before or after processing, expiring
 URLs, slow answers) are injected at random with a seed or deterministically with `fail_next`; the

@@ -2,7 +2,8 @@
 
 Endpoints take a parsed `Request` and return a `Response`; they never write to the socket, so the
 HTTP layer can discard a real answer and inject a fault after processing. Behaviour follows
-/work/shared/nextmv-api.md; the upload PUT imitates an S3 presigned URL.
+docs/protocol.md ("The five steps", "The run listing and paging"); the upload PUT imitates an S3
+presigned URL (same note, "Base URL and authentication" and "The emulator").
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class State(enum.Enum):
 
 
 class FakeCloud:
-    """A local emulator of the Nextmv runs API on a real socket (see nextmv-api.md).
+    """A local emulator of the Nextmv runs API on a real socket (see docs/protocol.md, "The emulator").
 
     `applications=None` accepts every application id; otherwise other ids answer 404. Uploads larger
     than `max_stored_bytes` keep only their size and sha256. Lifecycle: NEW -> RUNNING (`start`) ->

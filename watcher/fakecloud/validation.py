@@ -1,4 +1,4 @@
-"""Validation of a `POST .../runs` body the way the real API judges it (see nextmv-api.md, "Field rules").
+"""Validation of a `POST .../runs` body the way the real API judges it (docs/protocol.md, "Field rules").
 
 Pure functions: the caller supplies `resolve`, which turns an upload id into its recorded content
 or raises `ApiError`, so this module knows nothing about where uploads live.
