@@ -491,9 +491,9 @@ def test_the_observer_sees_every_attempt(
         client.get_application("app")
 
     assert [(o.endpoint, o.status, o.error) for o in outcomes] == [
-        ("get_application", None, "transient"),
-        ("get_application", 503, "transient"),
+        ("get_application", None, TransientError),
+        ("get_application", 503, TransientError),
         ("get_application", 200, None),
-        ("get_application", 401, "auth"),
+        ("get_application", 401, AuthError),
     ]
     assert all(o.seconds >= 0 for o in outcomes)

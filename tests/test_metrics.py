@@ -18,15 +18,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from watcher.client import RequestOutcome
+from watcher.errors import TransientError
 from watcher.metrics import CONNECTION_THREAD, MAX_CONNECTIONS, HealthServer, Metrics, parse_listen
+from watcher.outcomes import Outcomes
 
 Labels = tuple[tuple[str, str], ...]
 
 
 class Daemon:
-    """Stands in for the service: a mutable status snapshot and a switchable health answer."""
+    """Stands in for the service: a mutable status snapshot, its outcome counts and a switchable health
+    answer."""
 
     def __init__(self) -> None:
+        self.outcomes = Outcomes(lambda: 1.0)
         self.state: dict[str, Any] = {
             "queue_depth": 0, "in_flight": [], "oldest_pending_age_seconds": None, "paused": {},
             "observer_restarts": 0, "incomplete_too_long": 0, "uptime_seconds": 1.5,
@@ -48,7 +52,7 @@ def daemon() -> Daemon:
 
 @pytest.fixture
 def metrics(daemon: Daemon) -> Metrics:
-    return Metrics(daemon.status)
+    return Metrics(daemon.status, daemon.outcomes.series)
 
 
 @pytest.fixture
@@ -79,15 +83,15 @@ def value(samples: dict[str, dict[Labels, float]], name: str, **labels: str) -> 
     return samples[name][tuple(sorted(labels.items()))]
 
 
-def test_counters_move(metrics: Metrics, http: httpx.Client) -> None:
+def test_counters_move(metrics: Metrics, daemon: Daemon, http: httpx.Client) -> None:
     before = scrape(http)
     assert "nextmv_watcher_folders_total" not in before
     assert value(before, "nextmv_watcher_upload_bytes_total") == 0
 
-    metrics.folder("app-a", "tracked", "")
-    metrics.folder("app-a", "tracked", "")
-    metrics.folder("app-a", "failed", "invalid")
-    metrics.folder("app-b", "retried", "transient")
+    daemon.outcomes.record(Path("/runs/a1"), "app-a", "tracked", "")
+    daemon.outcomes.record(Path("/runs/a2"), "app-a", "tracked", "")
+    daemon.outcomes.record(Path("/runs/a3"), "app-a", "failed", "invalid")
+    daemon.outcomes.record(Path("/runs/b1"), "app-b", "retried", "transient")
     metrics.upload_bytes(1000)
     metrics.upload_bytes(24)
 
@@ -103,7 +107,7 @@ def test_counters_move(metrics: Metrics, http: httpx.Client) -> None:
 def test_request_histogram_by_endpoint_and_status(metrics: Metrics, http: httpx.Client) -> None:
     metrics.request(RequestOutcome("post_run", 201, 0.03, None))
     metrics.request(RequestOutcome("post_run", 201, 0.2, None))
-    metrics.request(RequestOutcome("put", None, 12.0, "transient"))
+    metrics.request(RequestOutcome("put", None, 12.0, TransientError))
 
     s = scrape(http)
     assert value(s, "nextmv_watcher_request_duration_seconds_count", endpoint="post_run", status="201") == 2
@@ -166,7 +170,8 @@ def test_a_failing_status_answers_500_and_the_listener_survives(daemon: Daemon, 
 
 
 def test_own_registry_not_the_global_one(daemon: Daemon) -> None:
-    a, b = Metrics(daemon.status), Metrics(daemon.status)   # would raise DuplicateTimeseries on one registry
+    # Two on one registry would raise DuplicateTimeseries.
+    a, b = Metrics(daemon.status, daemon.outcomes.series), Metrics(daemon.status, daemon.outcomes.series)
     a.upload_bytes(5)
     assert a.registry is not b.registry
     assert REGISTRY.get_sample_value("nextmv_watcher_upload_bytes_total") is None
@@ -175,9 +180,20 @@ def test_own_registry_not_the_global_one(daemon: Daemon) -> None:
     assert b"nextmv_watcher_upload_bytes_total 5.0" in a.render()
 
 
-def test_unknown_folder_outcome_is_refused(metrics: Metrics) -> None:
+def test_unknown_folder_outcome_is_refused(daemon: Daemon) -> None:
     with pytest.raises(ValueError, match="unknown folder outcome 'done'"):
-        metrics.folder("app", "done", "")
+        daemon.outcomes.record(Path("/runs/x"), "app", "done", "")
+
+
+def test_pending_folders_are_exported_in_every_state(daemon: Daemon, http: httpx.Client) -> None:
+    s = scrape(http)
+    assert s["nextmv_watcher_folders_pending"] == {(("state", st),): 0 for st in
+                                                   ("queued", "in_flight", "retry_wait", "parked")}
+    daemon.state["folders"] = {"queued": 3, "in_flight": 2, "retry_wait": 1, "parked": 8}
+    s = scrape(http)
+    assert s["nextmv_watcher_folders_pending"] == {
+        (("state", "queued"),): 3, (("state", "in_flight"),): 2, (("state", "retry_wait"),): 1,
+        (("state", "parked"),): 8}
 
 
 def test_healthz_healthy(http: httpx.Client) -> None:

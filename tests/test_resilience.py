@@ -37,6 +37,7 @@ from watcher.config import load_config
 from watcher.dirhandle import DirHandle
 from watcher.fakecloud import FakeCloud
 from watcher.folder import Member
+from watcher.index import Next, Stage
 from watcher.rundir import RunDir
 from watcher.scan import classify, scan_all
 from watcher.service import Service, State
@@ -110,7 +111,7 @@ def named(events: Events, name: str) -> Events:
 
 
 def settled(service: Service) -> bool:
-    return len(service.queue) == 0 and not service.queue.in_flight()
+    return len(service.index) == 0 and not service.index.in_flight()
 
 
 def state_files(root: Path) -> list[Path]:
@@ -167,7 +168,7 @@ def test_a_queue_overflow_rescans_and_finds_the_folder_whose_events_were_lost(
     lost = write_folder(watched, "lost-events", FILES)
 
     with structlog.testing.capture_logs() as events, main_loop(service):
-        assert service.queue.snapshot() == {} and marker(lost) is None
+        assert service.index.snapshot() == {} and marker(lost) is None
         # Exactly what watchdog logs when the kernel reports IN_Q_OVERFLOW; the service listens for it.
         logging.getLogger("watchdog.observers.inotify_c").warning(
             "Inotify queue overflowed; filesystem events were lost")
@@ -286,7 +287,7 @@ def test_disk_full_writing_the_failed_marker_is_retried_until_it_is_written(
     assert "no input" in failed["error"]
     assert any("No space left on device" in str(e.get("error")) for e in events), "the disk-full error is logged"
     assert len(named(events, "folder_failed")) == 1
-    assert service.processor.counters.failed == 1
+    assert service.outcomes.totals()["failed"] == 1
     assert cloud.runs() == []
 
 
@@ -456,23 +457,23 @@ def test_a_folder_deleted_while_queued_leaves_no_trace_and_nothing_crashes(
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")], workers=1)
         first = write_folder(watched, "first", FILES)
-        wait_for(lambda: first in service.queue.in_flight(), 10, "the only worker busy")
+        wait_for(lambda: first in service.index.in_flight(), 10, "the only worker busy")
         doomed = write_folder(watched, "doomed", FILES)
-        wait_for(lambda: doomed in service.queue.snapshot(), 10, "the second folder queued")
+        wait_for(lambda: doomed in service.index.snapshot(), 10, "the second folder queued")
         shutil.rmtree(doomed)
-        assert first in service.queue.in_flight(), "the worker must still be busy for this test to mean anything"
+        assert first in service.index.in_flight(), "the worker must still be busy for this test to mean anything"
         wait_for(lambda: marker(first), 10, "the first folder tracked")
         wait_for(lambda: settled(service), 10, "the queue to settle")
         alive, _ = service.health()
 
     assert alive and service.status()["workers_alive"] == 1
-    assert doomed not in service.queue.snapshot() and doomed not in service.queue.in_flight()
-    assert doomed not in service.processor.finished
+    assert doomed not in service.index.snapshot() and doomed not in service.index.in_flight()
+    assert doomed not in service.index
     assert not doomed.exists()
     assert state_files(state_dir) == []
     assert named(events, "folder_error") == [] and named(events, "folder_failed") == []
     assert [r.body["name"] for r in cloud.runs()] == ["first"]
-    assert service.processor.process(doomed) is None     # again, directly: nothing to do, no error
+    assert service.processor.process(doomed) == Next(Stage.GONE)   # again, directly: nothing to do, no error
 
 
 # -- permission denied ---------------------------------------------------------------------------
@@ -564,7 +565,7 @@ def test_a_symlinked_run_folder_is_never_tracked_and_nothing_is_written_through_
     assert state_files(outside) == [], "nothing may be written through the symlink"
     assert not (state_dir / "folders").exists()
     assert not [e for e in events if "link" in str(e.get("folder", ""))]
-    assert service.processor.counters.tracked == 1 and service.processor.counters.failed == 0
+    assert service.outcomes.totals() == {"tracked": 1, "failed": 0, "retried": 0}
 
 
 def test_an_input_symlink_pointing_outside_the_run_folder_is_refused_and_not_followed(

@@ -15,7 +15,7 @@ from helpers import API_KEY, FAILED, marker, wait_for, write_config, write_folde
 
 from watcher.config import load_config
 from watcher.fakecloud import FakeCloud
-from watcher.retry import GLOBAL
+from watcher.gate import GLOBAL
 from watcher.service import Service, State
 from watcher.state import StateStore
 
@@ -63,7 +63,7 @@ def none_failed(folders: list[Path]) -> bool:
 
 def settled(service: Service) -> bool:
     """Nothing queued and nothing in flight (parked folders are neither)."""
-    return len(service.queue) == 0 and not service.queue.in_flight()
+    return len(service.index) == 0 and not service.index.in_flight()
 
 
 def test_folders_are_tracked_once_each(cloud: FakeCloud, watched: Path, make_service: ServiceFactory) -> None:
@@ -80,7 +80,7 @@ def test_folders_are_tracked_once_each(cloud: FakeCloud, watched: Path, make_ser
     assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders)
     assert {marker(f)["run_id"] for f in folders} == {r.run_id for r in runs}  # type: ignore[index]
     assert marker(incomplete) is None
-    assert service.processor.counters.tracked == 4
+    assert service.outcomes.totals()["tracked"] == 4
 
     (incomplete / "output.json").write_bytes(OUTPUT)
     (incomplete / "DONE").touch()
@@ -172,7 +172,7 @@ def test_shutdown_drains_in_flight_work_and_ends_stopped(
     cloud.set_faults(latency_seconds=0.5, endpoints=["create_run"])
     service = make_service(cloud.url, [(watched, "app-1")])
     folder = write_folder(watched, "slow", FILES)
-    wait_for(lambda: folder in service.queue.in_flight(), 20, "the folder in flight")
+    wait_for(lambda: folder in service.index.in_flight(), 20, "the folder in flight")
 
     service.shutdown()
     assert service.state is State.STOPPED

@@ -21,7 +21,8 @@ from typing import Any, TextIO, cast
 import structlog
 
 from watcher import __version__, logs
-from watcher.claim import CLAIM, Claims
+from watcher.attempt import Attempts, Job
+from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, build_verify
 from watcher.config import (
     LOG_LEVELS,
@@ -45,7 +46,6 @@ from watcher.errors import (
     UnsafeStateFile,
     WatcherError,
 )
-from watcher.folder import inspect_folder
 from watcher.hardening import disabled_link_protections, scrub_variable
 from watcher.lookup import RunLookup
 from watcher.rundir import RunDir
@@ -192,7 +192,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         if tracked is not None:
             print(f"nextmv-watcher: {folder} is already tracked as run {tracked.get('run_id')}", file=sys.stderr)
             return FAILED
-        return _track_open(config, store, d, app, files, formats, watch.instance_id if watch else None)
+        job = Job(app, watch.instance_id if watch else None, files, formats, config.completion.marker)
+        return _track_open(config, store, d, job)
 
 
 def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str, Any] | None] | None:
@@ -210,36 +211,31 @@ def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str
         return None
 
 
-def _track_open(config: Config, store: StateStore, d: RunDir, app: str, files: FilesConfig,
-                formats: FormatConfig, instance_id: str | None) -> int:
+def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> int:
+    """Track the open folder now, the way the daemon does (`watcher.attempt`), its lease kept alive."""
     folder = d.path
     client = _client(config, _api_key(config))
     claims = Claims(clock=time.time, store=store)
+    keeper = LeaseKeeper(claims)
+    keeper.start()
     try:
-        claim = claims.acquire(d)
-    except WatcherError as exc:
-        client.close()
-        print(f"nextmv-watcher: {folder}: {exc}", file=sys.stderr)
-        return FAILED
-    if claim is None:
-        client.close()
-        print(f"nextmv-watcher: {folder} is being tracked by another process ({claims.holder(d)})",
-              file=sys.stderr)
-        return FAILED
-    try:
-        if claim.replaced is not None:
-            raise UnsafeStateFile(d.label, CLAIM, claim.replaced)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            tracker = Tracker(client, store, config.state_dir / "spool", executor=pool,
-                              lookup=RunLookup(client))
-            run = inspect_folder(d, files, formats, config.completion.marker)
-            outcome = tracker.track(run, app, run.instance_id or instance_id, lambda: claims.verify(claim))
-        store.remove(d, FAILED_MARKER)
+            tracker = Tracker(client, store, config.state_dir / "spool", executor=pool, lookup=RunLookup(client))
+            with Attempts(store, claims, keeper, tracker).claimed(d) as held:
+                if held is None:
+                    print(f"nextmv-watcher: {folder} is being tracked by another process ({claims.holder(d)})",
+                          file=sys.stderr)
+                    return FAILED
+                if held.recheck() == "tracked":   # a failed marker is what `track` overrides
+                    print(f"nextmv-watcher: {folder} was tracked by another process meanwhile", file=sys.stderr)
+                    return FAILED
+                outcome = held.track(held.inspect(job), job)
+                store.remove(d, FAILED_MARKER)
     except WatcherError as exc:
         print(f"nextmv-watcher: {folder}: could not track: {logs.REDACTOR.scrub(str(exc))}", file=sys.stderr)
         return FAILED
     finally:
-        claims.release(claim)
+        keeper.stop()
         client.close()
     print(outcome.run_id)
     return OK

@@ -57,7 +57,7 @@ class RequestOutcome:
     endpoint: str
     status: int | None
     seconds: float
-    error: str | None   # None, "transient", "uncertain", "auth", "not_found", "rejected", "expired"
+    error: type[ApiError] | None   # None for a success, else the error's type (UploadExpired, AuthError, ...)
 
 
 Observer = Callable[[RequestOutcome], None]
@@ -217,7 +217,7 @@ class NextmvClient:
                     self._observe(endpoint, status, started, None)
                     return resp
                 err = err_or_none
-            self._observe(endpoint, status, started, _kind(err))
+            self._observe(endpoint, status, started, type(err))
             retry_after = err.retry_after if isinstance(err, TransientError) else None
             retryable = isinstance(err, TransientError) and not isinstance(err, UncertainError | UploadExpired)
             if not retryable or attempt >= (attempts or self.attempts) or self.cancel.is_set():
@@ -252,17 +252,9 @@ class NextmvClient:
             return UncertainError(f"{endpoint}: {kind} after the request was sent; outcome unknown")
         return TransientError(f"{endpoint}: {kind}")
 
-    def _observe(self, endpoint: str, status: int | None, started: float, error: str | None) -> None:
+    def _observe(self, endpoint: str, status: int | None, started: float, error: type[ApiError] | None) -> None:
         if self.observer is not None:
             self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error))
-
-
-def _kind(err: ApiError) -> str:
-    for cls, name in ((UploadExpired, "expired"), (UncertainError, "uncertain"), (TransientError, "transient"),
-                      (AuthError, "auth"), (ApplicationNotFound, "not_found"), (RejectedError, "rejected")):
-        if isinstance(err, cls):
-            return name
-    return "error"
 
 
 def _status_error(endpoint: str, resp: httpx.Response, app: str | None,

@@ -22,9 +22,14 @@ sees a closed connection (Prometheus records a failed scrape) until the holders 
 Series (all prefixed ``nextmv_watcher_``):
 
     folders_total{application_id, outcome, reason}      counter; outcome tracked | failed | retried
+                                                        (reason "manual": an operator's `retry`)
     upload_bytes_total                                  counter
     request_duration_seconds{endpoint, status}          histogram; status "none" when no response
-    queue_depth, in_flight, oldest_pending_age_seconds  gauges (age 0 when nothing is pending)
+    folders_pending{state}                              gauge, every state always exported: queued
+                                                        (due now), in_flight, retry_wait, parked
+    queue_depth, in_flight                              gauges: folders_pending queued, in_flight
+    oldest_pending_age_seconds                          gauge: since the oldest pending folder was
+                                                        first seen complete (0 when none is)
     api_paused{scope}                                   1 per paused scope ("all" for the global
                                                         pause); a single {scope="all"} 0 when none
     observer_restarts_total                             counter
@@ -57,12 +62,12 @@ from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watcher.client import RequestOutcome
-from watcher.retry import GLOBAL
+from watcher.gate import GLOBAL
 
 log = structlog.get_logger("watcher.metrics")
 
 PREFIX = "nextmv_watcher_"
-OUTCOMES = ("tracked", "failed", "retried")
+PENDING = ("queued", "in_flight", "retry_wait", "parked")
 ALL_SCOPES = "all"
 # The listener's bounds (see the module docstring): connections served at once, and how long one may last.
 MAX_CONNECTIONS = 16
@@ -79,15 +84,15 @@ class Metrics:
     """The daemon's metrics. Thread-safe: workers report events from any thread.
 
     `status` is called on every scrape (from the HTTP thread) and must return the daemon's
-    snapshot: queue_depth, in_flight (list), oldest_pending_age_seconds (float or None), paused
+    snapshot: folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds
+    (float or None), paused
     (scope -> {reason, message, since}), observer_restarts, incomplete_too_long, uptime_seconds.
     A missing key reads as zero/empty, so an older or partial snapshot never breaks a scrape.
+    `outcomes` returns the folder outcome counts by (application_id, outcome, reason).
     """
 
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: Status, outcomes: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
         self.registry = CollectorRegistry()
-        self._folders = Counter(f"{PREFIX}folders", "Run folders by application and outcome.",
-                                ["application_id", "outcome", "reason"], registry=self.registry)
         self._upload_bytes = Counter(f"{PREFIX}upload_bytes", "Bytes uploaded to presigned URLs.",
                                      registry=self.registry)
         self._requests = Histogram(f"{PREFIX}request_duration_seconds",
@@ -97,14 +102,8 @@ class Metrics:
                                 "Connections to the metrics listener closed unserved: too many were open.",
                                 registry=self.registry)
         self.registry.register(_StatusCollector(status))
+        self.registry.register(_OutcomesCollector(outcomes))
         ProcessCollector(registry=self.registry)
-
-    def folder(self, application_id: str, outcome: str, reason: str) -> None:
-        """Count a folder's outcome: tracked, failed (reason: invalid, rejected, exhausted) or retried
-        (reason: the transient error). Raises ValueError for any other outcome."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown folder outcome {outcome!r} (known: {', '.join(OUTCOMES)})")
-        self._folders.labels(application_id=application_id, outcome=outcome, reason=reason).inc()
 
     def upload_bytes(self, n: int) -> None:
         """Count `n` uploaded bytes (n >= 0, else ValueError)."""
@@ -122,6 +121,24 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text format (served as CONTENT_TYPE_LATEST)."""
         return _generate_latest(self.registry)
+
+
+class _OutcomesCollector:
+    """folders_total, read from the daemon's outcome counts (`watcher.outcomes`) at scrape time."""
+
+    def __init__(self, series: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        self._series = series
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(f"{PREFIX}folders", "Run folders by application and outcome.",
+                                    labels=["application_id", "outcome", "reason"])]
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(f"{PREFIX}folders", "Run folders by application and outcome.",
+                                     labels=["application_id", "outcome", "reason"])
+        for (app, outcome, reason), count in sorted(self._series().items()):
+            family.add_metric([app, outcome, reason], count)
+        return [family]
 
 
 class _StatusCollector:
@@ -152,10 +169,18 @@ class _StatusCollector:
                 paused.add_metric([scope], 1)
             if not scopes:
                 paused.add_metric([ALL_SCOPES], 0)
+        pending = GaugeMetricFamily(f"{PREFIX}folders_pending",
+                                    "Complete folders not tracked yet, by state (queued: due now).", labels=["state"])
+        if not describe:
+            folders = s.get("folders") or {}
+            for state in PENDING:
+                pending.add_metric([state], folders.get(state, 0))
         return [
-            gauge("queue_depth", "Folders waiting in the queue.", s.get("queue_depth", 0)),
+            pending,
+            gauge("queue_depth", "Folders due now, waiting for a worker.", s.get("queue_depth", 0)),
             gauge("in_flight", "Folders a worker is processing.", len(s.get("in_flight") or ())),
-            gauge("oldest_pending_age_seconds", "Age of the oldest folder waiting to be tracked (0 when none).",
+            gauge("oldest_pending_age_seconds",
+                  "Seconds since the oldest pending folder was first seen complete (0 when none).",
                   0.0 if age is None else age),
             paused,
             restarts,

@@ -3,10 +3,15 @@
     STARTING --start()--> RUNNING --request_stop()--> DRAINING --> STOPPED
                                    --request_abort()------------> STOPPED
 
-Threads: the watchdog observers (events -> queue), one start-up scan (folders -> queue as they
-are found), `workers` worker threads (queue -> FolderProcessor), a lease keeper, the control
-socket and metrics listeners, and the caller's thread running `run()`: reloads, probes of a
-paused API, observer health, reconciliation scans, systemd notifications and nothing else.
+Threads: the watchdog observers (events -> index), one start-up scan (folders -> index as they
+are found), `workers` worker threads (index -> FolderProcessor -> index), a lease keeper, the
+control socket and metrics listeners, and the caller's thread running `run()`: reloads, probes of
+a paused API, observer health, reconciliation scans, systemd notifications and nothing else.
+
+Runtime state has one owner each: the folder index (`watcher.index`: what is known about each
+folder, and the queue), the gate (`watcher.gate`: pauses), the outcome counts (`watcher.outcomes`),
+and the configuration, one reference (`self.config`) that every component reads through a callable
+each time it needs it, so that a reload is one assignment.
 Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload,
 which set flags.
 """
@@ -26,6 +31,7 @@ import httpx
 import structlog
 
 from watcher import aftercare
+from watcher.attempt import Attempts
 from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
@@ -33,15 +39,15 @@ from watcher.control import ControlServer
 from watcher.detectors import Detectors
 from watcher.dirhandle import DirHandle
 from watcher.errors import ConfigError, WatcherError
+from watcher.gate import Gate
 from watcher.health import Health
+from watcher.index import FolderIndex
 from watcher.lookup import RunLookup
 from watcher.metrics import HealthServer, Metrics
 from watcher.notify import Notifier
+from watcher.outcomes import Outcomes
 from watcher.prepare import clean_spool
-from watcher.probe import Prober
-from watcher.queue import WorkQueue
-from watcher.retry import ApiGate
-from watcher.scan import iter_entries, quick_state
+from watcher.scanning import reconcile, startup_scan
 from watcher.state import StateStore, trusted_owners
 from watcher.tracker import Tracker
 from watcher.watch import ObserverFactory
@@ -90,33 +96,34 @@ class Service:
         self.watching = watch
         self.on_reload = on_reload
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
-        self.metrics = Metrics(self.status)
+        current = self.current_config
 
+        self.index = FolderIndex(clock)
+        self.outcomes = Outcomes(clock)
+        self.metrics = Metrics(self.status, self.outcomes.series)
         self.store = StateStore.of(config)
         self.spool_dir = config.state_dir / "spool"
-        self.queue = WorkQueue(clock)
-        self.gate = ApiGate(clock)
         self.client = NextmvClient(
             config.api.url, api_key, connect_timeout=config.api.connect_timeout_seconds,
             read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle),
             transport=transport, max_connections=config.workers * 3 + 2, observer=self._on_request,
             clock=clock,
         )
+        self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
         self.executor = ThreadPoolExecutor(max_workers=max(4, config.workers * 2), thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock)
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
-                               lookup=self.lookup, clock=clock, grace_seconds=config.retry.lookup_grace_seconds,
-                               progress=self._on_bytes)
+                               lookup=self.lookup, clock=clock,
+                               grace_seconds=lambda: self.config.retry.lookup_grace_seconds, progress=self._on_bytes)
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
-        self.detectors = Detectors(config.watch, self.queue.put, observer_factory=observer_factory,
+        self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker)
+        self.detectors = Detectors(config.watch, self.index.offer, observer_factory=observer_factory,
                                    on_overflow=self._on_overflow)
-        self.prober = Prober(config, self.client, self.gate, requeue=self.queue.put, clock=clock)
         self.processor = FolderProcessor(
-            config, self.store, self.claims, self.keeper, self.tracker, self.gate,
+            current, self.index, self.store, self.attempts, self.gate, self.outcomes,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
-            recheck_incomplete=recheck_incomplete, on_outcome=self._on_outcome,
-            after_tracked=self._after_tracked_safely)
+            recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
         socket_path = config.control_socket or config.state_dir / "control.sock"
         self.control = ControlServer(socket_path, self.handle_control) if watch else None
         self.health_server: HealthServer | None = None
@@ -127,12 +134,15 @@ class Service:
         now = clock()
         self._next = {"reconcile": now + config.reconcile_seconds, "status": 0.0, "watchdog": 0.0,
                       "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
-        self._warned_incomplete: set[Path] = set()
         self.health_view = Health(
-            config=lambda: self.config, queue=self.queue, gate=self.gate, processor=self.processor,
+            config=current, index=self.index, gate=self.gate, outcomes=self.outcomes,
             detectors=self.detectors, watching=watch, workers=lambda: self._workers[: self._target_workers],
             state=lambda: self.state.value, clock=clock)
         self._full_rescan = False
+
+    def current_config(self) -> Config:
+        """The configuration in force: the one reference every component reads (a reload replaces it)."""
+        return self.config
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -218,8 +228,9 @@ class Service:
         return self.is_idle()
 
     def is_idle(self) -> bool:
-        return (self._scanner is None or not self._scanner.is_alive()) and not self.queue.in_flight() \
-            and len(self.queue) == 0 and not self.gate.is_paused()
+        """Nothing is being scanned, scheduled, in flight or paused."""
+        return (self._scanner is None or not self._scanner.is_alive()) and not self.index.in_flight() \
+            and len(self.index) == 0 and not self.gate.is_paused()
 
     def shutdown(self) -> None:
         """Drain: stop taking work, let in-flight folders finish up to the drain timeout, stop everything."""
@@ -229,8 +240,8 @@ class Service:
             self._transition(State.DRAINING)
         self._stop.set()
         self.notifier.stopping()
-        log.info("daemon_stopping", in_flight=len(self.queue.in_flight()), queued=len(self.queue))
-        self.queue.close()
+        log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
+        self.index.close()
         deadline = time.monotonic() + self.config.drain_timeout_seconds
         for t in self._workers:
             while t.is_alive() and not self._abort.is_set() and time.monotonic() < deadline:
@@ -276,24 +287,12 @@ class Service:
         return self.detectors.watch_folder(folder) if self.watching else False
 
     def _startup_scan(self) -> None:
-        queued = finished = 0
-        started = time.monotonic()
-        for watch in self.config.watch:
-            for folder, inode in iter_entries(watch.path):
-                if self._stop.is_set():
-                    return
-                state = quick_state(self.store, folder)
-                if state is not None:
-                    self.processor.finished[folder] = inode
-                    finished += 1
-                    if state == "tracked" and self.config.after_tracking != "keep":
-                        self._after_tracked_safely(folder)   # a crash came between marker and move
-                else:
-                    self.queue.put(folder)
-                    queued += 1
+        scanned = startup_scan(self.config, self.store, self.index, stop=self._stop,
+                               resume_after_tracking=self._after_tracked_safely)
+        if scanned is None:
+            return
         self.ready.set()
-        log.info("startup_scan_done", queued=queued, finished=finished,
-                 seconds=round(time.monotonic() - started, 3))
+        log.info("startup_scan_done", queued=scanned.queued, finished=scanned.finished, seconds=scanned.seconds)
         self.notifier.ready(self._status_line())
 
     def _resize_workers(self, count: int) -> None:
@@ -304,17 +303,17 @@ class Service:
             t = threading.Thread(target=self._work, args=(index,), name=f"worker-{index}", daemon=True)
             t.start()
             self._workers.append(t)
-        self.queue.wake()
+        self.index.wake()
 
-    def _work(self, index: int) -> None:
-        while not self._stop.is_set() and index < self._target_workers:
+    def _work(self, number: int) -> None:
+        while not self._stop.is_set() and number < self._target_workers:
             # close() and wake() interrupt the wait; the timeout is only a safety net.
-            folder = self.queue.get(timeout=5.0)
+            folder = self.index.take(timeout=5.0)
             if folder is None:
                 continue
-            again = self.processor.process(folder)
+            found = self.processor.process(folder)
             self.health_view.progressed()
-            self.queue.done(folder, again)
+            self.index.settle(folder, found)
 
     def _on_bytes(self, n: int) -> None:
         self.health_view.progressed()
@@ -323,33 +322,22 @@ class Service:
     def _on_request(self, outcome: RequestOutcome) -> None:
         self.health_view.progressed()
         self.metrics.request(outcome)
-        if outcome.error is None:
-            self.gate.record_success()
-        elif outcome.error in ("transient", "uncertain") and self.gate.record_transient(
-                f"{outcome.endpoint}: {outcome.status or 'no response'}"):
-            log.error("api_paused", reason="unreachable", endpoint=outcome.endpoint, status=outcome.status,
-                      hint="every recent request failed; work resumes by itself when the API answers")
+        self.gate.observe(outcome)
 
-    def _on_outcome(self, folder: Path, app: str, outcome: str, reason: str, error: str) -> None:
-        self.metrics.folder(app, outcome, reason)
-        if outcome == "failed":
-            self.health_view.recent_failures.append({"folder": str(folder), "application_id": app, "reason": reason,
-                                         "error": error, "at": self.clock()})
-
-    def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> None:
+    def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> bool:
         """Keep, move or delete a tracked folder (`d`: the tracked folder, open); a failure is logged,
-        the folder stays tracked."""
+        the folder stays tracked. True when the folder is gone from its watched path."""
+        config = self.config
+        if config.after_tracking == "keep":
+            return False
         try:
-            self._after_tracked(folder, d)
+            action = aftercare.after_tracked(folder, config, d)
         except WatcherError as exc:
             log.error("after_tracking_failed", folder=str(folder), error=str(exc))
-
-    def _after_tracked(self, folder: Path, d: DirHandle | None) -> None:
-        if self.config.after_tracking == "keep":
-            return
-        action = aftercare.after_tracked(folder, self.config, d)
-        self.processor.finished.pop(folder, None)
+            return False
+        self.index.forget(folder)
         log.info("folder_" + action, folder=str(folder))
+        return True
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
@@ -388,7 +376,9 @@ class Service:
         if self._reload.is_set():
             self._reload.clear()
             self._apply_reload()
-        self.prober.run()
+        self.gate.probe()
+        for scope in self.index.parked_scopes() - set(self.gate.pauses()):
+            self.index.unpark(scope)   # parked just as its pause ended (or a reload dropped it)
         self._check_observer()
         if self._reconcile_now.is_set():
             self._reconcile_now.clear()
@@ -419,13 +409,9 @@ class Service:
                       observer_wedged=sorted(self.detectors.wedged()))
 
     def _warn_incomplete(self) -> None:
-        now = self.clock()
-        limit = self.config.metrics.incomplete_warn_seconds
-        for folder, since in list(self.processor.incomplete_since.items()):
-            if now - since > limit and folder not in self._warned_incomplete:
-                self._warned_incomplete.add(folder)
-                log.warning("folder_incomplete_too_long", folder=str(folder), seconds=round(now - since),
-                            hint="its producer never finished it (no marker, or no input/output)")
+        for folder, since in self.index.incomplete_too_long(self.config.metrics.incomplete_warn_seconds):
+            log.warning("folder_incomplete_too_long", folder=str(folder), seconds=round(self.clock() - since),
+                        hint="its producer never finished it (no marker, or no input/output)")
 
     def _check_observer(self) -> None:
         """A dead observer is replaced and the watched paths rescanned, so no folder is missed. Every
@@ -439,25 +425,11 @@ class Service:
         self.detectors.check_liveness()
 
     def _reconcile(self) -> None:
-        """Queue folders the observer may have missed; finished ones (same name, same inode) are skipped."""
+        """Offer folders the observer may have missed; finished ones (same name, same inode) are skipped."""
         self._reconciles += 1
         full = self._reconciles % FULL_RECONCILE_EVERY == 0 or self._full_rescan
         self._full_rescan = False
-        busy = set(self.queue.snapshot()) | self.queue.in_flight()
-        queued = 0
-        for watch in self.config.watch:
-            for folder, inode in iter_entries(watch.path):
-                if folder in busy:
-                    continue
-                known_finished = self.processor.finished.get(folder) == inode
-                if known_finished and not full:
-                    continue
-                if quick_state(self.store, folder) is not None:
-                    continue
-                if known_finished:   # its marker was removed (retry, forget): track it again
-                    self.processor.finished.pop(folder, None)
-                self.queue.put(folder)
-                queued += 1
+        queued = reconcile(self.config, self.store, self.index, full=full)
         if queued:
             log.info("reconcile_queued", folders=queued, full=full)
 
@@ -475,8 +447,6 @@ class Service:
             log.warning("reload_partial", hint="api and state_dir changes need a restart")
         self.config = new
         self.store.owners = trusted_owners(new.state_owners, new.state_dir)
-        self.processor.config = new
-        self.prober.config = new
         if {w.path: w for w in new.watch} != {w.path: w for w in old.watch} and self.watching:
             self.detectors.reconfigure(new.watch)
         if new.workers != self._target_workers:

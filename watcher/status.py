@@ -9,7 +9,7 @@ from typing import Any
 
 from watcher.config import Config
 from watcher.errors import FolderError, StateError
-from watcher.retry import GLOBAL
+from watcher.gate import GLOBAL
 from watcher.scan import STATES, scan_all
 from watcher.state import StateStore, utc_iso
 

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from watcher.config import Config
 from watcher.errors import FolderError, StateError
-from watcher.retry import GLOBAL
+from watcher.gate import GLOBAL
 from watcher.scan import classify, iter_folders
 from watcher.service import Service
 from watcher.state import StateStore, parse_iso
@@ -97,7 +97,7 @@ def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, give_up_afte
             progress.update(service)
     finally:
         service.shutdown()
-    summary = summarize(config, service.store, started, service.processor.counters.tracked)
+    summary = summarize(config, service.store, started, service.outcomes.totals()["tracked"])
     summary.stopped = stopped
     log.info("sync_finished", tracked=summary.tracked, failed=len(summary.failed), incomplete=summary.incomplete,
              left=len(summary.left), stopped=stopped)
@@ -242,11 +242,11 @@ class _BarProgress(_NoProgress):
 
     def update(self, service: Service) -> None:
         assert self._task is not None
-        c = service.processor.counters
-        done = c.tracked + c.failed
-        total = done + len(service.queue) + len(service.queue.in_flight())
+        c = service.outcomes.totals()
+        done = c["tracked"] + c["failed"]
+        total = done + len(service.index) + len(service.index.in_flight())
         self._progress.update(self._task, completed=done, total=total,
-                              detail=f"{c.failed} failed, {c.retried} retried")
+                              detail=f"{c['failed']} failed, {c['retried']} retried")
 
 
 def _progress_for(err: TextIO) -> _NoProgress:

@@ -89,7 +89,8 @@ class Tracker:
     """Stateless between calls apart from its collaborators; safe to share between worker threads."""
 
     def __init__(self, client: NextmvClient, store: StateStore, spool_dir: Path, *, executor: Executor,
-                 lookup: RunLookup, clock: Callable[[], float] = time.time, grace_seconds: float = 30.0,
+                 lookup: RunLookup, clock: Callable[[], float] = time.time,
+                 grace_seconds: float | Callable[[], float] = 30.0,
                  progress: Callable[[int], None] | None = None) -> None:
         self.client = client
         self.store = store
@@ -97,16 +98,20 @@ class Tracker:
         self.executor = executor
         self.lookup = lookup
         self.clock = clock
-        self.grace_seconds = grace_seconds
+        # Read each time it is used (the daemon passes the current configuration's value).
+        self.grace_seconds = grace_seconds if callable(grace_seconds) else (lambda: grace_seconds)
         self.progress = progress
 
     def track(self, run: RunFolder, application_id: str, instance_id: str | None,
-              check_claim: Callable[[], None] = lambda: None) -> Outcome:
+              check_claim: Callable[[], None] = lambda: None, journal: Journal | None = None) -> Outcome:
         """Track `run` once. Returns the run id (new or adopted) after writing the tracked marker.
 
-        Raises InvalidFolder/FolderChanged (folder problems), StateError, ClaimLost, RetryLater, and
-        the ApiError family; the journal keeps whatever progress survives the error."""
-        journal = self.store.journal(run.handle)
+        `journal` is the folder's journal as the caller read it (read here when not given); it is
+        updated in place and saved as the attempt goes. Raises InvalidFolder/FolderChanged (folder
+        problems), StateError, ClaimLost, RetryLater, and the ApiError family; the journal keeps whatever
+        progress survives the error."""
+        if journal is None:
+            journal = self.store.journal(run.handle)
         if journal.intents:
             adopted = self._resolve(run, application_id, journal)
             if adopted is not None:
@@ -153,7 +158,7 @@ class Tracker:
             self._finish(run, application_id, run_id, token, adopted=True)
             return Outcome(run_id=run_id, adopted=True)
         newest = max(i.created_at for i in journal.intents)
-        wait_until = newest + self.grace_seconds
+        wait_until = newest + self.grace_seconds()
         if self.clock() < wait_until:
             raise RetryLater("run not in the listing yet; looking again before posting", at=wait_until)
         log.info("run_not_found", intents=len(journal.intents), reason="posting again after grace period")

@@ -1,0 +1,216 @@
+"""The gate: pauses (key rejected, application missing, the circuit breaker), probes and resuming, with a
+stepped clock and the client on httpx.MockTransport; and that it alone logs the pause events."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import structlog
+from helpers import write_config
+
+import watcher
+from watcher.client import NextmvClient, RequestOutcome
+from watcher.config import Config, load_config
+from watcher.errors import AuthError, RejectedError, TransientError, UncertainError
+from watcher.gate import GLOBAL, Gate
+from watcher.retry import Backoff
+
+KEY = "gate-test-key"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Api:
+    """The applications endpoint: answers from `status` (200, 401, 404, 503)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.calls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request.url.path)
+        if self.status == 200:
+            return httpx.Response(200, json={"id": request.url.path.rsplit("/", 1)[-1]})
+        return httpx.Response(self.status, json={"error": f"status {self.status}"})
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    return load_config(write_config(tmp_path / "config.yaml", "https://api.test", [(runs, "app-a")],
+                                    tmp_path / "state"))
+
+
+def make(config: Config, clock: Clock, api: Api | None = None, *, threshold: int = 5,
+         parked: dict[str, int] | None = None) -> tuple[Gate, list[str]]:
+    """A gate whose `unpark` records the scopes it released (and returns `parked[scope]`)."""
+    released: list[str] = []
+    counts = parked or {}
+
+    def unpark(scope: str) -> int:
+        released.append(scope)
+        return counts.get(scope, 0)
+
+    client = NextmvClient("https://api.test", KEY, transport=httpx.MockTransport(api or Api()), attempts=1,
+                          backoff=Backoff(0.001, 0.001))
+    gate = Gate(clock, config=lambda: config, client=client, unpark=unpark, failure_threshold=threshold,
+                probe_backoff=Backoff(10.0, 100.0))
+    return gate, released
+
+
+def outcome(error: type[TransientError] | type[RejectedError] | None, status: int | None = 503) -> RequestOutcome:
+    return RequestOutcome("create_run", status, 0.01, error)
+
+
+def events(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    return [e for e in logs if e["event"] == name]
+
+
+def test_an_open_gate_blocks_nothing_and_a_resume_releases_nothing(config: Config) -> None:
+    gate, released = make(config, Clock())
+    assert gate.blocked("app-a") is None
+    assert not gate.is_paused()
+    with structlog.testing.capture_logs() as logs:
+        gate.resume(GLOBAL)
+    assert released == [] and logs == []
+
+
+def test_a_rejected_key_pauses_everything_and_is_logged_once(config: Config) -> None:
+    gate, _ = make(config, Clock())
+    with structlog.testing.capture_logs() as logs:
+        gate.key_rejected("API key rejected (HTTP 401)")
+        gate.key_rejected("again")
+    assert [e["reason"] for e in events(logs, "api_paused")] == ["auth"]
+    assert gate.blocked("app-a") == gate.blocked("any") == GLOBAL
+    pause = gate.pauses()[GLOBAL]
+    assert (pause.reason, pause.message, pause.since) == ("auth", "API key rejected (HTTP 401)", 1000.0)
+
+
+def test_a_missing_application_pauses_only_that_application(config: Config) -> None:
+    gate, _ = make(config, Clock())
+    with structlog.testing.capture_logs() as logs:
+        gate.application_missing("app-a", "application 'app-a' not found")
+    assert [e["application_id"] for e in events(logs, "application_paused")] == ["app-a"]
+    assert gate.blocked("app-a") == "app-a"
+    assert gate.blocked("app-b") is None
+
+
+def test_the_breaker_trips_after_threshold_transient_failures_in_a_row(config: Config) -> None:
+    gate, _ = make(config, Clock(), threshold=3)
+    with structlog.testing.capture_logs() as logs:
+        gate.observe(outcome(TransientError))
+        gate.observe(outcome(UncertainError))
+        gate.observe(outcome(RejectedError, 400))   # not transient: neither counts nor resets
+        assert not gate.is_paused()
+        gate.observe(outcome(TransientError, None))
+        gate.observe(outcome(TransientError))       # already paused: logged once
+    assert [e["reason"] for e in events(logs, "api_paused")] == ["unreachable"]
+    assert gate.pauses()[GLOBAL].message == "create_run: no response"
+
+
+def test_a_success_resets_the_breaker(config: Config) -> None:
+    gate, _ = make(config, Clock(), threshold=2)
+    gate.observe(outcome(TransientError))
+    gate.observe(outcome(None, 201))
+    gate.observe(outcome(TransientError))
+    assert not gate.is_paused()
+    gate.observe(outcome(TransientError))
+    assert gate.is_paused()
+
+
+def test_a_probe_that_succeeds_resumes_and_releases_the_parked_folders(config: Config) -> None:
+    clock, api = Clock(), Api()
+    gate, released = make(config, clock, api, parked={GLOBAL: 8})
+    api.status = 503
+    gate.observe(outcome(TransientError))
+    for _ in range(4):
+        gate.observe(outcome(TransientError))
+    probe_at = gate.next_probe_at()
+    assert probe_at is not None and 1005.0 <= probe_at <= 1010.0   # Backoff(10, 100).delay(1)
+
+    clock.now = 1004.9
+    gate.probe()
+    assert api.calls == []   # not due yet
+    clock.now = probe_at
+    gate.probe()
+    assert api.calls == ["/v1/applications/app-a"] and gate.is_paused()
+    pause = gate.pauses()[GLOBAL]
+    assert pause.probes == 1 and pause.probe_at > clock.now   # backing off further
+
+    api.status = 200
+    clock.now = pause.probe_at
+    with structlog.testing.capture_logs() as logs:
+        gate.probe()
+    assert not gate.is_paused()
+    assert released == [GLOBAL]
+    (resumed,) = events(logs, "api_resumed")
+    assert (resumed["scope"], resumed["reason"], resumed["folders"]) == ("all", "unreachable", 8)
+    assert resumed["paused_for"] == round(clock.now - 1000.0, 1)
+
+
+def test_a_global_pause_answered_with_404_becomes_a_pause_of_that_application(config: Config) -> None:
+    clock, api = Clock(), Api()
+    gate, released = make(config, clock, api)
+    gate.key_rejected("rejected")
+    api.status = 404
+    clock.now = gate.pauses()[GLOBAL].probe_at
+    with structlog.testing.capture_logs() as logs:
+        gate.probe()
+    assert released == [GLOBAL]
+    assert set(gate.pauses()) == {"app-a"}
+    assert [e["event"] for e in logs] == ["api_resumed", "application_paused"]
+
+
+def test_a_probe_of_a_rejected_key_reads_the_key_again(config: Config, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("new-key\n")
+    keyed = load_config(write_config(tmp_path / "keyed.yaml", "https://api.test", [(tmp_path / "runs", "app-a")],
+                                     tmp_path / "state", api={"key_file": str(key_file)}))
+    seen: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return httpx.Response(200, json={"id": "app-a"})
+
+    clock = Clock()
+    client = NextmvClient("https://api.test", "old-key", transport=httpx.MockTransport(api), attempts=1)
+    gate = Gate(clock, config=lambda: keyed, client=client, unpark=lambda scope: 0)
+    gate.key_rejected("rejected")
+    clock.now = gate.pauses()[GLOBAL].probe_at
+    gate.probe()
+    assert seen == ["Bearer new-key"] and not gate.is_paused()
+
+
+def test_a_reload_drops_the_pauses_of_applications_no_longer_configured(config: Config) -> None:
+    gate, _ = make(config, Clock())
+    gate.application_missing("gone-app", "not found")
+    gate.application_missing("app-a", "not found")
+    gate.forget_applications({"app-a"})
+    assert set(gate.pauses()) == {"app-a"}
+
+
+def test_auth_errors_raised_by_the_client_are_not_the_breakers_business(config: Config) -> None:
+    gate, _ = make(config, Clock(), threshold=1)
+    gate.observe(RequestOutcome("get_application", 401, 0.01, AuthError))
+    assert not gate.is_paused()
+
+
+def test_only_the_gate_logs_the_pause_events() -> None:
+    """api_paused, application_paused and api_resumed have one home (issue 9, item 4)."""
+    package = Path(watcher.__file__).parent
+    pattern = re.compile(r"""["'](api_paused|application_paused|api_resumed)["']""")
+    homes = sorted({str(p.relative_to(package)) for p in package.rglob("*.py")
+                    if pattern.search(p.read_text(encoding="utf-8"))})
+    assert homes == ["gate.py"]
+
+

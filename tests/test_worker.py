@@ -1,0 +1,357 @@
+"""FolderProcessor one step at a time (a real folder, index, gate, store and claims; a stand-in tracker
+that raises each error; a stepped clock): one case per row of the failure table (README, verdict.py),
+and the worker's guards against producers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import structlog
+from helpers import FAILED, TRACKED, marker, write_folder
+from worker_harness import T0, Harness
+
+from watcher.errors import (
+    ApplicationNotFound,
+    AuthError,
+    ClaimLost,
+    FolderChanged,
+    FolderUnreadable,
+    InvalidFolder,
+    RejectedError,
+    RetryLater,
+    StateError,
+    TransientError,
+    UncertainError,
+)
+from watcher.gate import GLOBAL
+from watcher.index import Stage
+from watcher.state import JOURNAL, Intent, Journal, StateStore
+from watcher.verdict import CLAIM_BUSY_SECONDS, SAME_ERROR_LIMIT
+from watcher.worker import POLL_MAX_SECONDS, POLL_SECONDS
+
+FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"value": 7}'}
+MAX_ATTEMPTS = 10   # write_config's retry.max_attempts
+
+
+@pytest.fixture
+def h(tmp_path: Path, watched: Path) -> Harness:
+    return Harness(tmp_path, watched)
+
+
+def journal_of(h: Harness, folder: Path) -> Journal:
+    return h.store.journal(folder)
+
+
+# --- tracked ---------------------------------------------------------------------------------------
+
+
+def test_a_complete_folder_is_tracked_in_one_step(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "ok", FILES)
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert (found.stage, found.inode) == (Stage.FINISHED, folder.stat().st_ino)
+    assert [e["event"] for e in events] == ["folder_detected", "folder_complete", "run_tracked"]
+    assert h.outcomes.totals() == {"tracked": 1, "failed": 0, "retried": 0}
+    assert h.index.is_finished(folder, folder.stat().st_ino)
+    assert h.tracker.journals == [Journal()], "the journal is read once and handed to the tracker"
+
+
+# --- fail at once ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "reason", "message"), [
+    (InvalidFolder("f", "no input"), "invalid", "invalid folder: no input"),
+    (RejectedError("create_run: HTTP 422: bad name", status=422), "rejected",
+     "rejected by the API: create_run: HTTP 422: bad name"),
+])
+def test_a_folder_the_contract_or_the_api_refuses_is_failed_at_once(
+        h: Harness, watched: Path, error: Exception, reason: str, message: str) -> None:
+    folder = write_folder(watched, "bad", FILES)
+    h.store.save_journal(folder, Journal(attempts=2, intents=[Intent("a" * 32, T0 - 60)]))
+    h.tracker.error = error
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert found.stage is Stage.FINISHED
+    failed = marker(folder, FAILED)
+    assert failed is not None
+    assert (failed["reason"], failed["error"], failed["attempts"]) == (reason, message, 3)
+    assert journal_of(h, folder) == Journal(intents=[Intent("a" * 32, T0 - 60)]), "open intents are kept"
+    (event,) = [e for e in events if e["event"] == "folder_failed"]
+    assert (event["log_level"], event["reason"]) == ("error", reason)
+    assert h.outcomes.recent_failures()[0]["folder"] == str(folder)
+
+
+# --- retried, attempts not used up ------------------------------------------------------------------
+
+
+def test_a_folder_that_changed_is_retried_later_without_using_an_attempt(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "changing", FILES)
+    h.tracker.error = FolderChanged(str(folder), "output.json changed during upload")
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    # Looked at again once the folder could have settled (completion.settle_seconds, 5 s by default).
+    assert (found.stage, found.at) == (Stage.RETRY_WAIT, T0 + max(2.0, h.config.completion.settle_seconds))
+    assert journal_of(h, folder).attempts == 0
+    assert [(e["event"], e["reason"]) for e in events if e["event"] == "folder_retrying"] == [
+        ("folder_retrying", "changed")]
+    assert h.outcomes.series() == {("app-1", "retried", "changed"): 1}
+    assert h.index.counts()["retry_wait"] == 1
+    assert found.at is not None
+    h.clock.now = found.at
+    h.tracker.error = None
+    assert h.step(folder).stage is Stage.FINISHED
+
+
+@pytest.mark.parametrize(("status", "error_type", "reason"), [
+    (429, TransientError, "throttled"),
+    (None, UncertainError, "api_error"),
+])
+def test_throttling_and_posts_of_unknown_outcome_do_not_use_up_attempts(
+        h: Harness, watched: Path, status: int | None, error_type: type[TransientError], reason: str) -> None:
+    folder = write_folder(watched, "patient", FILES)
+    h.tracker.error = error_type("create_run: no answer", status=status, retry_after=30.0 if status else None)
+    for _ in range(MAX_ATTEMPTS + 2):
+        found = h.step(folder)
+        assert found.stage is Stage.RETRY_WAIT and found.at is not None
+        h.clock.now = found.at
+    assert marker(folder, FAILED) is None
+    assert journal_of(h, folder).attempts == 0
+    assert h.outcomes.series() == {("app-1", "retried", reason): MAX_ATTEMPTS + 2}
+
+
+def test_retry_after_is_honoured(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "throttled", FILES)
+    h.tracker.error = TransientError("create_run: HTTP 429", status=429, retry_after=90.0)
+    found = h.step(folder)
+    assert found.at is not None and found.at >= T0 + 90.0
+    assert journal_of(h, folder).next_attempt_at == found.at, "the schedule survives a restart"
+
+
+def test_transient_errors_use_up_attempts_then_the_folder_is_exhausted(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "flaky-api", FILES)
+    h.tracker.error = TransientError("create_run: HTTP 503", status=503)
+    for attempt in range(1, MAX_ATTEMPTS):
+        found = h.step(folder)
+        assert found.stage is Stage.RETRY_WAIT and found.at is not None
+        assert journal_of(h, folder).attempts == attempt
+        h.clock.now = found.at
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert found.stage is Stage.FINISHED
+    failed = marker(folder, FAILED)
+    assert failed is not None
+    assert (failed["reason"], failed["attempts"]) == ("exhausted", MAX_ATTEMPTS)
+    assert failed["error"] == f"gave up after {MAX_ATTEMPTS} attempts: create_run: HTTP 503"
+    assert [e["attempts"] for e in events if e["event"] == "folder_failed"] == [MAX_ATTEMPTS]
+    assert not (folder / JOURNAL).exists()
+    assert h.tracker.calls == MAX_ATTEMPTS
+
+
+def test_a_restart_honours_the_journals_next_attempt(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "scheduled", FILES)
+    h.store.save_journal(folder, Journal(attempts=3, next_attempt_at=T0 + 500))
+    found = h.step(folder)
+    assert (found.stage, found.at) == (Stage.RETRY_WAIT, T0 + 500)
+    assert h.tracker.calls == 0
+
+
+# --- waiting: not the folder's doing, not counted ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "reason", "event", "at"), [
+    (RetryLater("run not in the listing yet", at=T0 + 25), "lookup", "folder_waiting", T0 + 25),
+    (ClaimLost("taken over"), "claim_lost", "folder_claim_lost", T0 + CLAIM_BUSY_SECONDS),
+])
+def test_waits_are_not_retries(h: Harness, watched: Path, error: Exception, reason: str, event: str,
+                               at: float) -> None:
+    folder = write_folder(watched, "waiting", FILES)
+    h.tracker.error = error
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert (found.stage, found.at) == (Stage.RETRY_WAIT, at)
+    assert event in [e["event"] for e in events]
+    assert h.outcomes.totals() == {"tracked": 0, "failed": 0, "retried": 0}
+    assert journal_of(h, folder).attempts == 0
+
+
+def test_our_own_state_error_waits_and_is_logged_as_an_error_without_a_trace(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "disk-full", FILES)
+    h.tracker.error = StateError(f"{folder}: cannot write {JOURNAL}: No space left on device")
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert found.stage is Stage.RETRY_WAIT and found.at is not None and found.at > T0
+    (error,) = [e for e in events if e["event"] == "state_error"]
+    assert error["log_level"] == "error" and "exc_info" not in error
+    assert marker(folder, FAILED) is None and journal_of(h, folder).attempts == 0
+
+
+def test_a_claim_held_by_another_process_is_looked_at_again_later(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "busy", FILES)
+    other = h.claims.acquire(folder)
+    assert other is not None
+    found = h.step(folder)
+    assert (found.stage, found.at) == (Stage.RETRY_WAIT, T0 + CLAIM_BUSY_SECONDS)
+    assert h.tracker.calls == 0
+    h.claims.release(other)
+
+
+# --- parked --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "scope", "pause"), [
+    (AuthError("API key rejected (HTTP 401): no", status=401), GLOBAL, "auth"),
+    (ApplicationNotFound("app-1"), "app-1", "application_not_found"),
+])
+def test_a_rejected_key_or_a_missing_application_parks_the_folder_and_pauses_the_gate(
+        h: Harness, watched: Path, error: Exception, scope: str, pause: str) -> None:
+    folder = write_folder(watched, "parked", FILES)
+    second = write_folder(watched, "second", FILES)
+    h.tracker.error = error
+    assert h.step(folder) .stage is Stage.PARKED
+    assert h.gate.pauses()[scope].reason == pause
+    # Another folder of the application is parked without an attempt while the pause lasts.
+    assert h.step(second).stage is Stage.PARKED
+    assert h.tracker.calls == 1
+    assert h.index.counts() == {"queued": 0, "in_flight": 0, "retry_wait": 0, "parked": 2}
+    assert marker(folder, FAILED) is None and journal_of(h, folder).attempts == 0
+    h.tracker.error = None
+    h.gate.resume(scope)
+    assert h.index.counts()["queued"] == 2
+    assert h.step(folder).stage is Stage.FINISHED and h.step(second).stage is Stage.FINISHED
+
+
+def test_a_transient_error_while_a_pause_is_on_parks_instead_of_retrying(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "during-outage", FILES)
+    h.gate.key_rejected("rejected")
+    h.gate.resume(GLOBAL)
+    h.tracker.error = TransientError("create_run: HTTP 503", status=503)
+
+    def outage(run: object, journal: Journal) -> None:
+        h.gate.key_rejected("rejected again while we were uploading")
+
+    h.tracker.meanwhile = outage
+    found = h.step(folder)
+    assert (found.stage, found.scope) == (Stage.PARKED, GLOBAL)
+    assert journal_of(h, folder).attempts == 0
+
+
+# --- the worker's guards against producers --------------------------------------------------------------
+
+
+def test_the_same_io_error_three_times_in_a_row_makes_the_folder_invalid(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "bad-disk", FILES)
+    h.tracker.error = FolderUnreadable(str(folder), "input.json: Input/output error")
+    with structlog.testing.capture_logs() as events:
+        for attempt in range(1, SAME_ERROR_LIMIT):
+            found = h.step(folder)
+            assert found.stage is Stage.RETRY_WAIT and found.at is not None, f"attempt {attempt} is retried"
+            assert marker(folder, FAILED) is None
+            assert journal_of(h, folder).repeats == attempt
+            h.clock.now = found.at
+        assert h.step(folder).stage is Stage.FINISHED
+    failed = marker(folder, FAILED)
+    assert failed is not None and failed["reason"] == "invalid"
+    assert failed["error"] == f"invalid folder: input.json: Input/output error ({SAME_ERROR_LIMIT} times in a row)"
+    assert [e["reason"] for e in events if e["event"] == "folder_retrying"] == ["unreadable"] * (SAME_ERROR_LIMIT - 1)
+    assert not any(e["event"] == "folder_error" for e in events), "an expected condition is not a bug"
+
+
+def test_a_different_io_error_starts_the_count_again(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "flaky", FILES)
+    for problem in ("a.csv: Input/output error", "a.csv: Input/output error", "b.csv: Input/output error",
+                    "b.csv: Input/output error"):
+        h.tracker.error = FolderUnreadable(str(folder), problem)
+        found = h.step(folder)
+        assert found.stage is Stage.RETRY_WAIT and found.at is not None
+        h.clock.now = found.at
+    assert marker(folder, FAILED) is None
+    h.tracker.error = None
+    assert h.step(folder).stage is Stage.FINISHED
+    tracked = marker(folder, TRACKED)
+    assert tracked is not None and tracked["run_id"] == "run-flaky"
+    assert not (folder / JOURNAL).exists()
+
+
+def test_an_unwatched_incomplete_folder_is_looked_at_less_often_as_it_ages(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "slow-producer", {"input.json": "{}"}, marker=None)
+    delays = []
+    for age in (0.0, 5.0, 60.0, 600.0, 1200.0, 7200.0):
+        h.clock.now = T0 + age
+        found = h.step(folder)
+        assert found.stage is Stage.INCOMPLETE and found.at is not None
+        delays.append(round(found.at - h.clock.now, 3))
+    assert delays == [POLL_SECONDS, 5.0, 60.0, POLL_MAX_SECONDS, POLL_MAX_SECONDS, POLL_MAX_SECONDS]
+    assert h.watch_requests == [folder] * 6, "a watch is asked for every time (it may become possible)"
+    assert h.tracker.calls == 0
+    assert h.index.incomplete() == {folder: T0}
+    assert h.index.counts() == {"queued": 0, "in_flight": 0, "retry_wait": 0, "parked": 0}, \
+        "an incomplete folder is not pending"
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("name", [JOURNAL, ".nextmv-claim", ".nextmv-tracked.json", FAILED])
+def test_a_fifo_under_a_state_file_name_fails_the_folder_without_blocking(
+        h: Harness, watched: Path, name: str) -> None:
+    folder = write_folder(watched, "fifo", FILES)
+    os.mkfifo(folder / name)
+    assert h.step(folder).stage is Stage.FINISHED
+    failed = marker(folder, FAILED)
+    assert failed is not None
+    assert (failed["reason"], failed["error"]) == ("invalid", f"invalid folder: {name} is a FIFO, not a regular file")
+    assert h.tracker.calls == 0, "nothing is uploaded for an invalid folder"
+    assert h.step(folder).stage is Stage.FINISHED, "a failed folder stays failed"
+    assert h.tracker.calls == 0
+
+
+def test_a_state_file_of_another_user_is_not_trusted_and_is_logged(h: Harness, watched: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    folder = write_folder(watched, "forged", FILES)
+    (folder / TRACKED).write_text('{"run_id": "run-forged"}')
+    os.chown(folder / TRACKED, 12345, 12345)
+    with structlog.testing.capture_logs() as events:
+        assert h.step(folder).stage is Stage.FINISHED
+    (warning,) = [e for e in events if e["event"] == "state_file_untrusted"]
+    assert (warning["log_level"], warning["file"], warning["owner_uid"]) == ("warning", TRACKED, 12345)
+    failed = marker(folder, FAILED)
+    assert failed is not None and failed["reason"] == "invalid" and "owned by uid 12345" in failed["error"]
+    assert h.tracker.calls == 0
+
+
+def test_state_owners_makes_another_users_marker_ours(tmp_path: Path, watched: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    h = Harness(tmp_path, watched, state_owners=[12345])
+    folder = write_folder(watched, "other-host", FILES)
+    (folder / TRACKED).write_text('{"run_id": "run-elsewhere"}')
+    os.chown(folder / TRACKED, 12345, 12345)
+    assert h.step(folder).stage is Stage.FINISHED
+    assert marker(folder, FAILED) is None and h.tracker.calls == 0
+    assert h.index.is_finished(folder, folder.stat().st_ino)
+
+
+def test_a_vanished_folder_leaves_the_index(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "gone", FILES)
+    h.index.offer(folder)
+    folder.rename(watched / ".moved-away")
+    assert h.step(folder).stage is Stage.GONE
+    assert folder not in h.index
+
+
+def test_disk_full_saving_the_journal_after_an_api_error_is_a_state_error_and_the_retry_stays(
+        tmp_path: Path, watched: Path) -> None:
+    class DiskFullStore(StateStore):
+        def save_journal(self, folder: object, journal: Journal) -> None:
+            raise StateError(f"{folder}: cannot write {JOURNAL}: No space left on device")
+
+    h = Harness(tmp_path, watched, store_factory=lambda c: DiskFullStore(c.state_dir, c.state_owners))
+    folder = write_folder(watched, "run-1", FILES)
+    h.tracker.error = TransientError("HTTP 503 from POST /runs", status=503)
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    names = [e["event"] for e in events]
+    assert "folder_error" not in names and "state_error" in names
+    assert found.stage is Stage.RETRY_WAIT and found.at is not None and found.at > T0
+    assert sorted(os.listdir(folder)) == ["DONE", "input.json", "output.json"]
