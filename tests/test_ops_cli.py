@@ -260,6 +260,7 @@ def test_status_without_a_daemon_falls_back_to_a_scan(run: Run, config: Path, wa
 
 STATUS: dict[str, Any] = {
     "state": "running", "pid": 4242, "uptime_seconds": 3723.5, "queue_depth": 7,
+    "folders": {"queued": 7, "in_flight": 2, "retry_wait": 3, "parked": 4},
     "in_flight": ["/runs/a", "/runs/b"],
     "paused": {"app-9": {"reason": "application_not_found", "message": "404 app-9", "since": 1_700_000_000.0}},
     "counters": {"tracked": 120, "failed": 2, "retried": 5},
@@ -278,7 +279,7 @@ def test_status_asks_the_running_daemon(run: Run, config: Path, daemon: StubDaem
     assert result.out.splitlines() == [
         "daemon: running (pid 4242), up 1h 02m 03s",
         "watched: /runs",
-        "queue: 7 queued, 2 in flight, oldest pending 1m 05s",
+        "folders: 7 queued, 2 in flight, 3 waiting to retry, 4 parked; oldest pending 1m 05s",
         "  in flight: /runs/a",
         "  in flight: /runs/b",
         "paused: application app-9 since 2023-11-14T22:13:20.000Z (application_not_found): 404 app-9",
@@ -351,7 +352,7 @@ def test_retry_all_failed_clears_every_failed_folder_and_pokes_the_daemon(
     assert not (failed_folders["a1"] / JOURNAL).exists()
     assert store.journal(failed_folders["a2"]) == Journal(intents=[Intent("ab" * 16, 5.0)])  # intents kept
     assert marker(failed_folders["ok"], TRACKED) is not None
-    assert commands(daemon) == ["rescan"]
+    assert daemon.requests == [{"command": "retried", "folders": [str(failed_folders[n]) for n in ("a1", "a2", "b1")]}]
 
 
 def test_retry_all_failed_of_one_application(run: Run, config: Path, failed_folders: dict[str, Path]) -> None:
@@ -392,7 +393,8 @@ def test_retry_of_one_folder_pokes_the_daemon_too(run: Run, config: Path, failed
     assert result.code == 0, result.err
     assert marker(failed_folders["a1"], FAILED) is None
     assert marker(failed_folders["a2"], FAILED) is not None
-    assert commands(daemon) == ["rescan"]
+    assert daemon.requests == [{"command": "retried", "folders": [str(failed_folders["a1"])]}], \
+        "the daemon is told which folder was reset (it counts it as retried, reason manual)"
 
 
 # --- forget --------------------------------------------------------------------------------------

@@ -113,7 +113,10 @@ class FolderIndex(WorkQueue):
         again = nxt.at if nxt.stage in (Stage.INCOMPLETE, Stage.RETRY_WAIT, Stage.QUEUED) else None
         if nxt.stage is Stage.QUEUED and again is None:
             again = now
-        self.done(folder, again)
+        # An event during the attempt brings an incomplete or finished folder back at once (the marker
+        # may have appeared, or been removed); a folder waiting to retry keeps its time: the change that
+        # made the attempt fail is what such an event reports, and the wait is there to let it finish.
+        self.done(folder, again, hold=nxt.stage is Stage.RETRY_WAIT)
 
     def unpark(self, scope: str) -> int:
         """A pause ended: every folder parked behind `scope` is due now. Returns how many."""

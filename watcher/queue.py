@@ -85,12 +85,13 @@ class WorkQueue:
                 self._cond.wait(wait)
             return None
 
-    def done(self, key: Path, again_at: float | None = None) -> None:
-        """The worker finished `key`. Queue it again at `again_at`, or when it was put during the work."""
+    def done(self, key: Path, again_at: float | None = None, *, hold: bool = False) -> None:
+        """The worker finished `key`. Queue it again at `again_at`, or when it was put during the work,
+        whichever is earlier; with `hold`, not before `again_at` (a put during the work is absorbed)."""
         with self._cond:
             self._in_flight.discard(key)
             pending = self._again.pop(key, None)
-        times = [t for t in (again_at, pending) if t is not None]
+        times = [t for t in (again_at, None if hold and again_at is not None else pending) if t is not None]
         if times:
             self.put(key, min(times))
 

@@ -98,6 +98,18 @@ def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore
     return report("pending", "complete; waiting to be tracked")
 
 
+def table(reports: list[FolderReport]) -> list[str]:
+    """`nextmv-watcher scan` as text: a line per folder (state, folder, reason or run), then the counts."""
+    width = max((len(r.folder) for r in reports), default=6)
+    lines = [f"{'STATE':<11} {'FOLDER':<{width}}  REASON"]
+    for r in reports:
+        reason = f"run {r.run_id}" if r.state == "tracked" else r.reason
+        lines.append(f"{r.state:<11} {r.folder:<{width}}  {reason}")
+    counts = {s: sum(1 for r in reports if r.state == s) for s in STATES}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return lines
+
+
 def scan_all(config: Config, store: StateStore, now: float) -> Iterator[FolderReport]:
     for watch in config.watch:
         for folder in sorted(iter_folders(watch.path)):

@@ -279,6 +279,14 @@ class Service:
             self._full_rescan = True
             self._rescan("requested over the control socket")
             return {"ok": True}
+        if command == "retried":   # `nextmv-watcher retry` reset these folders' failures
+            config = self.config
+            folders = [Path(f) for f in request.get("folders") or () if isinstance(f, str)]
+            known = [(f, w.application_id) for f in folders if (w := config.watch_for(f)) is not None]
+            self.outcomes.retried_manually(known)
+            for folder, _ in known:
+                self.index.offer(folder)
+            return {"ok": True, "retried": len(known)}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     # -- threads ---------------------------------------------------------------------------

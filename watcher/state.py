@@ -302,6 +302,25 @@ class StateStore:
                     return state
         return None
 
+    def clear_failure(self, folder: Folder) -> bool:
+        """Forget a failure (`nextmv-watcher retry`): remove the failed marker and reset the attempt count.
+        Open intents stay, so that a run a POST may have created is looked up before anything is posted
+        again. False when there was no failed marker. A journal that is not ours is left alone (the
+        daemon finds it again and says so). Raises StateError, FolderError."""
+        with opened(folder) as d:
+            if not self.remove(d, FAILED):
+                return False
+            try:
+                journal = self.journal(d)
+            except UnsafeStateFile:
+                return True
+            journal.attempts, journal.next_attempt_at, journal.last_error, journal.repeats = 0, None, None, 0
+            if journal.is_empty:
+                self.remove(d, JOURNAL)
+            else:
+                self.save_journal(d, journal)
+        return True
+
     # The three files, by meaning.
 
     def tracked(self, folder: Folder) -> dict[str, Any] | None:

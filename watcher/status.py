@@ -22,8 +22,10 @@ def format_status(st: dict[str, Any]) -> str:
     if st.get("watched"):
         lines.append(f"watched: {', '.join(st['watched'])}")
     oldest = st.get("oldest_pending_age_seconds")
-    lines.append(f"queue: {st.get('queue_depth', 0)} queued, {len(st.get('in_flight') or [])} in flight"
-                 + (f", oldest pending {_duration(oldest)}" if oldest is not None else ""))
+    f = st.get("folders") or {"queued": st.get("queue_depth", 0), "in_flight": len(st.get("in_flight") or [])}
+    lines.append(f"folders: {f.get('queued', 0)} queued, {f.get('in_flight', 0)} in flight, "
+                 f"{f.get('retry_wait', 0)} waiting to retry, {f.get('parked', 0)} parked"
+                 + (f"; oldest pending {_duration(oldest)}" if oldest is not None else ""))
     lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
     paused = st.get("paused") or {}
     if not paused:

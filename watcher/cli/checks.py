@@ -1,0 +1,72 @@
+"""`check` (is the configuration, the key and each application right?) and `status` (what is the running
+daemon doing?)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from watcher import control, logs
+from watcher.cli.common import FAILED, OK, CommandError, api_key, client, load, log
+from watcher.errors import ApiError, ApplicationNotFound, AuthError
+from watcher.hardening import disabled_link_protections
+from watcher.status import format_status, print_scan_status
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    key = api_key(config)
+    print(f"configuration {config.source}: ok ({len(config.watch)} watched path(s))")
+    for i, watch in enumerate(config.watch):
+        if not os.access(watch.path, os.W_OK | os.X_OK):
+            # Under the hardened unit (ProtectSystem=strict) only ReadWritePaths= are writable.
+            print(f"warning: watch[{i}].path {watch.path} is not writable by this user: markers would go to "
+                  f"{config.state_dir}/folders; under systemd add it to ReadWritePaths= with a drop-in "
+                  f"(systemctl edit nextmv-watcher) and restart", file=sys.stderr)
+    for sysctl, risk in disabled_link_protections():
+        log.warning("link_protection_disabled", sysctl=sysctl, risk=risk,
+                    hint=f"sysctl -w {sysctl}=1, and set it in /etc/sysctl.d/ to keep it")
+    if args.offline:
+        return OK
+    api = client(config, key)
+    problems = 0
+    try:
+        for app in sorted({w.application_id for w in config.watch}):
+            try:
+                api.get_application(app, attempts=2)
+            except ApplicationNotFound:
+                print(f"application {app}: NOT FOUND (check watch[].application_id)")
+                problems += 1
+            except AuthError as exc:
+                print(f"API key: REJECTED ({exc.status})")
+                return FAILED
+            except ApiError as exc:
+                print(f"API {config.api.url}: UNREACHABLE ({logs.REDACTOR.scrub(str(exc))})")
+                return FAILED
+            else:
+                print(f"application {app}: ok")
+    finally:
+        api.close()
+    return FAILED if problems else OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load(args)
+    socket_path = config.control_socket
+    try:
+        if socket_path is None:
+            raise FileNotFoundError("no control socket configured")
+        response = control.request(socket_path, "status")
+    except OSError as exc:
+        print(f"nextmv-watcher: no daemon answers on {socket_path} ({exc.strerror or exc}); "
+              "showing a scan of the watched paths instead", file=sys.stderr)
+        return print_scan_status(config, json_output=args.json)
+    if not response.get("ok") or not isinstance(response.get("status"), dict):
+        raise CommandError(FAILED, f"the daemon answered: {response.get('error', response)}")
+    status: dict[str, Any] = response["status"]
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return OK

@@ -1,0 +1,62 @@
+"""What every command needs: the exit codes, `CommandError`, the configuration, the key, a client, and
+a word with the running daemon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from watcher import control, logs
+from watcher.client import NextmvClient, build_verify
+from watcher.config import Config, key_file_is_shared, load_config, resolve_api_key, resolve_config_path
+from watcher.hardening import scrub_variable
+
+OK, FAILED, USAGE = 0, 1, 2
+log = structlog.get_logger("watcher.cli")
+
+
+class CommandError(Exception):
+    """A command cannot go on: `message` is printed once (after "nextmv-watcher: ") and `code` returned."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(resolve_config_path(getattr(args, "config", None)))
+
+
+def api_key(config: Config, *, scrub_env: bool = False) -> str:
+    """The API key (see `resolve_api_key`), registered for redaction. With `scrub_env` (the daemon, which
+    lives long; not the one-shot commands, whose `main` may be called in-process) a key that came from
+    the environment is removed from it, /proc/<pid>/environ included."""
+    key, source = resolve_api_key(config.api)
+    logs.REDACTOR.add_secret(key)
+    if scrub_env and source == f"${config.api.key_env}" and not scrub_variable(config.api.key_env):
+        log.warning("api_key_left_in_environment", variable=config.api.key_env,
+                    hint="could not overwrite it in /proc/self/environ; prefer LoadCredential= or api.key_file")
+    if config.api.key_file is not None and source == str(config.api.key_file) \
+            and key_file_is_shared(config.api.key_file):
+        log.warning("key_file_readable_by_others", path=source, hint=f"chmod 600 {source}")
+    return key
+
+
+def client(config: Config, key: str) -> NextmvClient:
+    return NextmvClient(config.api.url, key, connect_timeout=config.api.connect_timeout_seconds,
+                        read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle))
+
+
+def tell_daemon(socket_path: Path | None, command: str, **args: Any) -> dict[str, Any] | None:
+    """Send `command` to a running daemon; its answer, or None when none listens (it will see the
+    change at its next start-up or reconcile anyway)."""
+    if socket_path is None:
+        return None
+    try:
+        return control.request(socket_path, command, **args)
+    except OSError:
+        return None

@@ -1,0 +1,175 @@
+"""`track`, `scan`, `retry` and `forget`: one folder, or every folder under the watched paths, on disk.
+
+Every folder is opened once (`RunDir`) and everything done to it goes through that descriptor, so
+an admin running these as root is as safe inside a producer's folder as the daemon is."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from watcher import logs
+from watcher.attempt import Attempts, Job
+from watcher.claim import Claims, LeaseKeeper
+from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, load, tell_daemon
+from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
+from watcher.errors import ConfigError, FolderError, WatcherError
+from watcher.lookup import RunLookup
+from watcher.rundir import RunDir
+from watcher.scan import iter_folders, quick_state, scan_all, table
+from watcher.state import FAILED as FAILED_MARKER
+from watcher.state import TRACKED as TRACKED_MARKER
+from watcher.state import StateStore
+from watcher.tracker import Tracker
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    config = load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    folder = Path(args.folder).absolute()
+    watch = config.watch_for(folder)
+    app = args.application_id or (watch.application_id if watch else None)
+    if app is None:
+        raise CommandError(USAGE, f"{folder} is not in a watched path; give --application-id")
+    files: FilesConfig = watch.files if watch else config.files
+    formats = watch.format if watch else FormatConfig()
+    store = StateStore.of(config)
+    d, tracked = _open_with_marker(store, folder)
+    with d:
+        if tracked is not None:
+            raise CommandError(FAILED, f"{folder} is already tracked as run {tracked.get('run_id')}")
+        job = Job(app, watch.instance_id if watch else None, files, formats, config.completion.marker)
+        print(_track_open(config, store, d, job))
+    return OK
+
+
+def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str, Any] | None]:
+    """The folder, open, and its tracked marker (or None). Raises CommandError when it cannot be read."""
+    try:
+        d = RunDir.open(folder)
+    except FolderError as exc:
+        raise CommandError(FAILED, f"{folder}: {exc.problem}") from None
+    try:
+        return d, store.tracked(d)
+    except WatcherError as exc:
+        d.close()
+        raise CommandError(FAILED, f"{folder}: {exc}") from None
+
+
+def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> str:
+    """Track the open folder now, the way the daemon does (`watcher.attempt`), its lease kept alive.
+    Returns the run id."""
+    folder = d.path
+    api = client(config, api_key(config))
+    claims = Claims(clock=time.time, store=store)
+    keeper = LeaseKeeper(claims)
+    keeper.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=RunLookup(api))
+            with Attempts(store, claims, keeper, tracker).claimed(d) as held:
+                if held is None:
+                    raise CommandError(FAILED, f"{folder} is being tracked by another process "
+                                               f"({claims.holder(d)})")
+                if held.recheck() == "tracked":   # a failed marker is what `track` overrides
+                    raise CommandError(FAILED, f"{folder} was tracked by another process meanwhile")
+                outcome = held.track(held.inspect(job), job)
+                store.remove(d, FAILED_MARKER)
+    except WatcherError as exc:
+        raise CommandError(FAILED, f"{folder}: could not track: {logs.REDACTOR.scrub(str(exc))}") from None
+    finally:
+        keeper.stop()
+        api.close()
+    return outcome.run_id
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    config = load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    reports = list(scan_all(config, StateStore.of(config), time.time()))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=1))
+    else:
+        print("\n".join(table(reports)))
+    return OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if args.all_failed == (args.folder is not None):
+        raise CommandError(USAGE, "retry: give either FOLDER or --all-failed")
+    if args.application and not args.all_failed:
+        raise CommandError(USAGE, "retry: --application goes with --all-failed")
+    if args.all_failed:
+        return _retry_all(load(args), args.application)
+    try:
+        config: Config | None = load(args)
+    except ConfigError:
+        if args.config:
+            raise
+        config = None
+    state_dir = config.state_dir if config else default_state_dir()
+    store = StateStore.of(config) if config else StateStore(state_dir)
+    folder = Path(args.folder).absolute()
+    try:
+        cleared = store.clear_failure(folder)
+    except WatcherError as exc:
+        raise CommandError(FAILED, f"{folder}: {exc}") from None
+    if not cleared:
+        raise CommandError(FAILED, f"{folder} has no failed marker")
+    print(f"{folder}: failed marker removed; it will be tracked again")
+    tell_daemon(config.control_socket if config else default_control_socket(state_dir), "retried",
+                folders=[str(folder)])
+    return OK
+
+
+def _retry_all(config: Config, application: str | None) -> int:
+    watches = [w for w in config.watch if application is None or w.application_id == application]
+    if not watches:
+        raise CommandError(USAGE, f"no watched path has application {application}")
+    store = StateStore.of(config)
+    cleared: list[str] = []
+    problems = 0
+    for watch in watches:
+        for folder in sorted(iter_folders(watch.path)):
+            if quick_state(store, folder) != "failed":
+                continue
+            try:
+                if store.clear_failure(folder):
+                    print(folder)
+                    cleared.append(str(folder))
+            except WatcherError as exc:
+                print(f"nextmv-watcher: {exc}", file=sys.stderr)
+                problems += 1
+    print(f"{len(cleared)} failed folder(s) will be tracked again", file=sys.stderr)
+    if cleared:
+        tell_daemon(config.control_socket, "retried", folders=cleared)
+    return FAILED if problems else OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    config = load(args)
+    store = StateStore.of(config)
+    folder = Path(args.folder).absolute()
+    d, tracked = _open_with_marker(store, folder)
+    with d:
+        if tracked is None:
+            raise CommandError(FAILED, f"{folder} has no tracked marker")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CommandError(USAGE, "forget: not asking without a terminal; give --yes")
+            print(f"Forget run {tracked.get('run_id')} of {folder} and track it again? [y/N] ", end="",
+                  file=sys.stderr, flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                raise CommandError(FAILED, "nothing forgotten")
+        try:
+            store.remove(d, TRACKED_MARKER)
+        except WatcherError as exc:
+            raise CommandError(FAILED, str(exc)) from None
+    print(f"{folder}: forgot run {tracked.get('run_id')}; it will be tracked again as a new run")
+    tell_daemon(config.control_socket, "rescan")
+    return OK
