@@ -353,8 +353,8 @@ def test_the_service_withholds_the_watchdog_ping_and_reports_a_wedged_observer(
     runner = threading.Thread(target=service.run, name="test-main-loop")
     runner.start()
     try:
-        assert service.health_server is not None
-        healthz = f"http://127.0.0.1:{service.health_server.port}/healthz"
+        assert service.listeners.health_server is not None
+        healthz = f"http://127.0.0.1:{service.listeners.health_server.port}/healthz"
         wait_for(lambda: systemd.pings() > 0, 10, "a watchdog ping")
         assert httpx.get(healthz, timeout=5).status_code == 200
         assert service.status()["observer_wedged"] == []

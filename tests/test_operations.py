@@ -131,8 +131,8 @@ def test_healthz_goes_unhealthy_when_the_observer_stops(cloud: FakeCloud, watche
     service = Service(load_config(config_path), API_KEY)
     service.start()
     try:
-        assert service.health_server is not None
-        url = f"http://127.0.0.1:{service.health_server.port}/healthz"
+        assert service.listeners.health_server is not None
+        url = f"http://127.0.0.1:{service.listeners.health_server.port}/healthz"
         assert httpx.get(url, timeout=5).status_code == 200
         service.detectors.stop()
         resp = httpx.get(url, timeout=5)

@@ -35,18 +35,19 @@ from watcher.attempt import Attempts
 from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
-from watcher.control import ControlServer
 from watcher.detectors import Detectors
 from watcher.dirhandle import DirHandle
 from watcher.errors import ConfigError, WatcherError
 from watcher.gate import Gate
 from watcher.health import Health
 from watcher.index import FolderIndex
+from watcher.listeners import Listeners, Prepared, ReloadRefused
 from watcher.lookup import RunLookup
-from watcher.metrics import HealthServer, Metrics
+from watcher.metrics import Metrics
 from watcher.notify import Notifier
 from watcher.outcomes import Outcomes
 from watcher.prepare import clean_spool
+from watcher.reload import diff
 from watcher.scanning import reconcile, startup_scan
 from watcher.state import StateStore, trusted_owners
 from watcher.tracker import Tracker
@@ -110,7 +111,8 @@ class Service:
             clock=clock,
         )
         self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
-        self.executor = ThreadPoolExecutor(max_workers=max(4, config.workers * 2), thread_name_prefix="upload")
+        self._upload_threads = max(4, config.workers * 2)
+        self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock)
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
                                lookup=self.lookup, clock=clock,
@@ -124,9 +126,7 @@ class Service:
             current, self.index, self.store, self.attempts, self.gate, self.outcomes,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
             recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
-        socket_path = config.control_socket or config.state_dir / "control.sock"
-        self.control = ControlServer(socket_path, self.handle_control) if watch else None
-        self.health_server: HealthServer | None = None
+        self.listeners = Listeners(self.handle_control, self.metrics, self.health)
         self._workers: list[threading.Thread] = []
         self._target_workers = config.workers
         self._scanner: threading.Thread | None = None
@@ -164,26 +164,14 @@ class Service:
         if self.watching:
             self.detectors.start()
         self.keeper.start()
-        self._start_listeners()
+        if self.watching:
+            self.listeners.start(self.config)
         self._scanner = threading.Thread(target=self._startup_scan, name="startup-scan", daemon=True)
         self._scanner.start()
         self._resize_workers(self.config.workers)
         self._transition(State.RUNNING)
         log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
                  workers=self.config.workers, api=self.config.api.url, pid=os.getpid())
-
-    def _start_listeners(self) -> None:
-        if self.control is not None:
-            try:
-                self.control.start()
-            except OSError as exc:
-                log.warning("control_socket_failed", path=str(self.config.control_socket), error=str(exc),
-                            hint="`nextmv-watcher status` will fall back to scanning")
-                self.control = None
-        if self.watching and self.config.metrics.listen:
-            self.health_server = HealthServer(self.config.metrics.listen, self.metrics, self.health)
-            self.health_server.start()
-            log.info("metrics_listening", listen=self.config.metrics.listen, port=self.health_server.port)
 
     def request_stop(self) -> None:
         """First stop request: drain. A second one aborts. Safe to call from a signal handler."""
@@ -252,10 +240,7 @@ class Service:
             self.client.cancel.set()
         self.detectors.stop()
         self.keeper.stop()
-        if self.control is not None:
-            self.control.stop()
-        if self.health_server is not None:
-            self.health_server.stop()
+        self.listeners.stop()
         self.executor.shutdown(wait=not left, cancel_futures=True)
         if not left:
             self.client.close()
@@ -305,6 +290,12 @@ class Service:
 
     def _resize_workers(self, count: int) -> None:
         self._target_workers = count
+        if count * 2 > self._upload_threads:   # a run's artifacts upload in parallel: room for every worker's
+            self._upload_threads = count * 2
+            old, self.executor = self.executor, ThreadPoolExecutor(max_workers=self._upload_threads,
+                                                                   thread_name_prefix="upload")
+            self.tracker.executor = self.executor
+            old.shutdown(wait=False)
         self._workers = [t for i, t in enumerate(self._workers) if t.is_alive() or i >= count]
         while len(self._workers) < count:
             index = len(self._workers)
@@ -442,26 +433,37 @@ class Service:
             log.info("reconcile_queued", folders=queued, full=full)
 
     def _apply_reload(self) -> None:
-        """SIGHUP: validate the file first; keep running on the old configuration if it is bad."""
+        """SIGHUP: validate the file and bind any new listener first; if either fails, keep running as
+        before. Then switch: one assignment of the configuration every component reads, and the parts
+        that hold resources follow (listeners, observers, workers, the index, pauses, metric series)."""
         self.notifier.reloading()
+        old = self.config
         try:
-            new = load_config(Path(self.config.source))
-        except ConfigError as exc:
-            log.error("reload_failed", error=str(exc), action="keeping the running configuration")
+            new = load_config(Path(old.source))
+            changes = diff(old, new)
+            prepared = self.listeners.prepare(old, new) if self.watching else Prepared()
+        except (ConfigError, ReloadRefused) as exc:
+            fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ReloadRefused) else {}
+            log.error("reload_failed", error=str(exc), action="keeping the running configuration", **fields)
             self.notifier.ready(self._status_line())
             return
-        old = self.config
-        if new.api != old.api or new.state_dir != old.state_dir:
-            log.warning("reload_partial", hint="api and state_dir changes need a restart")
         self.config = new
+        self.listeners.switch(prepared)
         self.store.owners = trusted_owners(new.state_owners, new.state_dir)
-        if {w.path: w for w in new.watch} != {w.path: w for w in old.watch} and self.watching:
-            self.detectors.reconfigure(new.watch)
+        if changes.added or changes.removed or any(k.startswith("watch[") for k in changes.changed):
+            if self.watching:
+                self.detectors.reconfigure(new.watch)
+            self.index.drop_under(Path(p) for p in changes.removed)
+        applications = {w.application_id for w in new.watch}
+        self.gate.forget_applications(applications)
+        self.outcomes.drop_applications(applications)
         if new.workers != self._target_workers:
             self._resize_workers(new.workers)
-        added = sorted({str(w.path) for w in new.watch} - {str(w.path) for w in old.watch})
-        removed = sorted({str(w.path) for w in old.watch} - {str(w.path) for w in new.watch})
-        log.info("config_reloaded", added=added, removed=removed, workers=new.workers, level=new.logging.level)
+        if changes.restart_required:
+            log.warning("reload_partial", restart_required=changes.restart_required,
+                        hint="api and state_dir changes need a restart")
+        log.info("config_reloaded", added=changes.added, removed=changes.removed, changed=changes.changed,
+                 restart_required=changes.restart_required, workers=new.workers, level=new.logging.level)
         if self.on_reload is not None:
             self.on_reload(new)   # after the event above, so that a quieter level does not hide it
         self.notifier.ready(self._status_line())

@@ -119,7 +119,8 @@ class Journal:
 
     `attempts` counts failed attempts that were the folder's own fault; `next_attempt_at` is the
     earliest wall-clock time of the next one; `repeats` how often `last_error`, an I/O error reading
-    the folder, came back in a row. `uploads` holds finished uploads by role. `intents`
+    the folder, came back in a row; `application_id` the application its uploads and intents were
+    made for (a reload may move the folder to another one). `uploads` holds finished uploads by role. `intents`
     lists every POST that may have created the run; while it is non-empty the run must be looked up
     before anything is posted again.
     """
@@ -128,6 +129,7 @@ class Journal:
     next_attempt_at: float | None = None
     last_error: str | None = None
     repeats: int = 0
+    application_id: str | None = None
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     intents: list[Intent] = field(default_factory=list)
 
@@ -142,6 +144,7 @@ class Journal:
                 next_attempt_at=data.get("next_attempt_at"),
                 last_error=data.get("last_error"),
                 repeats=int(data.get("repeats", 0)),
+                application_id=data.get("application_id"),
                 uploads={role: UploadRecord(**rec) for role, rec in data.get("uploads", {}).items()},
                 intents=[Intent(**i) for i in data.get("intents", [])],
             )
@@ -150,7 +153,8 @@ class Journal:
 
     @property
     def is_empty(self) -> bool:
-        return self == Journal()
+        """Nothing worth keeping: no attempts, uploads or intents (whatever application it names)."""
+        return self == Journal(application_id=self.application_id)
 
 
 class StateStore:

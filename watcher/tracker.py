@@ -113,9 +113,14 @@ class Tracker:
         if journal is None:
             journal = self.store.journal(run.handle)
         if journal.intents:
-            adopted = self._resolve(run, application_id, journal)
+            # Looked up where the intents were posted, even if a reload moved the folder to another
+            # application since.
+            adopted = self._resolve(run, journal.application_id or application_id, journal)
             if adopted is not None:
                 return adopted
+        if journal.application_id not in (None, application_id):
+            journal.uploads.clear()   # made for another application: never referenced in this one
+        journal.application_id = application_id
         before = fingerprint(run)
         with prepare(run, self.spool_dir) as prepared:
             upload_ids = self._upload_all(run, application_id, prepared, journal, before)
