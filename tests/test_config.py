@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from watcher.config import (
     DEFAULT_CONFIG_PATH,
@@ -14,6 +16,7 @@ from watcher.config import (
     Config,
     FilesConfig,
     MetricsConfig,
+    WatchConfig,
     default_state_dir,
     key_file_is_shared,
     load_config,
@@ -21,6 +24,7 @@ from watcher.config import (
     resolve_api_key,
     resolve_config_path,
 )
+from watcher.configparse import keys, yaml_defaults
 from watcher.errors import ConfigError
 
 ENV = {"STATE_DIRECTORY": "/var/lib/nextmv-watcher"}
@@ -541,3 +545,57 @@ def test_default_state_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert default_state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/nextmv-watcher")
     assert default_state_dir({}) == tmp_path / "home" / ".local" / "state" / "nextmv-watcher"
 
+
+# --- config.example.yaml: every key with its default -----------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+# Keys the example shows with another value than their default, on purpose; the comment there names the default.
+DELIBERATE_EXAMPLES: dict[str, Any] = {"completion.marker": "DONE"}
+
+
+def flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Sections flattened to key paths: {"api.url": ..., "files.input": [...]}."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        out |= flat(value, f"{path}.") if isinstance(value, dict) else {path: value}
+    return out
+
+
+def example() -> dict[str, Any]:
+    loaded = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_the_example_shows_every_key_with_its_default_and_no_other_key() -> None:
+    shown = flat({k: v for k, v in example().items() if k != "watch"})
+    defaults = flat({k: v for k, v in yaml_defaults(Config).items() if k != "watch"})
+
+    for key, value in DELIBERATE_EXAMPLES.items():
+        assert key in defaults
+        assert defaults[key] != value, f"{key}: the example shows the default, it is no longer a deliberate example"
+    assert sorted(shown) == sorted(defaults)   # every key the dataclasses define, and only those
+    assert shown == defaults | DELIBERATE_EXAMPLES
+
+
+def test_the_examples_watched_path_shows_its_keys_with_their_defaults() -> None:
+    (watch,) = example()["watch"]
+    required = {"path", "application_id"}
+    defaults = flat(yaml_defaults(WatchConfig))
+    shown = flat({k: v for k, v in watch.items() if k not in required})
+
+    assert set(watch) | {"files"} == set(keys(WatchConfig))   # `files` is inherited: shown as a comment
+    assert shown == {k: v for k, v in defaults.items() if not k.startswith("files.")}
+
+
+def test_the_example_is_a_valid_configuration(tmp_path: Path, runs: Path) -> None:
+    raw = example()
+    raw["watch"][0]["path"] = str(runs)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+    config = load_config(path, env=ENV)
+
+    assert config.completion.marker == "DONE"
+    assert config.files == config.watch[0].files == FilesConfig()
