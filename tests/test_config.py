@@ -5,19 +5,26 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from watcher.config import (
     DEFAULT_CONFIG_PATH,
     ApiConfig,
     Config,
+    FilesConfig,
+    MetricsConfig,
+    WatchConfig,
     default_state_dir,
     key_file_is_shared,
     load_config,
+    parse_listen,
     resolve_api_key,
     resolve_config_path,
 )
+from watcher.configparse import keys, yaml_defaults
 from watcher.errors import ConfigError
 
 ENV = {"STATE_DIRECTORY": "/var/lib/nextmv-watcher"}
@@ -150,6 +157,21 @@ def test_only_watch_is_required_and_the_rest_takes_defaults(tmp_path: Path, runs
             config.retry.backoff_max_seconds) == (10, 1.0, 600.0)
     assert (config.logging.format, config.logging.level) == ("auto", "info")
     assert (config.reconcile_seconds, config.drain_timeout_seconds) == (300.0, 30.0)
+    assert config.files == FilesConfig() == watch.files
+
+
+def test_a_null_section_takes_its_defaults(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        api:
+        #  url: https://elsewhere
+        metrics:
+        watch: [{{path: {runs}, application_id: app, files: null, format: null}}]
+    """)
+
+    config = load_config(path, env=ENV)
+
+    assert (config.api, config.metrics) == (ApiConfig(), MetricsConfig())
+    assert config.watch[0].files == FilesConfig()
 
 
 def test_relative_paths_are_resolved_against_the_config_files_directory(
@@ -209,9 +231,13 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
 
     found = problems(path)
 
-    assert "unknown key" in problem_at(found, "wokers")
+    assert problem_at(found, "wokers") == (
+        "wokers: unknown key (known: after_tracking, api, completion, control_socket, done_path, drain_timeout_seconds,"
+        " files, logging, metrics, reconcile_seconds, retention_days, retry, state_dir, state_owners, watch, workers)")
     assert "unknown key" in problem_at(found, "api.urll")
-    assert "unknown key" in problem_at(found, "watch[0].formatt")
+    assert problem_at(found, "watch[0].formatt") == (
+        "watch[0].formatt: unknown key (known: application_id, files, format, instance_id, path,"
+        " poll_interval_seconds, polling)")
     assert "boolean" in problem_at(found, "api.read_timeout_seconds")
     assert "boolean" in problem_at(found, "reconcile_seconds")
     assert problem_at(found, "workers") == "workers: must be an integer, got str"
@@ -301,6 +327,33 @@ def test_other_value_problems_name_their_keys(tmp_path: Path, runs: Path) -> Non
     assert "plain file name" in problem_at(found, "completion.marker")
 
 
+def test_a_wrong_type_is_named_with_the_type_expected(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        files: {{status: 5}}
+        retention_days: soon
+        metrics: {{listen: 9464}}
+        watch: [{{path: {runs}, application_id: app, format: {{input: 1}}, polling: "yes"}}]
+    """)
+
+    found = problems(path)
+
+    assert problem_at(found, "files.status") == "files.status: must be a string, got int"
+    assert problem_at(found, "retention_days") == "retention_days: must be a number or null, got str"
+    assert problem_at(found, "metrics.listen") == "metrics.listen: must be a string or null, got int"
+    assert problem_at(found, "watch[0].format.input") == "watch[0].format.input: must be a string, got int"
+    assert problem_at(found, "watch[0].polling") == "watch[0].polling: must be true or false, got str"
+    assert len(found) == 5
+
+
+def test_a_required_key_of_the_wrong_type_is_reported_as_required(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.yaml", "watch: [{path: 5, application_id: ''}]\n")
+
+    found = problems(path)
+
+    assert found == ["watch[0].path: required (a directory)",
+                     "watch[0].application_id: required (the Nextmv application id)"]
+
+
 def test_read_caps_and_state_owners_are_read_and_checked(tmp_path: Path, runs: Path) -> None:
     good = write(tmp_path / "good.yaml", f"""
         files: {{max_json_bytes: 1024, max_archive_files: 10}}
@@ -326,6 +379,54 @@ def test_read_caps_and_state_owners_are_read_and_checked(tmp_path: Path, runs: P
     assert "no user 'no-such-user-here'" in problem_at(found, "state_owners[0]")
     assert "user name or a uid" in problem_at(found, "state_owners[1]")
     assert "user name or a uid" in problem_at(found, "state_owners[2]")
+    assert len(found) == 5   # a bad global cap is reported once, not again for the watched path inheriting it
+
+
+@pytest.mark.parametrize(("listen", "ok"), [
+    ("127.0.0.1:9464", True), ("[::1]:9464", True), ("localhost:0", True),
+    ("9464", False), (":9464", False), ("host:", False), ("host:port", False), ("host:70000", False), ("[]:80", False),
+])
+def test_metrics_listen_must_be_host_and_port(tmp_path: Path, runs: Path, listen: str, ok: bool) -> None:
+    path = write(tmp_path / "config.yaml", f"""
+        metrics: {{listen: "{listen}"}}
+        watch: [{{path: {runs}, application_id: app}}]
+    """)
+
+    if ok:
+        assert load_config(path, env=ENV).metrics.listen == listen
+    else:
+        assert problems(path) == [f"metrics.listen: must be host:port, got {listen!r}"]
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ("[::1]:9464", ("::1", 9464)),
+    ("localhost:80", ("localhost", 80)),
+])
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["9464", ":9464", "host:", "host:port", "host:70000", "[]:80"])
+def test_parse_listen_refuses_malformed(listen: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen(listen)
+
+
+def test_done_path_names_the_watched_path_it_overlaps_by_its_place_in_the_file(tmp_path: Path, runs: Path) -> None:
+    (runs / "done").mkdir()
+    path = write(tmp_path / "config.yaml", f"""
+        after_tracking: move
+        done_path: {runs}/done
+        watch:
+          - {{path: {tmp_path}/missing-app}}
+          - {{path: {runs}, application_id: app}}
+    """)
+
+    found = problems(path)
+
+    assert problem_at(found, "done_path") == f"done_path: {runs / 'done'} overlaps watch[1].path {runs}"
 
 
 def test_a_section_that_is_not_a_mapping_is_reported(tmp_path: Path, runs: Path) -> None:
@@ -443,3 +544,58 @@ def test_default_state_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         Path("/var/lib/a")
     assert default_state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/nextmv-watcher")
     assert default_state_dir({}) == tmp_path / "home" / ".local" / "state" / "nextmv-watcher"
+
+
+# --- config.example.yaml: every key with its default -----------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+# Keys the example shows with another value than their default, on purpose; the comment there names the default.
+DELIBERATE_EXAMPLES: dict[str, Any] = {"completion.marker": "DONE"}
+
+
+def flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Sections flattened to key paths: {"api.url": ..., "files.input": [...]}."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        out |= flat(value, f"{path}.") if isinstance(value, dict) else {path: value}
+    return out
+
+
+def example() -> dict[str, Any]:
+    loaded = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_the_example_shows_every_key_with_its_default_and_no_other_key() -> None:
+    shown = flat({k: v for k, v in example().items() if k != "watch"})
+    defaults = flat({k: v for k, v in yaml_defaults(Config).items() if k != "watch"})
+
+    for key, value in DELIBERATE_EXAMPLES.items():
+        assert key in defaults
+        assert defaults[key] != value, f"{key}: the example shows the default, it is no longer a deliberate example"
+    assert sorted(shown) == sorted(defaults)   # every key the dataclasses define, and only those
+    assert shown == defaults | DELIBERATE_EXAMPLES
+
+
+def test_the_examples_watched_path_shows_its_keys_with_their_defaults() -> None:
+    (watch,) = example()["watch"]
+    required = {"path", "application_id"}
+    defaults = flat(yaml_defaults(WatchConfig))
+    shown = flat({k: v for k, v in watch.items() if k not in required})
+
+    assert set(watch) | {"files"} == set(keys(WatchConfig))   # `files` is inherited: shown as a comment
+    assert shown == {k: v for k, v in defaults.items() if not k.startswith("files.")}
+
+
+def test_the_example_is_a_valid_configuration(tmp_path: Path, runs: Path) -> None:
+    raw = example()
+    raw["watch"][0]["path"] = str(runs)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+    config = load_config(path, env=ENV)
+
+    assert config.completion.marker == "DONE"
+    assert config.files == config.watch[0].files == FilesConfig()

@@ -20,7 +20,7 @@ import pytest
 from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 
 from watcher.client import NextmvClient
-from watcher.config import DEFAULTS, FilesConfig, FormatConfig
+from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import ClaimLost, FolderChanged, RejectedError, RetryLater, UploadExpired
 from watcher.fakecloud import FakeCloud
 from watcher.folder import RunFolder, inspect_folder
@@ -32,8 +32,7 @@ from watcher.tracker import Tracker
 APP = "app-1"
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'
-FILES = FilesConfig(input=tuple(DEFAULTS["files"]["input"]), output=tuple(DEFAULTS["files"]["output"]),
-                    logs=tuple(DEFAULTS["files"]["logs"]), status=DEFAULTS["files"]["status"])
+FILES = FilesConfig()
 TOKEN_LINE = re.compile(r"nextmv-watcher:([0-9a-f]{32})$")
 
 

@@ -27,7 +27,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from watcher.config import FilesConfig, FormatConfig
+from watcher.config import FORMATS, FilesConfig, FormatConfig
 from watcher.dirhandle import kind
 from watcher.errors import FolderChanged, FolderError, FolderUnreadable, InvalidFolder
 from watcher.rundir import Ident, Limits, RunDir
@@ -35,7 +35,6 @@ from watcher.runjson import STATUS_MAX_BYTES, decide_status, json_turn, parse_js
 
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))
-FORMATS = ("auto", "json", "multi-file", "text")
 
 Fingerprint = dict[str, tuple[int, int, int]]
 
