@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from watcher.client import RequestOutcome
 from watcher.errors import TransientError
-from watcher.metrics import CONNECTION_THREAD, MAX_CONNECTIONS, HealthServer, Metrics, parse_listen
+from watcher.metrics import CONNECTION_THREAD, MAX_CONNECTIONS, HealthServer, Metrics
 from watcher.outcomes import Outcomes
 
 Labels = tuple[tuple[str, str], ...]
@@ -288,22 +288,6 @@ def test_a_server_starts_once(metrics: Metrics, daemon: Daemon) -> None:
         srv.start()
     with HealthServer("127.0.0.1:0", metrics, daemon.health) as running, pytest.raises(RuntimeError, match="running"):
         running.start()
-
-
-@pytest.mark.parametrize(("listen", "expected"), [
-    ("127.0.0.1:9464", ("127.0.0.1", 9464)),
-    ("0.0.0.0:0", ("0.0.0.0", 0)),
-    ("[::1]:9464", ("::1", 9464)),
-    ("localhost:80", ("localhost", 80)),
-])
-def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
-    assert parse_listen(listen) == expected
-
-
-@pytest.mark.parametrize("listen", ["9464", ":9464", "host:", "host:port", "host:70000"])
-def test_parse_listen_refuses_malformed(listen: str) -> None:
-    with pytest.raises(ValueError, match="host:port"):
-        parse_listen(listen)
 
 
 # --- the listener's bounds ------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watcher.client import RequestOutcome
+from watcher.config import parse_listen
 from watcher.gate import GLOBAL
 
 log = structlog.get_logger("watcher.metrics")
@@ -253,15 +254,6 @@ class HealthServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """'host:port' -> (host, port); IPv6 hosts in brackets. Raises ValueError when malformed."""
-    host, _, port = listen.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address must be host:port, got {listen!r}")
-    return host, int(port)
 
 
 class _Server(ThreadingHTTPServer):
