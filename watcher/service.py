@@ -32,6 +32,7 @@ import structlog
 
 from watcher import aftercare
 from watcher.attempt import Attempts
+from watcher.chores import Chores
 from watcher.claim import Claims, LeaseKeeper
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
@@ -48,17 +49,13 @@ from watcher.notify import Notifier
 from watcher.outcomes import Outcomes
 from watcher.prepare import clean_spool
 from watcher.reload import diff
-from watcher.scanning import reconcile, startup_scan
+from watcher.scanning import startup_scan
 from watcher.state import StateStore, trusted_owners
 from watcher.tracker import Tracker
 from watcher.watch import ObserverFactory
 from watcher.worker import FolderProcessor
 
 log = structlog.get_logger("watcher.service")
-FULL_RECONCILE_EVERY = 12     # every Nth reconciliation also re-reads the markers of finished folders
-STATUS_EVERY_SECONDS = 5.0    # STATUS= lines to systemd
-HOUSEKEEPING_SECONDS = 30.0   # incomplete-too-long warnings
-RETENTION_EVERY_SECONDS = 3600.0
 
 
 class State(enum.Enum):
@@ -91,8 +88,6 @@ class Service:
         self._abort = threading.Event()
         self._wake = threading.Event()
         self._reload = threading.Event()
-        self._reconcile_now = threading.Event()
-        self._rescan_reason = ""
         self.ready = threading.Event()
         self.watching = watch
         self.on_reload = on_reload
@@ -130,15 +125,13 @@ class Service:
         self._workers: list[threading.Thread] = []
         self._target_workers = config.workers
         self._scanner: threading.Thread | None = None
-        self._reconciles = 0
-        now = clock()
-        self._next = {"reconcile": now + config.reconcile_seconds, "status": 0.0, "watchdog": 0.0,
-                      "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
         self.health_view = Health(
             config=current, index=self.index, gate=self.gate, outcomes=self.outcomes,
             detectors=self.detectors, watching=watch, workers=lambda: self._workers[: self._target_workers],
             state=lambda: self.state.value, clock=clock)
-        self._full_rescan = False
+        self.chores = Chores(config=current, clock=clock, index=self.index, store=self.store, gate=self.gate,
+                             detectors=self.detectors, health=self.health_view, notifier=self.notifier,
+                             watching=watch, stopping=self._stop)
 
     def current_config(self) -> Config:
         """The configuration in force: the one reference every component reads (a reload replaces it)."""
@@ -196,7 +189,7 @@ class Service:
         """Run until a stop is requested, then drain. Returns when stopped."""
         while not self._stop.is_set():
             self._tick()
-            self._wake.wait(self._next_wait())
+            self._wake.wait(self.chores.next_wait())
             self._wake.clear()
         self.shutdown()
 
@@ -211,7 +204,7 @@ class Service:
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            self._wake.wait(min(0.05, self._next_wait()))
+            self._wake.wait(min(0.05, self.chores.next_wait()))
             self._wake.clear()
         return self.is_idle()
 
@@ -261,8 +254,7 @@ class Service:
         if command == "status":
             return {"ok": True, "status": self.status()}
         if command == "rescan":
-            self._full_rescan = True
-            self._rescan("requested over the control socket")
+            self._rescan("requested over the control socket", full=True)
             return {"ok": True}
         if command == "retried":   # `nextmv-watcher retry` reset these folders' failures
             config = self.config
@@ -342,95 +334,20 @@ class Service:
         # Called on watchdog's thread: only set flags.
         self._rescan("inotify queue overflowed: events were lost")
 
-    def _rescan(self, reason: str) -> None:
-        self._rescan_reason = reason
-        self._reconcile_now.set()
+    def _rescan(self, reason: str, *, full: bool = False) -> None:
+        self.chores.rescan(reason, full=full)
         self._wake.set()
 
-    # -- periodic work in the main thread ---------------------------------------------------
-
-    def _next_wait(self) -> float:
-        """Seconds until the next timer that is in use: an idle daemon wakes about once a second."""
-        active = ["reconcile", "housekeeping"]
-        if self.notifier.enabled:
-            active.append("status")
-        if self.notifier.watchdog_interval:
-            active.append("watchdog")
-        if self.watching and self.config.retention_days:
-            active.append("retention")
-        times = [self._next[name] for name in active]
-        probe = self.gate.next_probe_at()
-        if probe is not None:
-            times.append(probe)
-        return max(0.01, min(1.0, min(times) - self.clock()))
-
-    def _due(self, name: str, every: float) -> bool:
-        now = self.clock()
-        if now < self._next[name]:
-            return False
-        self._next[name] = now + every
-        return True
+    # -- the main thread --------------------------------------------------------------------
 
     def _tick(self) -> None:
         if self._reload.is_set():
             self._reload.clear()
             self._apply_reload()
-        self.gate.probe()
-        for scope in self.index.parked_scopes() - set(self.gate.pauses()):
-            self.index.unpark(scope)   # parked just as its pause ended (or a reload dropped it)
-        self._check_observer()
-        if self._reconcile_now.is_set():
-            self._reconcile_now.clear()
-            log.warning("rescanning", reason=self._rescan_reason)
-            self._reconcile()
-        elif self._due("reconcile", self.config.reconcile_seconds):
-            self._reconcile()
-        if self._due("status", STATUS_EVERY_SECONDS):
-            self.notifier.status(self._status_line())
-        if self.notifier.watchdog_interval and self._due("watchdog", self.notifier.watchdog_interval / 2):
-            self._watchdog()
-        if self._due("housekeeping", HOUSEKEEPING_SECONDS):
-            self._warn_incomplete()
-        if self.watching and self.config.retention_days and self._due("retention", RETENTION_EVERY_SECONDS):
-            removed = aftercare.sweep_retention(self.config, self.clock())
-            if removed:
-                log.info("retention_swept", folders=removed, days=self.config.retention_days)
+        self.chores.tick()
 
     def _status_line(self) -> str:
         return self.health_view.status_line()
-
-    def _watchdog(self) -> None:
-        ok, stalled = self.health_view.watchdog_ok()
-        if ok:
-            self.notifier.watchdog()
-        else:
-            log.error("watchdog_withheld", stalled=stalled, observer_alive=self.detectors.alive(),
-                      observer_wedged=sorted(self.detectors.wedged()))
-
-    def _warn_incomplete(self) -> None:
-        for folder, since in self.index.incomplete_too_long(self.config.metrics.incomplete_warn_seconds):
-            log.warning("folder_incomplete_too_long", folder=str(folder), seconds=round(self.clock() - since),
-                        hint="its producer never finished it (no marker, or no input/output)")
-
-    def _check_observer(self) -> None:
-        """A dead observer is replaced and the watched paths rescanned, so no folder is missed. Every
-        observer gets a heartbeat; one that stops answering is reported (and Health withholds the ping)."""
-        if not self.watching or self._stop.is_set():
-            return
-        if not self.detectors.alive():
-            log.error("observer_died", restarts=self.detectors.restarts + 1, action="restarting it and rescanning")
-            self.detectors.restart()
-            self._rescan("observer restarted")
-        self.detectors.check_liveness()
-
-    def _reconcile(self) -> None:
-        """Offer folders the observer may have missed; finished ones (same name, same inode) are skipped."""
-        self._reconciles += 1
-        full = self._reconciles % FULL_RECONCILE_EVERY == 0 or self._full_rescan
-        self._full_rescan = False
-        queued = reconcile(self.config, self.store, self.index, full=full)
-        if queued:
-            log.info("reconcile_queued", folders=queued, full=full)
 
     def _apply_reload(self) -> None:
         """SIGHUP: validate the file and bind any new listener first; if either fails, keep running as
