@@ -32,7 +32,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher.config import Config
+from watcher.config import DAEMON_PREFIX, Config
 from watcher.dirhandle import O_CREATE, O_DIR, O_READ, DirHandle, kind, remove_tree
 from watcher.errors import FolderError, StateError
 from watcher.rundir import RunDir
@@ -47,7 +47,7 @@ MAX_COPY_DEPTH = 256
 # A copy is the daemon's own file: it keeps the permissions, never set-user-ID, set-group-ID or sticky bits
 # (a producer's set-uid file would otherwise become a set-uid program of the daemon's user).
 PERMISSION_BITS = 0o777
-REMOVING = ".nextmv-removing-"   # a folder being removed is first renamed to this prefix plus a random id
+REMOVING = f"{DAEMON_PREFIX}removing-"   # a folder being removed is first renamed to this prefix plus a random id
 
 Identity = tuple[int, int]
 

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from watcher.config import DAEMON_PREFIX
 from watcher.dirhandle import DirHandle
 from watcher.errors import ClaimLost, FolderError, StateError, UnsafeStateFile
 from watcher.rundir import RunDir
 from watcher.state import MAX_STATE_BYTES, UNWRITABLE, StateStore, decode_state, opened, trusted_owners
 
-CLAIM = ".nextmv-claim"
+CLAIM = f"{DAEMON_PREFIX}claim"
 
 
 @dataclass

@@ -16,12 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from watcher.config import CompletionConfig, FilesConfig
+from watcher.config import DAEMON_PREFIX, CompletionConfig, FilesConfig
 from watcher.errors import FolderChanged, InvalidFolder
 from watcher.folder import find_candidates, reserved_names
 from watcher.rundir import RunDir
-
-DAEMON_PREFIX = ".nextmv-"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ FORMATS = ("auto", "json", "multi-file", "text")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = tuple(LEVELS)   # debug, info, warning, error: in order of severity
 AFTER_TRACKING = ("keep", "move", "delete")
+DAEMON_PREFIX = ".nextmv-"   # names in a run folder that are the daemon's own (markers, journal, claim)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -64,7 +65,7 @@ def _listen(value: str, report: Report) -> str:
 
 
 def _marker(value: str, report: Report) -> str:
-    if not value or "/" in value or value.startswith(".nextmv-"):
+    if not value or "/" in value or value.startswith(DAEMON_PREFIX):
         report("must be a plain file name (not a path, not .nextmv-*)")
     return value
 

@@ -27,13 +27,14 @@ from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
 
+from watcher.config import DAEMON_PREFIX
 from watcher.errors import UnsafeStateFile
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_MODE = 0o640
-TMP_PREFIX = ".nextmv-tmp-"
+TMP_PREFIX = f"{DAEMON_PREFIX}tmp-"
 
 
 def kind(mode: int) -> str:

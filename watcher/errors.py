@@ -26,6 +26,10 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
 
 from __future__ import annotations
 
+# The exit codes of every command: success, an operational failure (a folder could not be tracked,
+# the API refused the key), a usage or configuration error (`ConfigError`).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
 
 class WatcherError(Exception):
     """Root of every error raised by nextmv-watcher."""

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from watcher.config import DAEMON_PREFIX
 from watcher.dirhandle import DirHandle, state_problem
 from watcher.errors import FolderError, StateError, UnsafeStateFile
 from watcher.rundir import RunDir
@@ -38,10 +39,10 @@ from watcher.rundir import RunDir
 if TYPE_CHECKING:
     from watcher.config import Config
 
-PREFIX = ".nextmv-"
-TRACKED = ".nextmv-tracked.json"
-FAILED = ".nextmv-failed.json"
-JOURNAL = ".nextmv-journal.json"
+PREFIX = DAEMON_PREFIX
+TRACKED = f"{PREFIX}tracked.json"
+FAILED = f"{PREFIX}failed.json"
+JOURNAL = f"{PREFIX}journal.json"
 STATE_FILES = (TRACKED, FAILED, JOURNAL)
 MAX_STATE_BYTES = 256 * 1024
 # errno values that mean "this folder cannot hold our files": fall back to the state directory.

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from watcher.config import Config
-from watcher.errors import FolderError, StateError
+from watcher.errors import EXIT_OK, FolderError, StateError
 from watcher.gate import GLOBAL
 from watcher.scan import STATES, scan_all
 from watcher.state import StateStore, utc_iso
 
-OK = 0
+OK = EXIT_OK
 
 
 def format_status(st: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from watcher.config import Config
-from watcher.errors import FolderError, StateError
+from watcher.errors import EXIT_FAILED, EXIT_OK, FolderError, StateError
 from watcher.gate import GLOBAL
 from watcher.scan import classify, iter_folders
 from watcher.service import Service
@@ -35,7 +35,7 @@ from watcher.state import StateStore, parse_iso
 
 log = structlog.get_logger("watcher.sync")
 
-OK, FAILED = 0, 1
+OK, FAILED = EXIT_OK, EXIT_FAILED
 SLICE_SECONDS = 0.2   # how often the progress bar and the give-up rules are looked at
 
 
