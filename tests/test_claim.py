@@ -12,8 +12,9 @@ import pytest
 from pyfakefs import helpers
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from watcher.claim import CLAIM, Claims, LeaseKeeper
+from watcher.claim import CLAIM, Claims
 from watcher.errors import ClaimLost
+from watcher.lease import LeaseKeeper
 from watcher.state import StateStore
 
 FOLDER = Path("/runs/run-1")

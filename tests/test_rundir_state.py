@@ -26,9 +26,10 @@ from hostile_fs import (
     unix_socket,
 )
 
-from watcher.claim import CLAIM, Claims, LeaseKeeper
+from watcher.claim import CLAIM, Claims
 from watcher.dirhandle import TMP_PREFIX
 from watcher.errors import ClaimLost, StateError, UnsafeStateFile
+from watcher.lease import LeaseKeeper
 from watcher.rundir import RunDir
 from watcher.state import FAILED, JOURNAL, TRACKED, StateStore
 

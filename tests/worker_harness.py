@@ -11,11 +11,12 @@ from typing import Any
 from helpers import write_config
 
 from watcher.attempt import Attempts
-from watcher.claim import Claims, LeaseKeeper
+from watcher.claim import Claims
 from watcher.config import Config, load_config
 from watcher.folder import RunFolder
 from watcher.gate import Gate
 from watcher.index import FolderIndex, Next
+from watcher.lease import LeaseKeeper
 from watcher.outcomes import Outcomes
 from watcher.state import Journal, StateStore
 from watcher.tracker import Outcome

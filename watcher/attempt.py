@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from watcher.claim import CLAIM, Claim, Claims, LeaseKeeper
+from watcher.claim import CLAIM, Claim, Claims
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import UnsafeStateFile
 from watcher.folder import RunFolder, inspect_folder
+from watcher.lease import LeaseKeeper
 from watcher.rundir import RunDir
 from watcher.state import Journal, StateStore
 from watcher.tracker import Outcome, Tracker

@@ -4,8 +4,9 @@
 `{"host", "pid", "id", "lease_until"}`. A claim is taken over when its lease has expired, when it
 belongs to a process on this host that no longer exists, or when the file is not one of ours at all
 (a FIFO, a symlink, a stranger's file: `Claim.replaced` then says what it was, and the folder is
-invalid). A holder renews its lease while it works (see `LeaseKeeper`) and checks with `verify()`
-that the claim is still its own right before the one step that must never run twice (POST runs).
+invalid). A holder renews its lease while it works (`watcher.lease.LeaseKeeper` does it) and checks
+with `verify()` that the claim is still its own right before the one step that must never run twice
+(POST runs).
 
 A `Claim` keeps the directory it lives in open, so a renewal always writes into the folder that was
 claimed; a per-claim lock keeps renewals and the release from overlapping.
@@ -229,42 +230,3 @@ class Claims:
                 pass
             if claim.owns_place:
                 claim.place.close()
-
-
-class LeaseKeeper:
-    """Renews every held claim from one background thread, every third of the lease."""
-
-    def __init__(self, claims: Claims) -> None:
-        self.claims = claims
-        self._held: dict[str, Claim] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, claim: Claim) -> None:
-        with self._lock:
-            self._held[claim.claim_id] = claim
-
-    def drop(self, claim: Claim) -> None:
-        with self._lock:
-            self._held.pop(claim.claim_id, None)
-
-    def renew_all(self) -> None:
-        with self._lock:
-            held = list(self._held.values())
-        for claim in held:
-            with contextlib.suppress(ClaimLost, StateError, OSError, ValueError):
-                self.claims.renew(claim)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.claims.lease_seconds / 3):
-            self.renew_all()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -33,7 +33,7 @@ import structlog
 from watcher import aftercare
 from watcher.attempt import Attempts
 from watcher.chores import Chores
-from watcher.claim import Claims, LeaseKeeper
+from watcher.claim import Claims
 from watcher.client import NextmvClient, RequestOutcome, build_verify
 from watcher.config import Config, load_config
 from watcher.detectors import Detectors
@@ -42,6 +42,7 @@ from watcher.errors import ConfigError, WatcherError
 from watcher.gate import Gate
 from watcher.health import Health
 from watcher.index import FolderIndex
+from watcher.lease import LeaseKeeper
 from watcher.listeners import Listeners, Prepared, ReloadRefused
 from watcher.lookup import RunLookup
 from watcher.metrics import Metrics

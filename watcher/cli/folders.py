@@ -15,10 +15,11 @@ from typing import Any
 
 from watcher import logs
 from watcher.attempt import Attempts, Job
-from watcher.claim import Claims, LeaseKeeper
+from watcher.claim import Claims
 from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, load, tell_daemon
 from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
 from watcher.errors import ConfigError, FolderError, WatcherError
+from watcher.lease import LeaseKeeper
 from watcher.lookup import RunLookup
 from watcher.rundir import RunDir
 from watcher.scan import iter_folders, quick_state, scan_all, table
