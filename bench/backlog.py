@@ -19,8 +19,8 @@ from bench.common import WORK, BenchError, fresh_dir
 from bench.daemon import DaemonProcess, write_config
 from bench.emulator import Emulator
 from bench.folders import backlog_tree, tracked_count
-from watcher.scan import iter_folders, quick_state
-from watcher.state import StateStore
+from watcher.runfolder.markers import StateStore
+from watcher.runfolder.scan import iter_folders, quick_state
 
 
 @dataclass

@@ -172,7 +172,7 @@ def backlog_rows(report: Report, b: Backlog) -> None:
                    verdict(b.scan_seconds is not None and b.scan_seconds < 30), "-", "-"))
     if b.scan_alone:
         report.add(Row(f"Reference (not the daemon): the same {b.total:,}-folder scan alone "
-                       "(watcher.scan.iter_folders + quick_state, one thread, nothing else running)",
+                       "(watcher.runfolder.scan.iter_folders + quick_state, one thread, nothing else running)",
                        f"{b.scan_alone[0]:.1f} s", "-", "-", NO_TARGET, "-", f"{b.scan_alone[1]:.1f} s"))
     wall = b.all_tracked_after or 0
     done = f"all {b.pending:,} tracked after {wall:.0f} s" if b.all_tracked_after else \

@@ -13,10 +13,10 @@ import pytest
 import structlog
 from helpers import TRACKED, marker, write_folder
 
-from watcher import aftercare
 from watcher.config import Config
+from watcher.daemon import aftercare
 from watcher.errors import StateError
-from watcher.state import StateStore
+from watcher.runfolder.markers import StateStore
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

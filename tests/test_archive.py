@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from watcher.archive import CHUNK_SIZE, copy_utf8, is_utf8, open_member, write_archive, write_wrapped
 from watcher.errors import FolderChanged, InvalidFolder
-from watcher.folder import Member
-from watcher.rundir import Ident, Limits, RunDir
+from watcher.runfolder.archive import CHUNK_SIZE, copy_utf8, is_utf8, open_member, write_archive, write_wrapped
+from watcher.runfolder.folder import Member
+from watcher.runfolder.rundir import Ident, Limits, RunDir
 
 
 def build_tree(root: Path, files: dict[str, bytes]) -> None:

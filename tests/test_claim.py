@@ -12,10 +12,10 @@ import pytest
 from pyfakefs import helpers
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from watcher.claim import CLAIM, Claims
+from watcher.daemon.lease import LeaseKeeper
 from watcher.errors import ClaimLost
-from watcher.lease import LeaseKeeper
-from watcher.state import StateStore
+from watcher.runfolder.claims import CLAIM, Claims
+from watcher.runfolder.markers import StateStore
 
 FOLDER = Path("/runs/run-1")
 LEASE = 60.0

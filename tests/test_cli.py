@@ -20,11 +20,11 @@ import pytest
 import yaml
 from helpers import API_KEY, FAILED, TRACKED, marker, write_config, write_folder
 
-from watcher import __version__, hardening
-from watcher.claim import Claims
-from watcher.cli import main
+from watcher import __version__
+from watcher.cli import hardening, main
 from watcher.fakecloud import FakeCloud
-from watcher.state import JOURNAL, Intent, Journal, StateStore
+from watcher.runfolder.claims import Claims
+from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
 WRONG_KEY = "wrong-key-0123456789"
 SECRETS = (API_KEY, WRONG_KEY)

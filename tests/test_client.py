@@ -11,7 +11,8 @@ from typing import BinaryIO
 import httpx
 import pytest
 
-from watcher.client import NextmvClient, RequestOutcome, UploadTarget
+from watcher.cloud.backoff import Backoff
+from watcher.cloud.client import NextmvClient, RequestOutcome, UploadTarget
 from watcher.errors import (
     ApiError,
     ApplicationNotFound,
@@ -21,7 +22,6 @@ from watcher.errors import (
     UncertainError,
     UploadExpired,
 )
-from watcher.retry import Backoff
 
 BASE = "https://api.test"
 KEY = "sk-very-secret-key-123"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from watcher.completion import Completion, check_completion
 from watcher.config import CompletionConfig, FilesConfig
 from watcher.errors import FolderChanged
+from watcher.runfolder.completion import Completion, check_completion
 
 FILES = FilesConfig(
     input=("input.json", "input.*", "input/"),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from helpers import wait_for
 
-from watcher.control import ControlServer, request
+from watcher.daemon.control_socket import ControlServer, request
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 ServerFactory = Callable[..., ControlServer]

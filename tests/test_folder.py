@@ -20,7 +20,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, InvalidFolder
-from watcher.folder import (
+from watcher.runfolder.folder import (
     Artifact,
     RunFolder,
     find_candidates,
@@ -29,8 +29,8 @@ from watcher.folder import (
     read_member,
     verify_fingerprint,
 )
-from watcher.rundir import RunDir
-from watcher.runjson import BIG_JSON_BYTES, json_turn
+from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.runjson import BIG_JSON_BYTES, json_turn
 
 FILES = FilesConfig(
     input=("input.json", "input.*", "input/"),
@@ -500,7 +500,7 @@ def test_unreadable_input_directory_is_invalid(tmp_path: Path) -> None:
         (root / "output.json").write_text("{}")
         (root / "input").chmod(0)
         code = ("import sys; from pathlib import Path; from watcher.config import FilesConfig, FormatConfig;"
-                "from watcher.errors import InvalidFolder; from watcher.folder import inspect_folder\n"
+                "from watcher.errors import InvalidFolder; from watcher.runfolder.folder import inspect_folder\n"
                 "try:\n inspect_folder(Path(sys.argv[1]), FilesConfig(input=('input.json','input.*','input/'),"
                 " output=('output.json','output.*','output/'), logs=('logs.txt',), status='status.json'),"
                 " FormatConfig())\nexcept InvalidFolder as e:\n print(e.problem)")

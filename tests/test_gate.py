@@ -12,11 +12,11 @@ import structlog
 from helpers import write_config
 
 import watcher
-from watcher.client import NextmvClient, RequestOutcome
+from watcher.cloud.backoff import Backoff
+from watcher.cloud.client import NextmvClient, RequestOutcome
 from watcher.config import Config, load_config
+from watcher.daemon.gate import GLOBAL, Gate
 from watcher.errors import AuthError, RejectedError, TransientError, UncertainError
-from watcher.gate import GLOBAL, Gate
-from watcher.retry import Backoff
 
 KEY = "gate-test-key"
 
@@ -211,6 +211,6 @@ def test_only_the_gate_logs_the_pause_events() -> None:
     pattern = re.compile(r"""["'](api_paused|application_paused|api_resumed)["']""")
     homes = sorted({str(p.relative_to(package)) for p in package.rglob("*.py")
                     if pattern.search(p.read_text(encoding="utf-8"))})
-    assert homes == ["gate.py"]
+    assert homes == ["daemon/gate.py"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import marker, wait_for, write_folder
 
-from watcher import hardening
+from watcher.cli import hardening
 from watcher.fakecloud import FakeCloud
 
 SECRET = "scrub-me-7d41c0e9b2"
@@ -20,7 +20,7 @@ FILES = {"input.json": '{"a": 1}', "output.json": '{"b": 2}'}
 # Runs in a fresh interpreter: scrubbing the test process's own environment would be a side effect.
 CHILD = """
 import json, os, subprocess, sys
-from watcher.hardening import scrub_variable
+from watcher.cli.hardening import scrub_variable
 before = open("/proc/self/environ", "rb").read()
 ok = scrub_variable("THE_SECRET")
 after = open("/proc/self/environ", "rb").read()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from watcher.index import FolderIndex, Next, Stage
+from watcher.daemon.index import FolderIndex, Next, Stage
 
 A, B, C, D = (Path(f"/runs/{n}") for n in "abcd")
 OTHER = Path("/elsewhere/x")

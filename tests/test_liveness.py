@@ -29,11 +29,11 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from watcher.config import WatchConfig, load_config
-from watcher.detectors import Detectors
+from watcher.daemon.detection import EVENTS, WEDGED_SECONDS, Detector
+from watcher.daemon.detectors import Detectors
+from watcher.daemon.notify import Notifier
+from watcher.daemon.service import Service
 from watcher.fakecloud import FakeCloud
-from watcher.notify import Notifier
-from watcher.service import Service
-from watcher.watch import EVENTS, WEDGED_SECONDS, Detector
 
 FILES: dict[str, str | bytes] = {"input.json": "{}", "output.json": "{}"}
 CHURN_SECONDS = 5.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any, cast
 
-from watcher.client import NextmvClient
-from watcher.lookup import RunLookup
-from watcher.state import Intent, utc_iso
+from watcher.cloud.client import NextmvClient
+from watcher.cloud.lookup import RunLookup
+from watcher.runfolder.markers import Intent, utc_iso
 
 SKEW = 300.0
 T0 = 1_700_000_000.0

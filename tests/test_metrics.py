@@ -17,10 +17,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from watcher.client import RequestOutcome
+from watcher.cloud.client import RequestOutcome
+from watcher.daemon.metrics import CONNECTION_THREAD, MAX_CONNECTIONS, HealthServer, Metrics
+from watcher.daemon.outcomes import Outcomes
 from watcher.errors import TransientError
-from watcher.metrics import CONNECTION_THREAD, MAX_CONNECTIONS, HealthServer, Metrics
-from watcher.outcomes import Outcomes
 
 Labels = tuple[tuple[str, str], ...]
 

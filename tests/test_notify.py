@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from watcher.notify import Notifier
+from watcher.daemon.notify import Notifier
 
 
 class FakeSystemd:

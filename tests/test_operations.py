@@ -22,8 +22,8 @@ from helpers import API_KEY, Daemon, marker, wait_for, write_config, write_folde
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.config import load_config
+from watcher.daemon.service import Service
 from watcher.fakecloud import FakeCloud
-from watcher.service import Service
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]

@@ -22,10 +22,10 @@ from helpers import API_KEY, FAILED, TRACKED, marker, wait_for, write_config, wr
 
 from watcher.cli import main
 from watcher.config import load_config
-from watcher.control import ControlServer
+from watcher.daemon.control_socket import ControlServer
+from watcher.daemon.sync import run_sync
 from watcher.fakecloud import FakeCloud
-from watcher.state import JOURNAL, Intent, Journal, StateStore
-from watcher.sync import run_sync
+from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'

@@ -16,8 +16,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, InvalidFolder, StateError
-from watcher.folder import RunFolder, inspect_folder
-from watcher.prepare import Upload, clean_spool, prepare
+from watcher.runfolder.folder import RunFolder, inspect_folder
+from watcher.runfolder.prepare import Upload, clean_spool, prepare
 
 FILES = FilesConfig(
     input=("input.json", "input.*", "input/"),

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from watcher.queue import WorkQueue
+from watcher.daemon.queue import WorkQueue
 
 A, B, C = Path("/runs/a"), Path("/runs/b"), Path("/runs/c")
 

@@ -3,7 +3,7 @@ a real observer on tmp_path, against the emulator on loopback.
 
 The suite runs as root, so chmod cannot make anything unwritable or unreadable: each fault is
 simulated at the narrowest boundary that the real fault would hit (`os.open` for one folder's
-paths, `watcher.state.atomic_write` for one marker, the spool's archive writer, the client's `open`
+paths, `watcher.runfolder.markers.atomic_write` for one marker, the spool's archive writer, the client's `open`
 of one input file, an observer whose `schedule` fails like inotify does at its limits).
 """
 
@@ -28,21 +28,21 @@ import structlog
 from helpers import API_KEY, FAILED, TRACKED, marker, wait_for, write_config, write_folder
 from watchdog.observers import Observer
 
-import watcher.archive
-import watcher.client
-import watcher.prepare
-import watcher.state
-import watcher.watch
+import watcher.cloud.client
+import watcher.daemon.detection
+import watcher.runfolder.archive
+import watcher.runfolder.markers
+import watcher.runfolder.prepare
 from watcher.config import load_config
-from watcher.dirhandle import DirHandle
+from watcher.daemon.detection import ObserverFactory
+from watcher.daemon.index import Next, Stage
+from watcher.daemon.service import Service, State
 from watcher.fakecloud import FakeCloud
-from watcher.folder import Member
-from watcher.index import Next, Stage
-from watcher.rundir import RunDir
-from watcher.scan import classify, scan_all
-from watcher.service import Service, State
-from watcher.state import JOURNAL, StateStore
-from watcher.watch import ObserverFactory
+from watcher.runfolder.dirhandle import DirHandle
+from watcher.runfolder.folder import Member
+from watcher.runfolder.markers import JOURNAL, StateStore
+from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.scan import classify, scan_all
 
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'
@@ -197,7 +197,7 @@ def limited_observer(code: int) -> ObserverFactory:
 def test_inotify_limits_at_start_name_the_sysctl_and_fall_back_to_polling(
         cloud: FakeCloud, watched: Path, make_service: ServiceFactory, code: int, sysctl: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watcher.watch, "POLL_FALLBACK_SECONDS", 0.2)   # the fallback's interval, shortened
+    monkeypatch.setattr(watcher.daemon.detection, "POLL_FALLBACK_SECONDS", 0.2)   # the fallback's interval, shortened
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")], observer_factory=limited_observer(code))
     limits = named(events, "inotify_limit")
@@ -302,7 +302,7 @@ def test_disk_full_writing_the_failed_marker_is_logged_as_a_state_error(
 def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
         cloud: FakeCloud, watched: Path, make_service: ServiceFactory, state_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real_archive = watcher.archive.write_archive
+    real_archive = watcher.runfolder.archive.write_archive
     spool = state_dir / "spool"
     spooled: list[list[Path]] = []   # the spool files present each time an archive is written
 
@@ -313,7 +313,7 @@ def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
             raise oserror(errno.ENOSPC)
         real_archive(d, members, dest)
 
-    monkeypatch.setattr(watcher.prepare, "write_archive", disk_full_once)
+    monkeypatch.setattr(watcher.runfolder.prepare, "write_archive", disk_full_once)
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         folder = write_folder(watched, "multi", {"input/a.csv": "x,y\n1,2\n", "input/b.csv": "z\n3\n",

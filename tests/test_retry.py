@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from watcher.retry import Backoff
+from watcher.cloud.backoff import Backoff
 
 
 class Clock:

@@ -20,11 +20,11 @@ from hostile_fs import (
     unix_socket,
 )
 
-from watcher.archive import MemberReader, open_member
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, InvalidFolder
-from watcher.folder import Member, fingerprint, inspect_folder, verify_fingerprint
-from watcher.rundir import MAX_PATH_BYTES, MAX_SYMLINKS, Ident, Limits, RunDir
+from watcher.runfolder.archive import MemberReader, open_member
+from watcher.runfolder.folder import Member, fingerprint, inspect_folder, verify_fingerprint
+from watcher.runfolder.rundir import MAX_PATH_BYTES, MAX_SYMLINKS, Ident, Limits, RunDir
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 

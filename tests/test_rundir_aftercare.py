@@ -17,11 +17,11 @@ import pytest
 from helpers import TRACKED, marker, write_folder
 from hostile_fs import SECRET, TOO_DEEP, deep_dirs, loaded_fifo
 
-from watcher import aftercare
 from watcher.config import Config
+from watcher.daemon import aftercare
 from watcher.errors import StateError
-from watcher.rundir import RunDir
-from watcher.state import StateStore
+from watcher.runfolder.markers import StateStore
+from watcher.runfolder.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 

@@ -26,12 +26,12 @@ from hostile_fs import (
     unix_socket,
 )
 
-from watcher.claim import CLAIM, Claims
-from watcher.dirhandle import TMP_PREFIX
+from watcher.daemon.lease import LeaseKeeper
 from watcher.errors import ClaimLost, StateError, UnsafeStateFile
-from watcher.lease import LeaseKeeper
-from watcher.rundir import RunDir
-from watcher.state import FAILED, JOURNAL, TRACKED, StateStore
+from watcher.runfolder.claims import CLAIM, Claims
+from watcher.runfolder.dirhandle import TMP_PREFIX
+from watcher.runfolder.markers import FAILED, JOURNAL, TRACKED, StateStore
+from watcher.runfolder.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
@@ -105,7 +105,7 @@ def test_temporary_names_are_random_and_created_exclusively(run: Path, monkeypat
 def test_a_symlink_planted_at_the_temporary_name_is_never_written_through(
         run: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a producer that guessed the random name (here: forced) only makes the write fail."""
-    monkeypatch.setattr("watcher.dirhandle.secrets.token_hex", lambda n: "guessed")
+    monkeypatch.setattr("watcher.runfolder.dirhandle.secrets.token_hex", lambda n: "guessed")
     (run / f"{TMP_PREFIX}guessed").symlink_to(secret)
     with RunDir.open(run) as d, pytest.raises(FileExistsError):
         d.write_atomic(STATE, b"journal")

@@ -13,10 +13,10 @@ import structlog
 from helpers import FAILED, marker, write_folder
 from worker_harness import Harness
 
+from watcher.daemon.index import Stage
 from watcher.errors import TransientError
-from watcher.folder import RunFolder
-from watcher.index import Stage
-from watcher.state import JOURNAL, Journal
+from watcher.runfolder.folder import RunFolder
+from watcher.runfolder.markers import JOURNAL, Journal
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 

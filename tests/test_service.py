@@ -14,10 +14,10 @@ import structlog
 from helpers import API_KEY, FAILED, marker, wait_for, write_config, write_folder
 
 from watcher.config import load_config
+from watcher.daemon.gate import GLOBAL
+from watcher.daemon.service import Service, State
 from watcher.fakecloud import FakeCloud
-from watcher.gate import GLOBAL
-from watcher.service import Service, State
-from watcher.state import StateStore
+from watcher.runfolder.markers import StateStore
 
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'

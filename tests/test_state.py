@@ -13,7 +13,7 @@ from pyfakefs import helpers
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.errors import StateError
-from watcher.state import (
+from watcher.runfolder.markers import (
     FAILED,
     JOURNAL,
     TRACKED,

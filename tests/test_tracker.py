@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 
-from watcher.client import NextmvClient
+from watcher.cloud.backoff import Backoff
+from watcher.cloud.client import NextmvClient
+from watcher.cloud.lookup import RunLookup
+from watcher.cloud.tracker import Tracker
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import ClaimLost, FolderChanged, RejectedError, RetryLater, UploadExpired
 from watcher.fakecloud import FakeCloud
-from watcher.folder import RunFolder, inspect_folder
-from watcher.lookup import RunLookup
-from watcher.retry import Backoff
-from watcher.state import JOURNAL, Intent, Journal, StateStore
-from watcher.tracker import Tracker
+from watcher.runfolder.folder import RunFolder, inspect_folder
+from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
 APP = "app-1"
 INPUT = b'{"stops": [1, 2, 3]}'

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from watcher.state import atomic_write
-from watcher.watch import Detector, run_folder_of
+from watcher.daemon.detection import Detector, run_folder_of
+from watcher.runfolder.markers import atomic_write
 
 
 class Calls:

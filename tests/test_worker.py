@@ -12,6 +12,10 @@ import structlog
 from helpers import FAILED, TRACKED, marker, write_folder
 from worker_harness import T0, Harness
 
+from watcher.daemon.gate import GLOBAL
+from watcher.daemon.index import Stage
+from watcher.daemon.verdict import CLAIM_BUSY_SECONDS, SAME_ERROR_LIMIT
+from watcher.daemon.worker import POLL_MAX_SECONDS, POLL_SECONDS
 from watcher.errors import (
     ApplicationNotFound,
     AuthError,
@@ -25,11 +29,7 @@ from watcher.errors import (
     TransientError,
     UncertainError,
 )
-from watcher.gate import GLOBAL
-from watcher.index import Stage
-from watcher.state import JOURNAL, Intent, Journal, StateStore
-from watcher.verdict import CLAIM_BUSY_SECONDS, SAME_ERROR_LIMIT
-from watcher.worker import POLL_MAX_SECONDS, POLL_SECONDS
+from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
 FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"value": 7}'}
 MAX_ATTEMPTS = 10   # write_config's retry.max_attempts

@@ -10,17 +10,17 @@ from typing import Any
 
 from helpers import write_config
 
-from watcher.attempt import Attempts
-from watcher.claim import Claims
+from watcher.cloud.tracker import Outcome
 from watcher.config import Config, load_config
-from watcher.folder import RunFolder
-from watcher.gate import Gate
-from watcher.index import FolderIndex, Next
-from watcher.lease import LeaseKeeper
-from watcher.outcomes import Outcomes
-from watcher.state import Journal, StateStore
-from watcher.tracker import Outcome
-from watcher.worker import FolderProcessor
+from watcher.daemon.attempt import Attempts
+from watcher.daemon.gate import Gate
+from watcher.daemon.index import FolderIndex, Next
+from watcher.daemon.lease import LeaseKeeper
+from watcher.daemon.outcomes import Outcomes
+from watcher.daemon.worker import FolderProcessor
+from watcher.runfolder.claims import Claims
+from watcher.runfolder.folder import RunFolder
+from watcher.runfolder.markers import Journal, StateStore
 
 T0 = 1_800_000_000.0
 

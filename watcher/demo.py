@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from watcher.fakecloud import FakeCloud
-from watcher.state import FAILED, TRACKED
+from watcher.runfolder.markers import FAILED, TRACKED
 
 API_KEY = "demo-key"
 APP = "demo-app"

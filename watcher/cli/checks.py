@@ -9,11 +9,12 @@ import os
 import sys
 from typing import Any
 
-from watcher import control, logs
+from watcher import logs
 from watcher.cli.common import FAILED, OK, CommandError, api_key, client, load, log
+from watcher.cli.hardening import disabled_link_protections
+from watcher.cli.status import format_status, print_scan_status
+from watcher.daemon import control_socket as control
 from watcher.errors import ApiError, ApplicationNotFound, AuthError
-from watcher.hardening import disabled_link_protections
-from watcher.status import format_status, print_scan_status
 
 
 def cmd_check(args: argparse.Namespace) -> int:

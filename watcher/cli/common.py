@@ -9,11 +9,12 @@ from typing import Any
 
 import structlog
 
-from watcher import control, logs
-from watcher.client import NextmvClient, build_verify
+from watcher import logs
+from watcher.cli.hardening import scrub_variable
+from watcher.cloud.client import NextmvClient, build_verify
 from watcher.config import Config, key_file_is_shared, load_config, resolve_api_key, resolve_config_path
+from watcher.daemon import control_socket as control
 from watcher.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from watcher.hardening import scrub_variable
 
 OK, FAILED, USAGE = EXIT_OK, EXIT_FAILED, EXIT_USAGE
 log = structlog.get_logger("watcher.cli")

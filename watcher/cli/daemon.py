@@ -15,7 +15,7 @@ from watcher.config import LOG_LEVELS
 def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
-    from watcher.service import Service
+    from watcher.daemon.service import Service
 
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from watcher.sync import run_sync
+    from watcher.daemon.sync import run_sync
 
     config = load(args)
     if sys.stderr.isatty():

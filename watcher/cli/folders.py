@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from watcher import logs
-from watcher.attempt import Attempts, Job
-from watcher.claim import Claims
 from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, load, tell_daemon
+from watcher.cloud.lookup import RunLookup
+from watcher.cloud.tracker import Tracker
 from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
+from watcher.daemon.attempt import Attempts, Job
+from watcher.daemon.lease import LeaseKeeper
 from watcher.errors import ConfigError, FolderError, WatcherError
-from watcher.lease import LeaseKeeper
-from watcher.lookup import RunLookup
-from watcher.rundir import RunDir
-from watcher.scan import iter_folders, quick_state, scan_all, table
-from watcher.state import FAILED as FAILED_MARKER
-from watcher.state import TRACKED as TRACKED_MARKER
-from watcher.state import StateStore
-from watcher.tracker import Tracker
+from watcher.runfolder.claims import Claims
+from watcher.runfolder.markers import FAILED as FAILED_MARKER
+from watcher.runfolder.markers import TRACKED as TRACKED_MARKER
+from watcher.runfolder.markers import StateStore
+from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.scan import iter_folders, quick_state, scan_all, table
 
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str
 
 
 def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> str:
-    """Track the open folder now, the way the daemon does (`watcher.attempt`), its lease kept alive.
+    """Track the open folder now, the way the daemon does (`watcher.daemon.attempt`), its lease kept alive.
     Returns the run id."""
     folder = d.path
     api = client(config, api_key(config))

@@ -1,0 +1,93 @@
+"""How `nextmv-watcher status` shows things: the daemon's status dict as text, or a scan summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from watcher.config import Config
+from watcher.daemon.gate import GLOBAL
+from watcher.errors import EXIT_OK, FolderError, StateError
+from watcher.runfolder.markers import StateStore, utc_iso
+from watcher.runfolder.scan import STATES, scan_all
+
+OK = EXIT_OK
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The daemon's status dict as text. Missing keys are left out, so an older daemon still shows."""
+    lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
+    if st.get("watched"):
+        lines.append(f"watched: {', '.join(st['watched'])}")
+    oldest = st.get("oldest_pending_age_seconds")
+    f = st.get("folders") or {"queued": st.get("queue_depth", 0), "in_flight": len(st.get("in_flight") or [])}
+    lines.append(f"folders: {f.get('queued', 0)} queued, {f.get('in_flight', 0)} in flight, "
+                 f"{f.get('retry_wait', 0)} waiting to retry, {f.get('parked', 0)} parked"
+                 + (f"; oldest pending {_duration(oldest)}" if oldest is not None else ""))
+    lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
+    paused = st.get("paused") or {}
+    if not paused:
+        lines.append("paused: no")
+    for scope, p in sorted(paused.items()):
+        what = "all work" if scope == GLOBAL else f"application {scope}"
+        lines.append(f"paused: {what} since {_when(p.get('since'))} ({p.get('reason')}): {p.get('message')}")
+    c = st.get("counters") or {}
+    lines.append(f"counters: {c.get('tracked', 0)} tracked, {c.get('failed', 0)} failed, "
+                 f"{c.get('retried', 0)} retried")
+    health = []
+    if st.get("observer_wedged"):
+        health.append(f"observer WEDGED (delivers no events) for {', '.join(st['observer_wedged'])}")
+    elif st.get("observer_alive") is not None:
+        health.append(f"observer {'alive' if st['observer_alive'] else 'DEAD'}")
+    workers = st.get("workers_alive")
+    if isinstance(workers, bool):
+        health.append("workers alive" if workers else "workers DEAD")
+    elif isinstance(workers, int):
+        health.append(f"{workers} worker(s) alive")
+    if st.get("incomplete_too_long"):
+        health.append(f"{st['incomplete_too_long']} folder(s) incomplete for too long")
+    if health:
+        lines.append("health: " + ", ".join(health))
+    failures = st.get("recent_failures") or []
+    lines.append(f"recent failures: {len(failures) or 'none'}")
+    lines.extend(f"  {_when(f.get('at'))}  {f.get('folder')}  {f.get('reason')}: {f.get('error')}" for f in failures)
+    return "\n".join(lines)
+
+
+def print_scan_status(config: Config, *, json_output: bool) -> int:
+    """No daemon: counts by state from a scan, and the failed folders with their reasons."""
+    store = StateStore.of(config)
+    counts = dict.fromkeys(STATES, 0)
+    failed: list[dict[str, Any]] = []
+    for report in scan_all(config, store, time.time()):
+        counts[report.state] += 1
+        if report.state == "failed":
+            try:
+                marker = store.failed(Path(report.folder)) or {}
+            except (StateError, FolderError) as exc:
+                marker = {"error": str(exc)}
+            failed.append({"folder": report.folder, "application_id": report.application_id,
+                           "reason": marker.get("reason"), "error": marker.get("error"),
+                           "at": marker.get("failed_at")})
+    if json_output:
+        print(json.dumps({"state": "not running", "counts": counts, "failed": failed}, indent=1))
+        return OK
+    print("daemon: not running")
+    print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for f in failed:
+        print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
+    return OK
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    s = int(seconds)
+    h, rest = divmod(s, 3600)
+    return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def _when(at: object) -> str:
+    return utc_iso(at) if isinstance(at, int | float) else str(at)

@@ -1,0 +1,314 @@
+"""The Nextmv runs API over one pooled keep-alive httpx client.
+
+This is the only module that knows httpx: its exceptions and status codes become the errors
+of `watcher.errors` here and nowhere else. Requests that are safe to repeat are retried a
+bounded number of times with jittered exponential backoff (honouring Retry-After); `POST
+.../runs` is repeated only when the request certainly never reached the server, otherwise
+`UncertainError` tells the caller to look the run up instead of posting blindly.
+
+Secrets: the API key goes only in the Authorization header of API calls, never on the
+presigned PUT; neither the key nor an upload URL ever appears in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+import httpx
+
+from watcher import __version__
+from watcher.cloud.backoff import Backoff
+from watcher.errors import (
+    ApiError,
+    ApplicationNotFound,
+    AuthError,
+    RejectedError,
+    TransientError,
+    UncertainError,
+    UploadExpired,
+)
+
+CHUNK = 1 << 20
+USER_AGENT = f"nextmv-watcher/{__version__}"
+RETRY_AFTER_CAP = 120.0
+# Errors raised before a single byte of the request could reach the server.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    upload_id: str
+    upload_url: str
+    obtained_at: float
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What one HTTP attempt did, for observers (metrics, the circuit breaker)."""
+
+    endpoint: str
+    status: int | None
+    seconds: float
+    error: type[ApiError] | None   # None for a success, else the error's type (UploadExpired, AuthError, ...)
+
+
+Observer = Callable[[RequestOutcome], None]
+
+
+def build_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """System CAs, plus `ca_bundle` when given (for TLS-intercepting proxies and tests)."""
+    if ca_bundle is None:
+        return True
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(ca_bundle))
+    return ctx
+
+
+class NextmvClient:
+    """Thread-safe: one instance serves every worker."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 32,
+        attempts: int = 4,
+        backoff: Backoff | None = None,
+        cancel: threading.Event | None = None,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.attempts = attempts
+        self.backoff = backoff or Backoff(0.5, 10.0)
+        self.cancel = cancel or threading.Event()
+        self.observer = observer
+        self.clock = clock
+        timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
+        self._timeout = timeout.as_dict()
+        self._base_headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        self._http = httpx.Client(
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def set_api_key(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def get_application(self, application_id: str, attempts: int | None = None) -> dict[str, Any]:
+        """The application; ApplicationNotFound when it does not exist, AuthError when the key is refused."""
+        resp = self._call("get_application", "GET", self._app_url(application_id), app=application_id,
+                          attempts=attempts)
+        return _json_object(resp)
+
+    def new_upload(self, application_id: str) -> UploadTarget:
+        """A fresh (upload_id, presigned URL) pair, valid for 15 minutes."""
+        resp = self._call("uploadurl", "POST", self._app_url(application_id, "/runs/uploadurl"),
+                          app=application_id)
+        data = _json_object(resp)
+        upload_id, url = data.get("upload_id"), data.get("upload_url")
+        if not isinstance(upload_id, str) or not isinstance(url, str):
+            raise TransientError("uploadurl: response lacks upload_id/upload_url", status=resp.status_code)
+        return UploadTarget(upload_id, url, self.clock())
+
+    def put_file(self, target: UploadTarget, source: Callable[[], BinaryIO], size: int,
+                 progress: Callable[[int], None] | None = None) -> None:
+        """Stream the bytes of `source()` (a reader of exactly `size` bytes) to the presigned URL with a
+        Content-Length (presigned PUTs refuse chunked bodies) and no Authorization header.
+        UploadExpired when the URL is refused (403). Whatever opening or reading the source raises
+        (the folder's errors, OSError) propagates unchanged."""
+
+        # Opened before anything is sent, so that a file we may not read fails here and not in the
+        # middle of a request.
+        with source() as f:
+            def body() -> Iterator[bytes]:
+                f.seek(0)
+                while chunk := f.read(CHUNK):
+                    if progress is not None:
+                        progress(len(chunk))
+                    yield chunk
+
+            headers = {"Content-Length": str(size)}
+            self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False)
+
+    def create_run(self, application_id: str, body: dict[str, Any], instance_id: str | None) -> str:
+        """POST the run; returns its id. Repeated only when the request never reached the server;
+        otherwise an unclear outcome raises UncertainError (the run may exist)."""
+        params = {"instance_id": instance_id} if instance_id else None
+        resp = self._call("create_run", "POST", self._app_url(application_id, "/runs"), app=application_id,
+                          json_body=body, params=params, uncertain_after_send=True)
+        try:
+            run_id = _json_object(resp).get("run_id")
+        except TransientError as exc:  # a 2xx: the run was created, so it must be looked up, not re-posted
+            raise UncertainError(f"create_run: {exc}", status=resp.status_code) from None
+        if not isinstance(run_id, str):
+            raise UncertainError("create_run: response lacks run_id", status=resp.status_code)
+        return run_id
+
+    def list_runs(self, application_id: str, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the application's runs, newest first, and the next page's token (None at the end)."""
+        params = {"pagereturn": "true"}
+        if page_token:
+            params["pagetoken"] = page_token
+        resp = self._call("list_runs", "GET", self._app_url(application_id, "/runs"), app=application_id,
+                          params=params)
+        data = _json_object(resp)
+        runs = data.get("runs") or []
+        if not isinstance(runs, list):
+            raise TransientError("list_runs: unexpected response shape", status=resp.status_code)
+        token = data.get("next_page_token") or None
+        return [r for r in runs if isinstance(r, dict)], token if isinstance(token, str) else None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _app_url(self, application_id: str, suffix: str = "") -> str:
+        return f"{self.base_url}/v1/applications/{quote(application_id, safe='')}{suffix}"
+
+    def _call(self, endpoint: str, method: str, url: str, *, app: str | None = None,
+              json_body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
+              headers: dict[str, str] | None = None, content: Callable[[], Iterator[bytes]] | None = None,
+              authorize: bool = True, uncertain_after_send: bool = False,
+              attempts: int | None = None) -> httpx.Response:
+        hdrs = dict(headers or {})
+        if authorize:
+            hdrs["Authorization"] = f"Bearer {self._api_key}"
+        body_bytes = None
+        if json_body is not None:
+            body_bytes = json.dumps(json_body, separators=(",", ":")).encode()
+            hdrs["Content-Type"] = "application/json"
+        elif method == "POST":
+            body_bytes = b""
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            status: int | None = None
+            try:
+                resp = self._send(method, url, params, hdrs, body_bytes if content is None else content())
+            except httpx.TransportError as exc:   # timeouts included
+                err: ApiError = self._network_error(endpoint, exc, uncertain_after_send)
+            else:
+                status = resp.status_code
+                err_or_none = _status_error(endpoint, resp, app, uncertain_after_send)
+                if err_or_none is None:
+                    self._observe(endpoint, status, started, None)
+                    return resp
+                err = err_or_none
+            self._observe(endpoint, status, started, type(err))
+            retry_after = err.retry_after if isinstance(err, TransientError) else None
+            retryable = isinstance(err, TransientError) and not isinstance(err, UncertainError | UploadExpired)
+            if not retryable or attempt >= (attempts or self.attempts) or self.cancel.is_set():
+                raise err
+            delay = self.backoff.delay(attempt)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
+            if self.cancel.wait(delay):
+                raise err
+
+    def _send(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str],
+              content: bytes | Iterator[bytes] | None) -> httpx.Response:
+        """One request straight to the pooled transport, read in full. The Client's own layers (cookies,
+        auth flows, redirects, header merging) do nothing for us and cost a third of the CPU per request,
+        which is what limits throughput; the Client still chooses the transport (proxies from the
+        environment, TLS settings)."""
+        request = httpx.Request(method, url, params=params, headers={**self._base_headers, **headers},
+                                content=content, extensions={"timeout": self._timeout})
+        transport = self._http._transport_for_url(request.url)  # private, see the docstring
+        response = transport.handle_request(request)
+        response.request = request
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
+
+    def _network_error(self, endpoint: str, exc: httpx.HTTPError, uncertain_after_send: bool) -> ApiError:
+        # The message names the kind of failure only: httpx messages can carry URLs.
+        kind = type(exc).__name__
+        if uncertain_after_send and not isinstance(exc, NOT_SENT):
+            return UncertainError(f"{endpoint}: {kind} after the request was sent; outcome unknown")
+        return TransientError(f"{endpoint}: {kind}")
+
+    def _observe(self, endpoint: str, status: int | None, started: float, error: type[ApiError] | None) -> None:
+        if self.observer is not None:
+            self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error))
+
+
+def _status_error(endpoint: str, resp: httpx.Response, app: str | None,
+                  uncertain_after_send: bool) -> ApiError | None:
+    status = resp.status_code
+    if 200 <= status < 300:
+        return None
+    # A storage (or proxy) error page may echo the presigned URL: keep PUT bodies out of messages.
+    message = f"{endpoint}: HTTP {status}" if endpoint == "put" else f"{endpoint}: HTTP {status}: {_api_message(resp)}"
+    if status == 429:
+        return TransientError(message, status=status, retry_after=_retry_after(resp))
+    if status == 408 or status >= 500:
+        if uncertain_after_send:
+            return UncertainError(message, status=status)
+        return TransientError(message, status=status, retry_after=_retry_after(resp))
+    if endpoint == "put":
+        if status == 403:
+            return UploadExpired(f"{endpoint}: HTTP 403: upload URL refused (expired)", status=status)
+        return RejectedError(f"{endpoint}: HTTP {status}", status=status)
+    if status in (401, 403):
+        return AuthError(f"API key rejected (HTTP {status}): {_api_message(resp)}", status=status)
+    if status == 404 and app is not None and endpoint != "get_run":
+        return ApplicationNotFound(app)
+    return RejectedError(message, status=status)
+
+
+def _api_message(resp: httpx.Response) -> str:
+    try:
+        resp.read()
+        data = resp.json()
+    except (ValueError, httpx.HTTPError):
+        return resp.text[:300].strip() or resp.reason_phrase
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            if isinstance(data.get(key), str):
+                return str(data[key])[:500]
+    return json.dumps(data)[:300]
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _json_object(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise TransientError(f"unexpected non-JSON response (HTTP {resp.status_code})") from None
+    if not isinstance(data, dict):
+        raise TransientError(f"unexpected JSON response shape (HTTP {resp.status_code})")
+    return data

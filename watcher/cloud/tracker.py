@@ -1,0 +1,237 @@
+"""track(): the upload-and-track sequence for one valid run folder, resumable from its journal.
+
+    1. If the journal holds intents (POSTs that may have created the run), look the run up by
+       the intents' tokens and adopt it; post again only after a grace period without a match.
+    2. Fingerprint every file, prepare the artifacts (spooling archives), and upload each one
+       (fresh upload URL, streamed PUT; an expired URL is replaced), in parallel.
+    3. Check that no file changed and that the claim is still ours, record a new intent with a
+       unique token durably, then POST the run with the token in its description.
+    4. Write the tracked marker, then drop the journal.
+
+The token line is appended to the run's description after the user's description and a blank
+line, because the description is the only free text the run listing returns: it is how a run
+created by a POST whose answer was lost is found again. Names are never altered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from watcher.cloud.client import NextmvClient, UploadTarget
+from watcher.cloud.lookup import RunLookup
+from watcher.errors import FolderChanged, InvalidFolder, RetryLater, TransientError, UncertainError, UploadExpired
+from watcher.runfolder.folder import RunFolder, fingerprint, verify_fingerprint
+from watcher.runfolder.markers import Intent, Journal, StateStore, UploadRecord
+from watcher.runfolder.prepare import PreparedRun, Upload, prepare
+
+log = structlog.get_logger("watcher.cloud.tracker")
+
+TOKEN_PREFIX = "nextmv-watcher:"  # noqa: S105 - a label, not a secret
+URL_LIFETIME_SECONDS = 15 * 60
+# An upload id is reused after a restart only while it has this much of its lifetime left.
+REUSE_MARGIN_SECONDS = 3 * 60
+# Uploads at least this large are journaled as soon as they finish, so a crash does not redo them.
+JOURNAL_UPLOAD_BYTES = 1 << 20
+RESULT_FIELDS = {"output": "output_upload_id", "logs": "error_upload_id", "statistics": "statistics_upload_id",
+                 "metrics": "metrics_upload_id", "assets": "assets_upload_id"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    adopted: bool          # True when an earlier POST's run was found and adopted
+    warnings: tuple[str, ...] = ()
+
+
+def description_with_token(description: str | None, token: str) -> str:
+    line = f"{TOKEN_PREFIX}{token}"
+    return f"{description}\n\n{line}" if description else line
+
+
+def run_body(run: RunFolder, upload_ids: dict[str, str], token: str) -> dict[str, Any]:
+    """The `POST .../runs` body; fields that are not set are left out."""
+    inp = run.artifact("input")
+    out = run.artifact("output")
+    assert inp is not None
+    result: dict[str, Any] = {"status": run.status}
+    if run.duration_ms is not None:
+        result["execution_duration"] = run.duration_ms
+    if run.error_message is not None and run.status == "failed":
+        result["error_message"] = run.error_message
+    for role, field_name in RESULT_FIELDS.items():
+        if role in upload_ids:
+            result[field_name] = upload_ids[role]
+    body: dict[str, Any] = {
+        "upload_id": upload_ids["input"],
+        "name": run.name,
+        "description": description_with_token(run.description, token),
+        "configuration": {"format": {"input": {"type": inp.format},
+                                     "output": {"type": out.format if out is not None else "json"}}},
+        "result": result,
+    }
+    if run.options:
+        body["options"] = dict(run.options)
+    if run.batch_experiment_id:
+        body["batch_experiment_id"] = run.batch_experiment_id
+    return body
+
+
+class Tracker:
+    """Stateless between calls apart from its collaborators; safe to share between worker threads."""
+
+    def __init__(self, client: NextmvClient, store: StateStore, spool_dir: Path, *, executor: Executor,
+                 lookup: RunLookup, clock: Callable[[], float] = time.time,
+                 grace_seconds: float | Callable[[], float] = 30.0,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.client = client
+        self.store = store
+        self.spool_dir = spool_dir
+        self.executor = executor
+        self.lookup = lookup
+        self.clock = clock
+        # Read each time it is used (the daemon passes the current configuration's value).
+        self.grace_seconds = grace_seconds if callable(grace_seconds) else (lambda: grace_seconds)
+        self.progress = progress
+
+    def track(self, run: RunFolder, application_id: str, instance_id: str | None,
+              check_claim: Callable[[], None] = lambda: None, journal: Journal | None = None) -> Outcome:
+        """Track `run` once. Returns the run id (new or adopted) after writing the tracked marker.
+
+        `journal` is the folder's journal as the caller read it (read here when not given); it is
+        updated in place and saved as the attempt goes. Raises InvalidFolder/FolderChanged (folder
+        problems), StateError, ClaimLost, RetryLater, and the ApiError family; the journal keeps whatever
+        progress survives the error."""
+        if journal is None:
+            journal = self.store.journal(run.handle)
+        if journal.intents:
+            # Looked up where the intents were posted, even if a reload moved the folder to another
+            # application since.
+            adopted = self._resolve(run, journal.application_id or application_id, journal)
+            if adopted is not None:
+                return adopted
+        if journal.application_id not in (None, application_id):
+            journal.uploads.clear()   # made for another application: never referenced in this one
+        journal.application_id = application_id
+        before = fingerprint(run)
+        with prepare(run, self.spool_dir) as prepared:
+            upload_ids = self._upload_all(run, application_id, prepared, journal, before)
+            verify_fingerprint(run, before)
+            check_claim()
+            token = uuid.uuid4().hex
+            journal.intents.append(Intent(token=token, created_at=self.clock()))
+            self.store.save_journal(run.handle, journal)
+            log.debug("posting_run", token=token)
+            try:
+                run_id = self.client.create_run(application_id, run_body(run, upload_ids, token),
+                                                instance_id or None)
+            except UncertainError:
+                adopted = self._resolve(run, application_id, journal)
+                if adopted is not None:
+                    return adopted
+                raise
+            except Exception:
+                # Any other failure means the run was certainly not created: forget the intent.
+                journal.intents.pop()
+                self.store.save_journal(run.handle, journal)
+                raise
+            self._finish(run, application_id, run_id, token, adopted=False)
+            return Outcome(run_id=run_id, adopted=False, warnings=prepared.warnings)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _finish(self, run: RunFolder, application_id: str, run_id: str, token: str, *, adopted: bool) -> None:
+        self.store.mark_tracked(run.handle, run_id, application_id, self.clock(), name=run.name,
+                                token=token, adopted=adopted)
+        self.store.clear_journal(run.handle)
+
+    def _resolve(self, run: RunFolder, application_id: str, journal: Journal) -> Outcome | None:
+        """Look the open intents up. Adopt a found run; raise RetryLater while the grace period runs;
+        after it, clear the intents so that the caller posts again."""
+        found = self.lookup.find(application_id, journal.intents)
+        if found is not None:
+            token, run_id = found
+            log.info("run_adopted", run_id=run_id, reason="an earlier POST had created it")
+            self._finish(run, application_id, run_id, token, adopted=True)
+            return Outcome(run_id=run_id, adopted=True)
+        newest = max(i.created_at for i in journal.intents)
+        wait_until = newest + self.grace_seconds()
+        if self.clock() < wait_until:
+            raise RetryLater("run not in the listing yet; looking again before posting", at=wait_until)
+        log.info("run_not_found", intents=len(journal.intents), reason="posting again after grace period")
+        journal.intents.clear()
+        self.store.save_journal(run.handle, journal)
+        return None
+
+    def _upload_all(self, run: RunFolder, application_id: str, prepared: PreparedRun, journal: Journal,
+                    before: dict[str, tuple[int, int, int]]) -> dict[str, str]:
+        """Upload every artifact (in parallel), reusing journaled uploads that are still fresh."""
+        lock = threading.Lock()
+        ids: dict[str, str] = {}
+        todo: list[tuple[Upload, dict[str, list[int]]]] = []
+        now = self.clock()
+        for upload in prepared.uploads:
+            art = run.artifact(upload.role)
+            assert art is not None
+            keys = [f"{art.path.name}/{m.arcname}" if art.is_dir else art.path.name for m in art.members]
+            members = {key: list(before.get(key, ())) for key in keys}
+            rec = journal.uploads.get(upload.role)
+            if (rec is not None and rec.fingerprint == members
+                    and now - rec.obtained_at < URL_LIFETIME_SECONDS - REUSE_MARGIN_SECONDS):
+                ids[upload.role] = rec.upload_id
+                continue
+            journal.uploads.pop(upload.role, None)
+            todo.append((upload, members))
+
+        def one(upload: Upload, members: dict[str, list[int]]) -> None:
+            target = self._upload(application_id, prepared, upload, run.path)
+            with lock:
+                ids[upload.role] = target.upload_id
+                journal.uploads[upload.role] = UploadRecord(target.upload_id, target.obtained_at, members)
+                if upload.size >= JOURNAL_UPLOAD_BYTES:
+                    self.store.save_journal(run.handle, journal)
+
+        if todo:
+            log.info("uploading", artifacts=[u.role for u, _ in todo],
+                     bytes=sum(u.size for u, _ in todo))
+        futures: list[Future[None]] = [self.executor.submit(one, u, m) for u, m in todo[1:]]
+        first_error: BaseException | None = None
+        if todo:
+            try:
+                one(*todo[0])
+            except BaseException as exc:  # noqa: BLE001 - re-raised below after the others finish
+                first_error = exc
+        for fut in futures:
+            err = fut.exception()
+            if err is not None and first_error is None:
+                first_error = err
+        if first_error is not None:
+            raise first_error
+        return ids
+
+    def _upload(self, application_id: str, prepared: PreparedRun, upload: Upload, folder: Path) -> UploadTarget:
+        """Get an upload URL and PUT the bytes; an expired URL is replaced up to three times."""
+        for attempt in range(3):
+            target = self.client.new_upload(application_id)
+            try:
+                self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress)
+            except PermissionError:
+                raise InvalidFolder(str(folder), f"{upload.role} {upload.path.name}: permission denied") from None
+            except OSError as exc:
+                raise FolderChanged(str(folder),
+                                    f"{upload.role} {upload.path.name}: cannot be read ({exc.strerror})") from None
+            except UploadExpired:
+                if attempt == 2:
+                    raise
+                log.info("upload_url_expired", artifact=upload.role, reason="fresh URL requested")
+                continue
+            return target
+        raise TransientError("unreachable")  # pragma: no cover

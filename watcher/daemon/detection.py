@@ -1,0 +1,355 @@
+"""The thin watchdog adapter: filesystem events become `enqueue(run_folder)` calls, nothing more.
+
+What is watched, so that 100,000 finished folders cost nothing: each watched path itself
+(non-recursively: a new or renamed-in run folder shows up there), and each run folder that
+is not complete yet (non-recursively: the marker, the input and output appear at its root).
+Finished folders are unwatched. Beyond `max_folder_watches`, incomplete folders are left to
+the caller's periodic re-check instead (`watch_folder` returns False).
+
+The handler runs on watchdog's single dispatcher thread, so it only maps a path to its run
+folder and enqueues it; all I/O happens in the workers.
+
+Locks. The codebase's rule is that a lock is never held while calling into another component,
+and here it matters most: watchdog's dispatcher holds its observer's lock while it calls our
+handler, and the observer's `schedule`, `unschedule` and `stop` take that same lock. So:
+- A Detector's `_lock` guards only the Detector's own fields. It is never held across a call to
+  the observer (or anything else): a caller takes what it needs under the lock, calls the
+  observer without it, and publishes the result under it again.
+- The handler takes only that lock (briefly: `mark_stale`, heartbeats) and calls `enqueue`,
+  whose queue lock is likewise never held across a call into us. It never waits on a caller.
+- Per folder, one caller at a time changes its watch outside the lock (the folder is "busy");
+  meanwhile another `watch_folder` returns False (the folder is then re-checked by polling) and
+  another `unwatch_folder` is left to the busy caller, which undoes its watch when it is done.
+  Workers never overlap on one folder (the queue hands a folder to one worker at a time), so
+  this is about the main loop's `stop`/`restart` and about staying correct if that changes.
+`watcher.daemon.detectors.Detectors` (all the observers) follows the same rule.
+
+Liveness. On every tick the main loop sends each observer a heartbeat through its event queue
+(`Detectors.check_liveness` in `watcher.daemon.detectors`), which the dispatcher hands to our handler like any
+event. One left unanswered for WEDGED_SECONDS means the dispatcher is stuck and no event reaches us: it is logged
+once (`observer_wedged`), `wedged()` reports it, and Health withholds systemd's watchdog ping.
+Such an observer cannot be stopped (`stop()` needs the lock its dispatcher holds): stopping gives
+up after `stop_seconds`, so a SIGTERM still ends the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from watcher.runfolder.markers import PREFIX
+
+log = structlog.get_logger("watcher.daemon.detection")
+
+# Only events that can make a folder appear, complete or vanish. Not opened/closed-no-write:
+# our own reads of a folder would otherwise wake it up again.
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent,
+    FileDeletedEvent, DirDeletedEvent,
+]
+ObserverFactory = Callable[[], BaseObserver]
+
+
+def run_folder_of(path: str, roots: list[str]) -> Path | None:
+    """The run folder (direct child of a root) that `path` lies in, or None for paths to ignore:
+    dot-folders, the daemon's own `.nextmv-*` files, and anything outside the roots."""
+    for root in roots:
+        if not path.startswith(root + os.sep):
+            continue
+        parts = path[len(root) + 1:].split(os.sep)
+        if not parts[0] or parts[0].startswith("."):
+            return None
+        if len(parts) >= 2 and parts[1].startswith(PREFIX):
+            return None
+        return Path(root, parts[0])
+    return None
+
+
+class HeartbeatEvent(FileSystemEvent):
+    """Posted by `Detector.beat` straight into the observer's event queue; the path is unique per beat
+    (watchdog's queue drops an item equal to the last one put) and names no file."""
+
+    event_type = "heartbeat"
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, HeartbeatEvent):
+            self.detector.answered(event)
+            return
+        roots = self.detector.root_strings
+        if event.is_directory and event.event_type in ("deleted", "moved"):
+            gone = run_folder_of(os.fsdecode(event.src_path), roots)
+            if gone is not None and str(gone) == os.fsdecode(event.src_path):
+                self.detector.mark_stale(gone)   # its inotify watch died with it
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = os.fsdecode(raw)
+            folder = run_folder_of(path, roots)
+            if folder is not None:
+                self.detector.enqueue(folder)
+
+
+def polling_factory(interval: float) -> ObserverFactory:
+    return lambda: PollingObserver(timeout=interval)
+
+
+INOTIFY_LIMITS = {
+    errno.ENOSPC: "inotify watch limit reached: raise it with `sysctl fs.inotify.max_user_watches=524288`",
+    errno.EMFILE: "inotify instance limit reached: raise it with `sysctl fs.inotify.max_user_instances=1024`",
+}
+POLL_FALLBACK_SECONDS = 2.0
+# A heartbeat unanswered this long means the observer's dispatcher is stuck: no event reaches us. Far
+# longer than the dispatcher needs for a backlog of many thousand events (our handler only enqueues).
+WEDGED_SECONDS = 15.0
+STOP_SECONDS = 5.0
+
+
+def _unschedule(observer: BaseObserver, watch: ObservedWatch) -> None:
+    """Remove `watch`; one whose emitter is already gone (a stopped observer) is no error."""
+    with contextlib.suppress(KeyError, OSError):
+        observer.unschedule(watch)
+
+
+def _stop_observer(observer: BaseObserver, seconds: float) -> None:
+    """Stop and join `observer`, giving up after `seconds`: `stop()` needs the observer's lock, which a
+    stuck dispatcher never releases. Its threads are daemon threads and end with the process."""
+    stopper = threading.Thread(target=observer.stop, name="observer-stop", daemon=True)
+    stopper.start()
+    stopper.join(seconds)
+    if stopper.is_alive():
+        log.error("observer_stop_timeout", seconds=seconds, hint="its dispatcher is stuck; it is left behind")
+        return
+    observer.join(timeout=seconds)
+
+
+class _OverflowSignal(logging.Handler):
+    """watchdog reports a kernel queue overflow only as a log record; turn it into a callback."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.callback()
+
+
+class Detector:
+    """Owns one observer and its watches.
+
+    Workers call watch_folder/unwatch_folder from any thread; watchdog's dispatcher calls mark_stale and
+    answered; the main loop alone calls start/stop/restart/use_polling/beat. See the module docstring
+    for the lock rule."""
+
+    def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
+                 observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024,
+                 on_overflow: Callable[[], None] | None = None, stop_seconds: float = STOP_SECONDS) -> None:
+        self.roots = list(roots)
+        self.root_strings = [os.fspath(r) for r in self.roots]
+        self.enqueue = enqueue
+        self.observer_factory = observer_factory
+        self.max_folder_watches = max_folder_watches
+        self.stop_seconds = stop_seconds
+        self._handler = _Handler(self)
+        self.polling = False
+        self._overflow = _OverflowSignal(on_overflow) if on_overflow is not None else None
+        self._lock = threading.Lock()
+        # Guarded by _lock, and nothing else is:
+        self._observer: BaseObserver | None = None
+        self._root_watch: ObservedWatch | None = None   # heartbeats travel with this watch
+        self._folder_watches: dict[Path, tuple[ObservedWatch, int]] = {}   # on _observer, with the inode
+        self._stale: set[Path] = set()       # watched folders deleted or renamed away since
+        self._busy: set[Path] = set()        # folders whose watch a caller is changing outside the lock
+        self._unwanted: set[Path] = set()    # busy folders unwatched meanwhile
+        self._beats = 0
+        self._beat: tuple[str, float] | None = None   # the heartbeat on its way: its path, when it was sent
+
+    def start(self) -> None:
+        """Start the observer with a watch on every root. When inotify's limits are hit, log which
+        sysctl to raise and fall back to polling. Raises OSError when a root cannot be watched at all."""
+        if self._overflow is not None:
+            for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+                logging.getLogger(name).addHandler(self._overflow)
+        try:
+            self._start()
+        except OSError as exc:
+            hint = INOTIFY_LIMITS.get(exc.errno or 0)
+            if hint is None or self.polling:
+                raise
+            log.error("inotify_limit", error=exc.strerror or str(exc), hint=hint,
+                      fallback=f"polling every {POLL_FALLBACK_SECONDS} s")
+            self.use_polling(POLL_FALLBACK_SECONDS)
+            self._start()
+
+    def use_polling(self, interval: float) -> None:
+        self.observer_factory = polling_factory(interval)
+        self.polling = True
+
+    def _start(self) -> None:
+        """Build and start a new observer, then publish it (it is nobody else's until then)."""
+        observer = self.observer_factory()
+        try:
+            watches = [observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
+                       for root in self.roots]
+            observer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                observer.stop()
+            raise
+        old = self._swap(observer, watches[0] if watches else None)
+        if old is not None:
+            _stop_observer(old, self.stop_seconds)
+
+    def _swap(self, observer: BaseObserver | None, root_watch: ObservedWatch | None) -> BaseObserver | None:
+        """Make `observer` the current one (its folder watches start empty); return the previous one."""
+        with self._lock:
+            old, self._observer, self._root_watch = self._observer, observer, root_watch
+            self._folder_watches.clear()
+            self._stale.clear()
+            self._beat = None
+        return old
+
+    def restart(self) -> None:
+        """Replace a dead observer with a new one (folder watches are dropped; the caller rescans)."""
+        old = self._swap(None, None)
+        if old is not None:
+            _stop_observer(old, self.stop_seconds)
+        self._start()
+
+    def alive(self) -> bool:
+        with self._lock:
+            observer = self._observer
+        return observer is not None and observer.is_alive()
+
+    def watch_folder(self, folder: Path) -> bool:
+        """Watch an incomplete folder's root. True when it is watched; False when it cannot be (the limit,
+        an error, no observer, another caller changing its watch right now): poll it instead."""
+        try:
+            inode = os.stat(folder).st_ino
+        except OSError:
+            return False
+        with self._lock:
+            observer = self._observer
+            if observer is None or folder in self._busy:
+                return False
+            known = self._folder_watches.get(folder)
+            if known is not None and known[1] == inode and folder not in self._stale:
+                return True
+            # Not watched yet, or replaced under the same name: the old watch died with the old directory.
+            self._stale.discard(folder)
+            if known is not None:
+                del self._folder_watches[folder]
+            room = len(self._folder_watches) + len(self._busy) < self.max_folder_watches
+            if known is None and not room:
+                return False
+            self._busy.add(folder)
+        try:
+            if known is not None:   # first: a watch on the same path would share the old one's emitter
+                _unschedule(observer, known[0])
+            if not room:
+                return False
+            try:
+                watch = observer.schedule(self._handler, os.fspath(folder), recursive=False, event_filter=EVENTS)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):   # not merely gone since the stat above
+                    log.warning("folder_watch_failed", folder=str(folder), error=exc.strerror or str(exc))
+                return False
+            with self._lock:
+                kept = self._observer is observer and folder not in self._unwanted
+                if kept:
+                    self._folder_watches[folder] = (watch, inode)
+            if not kept:   # unwatched, stopped or restarted meanwhile
+                _unschedule(observer, watch)
+            return kept
+        finally:
+            with self._lock:
+                self._busy.discard(folder)
+                self._unwanted.discard(folder)
+
+    def mark_stale(self, folder: Path) -> None:
+        """The watched folder was deleted or renamed away: its watch must be made anew if asked again.
+        Called on watchdog's dispatcher thread."""
+        with self._lock:
+            if folder in self._folder_watches or folder in self._busy:
+                self._stale.add(folder)
+
+    def unwatch_folder(self, folder: Path) -> None:
+        with self._lock:
+            self._stale.discard(folder)
+            if folder in self._busy:
+                self._unwanted.add(folder)   # the busy caller drops its watch when it is done
+                return
+            known = self._folder_watches.pop(folder, None)
+            observer = self._observer
+            if known is None or observer is None:
+                return
+            self._busy.add(folder)
+        try:
+            _unschedule(observer, known[0])
+        finally:
+            with self._lock:
+                self._busy.discard(folder)
+                self._unwanted.discard(folder)
+                self._stale.discard(folder)
+
+    def folder_watch_count(self) -> int:
+        with self._lock:
+            return len(self._folder_watches)
+
+    def beat(self, now: float) -> None:
+        """Post a heartbeat through the observer's event queue, unless one is still on its way. The
+        dispatcher hands it to our handler like any event, so an answer proves events get through."""
+        with self._lock:
+            observer, watch = self._observer, self._root_watch
+            if observer is None or watch is None or self._beat is not None:
+                return
+            self._beats += 1
+            path = f"<heartbeat {self._beats}>"
+            self._beat = (path, now)
+        observer.event_queue.put((HeartbeatEvent(path), watch))
+
+    def answered(self, event: HeartbeatEvent) -> None:
+        """The dispatcher delivered a heartbeat. Called on watchdog's dispatcher thread."""
+        with self._lock:
+            if self._beat is not None and self._beat[0] == event.src_path:
+                self._beat = None
+
+    def unanswered_for(self, now: float) -> float:
+        """Seconds the heartbeat on its way has waited for the dispatcher; 0 when none is on its way."""
+        with self._lock:
+            beat = self._beat
+        return max(0.0, now - beat[1]) if beat is not None else 0.0
+
+    def stop(self) -> None:
+        observer = self._swap(None, None)
+        if observer is not None:
+            _stop_observer(observer, self.stop_seconds)
+        if self._overflow is not None:
+            for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+                logging.getLogger(name).removeHandler(self._overflow)

@@ -1,0 +1,145 @@
+"""All the observers of the daemon: one `detection.Detector` per observation mode, and their liveness.
+
+Local watched paths share one inotify observer; watched paths marked `polling: true` (NFS, SMB) get a
+polling observer per interval. The main loop starts, stops, restarts and reconfigures them and checks
+their heartbeats (`check_liveness`, see `watcher.daemon.detection`); workers ask for and drop folder watches. The
+lock rule of `watcher.daemon.detection` holds here too: `_lock` guards only the list of detectors and the
+root-to-detector map, and is never held while calling a detector or an observer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+from watchdog.observers import Observer
+
+from watcher.config import WatchConfig
+from watcher.daemon import detection
+
+log = structlog.get_logger("watcher.daemon.detection")
+
+
+class Detectors:
+    """One Detector per observation mode: inotify for local paths, a polling observer per interval for
+    watched paths marked `polling: true` (NFS, SMB). Incomplete folders are watched only under inotify;
+    under polling they are re-checked by the queue.
+
+    Workers call watch_folder/unwatch_folder; everything else is for the main loop, except the read-only
+    alive/wedged/polling, which anyone may call. `clock` (monotonic seconds) times the heartbeats."""
+
+    def __init__(self, watches: Sequence[WatchConfig], enqueue: Callable[[Path], None], *,
+                 observer_factory: detection.ObserverFactory | None = None,
+                 on_overflow: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.enqueue = enqueue
+        self.observer_factory = observer_factory
+        self.on_overflow = on_overflow
+        self.clock = clock
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._by_root: dict[Path, detection.Detector] = {}
+        self._detectors: list[detection.Detector] = []
+        self._reported: set[detection.Detector] = set()   # wedged observers already logged (main loop only)
+        self._build(watches)
+
+    def _build(self, watches: Sequence[WatchConfig]) -> None:
+        groups: dict[tuple[bool, float], list[Path]] = {}
+        for w in watches:
+            key = (w.polling, w.poll_interval_seconds if w.polling else 0.0)
+            groups.setdefault(key, []).append(w.path)
+        detectors: list[detection.Detector] = []
+        by_root: dict[Path, detection.Detector] = {}
+        for (polling, interval), roots in groups.items():
+            factory = detection.polling_factory(interval) if polling else (self.observer_factory or Observer)
+            d = detection.Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self.on_overflow)
+            d.polling = polling
+            detectors.append(d)
+            by_root.update(dict.fromkeys(roots, d))
+        with self._lock:
+            self._detectors, self._by_root = detectors, by_root
+        self._reported.clear()   # reconfigure() stopped the detectors reported before
+
+    def members(self) -> list[detection.Detector]:
+        """The detectors now, one per observer."""
+        with self._lock:
+            return list(self._detectors)
+
+    def start(self) -> None:
+        for d in self.members():
+            d.start()
+
+    def stop(self) -> None:
+        for d in self.members():
+            d.stop()
+
+    def alive(self) -> bool:
+        return all(d.alive() for d in self.members())
+
+    def restart(self) -> None:
+        """Restart every dead observer; one that cannot be restarted falls back to polling."""
+        for d in self.members():
+            if d.alive():
+                continue
+            self.restarts += 1
+            try:
+                d.restart()
+            except OSError as exc:
+                log.error("observer_restart_failed", error=str(exc), action="polling instead")
+                d.use_polling(detection.POLL_FALLBACK_SECONDS)
+                d.restart()
+
+    def reconfigure(self, watches: Sequence[WatchConfig]) -> None:
+        """Replace the observers for a new set of watched paths (after a reload)."""
+        self.stop()
+        self._build(watches)
+        self.start()
+
+    def check_liveness(self) -> None:
+        """Called by the main loop on every tick: send each observer a heartbeat (when the last one was
+        answered), and log `observer_wedged` once when one has waited detection.WEDGED_SECONDS (`observer_answering`
+        if it is answered after all). A wedged observer is not restarted: stopping it needs the lock its
+        dispatcher holds. Health withholds the watchdog ping instead, so systemd restarts the daemon."""
+        now = self.clock()
+        for d in self.members():
+            waited = d.unanswered_for(now)
+            if waited >= detection.WEDGED_SECONDS and d not in self._reported:
+                self._reported.add(d)
+                log.error("observer_wedged", watched=d.root_strings, seconds=round(waited, 1),
+                          hint="its dispatcher stopped delivering events, so no folder is detected there; "
+                               "the systemd watchdog ping is withheld so that systemd restarts the daemon")
+            elif waited < detection.WEDGED_SECONDS and d in self._reported:
+                self._reported.discard(d)
+                log.info("observer_answering", watched=d.root_strings)
+            d.beat(now)
+
+    def wedged(self) -> dict[str, float]:
+        """Watched paths whose observer has left a heartbeat unanswered for detection.WEDGED_SECONDS or more, with
+        the seconds it has waited. Read-only."""
+        now = self.clock()
+        out: dict[str, float] = {}
+        for d in self.members():
+            waited = d.unanswered_for(now)
+            if waited >= detection.WEDGED_SECONDS:
+                out.update(dict.fromkeys(d.root_strings, round(waited, 1)))
+        return out
+
+    def watch_folder(self, folder: Path) -> bool:
+        with self._lock:
+            d = self._by_root.get(folder.parent)
+        if d is None or d.polling:
+            return False
+        return d.watch_folder(folder)
+
+    def unwatch_folder(self, folder: Path) -> None:
+        with self._lock:
+            d = self._by_root.get(folder.parent)
+        if d is not None:
+            d.unwatch_folder(folder)
+
+    @property
+    def polling(self) -> bool:
+        return any(d.polling for d in self.members())

@@ -1,0 +1,189 @@
+"""Pausing and resuming work against the API: the one home of that flow.
+
+Three things pause work, and this module alone decides, probes and logs them (`api_paused`,
+`application_paused`, `api_resumed`):
+
+- the API rejects the key (401/403): all work pauses (scope "*"), reason `auth`;
+- an application does not exist (404): that application's work pauses (scope = its id);
+- every recent request failed (the circuit breaker: `failure_threshold` transient failures in a row,
+  seen through the client's request outcomes): all work pauses, reason `unreachable`.
+
+A paused scope is probed from the main loop (`probe`): one `GET /v1/applications/{id}` without
+retries, with a growing interval; a paused key is re-read from its source first, so fixing the key
+file or credential is enough. Its answer resumes the scope (its parked folders are due again: the
+`unpark` callback, the folder index's), keeps it paused, or (a global pause answered with 404) turns it
+into a pause of that application. The lock guards only the pauses and the breaker's count; it is never
+held while calling the client, the index or the logger.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from watcher.cloud.backoff import Backoff
+from watcher.cloud.client import NextmvClient, RequestOutcome
+from watcher.config import Config, resolve_api_key
+from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, TransientError
+from watcher.logs import REDACTOR
+
+log = structlog.get_logger("watcher.daemon.gate")
+
+GLOBAL = "*"
+
+
+@dataclass
+class Pause:
+    reason: str            # "auth" | "unreachable" | "application_not_found"
+    message: str
+    since: float
+    probe_at: float
+    probes: int = 0
+
+
+class Gate:
+    """Thread-safe. Workers ask `blocked(app)`; the client reports every request (`observe`)."""
+
+    def __init__(self, clock: Callable[[], float], *, config: Callable[[], Config], client: NextmvClient | None,
+                 unpark: Callable[[str], int], failure_threshold: int = 5,
+                 probe_backoff: Backoff | None = None) -> None:
+        self.clock = clock
+        self.config = config
+        self.client = client
+        self.unpark = unpark
+        self.failure_threshold = failure_threshold
+        self.probe_backoff = probe_backoff or Backoff(1.0, 60.0)
+        self._lock = threading.Lock()
+        self._paused: dict[str, Pause] = {}
+        self._failures = 0
+
+    # -- what workers and observers see ----------------------------------------------------
+
+    def blocked(self, application_id: str) -> str | None:
+        """The scope whose pause holds `application_id`'s work, or None."""
+        with self._lock:
+            if GLOBAL in self._paused:
+                return GLOBAL
+            return application_id if application_id in self._paused else None
+
+    def is_paused(self) -> bool:
+        with self._lock:
+            return bool(self._paused)
+
+    def pauses(self) -> dict[str, Pause]:
+        with self._lock:
+            return {scope: Pause(**vars(p)) for scope, p in self._paused.items()}
+
+    def next_probe_at(self) -> float | None:
+        with self._lock:
+            return min((p.probe_at for p in self._paused.values()), default=None)
+
+    # -- what happened -----------------------------------------------------------------------
+
+    def key_rejected(self, message: str) -> None:
+        """The API refused the key: pause all work (logged once)."""
+        if self._close(GLOBAL, "auth", message):
+            log.error("api_paused", reason="auth", error=message,
+                      hint="check the API key; work resumes by itself once it is accepted")
+
+    def application_missing(self, application_id: str, message: str) -> None:
+        """The application does not exist: pause its work (logged once)."""
+        if self._close(application_id, "application_not_found", message):
+            log.error("application_paused", reason="application_not_found", application_id=application_id,
+                      error=message)
+
+    def observe(self, outcome: RequestOutcome) -> None:
+        """One HTTP attempt's outcome (the client's observer): a success resets the breaker; a transient
+        failure counts, and `failure_threshold` in a row pause all work as unreachable."""
+        if outcome.error is None:
+            with self._lock:
+                self._failures = 0
+            return
+        if not issubclass(outcome.error, TransientError):
+            return
+        with self._lock:
+            self._failures += 1
+            tripped = self._failures >= self.failure_threshold
+        message = f"{outcome.endpoint}: {outcome.status or 'no response'}"
+        if tripped and self._close(GLOBAL, "unreachable", message):
+            log.error("api_paused", reason="unreachable", endpoint=outcome.endpoint, status=outcome.status,
+                      hint="every recent request failed; work resumes by itself when the API answers")
+
+    def forget_applications(self, keep: set[str]) -> None:
+        """A reload removed applications: their pauses end (their folders left the index)."""
+        with self._lock:
+            for scope in [s for s in self._paused if s != GLOBAL and s not in keep]:
+                del self._paused[scope]
+
+    def _close(self, scope: str, reason: str, message: str) -> bool:
+        """Pause `scope`; True when it was not paused before."""
+        now = self.clock()
+        with self._lock:
+            if scope in self._paused:
+                return False
+            self._paused[scope] = Pause(reason, message, now, now + self.probe_backoff.delay(1))
+            return True
+
+    # -- probing and resuming ------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Probe every pause that is due (from the main loop); resume those the API answers."""
+        now = self.clock()
+        with self._lock:
+            due = [(scope, p.reason) for scope, p in self._paused.items() if p.probe_at <= now]
+        for scope, reason in due:
+            self._probe(scope, reason)
+
+    def _probe(self, scope: str, reason: str) -> None:
+        config = self.config()
+        if self.client is None or not config.watch:
+            return
+        app = scope if scope != GLOBAL else config.watch[0].application_id
+        if reason == "auth":
+            self._reload_key(config)
+        try:
+            self.client.get_application(app, attempts=1)
+        except AuthError as exc:
+            self._still(scope, "auth", str(exc))
+        except ApplicationNotFound as exc:
+            if scope == GLOBAL:
+                self.resume(GLOBAL)
+                self.application_missing(app, str(exc))
+            else:
+                self._still(scope, "application_not_found", str(exc))
+        except ApiError as exc:
+            self._still(scope, "unreachable", str(exc))
+        else:
+            self.resume(scope)
+
+    def resume(self, scope: str) -> None:
+        """End the pause of `scope` (if any): its parked folders are due again; `api_resumed` is logged."""
+        with self._lock:
+            pause = self._paused.pop(scope, None)
+            self._failures = 0
+        if pause is None:
+            return
+        folders = self.unpark(scope)
+        log.info("api_resumed", scope="all" if scope == GLOBAL else scope,
+                 paused_for=round(self.clock() - pause.since, 1), reason=pause.reason, folders=folders)
+
+    def _still(self, scope: str, reason: str, message: str) -> None:
+        with self._lock:
+            p = self._paused.get(scope)
+            if p is None:
+                return
+            p.probes += 1
+            p.reason, p.message = reason, message
+            p.probe_at = self.clock() + self.probe_backoff.delay(p.probes + 1)
+
+    def _reload_key(self, config: Config) -> None:
+        assert self.client is not None
+        try:
+            key, _ = resolve_api_key(config.api)
+        except ConfigError:
+            return
+        REDACTOR.add_secret(key)
+        self.client.set_api_key(key)

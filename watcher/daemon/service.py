@@ -1,0 +1,388 @@
+"""The daemon's lifecycle: start, run, drain, stop, reload.
+
+    STARTING --start()--> RUNNING --request_stop()--> DRAINING --> STOPPED
+                                   --request_abort()------------> STOPPED
+
+Threads: the watchdog observers (events -> index), one start-up scan (folders -> index as they
+are found), `workers` worker threads (index -> FolderProcessor -> index), a lease keeper, the
+control socket and metrics listeners, and the caller's thread running `run()`: reloads, probes of
+a paused API, observer health, reconciliation scans, systemd notifications and nothing else.
+
+Runtime state has one owner each: the folder index (`watcher.daemon.index`: what is known about each
+folder, and the queue), the gate (`watcher.daemon.gate`: pauses), the outcome counts (`watcher.daemon.outcomes`),
+and the configuration, one reference (`self.config`) that every component reads through a callable
+each time it needs it, so that a reload is one assignment.
+Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload,
+which set flags.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from watcher.cloud.client import NextmvClient, RequestOutcome, build_verify
+from watcher.cloud.lookup import RunLookup
+from watcher.cloud.tracker import Tracker
+from watcher.config import Config, load_config
+from watcher.daemon import aftercare
+from watcher.daemon.attempt import Attempts
+from watcher.daemon.chores import Chores
+from watcher.daemon.detection import ObserverFactory
+from watcher.daemon.detectors import Detectors
+from watcher.daemon.gate import Gate
+from watcher.daemon.health import Health
+from watcher.daemon.index import FolderIndex
+from watcher.daemon.lease import LeaseKeeper
+from watcher.daemon.listeners import Listeners, Prepared, ReloadRefused
+from watcher.daemon.metrics import Metrics
+from watcher.daemon.notify import Notifier
+from watcher.daemon.outcomes import Outcomes
+from watcher.daemon.reload import diff
+from watcher.daemon.scanning import startup_scan
+from watcher.daemon.worker import FolderProcessor
+from watcher.errors import ConfigError, WatcherError
+from watcher.runfolder.claims import Claims
+from watcher.runfolder.dirhandle import DirHandle
+from watcher.runfolder.markers import StateStore, trusted_owners
+from watcher.runfolder.prepare import clean_spool
+
+log = structlog.get_logger("watcher.daemon.service")
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS = {
+    State.STARTING: {State.RUNNING, State.STOPPED},
+    State.RUNNING: {State.DRAINING, State.STOPPED},
+    State.DRAINING: {State.STOPPED},
+    State.STOPPED: set(),
+}
+
+
+class Service:
+    def __init__(self, config: Config, api_key: str, *, clock: Callable[[], float] = time.time,
+                 observer_factory: ObserverFactory | None = None,
+                 transport: httpx.BaseTransport | None = None, watch: bool = True,
+                 recheck_incomplete: bool = True, notifier: Notifier | None = None,
+                 on_reload: Callable[[Config], None] | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.state = State.STARTING
+        self.started_at = clock()
+        self._state_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._wake = threading.Event()
+        self._reload = threading.Event()
+        self.ready = threading.Event()
+        self.watching = watch
+        self.on_reload = on_reload
+        self.notifier = notifier or (Notifier() if watch else Notifier({}))
+        current = self.current_config
+
+        self.index = FolderIndex(clock)
+        self.outcomes = Outcomes(clock)
+        self.metrics = Metrics(self.status, self.outcomes.series)
+        self.store = StateStore.of(config)
+        self.spool_dir = config.state_dir / "spool"
+        self.client = NextmvClient(
+            config.api.url, api_key, connect_timeout=config.api.connect_timeout_seconds,
+            read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle),
+            transport=transport, max_connections=config.workers * 3 + 2, observer=self._on_request,
+            clock=clock,
+        )
+        self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
+        self._upload_threads = max(4, config.workers * 2)
+        self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
+        self.lookup = RunLookup(self.client, clock=clock)
+        self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
+                               lookup=self.lookup, clock=clock,
+                               grace_seconds=lambda: self.config.retry.lookup_grace_seconds, progress=self._on_bytes)
+        self.claims = Claims(clock=clock, store=self.store)
+        self.keeper = LeaseKeeper(self.claims)
+        self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker)
+        self.detectors = Detectors(config.watch, self.index.offer, observer_factory=observer_factory,
+                                   on_overflow=self._on_overflow)
+        self.processor = FolderProcessor(
+            current, self.index, self.store, self.attempts, self.gate, self.outcomes,
+            watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
+            recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
+        self.listeners = Listeners(self.handle_control, self.metrics, self.health)
+        self._workers: list[threading.Thread] = []
+        self._target_workers = config.workers
+        self._scanner: threading.Thread | None = None
+        self.health_view = Health(
+            config=current, index=self.index, gate=self.gate, outcomes=self.outcomes,
+            detectors=self.detectors, watching=watch, workers=lambda: self._workers[: self._target_workers],
+            state=lambda: self.state.value, clock=clock)
+        self.chores = Chores(config=current, clock=clock, index=self.index, store=self.store, gate=self.gate,
+                             detectors=self.detectors, health=self.health_view, notifier=self.notifier,
+                             watching=watch, stopping=self._stop)
+
+    def current_config(self) -> Config:
+        """The configuration in force: the one reference every component reads (a reload replaces it)."""
+        return self.config
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _transition(self, new: State) -> None:
+        with self._state_lock:
+            if new not in _TRANSITIONS[self.state]:
+                raise RuntimeError(f"cannot go from {self.state.value} to {new.value}")
+            self.state = new
+
+    def start(self) -> None:
+        """Start observers, the start-up scan, the workers and the listeners.
+        Raises OSError if a watched path cannot be watched at all."""
+        if self.state is not State.STARTING:
+            raise RuntimeError(f"cannot start a service that is {self.state.value}")
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        removed = clean_spool(self.spool_dir)
+        if removed:
+            log.info("spool_cleaned", files=removed)
+        if self.watching:
+            self.detectors.start()
+        self.keeper.start()
+        if self.watching:
+            self.listeners.start(self.config)
+        self._scanner = threading.Thread(target=self._startup_scan, name="startup-scan", daemon=True)
+        self._scanner.start()
+        self._resize_workers(self.config.workers)
+        self._transition(State.RUNNING)
+        log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
+                 workers=self.config.workers, api=self.config.api.url, pid=os.getpid())
+
+    def request_stop(self) -> None:
+        """First stop request: drain. A second one aborts. Safe to call from a signal handler."""
+        if self._stop.is_set():
+            self.request_abort()
+            return
+        self._stop.set()
+        self._wake.set()
+
+    def request_abort(self) -> None:
+        self._abort.set()
+        self._stop.set()
+        self.client.cancel.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Reload the configuration file (SIGHUP). Safe to call from a signal handler."""
+        self._reload.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Run until a stop is requested, then drain. Returns when stopped."""
+        while not self._stop.is_set():
+            self._tick()
+            self._wake.wait(self.chores.next_wait())
+            self._wake.clear()
+        self.shutdown()
+
+    def run_until_idle(self, timeout: float | None = None) -> bool:
+        """Process until nothing is queued, in flight or paused (for `sync` and tests). True when idle."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._scanner is not None:
+            self._scanner.join()
+        while not self._stop.is_set():
+            self._tick()
+            if self.is_idle():
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self._wake.wait(min(0.05, self.chores.next_wait()))
+            self._wake.clear()
+        return self.is_idle()
+
+    def is_idle(self) -> bool:
+        """Nothing is being scanned, scheduled, in flight or paused."""
+        return (self._scanner is None or not self._scanner.is_alive()) and not self.index.in_flight() \
+            and len(self.index) == 0 and not self.gate.is_paused()
+
+    def shutdown(self) -> None:
+        """Drain: stop taking work, let in-flight folders finish up to the drain timeout, stop everything."""
+        if self.state is State.STOPPED:
+            return
+        if self.state is State.RUNNING:
+            self._transition(State.DRAINING)
+        self._stop.set()
+        self.notifier.stopping()
+        log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
+        self.index.close()
+        deadline = time.monotonic() + self.config.drain_timeout_seconds
+        for t in self._workers:
+            while t.is_alive() and not self._abort.is_set() and time.monotonic() < deadline:
+                t.join(timeout=0.1)
+        left = [t.name for t in self._workers if t.is_alive()]
+        if left:
+            log.warning("drain_timeout", workers=left, hint="their folders resume from the journal next time")
+            self.client.cancel.set()
+        self.detectors.stop()
+        self.keeper.stop()
+        self.listeners.stop()
+        self.executor.shutdown(wait=not left, cancel_futures=True)
+        if not left:
+            self.client.close()
+        self.notifier.close()
+        self._transition(State.STOPPED)
+        log.info("daemon_stopped")
+
+    # -- what the outside sees -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.health_view.status()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self.health_view.health()
+
+    def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, "status": self.status()}
+        if command == "rescan":
+            self._rescan("requested over the control socket", full=True)
+            return {"ok": True}
+        if command == "retried":   # `nextmv-watcher retry` reset these folders' failures
+            config = self.config
+            folders = [Path(f) for f in request.get("folders") or () if isinstance(f, str)]
+            known = [(f, w.application_id) for f in folders if (w := config.watch_for(f)) is not None]
+            self.outcomes.retried_manually(known)
+            for folder, _ in known:
+                self.index.offer(folder)
+            return {"ok": True, "retried": len(known)}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _watch_folder(self, folder: Path) -> bool:
+        return self.detectors.watch_folder(folder) if self.watching else False
+
+    def _startup_scan(self) -> None:
+        scanned = startup_scan(self.config, self.store, self.index, stop=self._stop,
+                               resume_after_tracking=self._after_tracked_safely)
+        if scanned is None:
+            return
+        self.ready.set()
+        log.info("startup_scan_done", queued=scanned.queued, finished=scanned.finished, seconds=scanned.seconds)
+        self.notifier.ready(self._status_line())
+
+    def _resize_workers(self, count: int) -> None:
+        self._target_workers = count
+        if count * 2 > self._upload_threads:   # a run's artifacts upload in parallel: room for every worker's
+            self._upload_threads = count * 2
+            old, self.executor = self.executor, ThreadPoolExecutor(max_workers=self._upload_threads,
+                                                                   thread_name_prefix="upload")
+            self.tracker.executor = self.executor
+            old.shutdown(wait=False)
+        self._workers = [t for i, t in enumerate(self._workers) if t.is_alive() or i >= count]
+        while len(self._workers) < count:
+            index = len(self._workers)
+            t = threading.Thread(target=self._work, args=(index,), name=f"worker-{index}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self.index.wake()
+
+    def _work(self, number: int) -> None:
+        while not self._stop.is_set() and number < self._target_workers:
+            # close() and wake() interrupt the wait; the timeout is only a safety net.
+            folder = self.index.take(timeout=5.0)
+            if folder is None:
+                continue
+            found = self.processor.process(folder)
+            self.health_view.progressed()
+            self.index.settle(folder, found)
+
+    def _on_bytes(self, n: int) -> None:
+        self.health_view.progressed()
+        self.metrics.upload_bytes(n)
+
+    def _on_request(self, outcome: RequestOutcome) -> None:
+        self.health_view.progressed()
+        self.metrics.request(outcome)
+        self.gate.observe(outcome)
+
+    def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> bool:
+        """Keep, move or delete a tracked folder (`d`: the tracked folder, open); a failure is logged,
+        the folder stays tracked. True when the folder is gone from its watched path."""
+        config = self.config
+        if config.after_tracking == "keep":
+            return False
+        try:
+            action = aftercare.after_tracked(folder, config, d)
+        except WatcherError as exc:
+            log.error("after_tracking_failed", folder=str(folder), error=str(exc))
+            return False
+        self.index.forget(folder)
+        log.info("folder_" + action, folder=str(folder))
+        return True
+
+    def _on_overflow(self) -> None:
+        # Called on watchdog's thread: only set flags.
+        self._rescan("inotify queue overflowed: events were lost")
+
+    def _rescan(self, reason: str, *, full: bool = False) -> None:
+        self.chores.rescan(reason, full=full)
+        self._wake.set()
+
+    # -- the main thread --------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            self._apply_reload()
+        self.chores.tick()
+
+    def _status_line(self) -> str:
+        return self.health_view.status_line()
+
+    def _apply_reload(self) -> None:
+        """SIGHUP: validate the file and bind any new listener first; if either fails, keep running as
+        before. Then switch: one assignment of the configuration every component reads, and the parts
+        that hold resources follow (listeners, observers, workers, the index, pauses, metric series)."""
+        self.notifier.reloading()
+        old = self.config
+        try:
+            new = load_config(Path(old.source))
+            changes = diff(old, new)
+            prepared = self.listeners.prepare(old, new) if self.watching else Prepared()
+        except (ConfigError, ReloadRefused) as exc:
+            fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ReloadRefused) else {}
+            log.error("reload_failed", error=str(exc), action="keeping the running configuration", **fields)
+            self.notifier.ready(self._status_line())
+            return
+        self.config = new
+        self.listeners.switch(prepared)
+        self.store.owners = trusted_owners(new.state_owners, new.state_dir)
+        if changes.added or changes.removed or any(k.startswith("watch[") for k in changes.changed):
+            if self.watching:
+                self.detectors.reconfigure(new.watch)
+            self.index.drop_under(Path(p) for p in changes.removed)
+        applications = {w.application_id for w in new.watch}
+        self.gate.forget_applications(applications)
+        self.outcomes.drop_applications(applications)
+        if new.workers != self._target_workers:
+            self._resize_workers(new.workers)
+        if changes.restart_required:
+            log.warning("reload_partial", restart_required=changes.restart_required,
+                        hint="api and state_dir changes need a restart")
+        log.info("config_reloaded", added=changes.added, removed=changes.removed, changed=changes.changed,
+                 restart_required=changes.restart_required, workers=new.workers, level=new.logging.level)
+        if self.on_reload is not None:
+            self.on_reload(new)   # after the event above, so that a quieter level does not hide it
+        self.notifier.ready(self._status_line())
+        self._rescan("configuration reloaded")

@@ -1,0 +1,253 @@
+"""`nextmv-watcher sync`: track every complete folder once, without a daemon, then exit.
+
+    Service(watch=False) --start()--> run_until_idle() in slices --shutdown()--> summary
+
+The service does the work exactly as the daemon would (claims, journal, markers), so a sync
+and a running daemon never track a folder twice. Incomplete folders are left for the daemon or
+the next sync. On a terminal a progress bar follows the workers' counters on `err`; elsewhere
+the service's log events are the progress. The summary goes to `out`: a table on a terminal,
+plain aligned text otherwise.
+
+A sync gives up early when waiting cannot help: at once when the API rejects the key or an
+application does not exist, and when the API has been unreachable for longer than
+`give_up_after` seconds (default `metrics.unhealthy_pause_seconds`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from watcher.config import Config
+from watcher.daemon.gate import GLOBAL
+from watcher.daemon.service import Service
+from watcher.errors import EXIT_FAILED, EXIT_OK, FolderError, StateError
+from watcher.runfolder.markers import StateStore, parse_iso
+from watcher.runfolder.scan import classify, iter_folders
+
+log = structlog.get_logger("watcher.daemon.sync")
+
+OK, FAILED = EXIT_OK, EXIT_FAILED
+SLICE_SECONDS = 0.2   # how often the progress bar and the give-up rules are looked at
+
+
+@dataclass(frozen=True)
+class FailedFolder:
+    folder: str
+    reason: str
+    error: str
+
+
+@dataclass
+class SyncSummary:
+    """What a sync did. `failed` lists the folders that failed during this sync; `left` the complete
+    folders that are still untracked (they appeared during the sync, or the sync gave up)."""
+
+    tracked: int = 0
+    failed: list[FailedFolder] = field(default_factory=list)
+    incomplete: int = 0
+    already_tracked: int = 0
+    already_failed: int = 0
+    left: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return FAILED if self.failed or self.stopped else OK
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [("tracked", self.tracked), ("failed", len(self.failed)),
+                ("skipped incomplete", self.incomplete), ("already tracked", self.already_tracked),
+                ("already failed", self.already_failed), ("not tracked yet", len(self.left))]
+
+
+def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, give_up_after: float | None = None,
+             service_factory: Callable[[Config, str], Service] | None = None) -> int:
+    """Track every complete folder under the watched paths once; print the summary on `out`.
+
+    Returns 0 when nothing failed, 1 when a folder failed, the sync gave up, or the service could not
+    start. `service_factory` builds the service (tests); by default a Service that watches nothing and
+    leaves incomplete folders alone."""
+    patience = config.metrics.unhealthy_pause_seconds if give_up_after is None else give_up_after
+    make = service_factory or (lambda c, k: Service(c, k, watch=False, recheck_incomplete=False))
+    started = math.floor(time.time() * 1000) / 1000   # markers carry milliseconds
+    service = make(config, key)
+    try:
+        service.start()
+    except OSError as exc:
+        service.shutdown()
+        print(f"nextmv-watcher: cannot start: {exc}", file=err)
+        return FAILED
+    stopped: str | None = None
+    try:
+        with _progress_for(err) as progress:
+            while not service.run_until_idle(timeout=SLICE_SECONDS):
+                progress.update(service)
+                stopped = give_up_reason(service, patience)
+                if stopped is not None:
+                    break
+            progress.update(service)
+    finally:
+        service.shutdown()
+    summary = summarize(config, service.store, started, service.outcomes.totals()["tracked"])
+    summary.stopped = stopped
+    log.info("sync_finished", tracked=summary.tracked, failed=len(summary.failed), incomplete=summary.incomplete,
+             left=len(summary.left), stopped=stopped)
+    if stopped is not None:
+        print(f"nextmv-watcher: sync stopped early: {stopped}", file=err)
+    print_summary(summary, out)
+    return summary.exit_code
+
+
+def give_up_reason(service: Service, patience: float) -> str | None:
+    """Why waiting any longer cannot help, or None."""
+    now = service.clock()
+    for scope, pause in service.gate.pauses().items():
+        if pause.reason == "auth":
+            return f"the API rejected the key: {pause.message}"
+        if pause.reason == "application_not_found":
+            return f"application {scope} not found: {pause.message}"
+        if now - pause.since > patience:
+            what = "the API" if scope == GLOBAL else f"application {scope}"
+            return f"{what} has been unreachable for {round(now - pause.since)} s: {pause.message}"
+    return None
+
+
+def summarize(config: Config, store: StateStore, started: float, tracked: int) -> SyncSummary:
+    """Read the markers of every folder under the watched paths: what this sync (from `started` on) did."""
+    summary = SyncSummary(tracked=tracked)
+    now = time.time()
+    for watch in config.watch:
+        for folder in iter_folders(watch.path):
+            try:
+                marker = store.tracked(folder)
+                if marker is not None:
+                    # Tracked during this sync: counted by the workers (a moved or deleted one is gone).
+                    if _since(marker.get("tracked_at"), started) is False:
+                        summary.already_tracked += 1
+                    continue
+                failed = store.failed(folder)
+            except (StateError, FolderError) as exc:
+                summary.left.append((str(folder), str(exc)))
+                continue
+            if failed is not None:
+                if _since(failed.get("failed_at"), started) is False:
+                    summary.already_failed += 1
+                else:
+                    summary.failed.append(FailedFolder(str(folder), str(failed.get("reason", "")),
+                                                       str(failed.get("error", ""))))
+                continue
+            report = classify(folder, watch, config, store, now)
+            if report.state == "incomplete":
+                summary.incomplete += 1
+            else:
+                summary.left.append((report.folder, report.reason))
+    return summary
+
+
+def _since(stamp: Any, started: float) -> bool | None:
+    """Whether the ISO time `stamp` is at or after `started` (None when it is not a time)."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return parse_iso(stamp) >= started
+    except ValueError:
+        return None
+
+
+def print_summary(summary: SyncSummary, out: TextIO) -> None:
+    if out.isatty():
+        _print_rich(summary, out)
+        return
+    for name, count in summary.rows():
+        print(f"{name:<20}{count:>8}", file=out)
+    if summary.failed:
+        print("\nfailed folders:", file=out)
+        width = max(len(f.folder) for f in summary.failed)
+        for f in summary.failed:
+            print(f"  {f.folder:<{width}}  {f.reason}: {f.error}", file=out)
+    if summary.left:
+        print("\nnot tracked yet:", file=out)
+        width = max(len(folder) for folder, _ in summary.left)
+        for folder, reason in summary.left:
+            print(f"  {folder:<{width}}  {reason}", file=out)
+
+
+def _print_rich(summary: SyncSummary, out: TextIO) -> None:
+    console = Console(file=out, force_terminal=True)
+    counts = Table(title="sync summary")
+    counts.add_column("folders")
+    counts.add_column("count", justify="right")
+    for name, count in summary.rows():
+        style = "red" if name == "failed" and count else None
+        counts.add_row(name, str(count), style=style)
+    console.print(counts)
+    if summary.failed:
+        failed = Table(title="failed folders")
+        for column in ("folder", "reason", "error"):
+            failed.add_column(column, overflow="fold")
+        for f in summary.failed:
+            failed.add_row(f.folder, f.reason, f.error)
+        console.print(failed)
+    if summary.left:
+        left = Table(title="not tracked yet")
+        left.add_column("folder", overflow="fold")
+        left.add_column("why", overflow="fold")
+        for folder, reason in summary.left:
+            left.add_row(folder, reason)
+        console.print(left)
+
+
+class _NoProgress:
+    """Not on a terminal: the service's log events are the progress."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, service: Service) -> None:
+        return None
+
+
+class _BarProgress(_NoProgress):
+    """A rich progress bar on `err`: folders done (tracked or failed) of those queued so far.
+
+    The total grows while the start-up scan queues folders and shrinks when an incomplete folder
+    is skipped, so it is recomputed on every update."""
+
+    def __init__(self, err: TextIO) -> None:
+        self._progress = Progress(
+            TextColumn("tracking"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(), console=Console(file=err, force_terminal=True),
+            redirect_stdout=False, redirect_stderr=True)
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _BarProgress:
+        self._progress.start()
+        self._task = self._progress.add_task("sync", total=None, detail="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, service: Service) -> None:
+        assert self._task is not None
+        c = service.outcomes.totals()
+        done = c["tracked"] + c["failed"]
+        total = done + len(service.index) + len(service.index.in_flight())
+        self._progress.update(self._task, completed=done, total=total,
+                              detail=f"{c['failed']} failed, {c['retried']} retried")
+
+
+def _progress_for(err: TextIO) -> _NoProgress:
+    return _BarProgress(err) if err.isatty() else _NoProgress()

@@ -1,0 +1,155 @@
+"""The failure table, as a pure function: what an attempt's error means for its folder.
+
+`verdict(error, journal, ...)` decides; `FolderProcessor` applies the decision in one place (the
+gate, the journal, the failed marker, the log, the index). Nothing here does I/O or reads a clock.
+
+| error                                      | action | reason                | attempt | when                   |
+|--------------------------------------------|--------|-----------------------|---------|------------------------|
+| the folder is invalid (`InvalidFolder`)    | fail   | invalid               | used    | at once                |
+| a `.nextmv-*` file that is not ours        | fail   | invalid               | first   | (journal not trusted)  |
+| the API refused the run (`RejectedError`)  | fail   | rejected              | used    | at once                |
+| the same I/O error 3 times in a row        | fail   | invalid               | -       | at once                |
+| an I/O error reading the folder            | retry  | unreadable            | -       | max(2 s, settle)       |
+| a file changed or vanished                 | retry  | changed               | -       | max(2 s, settle)       |
+| the run list may lag (`RetryLater`)        | wait   | lookup                | -       | the time it names      |
+| the claim was taken over (`ClaimLost`)     | wait   | claim_lost            | -       | 15 s                   |
+| the key was rejected (`AuthError`)         | park   | auth                  | -       | when the API resumes   |
+| the application does not exist            | park   | application_not_found | -       | when it resumes        |
+| a transient error while a pause is on      | park   | the pause's           | -       | when it resumes        |
+| 429                                        | retry  | throttled             | -       | backoff, >= Retry-After|
+| a POST of unknown outcome                  | retry  | api_error             | -       | backoff                |
+| other transient errors (5xx, network)      | retry  | api_error             | used    | backoff                |
+| ... the last of `retry.max_attempts`       | fail   | exhausted             | used    | at once                |
+| our own state cannot be written            | wait   | state_error           | -       | backoff(3)             |
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, replace
+
+from watcher.cloud.backoff import Backoff
+from watcher.daemon.gate import GLOBAL
+from watcher.errors import (
+    ApplicationNotFound,
+    AuthError,
+    ClaimLost,
+    FolderChanged,
+    FolderUnreadable,
+    InvalidFolder,
+    RejectedError,
+    RetryLater,
+    StateError,
+    TransientError,
+    UncertainError,
+    UnsafeStateFile,
+    WatcherError,
+)
+from watcher.runfolder.markers import Journal
+
+CHANGED_SECONDS = 2.0       # a folder changed under us: look again after at least this
+CLAIM_BUSY_SECONDS = 15.0   # another process holds (or took) the claim: look again after this
+SAME_ERROR_LIMIT = 3        # the same I/O error this many times in a row: the folder is invalid
+STATE_ERROR_ATTEMPT = 3     # our own state failed: wait as a third retry would
+
+
+class Action(enum.Enum):
+    FAIL = "fail"      # write the failed marker; the folder is finished
+    RETRY = "retry"    # look again later; counted as an outcome "retried"
+    WAIT = "wait"      # look again later; not the folder's doing, not counted
+    PARK = "park"      # hold until the pause of `scope` ends
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do. `journal` is the journal to save (None: leave the file as it is); `delay` (seconds)
+    or `at` (a time) says when to look again; `pause` the pause to start for `scope` when parking;
+    `event`/`level` what to log; `untrusted` flags a state file of another user (logged as a warning)."""
+
+    action: Action
+    reason: str
+    error: str
+    event: str
+    level: str = "info"
+    journal: Journal | None = None
+    delay: float | None = None
+    at: float | None = None
+    scope: str | None = None
+    pause: str | None = None
+    untrusted: bool = False
+    trust_journal: bool = True
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings a verdict depends on (from the current configuration)."""
+
+    max_attempts: int
+    backoff: Backoff
+    settle_seconds: float
+
+
+def verdict(error: WatcherError, journal: Journal, *, policy: Policy, application_id: str,
+            blocked_by: str | None, rng: random.Random) -> Verdict:
+    """The decision for an attempt of `application_id`'s folder that raised `error`, given its journal
+    (as the attempt left it) and the pause that blocks the application now (`blocked_by`, or None).
+    Raises TypeError for an error this table does not know (a bug: the caller logs it with its trace)."""
+    if isinstance(error, UnsafeStateFile):
+        return Verdict(Action.FAIL, "invalid", f"invalid folder: {error.problem}", "folder_failed", "error",
+                       journal=Journal(attempts=1), untrusted=error.untrusted, trust_journal=False)
+    if isinstance(error, InvalidFolder):
+        return _fail(journal, "invalid", f"invalid folder: {error.problem}")
+    if isinstance(error, RejectedError):
+        return _fail(journal, "rejected", f"rejected by the API: {error}")
+    if isinstance(error, FolderUnreadable):
+        repeats = journal.repeats + 1 if journal.last_error == error.problem else 1
+        if repeats >= SAME_ERROR_LIMIT:
+            return _fail(replace(journal, repeats=repeats), "invalid",
+                         f"invalid folder: {error.problem} ({repeats} times in a row)", count=False)
+        return Verdict(Action.RETRY, "unreadable", error.problem, "folder_retrying",
+                       journal=replace(journal, repeats=repeats, last_error=error.problem),
+                       delay=max(CHANGED_SECONDS, policy.settle_seconds))
+    if isinstance(error, FolderChanged):
+        return Verdict(Action.RETRY, "changed", error.problem, "folder_retrying",
+                       delay=max(CHANGED_SECONDS, policy.settle_seconds))
+    if isinstance(error, RetryLater):
+        return Verdict(Action.WAIT, "lookup", str(error), "folder_waiting", at=error.at)
+    if isinstance(error, ClaimLost):
+        return Verdict(Action.WAIT, "claim_lost", str(error), "folder_claim_lost", "warning",
+                       delay=CLAIM_BUSY_SECONDS)
+    if isinstance(error, AuthError):
+        return Verdict(Action.PARK, "auth", str(error), "folder_parked", scope=GLOBAL, pause="auth")
+    if isinstance(error, ApplicationNotFound):
+        return Verdict(Action.PARK, "application_not_found", str(error), "folder_parked",
+                       scope=application_id, pause="application_not_found")
+    if isinstance(error, TransientError):
+        return _transient(error, journal, policy=policy, blocked_by=blocked_by, rng=rng)
+    if isinstance(error, StateError):
+        return Verdict(Action.WAIT, "state_error", str(error), "state_error", "error",
+                       delay=policy.backoff.delay(STATE_ERROR_ATTEMPT, rng))
+    raise TypeError(f"no verdict for {type(error).__name__}: {error}")
+
+
+def _transient(error: TransientError, journal: Journal, *, policy: Policy, blocked_by: str | None,
+               rng: random.Random) -> Verdict:
+    if blocked_by is not None:
+        return Verdict(Action.PARK, "paused", str(error), "folder_parked", scope=blocked_by)
+    # Throttling and POSTs of unknown outcome are not the folder's fault: they do not use up attempts.
+    throttled = error.status == 429
+    counts = not throttled and not isinstance(error, UncertainError)
+    attempts = journal.attempts + (1 if counts else 0)
+    if attempts >= policy.max_attempts:
+        return _fail(replace(journal, attempts=attempts), "exhausted",
+                     f"gave up after {attempts} attempts: {error}", count=False)
+    delay = policy.backoff.delay(max(1, attempts), rng)
+    if error.retry_after is not None:
+        delay = max(delay, error.retry_after)
+    return Verdict(Action.RETRY, "throttled" if throttled else "api_error", str(error), "folder_retrying",
+                   "warning", journal=replace(journal, attempts=attempts, last_error=str(error)), delay=delay)
+
+
+def _fail(journal: Journal, reason: str, error: str, *, count: bool = True) -> Verdict:
+    """Fail the folder; `count`: this attempt is one more of the journal's attempts."""
+    attempts = journal.attempts + 1 if count else journal.attempts
+    return Verdict(Action.FAIL, reason, error, "folder_failed", "error", journal=replace(journal, attempts=attempts))

@@ -1,0 +1,116 @@
+"""Walk watched paths and classify run folders, uploading nothing.
+
+`iter_folders` lists candidate run folders with one os.scandir per watched path (no stat
+per entry). `quick_state` looks only at the markers (lstat), so a start-up scan of 100,000
+folders costs two stats per folder; it is a hint, checked again by a worker through the open
+folder. `classify` is the full verdict used by `nextmv-watcher scan`: it opens the folder once
+and reads everything through that descriptor, so a hostile producer cannot make it block or
+read outside the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from watcher.config import Config, WatchConfig
+from watcher.errors import FolderError, StateError
+from watcher.runfolder.completion import check_completion
+from watcher.runfolder.folder import inspect_folder
+from watcher.runfolder.markers import StateStore
+from watcher.runfolder.rundir import RunDir
+
+STATES = ("tracked", "failed", "pending", "incomplete", "invalid")
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    folder: str
+    application_id: str
+    state: str           # one of STATES
+    reason: str
+    run_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def iter_entries(root: Path) -> Iterator[tuple[Path, int]]:
+    """(path, inode) of each direct child directory of `root` that is a run folder: not a dot-folder,
+    not a symlink. The inode comes with the directory listing, at no extra cost."""
+    try:
+        it = os.scandir(root)
+    except OSError:
+        return
+    with it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    yield Path(entry.path), entry.inode()
+            except OSError:
+                continue
+
+
+def iter_folders(root: Path) -> Iterator[Path]:
+    """Direct child directories of `root` that are run folders (see `iter_entries`)."""
+    for path, _ in iter_entries(root):
+        yield path
+
+
+def quick_state(store: StateStore, folder: Path) -> str | None:
+    """'tracked', 'failed' or None (anything else), from the markers' existence alone."""
+    return store.quick_state(folder)
+
+
+def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore, now: float) -> FolderReport:
+    """The folder's state and why, as the daemon would see it now."""
+
+    def report(state: str, reason: str, run_id: str | None = None) -> FolderReport:
+        return FolderReport(str(folder), watch.application_id, state, reason, run_id)
+
+    try:
+        with RunDir.open(folder) as d:
+            state = store.finished(d)   # a marker name taken by something not ours: UnsafeStateFile
+            if state == "tracked":
+                tracked = store.tracked(d) or {}
+                return report("tracked", f"tracked at {tracked.get('tracked_at')}", str(tracked.get("run_id")))
+            if state == "failed":
+                failed = store.failed(d) or {}
+                return report("failed", str(failed.get("error")))
+            completion = check_completion(d, watch.files, config.completion, now)
+            if not completion.complete:
+                return report("incomplete", completion.reason)
+            inspect_folder(d, watch.files, watch.format, config.completion.marker)
+            journal = store.journal(d)
+    except FolderError as exc:
+        return report("invalid", exc.problem)
+    except StateError as exc:
+        return report("invalid", str(exc))
+    if journal.intents:
+        return report("pending", "a POST may have created the run; it will be looked up before posting again")
+    if journal.attempts:
+        return report("pending", f"retrying: {journal.attempts} failed attempt(s), last: {journal.last_error}")
+    return report("pending", "complete; waiting to be tracked")
+
+
+def table(reports: list[FolderReport]) -> list[str]:
+    """`nextmv-watcher scan` as text: a line per folder (state, folder, reason or run), then the counts."""
+    width = max((len(r.folder) for r in reports), default=6)
+    lines = [f"{'STATE':<11} {'FOLDER':<{width}}  REASON"]
+    for r in reports:
+        reason = f"run {r.run_id}" if r.state == "tracked" else r.reason
+        lines.append(f"{r.state:<11} {r.folder:<{width}}  {reason}")
+    counts = {s: sum(1 for r in reports if r.state == s) for s in STATES}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return lines
+
+
+def scan_all(config: Config, store: StateStore, now: float) -> Iterator[FolderReport]:
+    for watch in config.watch:
+        for folder in sorted(iter_folders(watch.path)):
+            yield classify(folder, watch, config, store, now)
