@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 TRACKED = ".nextmv-tracked.json"
 FAILED = ".nextmv-failed.json"
 API_KEY = "test-key"
+WRONG_KEY = "wrong-key-0123456789"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a command did: its exit code and what it printed (see the `run` fixture)."""
+
+    code: int
+    out: str
+    err: str
+
+
+Run = Callable[..., Result]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -170,3 +187,34 @@ def python_for(uid: int) -> tuple[list[str], dict[str, str]] | None:
             _PYTHONS[uid] = (cmd, env)
             break
     return _PYTHONS[uid]
+
+
+# -- the metrics listener's connections ---------------------------------------------------------------
+
+METRICS_REFUSED = "nextmv_watcher_metrics_connections_refused_total"
+
+
+def connect_many(port: int, n: int) -> list[socket.socket]:
+    """`n` idle TCP connections to 127.0.0.1:`port`."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=10.0) for _ in range(n)]
+
+
+def closed_by_server(socks: list[socket.socket], seen: set[socket.socket]) -> set[socket.socket]:
+    """Add to `seen` the sockets whose peer has closed (EOF or reset); never blocks."""
+    readable, _, _ = select.select([s for s in socks if s not in seen], [], [], 0)
+    for s in readable:
+        try:
+            if s.recv(1) == b"":
+                seen.add(s)
+        except ConnectionError:
+            seen.add(s)
+    return seen
+
+
+def scrape_ok(port: int) -> bool:
+    """Whether GET /metrics on 127.0.0.1:`port` answers 200 (False when the connection is refused)."""
+    try:
+        with httpx.Client(timeout=5.0) as client:
+            return client.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+    except httpx.TransportError:   # refused: the server closed the connection unserved
+        return False

@@ -6,6 +6,8 @@ logging or exits, and nothing else imports it (but `watcher/__main__.py`).
     daemon.py    run, sync: the long-running commands
     folders.py   track, scan, retry, forget: one folder or every folder, on disk
     checks.py    check, status: is it configured right, what is it doing
+    status.py    the daemon's status as text; a scan summary when no daemon runs
+    hardening.py the key out of /proc/<pid>/environ; the host's link-protection sysctls
     tools.py     fake-cloud, demo
 
 A handler returns an exit code or raises `CommandError(code, message)`, printed once here.

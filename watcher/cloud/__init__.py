@@ -1,0 +1,7 @@
+"""The Nextmv API: the only code that knows httpx (its errors become `watcher.errors` here).
+
+    client.py    the runs API over one pooled httpx client; bounded retries; request outcomes
+    backoff.py   bounded exponential delays with jitter
+    lookup.py    find a run by the token in its description
+    tracker.py   the upload-and-track sequence for one folder, resumable from its journal
+"""

@@ -61,6 +61,7 @@ class RequestOutcome:
 
 
 Observer = Callable[[RequestOutcome], None]
+Transport = httpx.BaseTransport   # what tests hand in (httpx.MockTransport), so that no caller needs httpx
 
 
 def build_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:

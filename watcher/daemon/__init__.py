@@ -1,0 +1,24 @@
+"""The daemon: the only code that starts threads, timers or sockets.
+
+    service.py         lifecycle (start, run, drain, stop, reload) and the wiring of everything below
+    index.py           the folder index: what is known about each folder, and the work queue
+    queue.py           the queue's scheduling: each folder once, in order of its due time
+    worker.py          one folder's turn: open, look, attempt, apply the verdict
+    attempt.py         one attempt under the claim (shared with `track`)
+    verdict.py         the failure table as a pure function
+    gate.py            pauses and resuming: key rejected, application missing, circuit breaker
+    outcomes.py        outcome counts and recent failures
+    scanning.py        the start-up scan and the reconcile
+    chores.py          the main loop's periodic chores
+    detection.py       the watchdog adapter: events -> the index; folder watches; heartbeats
+    detectors.py       all the observers (inotify, polling) and their liveness
+    lease.py           the thread that renews held claims
+    aftercare.py       keep, move or delete tracked folders; retention
+    health.py          status, /healthz, systemd STATUS= and the watchdog decision
+    metrics.py         Prometheus metrics and the /healthz listener
+    listeners.py       the control socket and the metrics listener, moved by a reload
+    control_socket.py  the local control socket (status, rescan, retried)
+    notify.py          sd_notify over $NOTIFY_SOCKET
+    reload.py          what a reload changes: key paths, restart-only keys
+    sync.py            `nextmv-watcher sync`: the daemon's work once, without watching
+"""

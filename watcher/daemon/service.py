@@ -27,10 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
 
-from watcher.cloud.client import NextmvClient, RequestOutcome, build_verify
+from watcher.cloud.client import NextmvClient, RequestOutcome, Transport, build_verify
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Tracker
 from watcher.config import Config, load_config
@@ -77,7 +76,7 @@ _TRANSITIONS = {
 class Service:
     def __init__(self, config: Config, api_key: str, *, clock: Callable[[], float] = time.time,
                  observer_factory: ObserverFactory | None = None,
-                 transport: httpx.BaseTransport | None = None, watch: bool = True,
+                 transport: Transport | None = None, watch: bool = True,
                  recheck_incomplete: bool = True, notifier: Notifier | None = None,
                  on_reload: Callable[[Config], None] | None = None) -> None:
         self.config = config

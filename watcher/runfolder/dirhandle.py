@@ -23,12 +23,13 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from watcher.config import DAEMON_PREFIX
-from watcher.errors import UnsafeStateFile
+from watcher.errors import FolderChanged, FolderError, FolderUnreadable, InvalidFolder, UnsafeStateFile
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -280,3 +281,37 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+@contextmanager
+def translate_oserror(root: Path, during: str) -> Iterator[None]:
+    """An `OSError` while examining the run folder `root` becomes a folder error naming the file:
+    vanished -> FolderChanged, EACCES -> InvalidFolder, swapped (ENOTDIR, ELOOP) -> FolderChanged,
+    any other -> FolderUnreadable (retried, invalid when it repeats)."""
+    folder = str(root)
+    try:
+        yield
+    except FolderError:
+        raise
+    except FileNotFoundError as e:
+        raise FolderChanged(folder, f"{_relative(root, e.filename)} vanished during {during}") from None
+    except PermissionError as e:
+        raise InvalidFolder(folder, f"{_relative(root, e.filename)}: permission denied") from None
+    except NotADirectoryError as e:
+        raise FolderChanged(folder, f"{_relative(root, e.filename)} changed during {during}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:   # a directory we walk was swapped for a symlink
+            raise FolderChanged(folder, f"{_relative(root, e.filename)} changed during {during}") from None
+        raise FolderUnreadable(folder, f"{_relative(root, e.filename)}: {e.strerror or e}") from None
+
+
+def _relative(root: Path, filename: object) -> str:
+    """`filename` (from an OSError) relative to the run folder, for messages."""
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return "a file"
+    name = Path(os.fsdecode(filename))
+    try:
+        rel = name.relative_to(root)
+    except ValueError:
+        return name.name or str(name)
+    return "run folder" if rel == Path() else rel.as_posix()

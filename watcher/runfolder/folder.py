@@ -17,19 +17,17 @@ changed while it was being uploaded.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from watcher.config import FORMATS, FilesConfig, FormatConfig
-from watcher.errors import FolderChanged, FolderError, FolderUnreadable, InvalidFolder
-from watcher.runfolder.dirhandle import kind
+from watcher.errors import FolderChanged, FolderError, InvalidFolder
+from watcher.runfolder.dirhandle import kind, translate_oserror
 from watcher.runfolder.rundir import Ident, Limits, RunDir
 from watcher.runfolder.runjson import STATUS_MAX_BYTES, decide_status, json_turn, parse_json, parse_status
 
@@ -179,7 +177,7 @@ def inspect_folder(
     """
     d = folder if isinstance(folder, RunDir) else RunDir.open(folder)
     path = d.path
-    with _translate(path, "inspection"):
+    with translate_oserror(path, "inspection"):
         exclude = reserved_names(files)
         chosen: dict[str, str] = {}
         for role in ("input", "output", "logs"):
@@ -246,7 +244,7 @@ def verify_fingerprint(folder: RunFolder, before: Fingerprint) -> None:
     d = folder.handle
     now: Fingerprint = {}
     try:
-        with _translate(folder.path, "verification"):
+        with translate_oserror(folder.path, "verification"):
             for rel, ident in _current(folder, d):
                 now[rel] = ident
     except InvalidFolder as e:
@@ -350,7 +348,7 @@ def _json_artifact(d: RunDir, role: str, name: str, cap: int) -> Artifact:
 
 def read_member(d: RunDir, member: Member) -> bytes:
     """The bytes of a small inspected file (status, metrics, statistics, assets)."""
-    with _translate(d.path, "reading"):
+    with translate_oserror(d.path, "reading"):
         return d.read_file(member.rel, member.ident)
 
 
@@ -380,35 +378,3 @@ def _ignored(name: str, marker: str | None) -> bool:
 def _decoded(name: str) -> str:
     """A file name as text the API can take: bytes that are not UTF-8 become U+FFFD."""
     return os.fsencode(name).decode("utf-8", "replace")
-
-
-@contextmanager
-def _translate(root: Path, during: str) -> Iterator[None]:
-    """`OSError` while examining the folder: vanished -> FolderChanged, EACCES -> InvalidFolder."""
-    folder = str(root)
-    try:
-        yield
-    except FolderError:
-        raise
-    except FileNotFoundError as e:
-        raise FolderChanged(folder, f"{_rel(root, e.filename)} vanished during {during}") from None
-    except PermissionError as e:
-        raise InvalidFolder(folder, f"{_rel(root, e.filename)}: permission denied") from None
-    except NotADirectoryError as e:
-        raise FolderChanged(folder, f"{_rel(root, e.filename)} changed during {during}") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:   # a directory we walk was swapped for a symlink
-            raise FolderChanged(folder, f"{_rel(root, e.filename)} changed during {during}") from None
-        raise FolderUnreadable(folder, f"{_rel(root, e.filename)}: {e.strerror or e}") from None
-
-
-def _rel(root: Path, filename: object) -> str:
-    """`filename` (from an OSError) relative to the run folder, for messages."""
-    if not isinstance(filename, (str, bytes, os.PathLike)):
-        return "a file"
-    name = Path(os.fsdecode(filename))
-    try:
-        rel = name.relative_to(root)
-    except ValueError:
-        return name.name or str(name)
-    return "run folder" if rel == Path() else rel.as_posix()

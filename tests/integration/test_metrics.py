@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import marker, wait_for, write_folder
+from helpers import METRICS_REFUSED, closed_by_server, connect_many, scrape_ok, wait_for
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
@@ -292,62 +291,35 @@ def test_a_server_starts_once(metrics: Metrics, daemon: Daemon) -> None:
 
 # --- the listener's bounds ------------------------------------------------------------------------------
 
-REFUSED = "nextmv_watcher_metrics_connections_refused_total"
-
-
 def _connection_threads() -> int:
     return sum(t.name == CONNECTION_THREAD for t in threading.enumerate())
 
 
-def _connect(port: int, n: int) -> list[socket.socket]:
-    return [socket.create_connection(("127.0.0.1", port), timeout=10.0) for _ in range(n)]
-
-
-def _closed_by_server(socks: list[socket.socket], seen: set[socket.socket]) -> set[socket.socket]:
-    """Add to `seen` the sockets whose peer has closed (EOF or reset); never blocks."""
-    readable, _, _ = select.select([s for s in socks if s not in seen], [], [], 0)
-    for s in readable:
-        try:
-            if s.recv(1) == b"":
-                seen.add(s)
-        except ConnectionError:
-            seen.add(s)
-    return seen
-
-
-def _scrape_ok(port: int) -> bool:
-    try:
-        with httpx.Client(timeout=5.0) as client:
-            return client.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
-    except httpx.TransportError:   # refused: the server closed the connection unserved
-        return False
-
-
 def test_connections_beyond_the_cap_are_closed_at_once_and_get_no_thread(metrics: Metrics, daemon: Daemon) -> None:
     with HealthServer("127.0.0.1:0", metrics, daemon.health, connection_seconds=60.0) as srv:
-        assert _scrape_ok(srv.port)
+        assert scrape_ok(srv.port)
         wait_for(lambda: _connection_threads() == 0, 10, "the scrape's thread ended")
-        idle = _connect(srv.port, MAX_CONNECTIONS + 24)
+        idle = connect_many(srv.port, MAX_CONNECTIONS + 24)
         try:
             closed: set[socket.socket] = set()
-            wait_for(lambda: len(_closed_by_server(idle, closed)) == 24, 10, "24 connections closed at once")
-            assert metrics.registry.get_sample_value(REFUSED) == 24
+            wait_for(lambda: len(closed_by_server(idle, closed)) == 24, 10, "24 connections closed at once")
+            assert metrics.registry.get_sample_value(METRICS_REFUSED) == 24
             wait_for(lambda: _connection_threads() == MAX_CONNECTIONS, 10, "one thread per admitted connection")
-            assert not _scrape_ok(srv.port), "all slots are held by idle clients"
+            assert not scrape_ok(srv.port), "all slots are held by idle clients"
             assert _connection_threads() == MAX_CONNECTIONS, "a refused connection gets no thread"
         finally:
             for s in idle:
                 s.close()
         # The idle clients hang up: their threads end and scrapes are served again.
         wait_for(lambda: _connection_threads() == 0, 10, "the handler threads ended")
-        wait_for(lambda: _scrape_ok(srv.port), 10, "a scrape served again")
-        assert metrics.registry.get_sample_value(REFUSED) == 25
+        wait_for(lambda: scrape_ok(srv.port), 10, "a scrape served again")
+        assert metrics.registry.get_sample_value(METRICS_REFUSED) == 25
 
 
 def test_idle_and_trickling_connections_are_cut_at_their_deadline(metrics: Metrics, daemon: Daemon) -> None:
     with capture_logs() as events, \
             HealthServer("127.0.0.1:0", metrics, daemon.health, max_connections=2, connection_seconds=0.5) as srv:
-        idle, slow = _connect(srv.port, 2)
+        idle, slow = connect_many(srv.port, 2)
         try:
             slow.settimeout(0.05)
             slow.sendall(b"GET /metrics HTTP/1.1\r\n")
@@ -363,8 +335,8 @@ def test_idle_and_trickling_connections_are_cut_at_their_deadline(metrics: Metri
             assert cut, "a client that keeps sending is cut too"
             assert time.monotonic() - started < 5
             closed: set[socket.socket] = set()
-            wait_for(lambda: idle in _closed_by_server([idle], closed), 5, "the idle connection cut")
-            wait_for(lambda: _scrape_ok(srv.port), 10, "a scrape served once the slots are free")
+            wait_for(lambda: idle in closed_by_server([idle], closed), 5, "the idle connection cut")
+            wait_for(lambda: scrape_ok(srv.port), 10, "a scrape served once the slots are free")
         finally:
             idle.close()
             slow.close()
@@ -374,14 +346,14 @@ def test_idle_and_trickling_connections_are_cut_at_their_deadline(metrics: Metri
 def test_stop_does_not_wait_for_an_idle_client(metrics: Metrics, daemon: Daemon) -> None:
     srv = HealthServer("127.0.0.1:0", metrics, daemon.health, connection_seconds=60.0)
     srv.start()
-    (idle,) = _connect(srv.port, 1)
+    (idle,) = connect_many(srv.port, 1)
     with idle:
         wait_for(lambda: _connection_threads() == 1, 5, "the idle connection's thread")
         started = time.monotonic()
         srv.stop()
         assert time.monotonic() - started < 5
         closed: set[socket.socket] = set()
-        wait_for(lambda: idle in _closed_by_server([idle], closed), 5, "the idle client sees the connection closed")
+        wait_for(lambda: idle in closed_by_server([idle], closed), 5, "the idle client sees the connection closed")
 
 
 def test_the_listener_bounds_must_be_positive(metrics: Metrics, daemon: Daemon) -> None:
@@ -389,40 +361,3 @@ def test_the_listener_bounds_must_be_positive(metrics: Metrics, daemon: Daemon) 
         HealthServer("127.0.0.1:0", metrics, daemon.health, max_connections=0)
     with pytest.raises(ValueError, match="connection_seconds"):
         HealthServer("127.0.0.1:0", metrics, daemon.health, connection_seconds=0)
-
-
-def _threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads: line")
-
-
-@pytest.mark.e2e
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_the_daemon_holds_at_most_the_cap_of_idle_connections(watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
-    daemon = daemon_factory([(watched, "app-1")], metrics={"listen": "127.0.0.1:0"}).start()
-    daemon.wait_ready()
-    assert daemon.proc is not None
-    port = next(e["port"] for e in daemon.events() if e.get("event") == "metrics_listening")
-    assert _scrape_ok(port)
-    before = _threads(daemon.proc.pid)
-    idle = _connect(port, 100)
-    try:
-        closed: set[socket.socket] = set()
-        wait_for(lambda: len(_closed_by_server(idle, closed)) == 100 - MAX_CONNECTIONS, 20,
-                 "the connections beyond the cap closed")
-        # Not one thread per connection (that would be 100 more). The slack is for the daemon's own
-        # threads, which come and go (an upload executor's thread, a timer).
-        assert _threads(daemon.proc.pid) <= before + MAX_CONNECTIONS + 4
-    finally:
-        for s in idle:
-            s.close()
-    wait_for(lambda: _scrape_ok(port), 20, "a scrape served once the idle clients hung up")
-    folder = write_folder(watched, "still-tracking", {"input.json": "{}", "output.json": "{}"})
-    wait_for(lambda: marker(folder), 30, "a folder tracked")
-    with httpx.Client(timeout=5.0) as client:
-        text = client.get(f"http://127.0.0.1:{port}/metrics").text
-    refused = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == REFUSED]
-    assert refused and refused[0] >= 100 - MAX_CONNECTIONS
-    assert daemon.stop() == 0

@@ -548,7 +548,7 @@ def test_default_state_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 # --- config.example.yaml: every key with its default -----------------------------------------------
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 # Keys the example shows with another value than their default, on purpose; the comment there names the default.
 DELIBERATE_EXAMPLES: dict[str, Any] = {"completion.marker": "DONE"}
 

@@ -12,13 +12,13 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import API_KEY, FAILED, TRACKED, marker, wait_for, write_config, write_folder
+from helpers import API_KEY, FAILED, TRACKED, Run, marker, wait_for, write_config, write_folder
 
 from watcher.cli import main
 from watcher.config import load_config
@@ -27,20 +27,14 @@ from watcher.daemon.sync import run_sync
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
+pytestmark = pytest.mark.usefixtures("cli_env", "sysctl_fs")
+
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'
 FILES: dict[str, str | bytes] = {"input.json": INPUT, "output.json": OUTPUT}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Run = Callable[..., Result]
 
 
 class Terminal(io.StringIO):
@@ -50,28 +44,10 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NEXTMV_API_KEY", API_KEY)
-    for name in ("NEXTMV_WATCHER_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    def call(*argv: str | Path) -> Result:
-        capsys.readouterr()   # drop what fixtures printed (structlog's default output) before the command
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        assert API_KEY not in captured.out + captured.err
-        return Result(code, captured.out, captured.err)
-
-    return call
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
 
 
 @pytest.fixture

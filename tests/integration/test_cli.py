@@ -12,70 +12,32 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import API_KEY, FAILED, TRACKED, marker, write_config, write_folder
+from helpers import API_KEY, FAILED, TRACKED, WRONG_KEY, Run, marker, write_config, write_folder
 
 from watcher import __version__
-from watcher.cli import hardening, main
+from watcher.cli import main
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.claims import Claims
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
-WRONG_KEY = "wrong-key-0123456789"
-SECRETS = (API_KEY, WRONG_KEY)
+pytestmark = pytest.mark.usefixtures("cli_env", "sysctl_fs")
+
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
 
 
-Run = Callable[..., Result]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NEXTMV_API_KEY", API_KEY)
-    for name in ("NEXTMV_WATCHER_CONFIG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(autouse=True)
-def sysctl_fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A stand-in for /proc/sys/fs with the link protections on, so `check` does not depend on the host."""
-    fs = tmp_path / "proc-sys-fs"
-    fs.mkdir()
-    for name in hardening.LINK_PROTECTIONS:
-        (fs / name).write_text("1\n")
-    monkeypatch.setattr(hardening, "PROC_SYS_FS", fs)
-    return fs
 
 
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    def call(*argv: str | Path) -> Result:
-        code = main([str(a) for a in argv])
-        captured = capsys.readouterr()
-        for secret in SECRETS:
-            assert secret not in captured.out, f"API key leaked to stdout of {argv}"
-            assert secret not in captured.err, f"API key leaked to stderr of {argv}"
-        return Result(code, captured.out, captured.err)
-
-    return call
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
 
 
 @pytest.fixture

@@ -18,15 +18,27 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import API_KEY, Daemon, marker, wait_for, write_config, write_folder
+from helpers import (
+    API_KEY,
+    METRICS_REFUSED,
+    Daemon,
+    closed_by_server,
+    connect_many,
+    marker,
+    scrape_ok,
+    wait_for,
+    write_config,
+    write_folder,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.config import load_config
+from watcher.daemon.metrics import MAX_CONNECTIONS
 from watcher.daemon.service import Service
 from watcher.fakecloud import FakeCloud
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _event(daemon: Daemon, name: str) -> dict:  # type: ignore[type-arg]
@@ -222,3 +234,66 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     for key in ("Type=notify", "WatchdogSec=", "RestartPreventExitStatus=2", "LoadCredential=nextmv-api-key",
                 "ProtectSystem=strict", "ExecStartPre=", "RuntimeDirectory=", "RequiresMountsFor="):
         assert key in unit
+
+
+# -- the metrics listener and the key under a real daemon ---------------------------------------------------
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_the_daemon_holds_at_most_the_cap_of_idle_connections(watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory([(watched, "app-1")], metrics={"listen": "127.0.0.1:0"}).start()
+    daemon.wait_ready()
+    assert daemon.proc is not None
+    port = next(e["port"] for e in daemon.events() if e.get("event") == "metrics_listening")
+    assert scrape_ok(port)
+    before = _threads(daemon.proc.pid)
+    idle = connect_many(port, 100)
+    try:
+        closed: set[socket.socket] = set()
+        wait_for(lambda: len(closed_by_server(idle, closed)) == 100 - MAX_CONNECTIONS, 20,
+                 "the connections beyond the cap closed")
+        # Not one thread per connection (that would be 100 more). The slack is for the daemon's own
+        # threads, which come and go (an upload executor's thread, a timer).
+        assert _threads(daemon.proc.pid) <= before + MAX_CONNECTIONS + 4
+    finally:
+        for s in idle:
+            s.close()
+    wait_for(lambda: scrape_ok(port), 20, "a scrape served once the idle clients hung up")
+    folder = write_folder(watched, "still-tracking", {"input.json": "{}", "output.json": "{}"})
+    wait_for(lambda: marker(folder), 30, "a folder tracked")
+    with httpx.Client(timeout=5.0) as client:
+        text = client.get(f"http://127.0.0.1:{port}/metrics").text
+    refused = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == METRICS_REFUSED]
+    assert refused and refused[0] >= 100 - MAX_CONNECTIONS
+    assert daemon.stop() == 0
+
+
+SCRUBBED_KEY = "scrub-me-7d41c0e9b2"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_the_daemon_drops_the_key_from_its_environment_and_still_uses_it(
+        cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    cloud.set_api_keys([SCRUBBED_KEY])    # only this key works, so a tracked folder proves the daemon kept it
+    daemon = daemon_factory([(watched, "app-1")], env={"NEXTMV_API_KEY": SCRUBBED_KEY, "NEXTMV_TEST_VISIBLE": "yes"})
+    daemon.start()
+    daemon.wait_ready()
+    assert daemon.proc is not None
+    block = Path(f"/proc/{daemon.proc.pid}/environ").read_bytes()
+    assert b"NEXTMV_TEST_VISIBLE=yes" in block, "we read the daemon's real environment block"
+    assert SCRUBBED_KEY.encode() not in block
+
+    folder = write_folder(watched, "after-scrub", {"input.json": '{"a": 1}', "output.json": '{"b": 2}'})
+    wait_for(lambda: marker(folder), 30, "the folder tracked with the key")
+    assert len(cloud.runs("app-1")) == 1
+    assert "api_key_left_in_environment" not in daemon.names()
+    assert daemon.stop() == 0
