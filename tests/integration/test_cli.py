@@ -30,16 +30,6 @@ INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'
 
 
-
-
-
-
-
-
-
-
-
-
 @pytest.fixture
 def config(tmp_path: Path, cloud: FakeCloud, watched: Path, state_dir: Path) -> Path:
     return write_config(tmp_path / "config.yaml", cloud.url, [(watched, "app-1")], state_dir)

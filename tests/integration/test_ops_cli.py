@@ -35,19 +35,11 @@ FILES: dict[str, str | bytes] = {"input.json": INPUT, "output.json": OUTPUT}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-
-
 class Terminal(io.StringIO):
     """A text stream that says it is a terminal."""
 
     def isatty(self) -> bool:
         return True
-
-
-
-
-
-
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ class FixedRandom(random.Random):
         return self.value
 
 
-
 # --- Backoff -------------------------------------------------------------------------------------
 
 

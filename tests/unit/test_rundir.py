@@ -436,7 +436,6 @@ def test_newest_mtime_costs_at_most_its_budget_on_a_deep_chain(run: Path, monkey
     assert opens.calls <= 2 * 500
 
 
-
 # --- MemberReader: exactly the inspected bytes --------------------------------------------------------
 
 

@@ -239,7 +239,6 @@ def test_unlink_of_nothing_is_false(run: Path) -> None:
         assert d.unlink("nothing") is False
 
 
-
 # --- StateStore: markers a producer planted ----------------------------------------------------------
 
 
