@@ -44,6 +44,9 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = tuple(LEVELS)   # debug, info, warning, error: in order of severity
 AFTER_TRACKING = ("keep", "move", "delete")
 DAEMON_PREFIX = ".nextmv-"   # names in a run folder that are the daemon's own (markers, journal, claim)
+# Every run's description ends with a blank line and this prefix + 32 hex digits (see cloud/tracker.py).
+RUN_TOKEN_PREFIX = "nextmv-watcher:"  # noqa: S105 - a label, not a secret
+TOKEN_LINE_LENGTH = len("\n\n" + RUN_TOKEN_PREFIX) + 32
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -78,6 +81,15 @@ class ApiConfig:
     ca_bundle: Path | None = setting(None, check=existing_file, doc="extra CA certificates for TLS")
     connect_timeout_seconds: float = setting(10.0, check=positive, doc="to connect to the API")
     read_timeout_seconds: float = setting(60.0, check=positive, doc="per read, not for a whole upload")
+    max_name_length: int = setting(128, check=at_least(1), doc="longer run names are cut (characters)")
+    max_description_length: int = setting(256, check=at_least(TOKEN_LINE_LENGTH),
+                                          doc="the user's description is cut so that it and the token line fit")
+    max_upload_bytes: int = setting(500_000_000, check=at_least(1),
+                                    doc="an artifact larger than this makes its folder invalid")
+    lookup_max_pages: int = setting(2000, check=at_least(1), doc="run-list pages read by one look-up at most")
+
+# Connection settings: the HTTP client is built once, so these take effect at the next start only.
+API_CONNECTION = ("url", "key_env", "key_file", "ca_bundle", "connect_timeout_seconds", "read_timeout_seconds")
 
 
 @dataclass(frozen=True)

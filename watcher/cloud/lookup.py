@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watcher.cloud.client import NextmvClient
+from watcher.config import RUN_TOKEN_PREFIX
 from watcher.runfolder.markers import Intent, parse_iso
 
-TOKEN_RE = re.compile(r"nextmv-watcher:([0-9a-f]{32})")
+TOKEN_RE = re.compile(re.escape(RUN_TOKEN_PREFIX) + r"([0-9a-f]{32})")
 MAX_PAGES = 1000
 
 

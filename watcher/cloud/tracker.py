@@ -28,6 +28,7 @@ import structlog
 
 from watcher.cloud.client import NextmvClient, UploadTarget
 from watcher.cloud.lookup import RunLookup
+from watcher.config import RUN_TOKEN_PREFIX
 from watcher.errors import FolderChanged, InvalidFolder, RetryLater, TransientError, UncertainError, UploadExpired
 from watcher.runfolder.folder import RunFolder, fingerprint, verify_fingerprint
 from watcher.runfolder.markers import Intent, Journal, StateStore, UploadRecord
@@ -35,7 +36,7 @@ from watcher.runfolder.prepare import PreparedRun, Upload, prepare
 
 log = structlog.get_logger("watcher.cloud.tracker")
 
-TOKEN_PREFIX = "nextmv-watcher:"  # noqa: S105 - a label, not a secret
+TOKEN_PREFIX = RUN_TOKEN_PREFIX
 URL_LIFETIME_SECONDS = 15 * 60
 # An upload id is reused after a restart only while it has this much of its lifetime left.
 REUSE_MARGIN_SECONDS = 3 * 60

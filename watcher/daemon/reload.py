@@ -2,7 +2,8 @@
 
 `diff(old, new)` walks the frozen configuration dataclasses and names every key whose value differs
 (`retry.backoff_initial_seconds`, `watch[/srv/runs].application_id`, ...), the watched paths added
-and removed, and which of the changes only take effect after a restart (`api.*`, `state_dir`).
+and removed, and which of the changes only take effect after a restart (the API's connection settings,
+`state_dir`).
 Pure: the service applies the new configuration (`Service._apply_reload`).
 """
 
@@ -12,9 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from watcher.config import Config
+from watcher.config import API_CONNECTION, Config
 
-RESTART_ONLY = ("api", "state_dir")   # the HTTP client and the state store are built once
+# The HTTP client's connection settings and the state store are built once: a change takes effect at
+# the next start. Every other key (the api limits included) applies at once.
+RESTART_ONLY = (*(f"api.{k}" for k in API_CONNECTION), "state_dir")
 NOT_KEYS = ("source",)                # where it was read from, not a setting
 
 
@@ -43,7 +46,7 @@ def diff(old: Config, new: Config) -> Changes:
             changed += _paths(f.name, a, b)
     old_paths = {str(w.path) for w in old.watch}
     new_paths = {str(w.path) for w in new.watch}
-    restart = [k for k in changed if k.split(".")[0].split("[")[0] in RESTART_ONLY]
+    restart = [k for k in changed if k in RESTART_ONLY]
     return Changes(changed=changed, restart_required=restart, added=sorted(new_paths - old_paths),
                    removed=sorted(old_paths - new_paths))
 

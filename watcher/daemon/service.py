@@ -378,7 +378,7 @@ class Service:
             self._resize_workers(new.workers)
         if changes.restart_required:
             log.warning("reload_partial", restart_required=changes.restart_required,
-                        hint="api and state_dir changes need a restart")
+                        hint="the API connection settings and state_dir take effect at the next start")
         log.info("config_reloaded", added=changes.added, removed=changes.removed, changed=changes.changed,
                  restart_required=changes.restart_required, workers=new.workers, level=new.logging.level)
         if self.on_reload is not None:
