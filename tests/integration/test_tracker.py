@@ -22,7 +22,7 @@ from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient
 from watcher.cloud.lookup import RunLookup
-from watcher.cloud.tracker import Tracker
+from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import ClaimLost, FolderChanged, RejectedError, RetryLater, UploadExpired
 from watcher.fakecloud import FakeCloud
@@ -59,7 +59,7 @@ class Env:
 
     def tracker(self, *, grace_seconds: float = 30.0, progress: Callable[[int], None] | None = None) -> Tracker:
         return Tracker(self.client, self.store, self.spool, executor=self.pool, lookup=RunLookup(self.client),
-                       clock=self.clock, grace_seconds=grace_seconds, progress=progress)
+                       clock=self.clock, limits=Limits(grace_seconds=grace_seconds), progress=progress)
 
     def folder(self, name: str = "run-1", files: dict[str, str | bytes] | None = None) -> RunFolder:
         path = write_folder(self.root, name, files or {"input.json": INPUT, "output.json": OUTPUT}, marker=None)

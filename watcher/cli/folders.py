@@ -16,7 +16,7 @@ from typing import Any
 from watcher import logs
 from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, load, tell_daemon
 from watcher.cloud.lookup import RunLookup
-from watcher.cloud.tracker import Tracker
+from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
 from watcher.daemon.attempt import Attempts, Job
 from watcher.daemon.lease import LeaseKeeper
@@ -72,7 +72,8 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> str:
     keeper.start()
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=RunLookup(api))
+            tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=RunLookup(api),
+                              limits=Limits.of(config))
             with Attempts(store, claims, keeper, tracker).claimed(d) as held:
                 if held is None:
                     raise CommandError(FAILED, f"{folder} is being tracked by another process "

@@ -28,7 +28,7 @@ import structlog
 
 from watcher.cloud.client import NextmvClient, UploadTarget
 from watcher.cloud.lookup import RunLookup
-from watcher.config import RUN_TOKEN_PREFIX
+from watcher.config import RUN_TOKEN_PREFIX, Config
 from watcher.errors import FolderChanged, InvalidFolder, RetryLater, TransientError, UncertainError, UploadExpired
 from watcher.runfolder.folder import RunFolder, fingerprint, verify_fingerprint
 from watcher.runfolder.markers import Intent, Journal, StateStore, UploadRecord
@@ -44,6 +44,22 @@ REUSE_MARGIN_SECONDS = 3 * 60
 JOURNAL_UPLOAD_BYTES = 1 << 20
 RESULT_FIELDS = {"output": "output_upload_id", "logs": "error_upload_id", "statistics": "statistics_upload_id",
                  "metrics": "metrics_upload_id", "assets": "assets_upload_id"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the tracker holds a run to, from the current configuration (read at each use)."""
+
+    grace_seconds: float = 30.0               # retry.lookup_grace_seconds
+    max_name_length: int = 128                # api.max_name_length
+    max_description_length: int = 256         # api.max_description_length
+    max_upload_bytes: int = 500_000_000       # api.max_upload_bytes
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        return cls(grace_seconds=config.retry.lookup_grace_seconds, max_name_length=config.api.max_name_length,
+                   max_description_length=config.api.max_description_length,
+                   max_upload_bytes=config.api.max_upload_bytes)
 
 
 @dataclass(frozen=True)
@@ -91,7 +107,7 @@ class Tracker:
 
     def __init__(self, client: NextmvClient, store: StateStore, spool_dir: Path, *, executor: Executor,
                  lookup: RunLookup, clock: Callable[[], float] = time.time,
-                 grace_seconds: float | Callable[[], float] = 30.0,
+                 limits: Limits | Callable[[], Limits] = Limits(),
                  progress: Callable[[int], None] | None = None) -> None:
         self.client = client
         self.store = store
@@ -99,8 +115,8 @@ class Tracker:
         self.executor = executor
         self.lookup = lookup
         self.clock = clock
-        # Read each time it is used (the daemon passes the current configuration's value).
-        self.grace_seconds = grace_seconds if callable(grace_seconds) else (lambda: grace_seconds)
+        # Read each time it is used (the daemon passes the current configuration's).
+        self.limits: Callable[[], Limits] = limits if callable(limits) else (lambda: limits)
         self.progress = progress
 
     def track(self, run: RunFolder, application_id: str, instance_id: str | None,
@@ -164,7 +180,7 @@ class Tracker:
             self._finish(run, application_id, run_id, token, adopted=True)
             return Outcome(run_id=run_id, adopted=True)
         newest = max(i.created_at for i in journal.intents)
-        wait_until = newest + self.grace_seconds()
+        wait_until = newest + self.limits().grace_seconds
         if self.clock() < wait_until:
             raise RetryLater("run not in the listing yet; looking again before posting", at=wait_until)
         log.info("run_not_found", intents=len(journal.intents), reason="posting again after grace period")

@@ -31,7 +31,7 @@ import structlog
 
 from watcher.cloud.client import NextmvClient, RequestOutcome, Transport, build_verify
 from watcher.cloud.lookup import RunLookup
-from watcher.cloud.tracker import Tracker
+from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, load_config
 from watcher.daemon import aftercare
 from watcher.daemon.attempt import Attempts
@@ -111,7 +111,7 @@ class Service:
         self.lookup = RunLookup(self.client, clock=clock)
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
                                lookup=self.lookup, clock=clock,
-                               grace_seconds=lambda: self.config.retry.lookup_grace_seconds, progress=self._on_bytes)
+                               limits=lambda: Limits.of(self.config), progress=self._on_bytes)
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
         self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker)
