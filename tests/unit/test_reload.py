@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MakeConfig
 
+from watcher.config import Config
 from watcher.daemon.reload import diff
+
+# The `make_config` fixture's type (tests/conftest.py). Not imported from there: in a whole-suite run the
+# module named `conftest` may be tests/integration's.
+MakeConfig = Callable[..., Config]
 
 
 def test_identical_configurations_change_nothing(make_config: MakeConfig) -> None:
