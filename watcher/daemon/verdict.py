@@ -13,7 +13,8 @@ gate, the journal, the failed marker, the log, the index). Nothing here does I/O
 | a file changed or vanished                 | retry  | changed               | -       | max(2 s, settle)       |
 | the run list may lag (`RetryLater`)        | wait   | lookup                | -       | the time it names      |
 | the look-up could not see the whole list   | retry  | lookup_inconclusive   | -       | backoff (look-ups in a |
-|   (`LookupInconclusive`); never re-posted  |        |                       |         | row), warned once      |
+|   (`LookupInconclusive`): never re-posted; |        |                       |         | row), warned once      |
+|   parked instead while a pause is on       |        |                       |         |                        |
 | the claim was taken over (`ClaimLost`)     | wait   | claim_lost            | -       | 15 s                   |
 | the key was rejected (`AuthError`)         | park   | auth                  | -       | when the API resumes   |
 | the application does not exist            | park   | application_not_found | -       | when it resumes        |
