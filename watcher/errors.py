@@ -15,6 +15,8 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
     ├── StateError             a marker, journal or spool file could not be written (disk full, EROFS)
     ├── ClaimLost              another process holds or took over the folder's claim
     ├── RetryLater             not a failure: come back at `at` (the run listing may lag)
+    ├── LookupInconclusive     the run look-up could not see every run that could match (page limit,
+    │                          a page that failed): never post again on it; look again with backoff
     └── ApiError               the Nextmv API answered badly or not at all
         ├── TransientError     connection refused/reset, timeout, 429, 5xx: retry with backoff
         │   ├── UploadExpired  a presigned PUT answered 403: ask for a fresh URL, upload again
@@ -133,3 +135,20 @@ class RetryLater(WatcherError):
     def __init__(self, message: str, at: float) -> None:
         self.at = at
         super().__init__(message)
+
+
+_LOOKUP_CAUSES = {"page_limit": "the page limit was hit", "page_error": "a page of the run list could not be read"}
+
+
+class LookupInconclusive(WatcherError):
+    """The run look-up ended without seeing every run that could match an open intent, and found none:
+    `cause` is "page_limit" (`api.lookup_max_pages` pages read, more to come) or "page_error" (a page
+    could not be read; `detail` says why). The run may exist: nothing may be posted on the strength of
+    this look-up. Not the folder's fault."""
+
+    def __init__(self, application_id: str, cause: str, detail: str) -> None:
+        self.application_id = application_id
+        self.cause = cause
+        self.detail = detail
+        super().__init__(f"run look-up in application {application_id!r} inconclusive: "
+                         f"{_LOOKUP_CAUSES.get(cause, cause)} ({detail}); not posting again")

@@ -6,6 +6,7 @@ stdout or stderr, whatever the command and its outcome.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -336,6 +337,82 @@ def test_track_of_a_missing_folder_exits_1(run: Run, config: Path, cloud: FakeCl
     assert api_requests(cloud) == []
 
 
+# --- track --repost --------------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def maybe_posted(watched: Path, state_dir: Path) -> Path:
+    """A folder whose earlier POST may have created a run (an open intent) that no look-up can find."""
+    folder = write_folder(watched, "run-m", {"input.json": INPUT, "output.json": OUTPUT}, marker=None)
+    StateStore(state_dir).save_journal(folder, Journal(intents=[Intent("ef" * 16, time.time() - 3600)],
+                                                       lookups_inconclusive=3, last_error="page limit"))
+    return folder
+
+
+def test_track_after_an_inconclusive_look_up_posts_nothing_and_names_repost(
+        run: Run, config: Path, cloud: FakeCloud, maybe_posted: Path, state_dir: Path) -> None:
+    cloud.fail_next("list_runs", 400)   # a page that cannot be read
+    result = run("track", maybe_posted, "--config", config)
+    assert result.code == 1
+    assert "inconclusive" in result.err and "--repost" in result.err
+    assert "create_run" not in api_requests(cloud)
+    assert len(StateStore(state_dir).journal(maybe_posted).intents) == 1
+
+
+def test_track_repost_refuses_without_a_terminal_and_without_yes(
+        run: Run, config: Path, cloud: FakeCloud, maybe_posted: Path, state_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    result = run("track", maybe_posted, "--repost", "--config", config)
+    assert result.code == 2
+    assert "--yes" in result.err
+    assert api_requests(cloud) == []
+    assert len(StateStore(state_dir).journal(maybe_posted).intents) == 1
+
+
+def test_track_repost_asks_saying_it_may_duplicate_and_n_posts_nothing(
+        run: Run, config: Path, cloud: FakeCloud, maybe_posted: Path, state_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    result = run("track", maybe_posted, "--repost", "--config", config)
+    assert result.code == 1
+    assert "1 open intent(s)" in result.err and "duplicate run" in result.err and "[y/N]" in result.err
+    assert api_requests(cloud) == []
+    assert len(StateStore(state_dir).journal(maybe_posted).intents) == 1
+
+
+@pytest.mark.parametrize("how", ["yes", "terminal"])
+def test_track_repost_drops_the_intents_and_posts_once_without_a_look_up(
+        run: Run, config: Path, cloud: FakeCloud, maybe_posted: Path, monkeypatch: pytest.MonkeyPatch,
+        how: str) -> None:
+    if how == "terminal":
+        monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    result = run("track", maybe_posted, "--repost", *(["--yes"] if how == "yes" else []), "--config", config)
+    assert result.code == 0, result.err
+    [posted] = cloud.runs("app-1")
+    assert result.out.splitlines()[-1] == posted.run_id
+    assert "list_runs" not in api_requests(cloud)
+    assert api_requests(cloud).count("create_run") == 1
+    tracked = marker(maybe_posted)
+    assert tracked is not None and tracked["run_id"] == posted.run_id
+    assert "intents_dropped" in result.err
+    assert not (maybe_posted / JOURNAL).exists()
+
+
+def test_track_yes_without_repost_is_a_usage_error(run: Run, config: Path, cloud: FakeCloud,
+                                                   maybe_posted: Path) -> None:
+    result = run("track", maybe_posted, "--yes", "--config", config)
+    assert result.code == 2
+    assert api_requests(cloud) == []
+
+
 # --- scan ----------------------------------------------------------------------------------------
 
 
@@ -401,6 +478,20 @@ def test_scan_reports_a_pending_intent_and_needs_no_api_key(
     [report] = json.loads(result.out)
     assert report["state"] == "pending"
     assert "a POST may have created the run" in report["reason"]
+
+
+def test_scan_reports_a_folder_waiting_after_an_inconclusive_look_up(
+        run: Run, config: Path, watched: Path, state_dir: Path) -> None:
+    folder = write_folder(watched, "unsure", {"input.json": INPUT, "output.json": OUTPUT})
+    StateStore(state_dir).save_journal(folder, Journal(
+        intents=[Intent("ab" * 16, 1.0)], lookups_inconclusive=2,
+        last_error="run look-up in application 'app-1' inconclusive: the page limit was hit"))
+    result = run("scan", "--json", "--config", config)
+    assert result.code == 0, result.err
+    [report] = json.loads(result.out)
+    assert report["state"] == "pending"
+    assert report["reason"].startswith("lookup_inconclusive: run look-up in application 'app-1' inconclusive")
+    assert "2 look-up(s) in a row" in report["reason"] and "--repost" in report["reason"]
 
 
 # --- retry ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,22 @@ def test_sync_gives_up_at_once_when_the_key_is_rejected(run: Run, config: Path, 
     assert cloud.runs() == []
 
 
+def test_sync_gives_up_when_only_folders_after_an_inconclusive_look_up_are_left(
+        run: Run, config: Path, cloud: FakeCloud, watched: Path, state_dir: Path) -> None:
+    good = [write_folder(watched, f"good-{i}", FILES) for i in range(2)]
+    unsure = write_folder(watched, "unsure", FILES)
+    StateStore(state_dir).save_journal(unsure, Journal(intents=[Intent("ab" * 16, time.time() - 3600)]))
+    cloud.fail_next("list_runs", 400, count=1000)   # no page of the run list can be read
+    result = run("sync", "--config", config)
+    assert result.code == 1
+    assert "sync stopped early: 1 folder(s) wait after an inconclusive run look-up" in result.err
+    assert all(marker(f) is not None for f in good)
+    assert {r.body["name"] for r in cloud.runs()} == {f.name for f in good}   # never posted again
+    assert marker(unsure) is None and marker(unsure, FAILED) is None
+    [row] = [line for line in result.out.splitlines() if str(unsure) in line]
+    assert "lookup_inconclusive" in row
+
+
 def test_sync_on_a_terminal_shows_a_progress_bar_and_a_table(config: Path, cloud: FakeCloud, watched: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(3):
@@ -257,6 +274,31 @@ def test_status_asks_the_running_daemon(run: Run, config: Path, daemon: StubDaem
         "  2023-11-14T22:15:00.000Z  /runs/x  rejected: 413 too large",
     ]
     assert "no daemon" not in result.err
+
+
+def test_status_lists_the_folders_waiting_after_an_inconclusive_look_up(run: Run, config: Path,
+                                                                         daemon: StubDaemon) -> None:
+    daemon.answer = {"ok": True, "status": {**STATUS, "lookup_inconclusive": {"count": 2, "folders": ["/runs/m"]}}}
+    result = run("status", "--config", config)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    at = lines.index("  in flight: /runs/b") + 1
+    assert lines[at].startswith("  2 waiting after an inconclusive run look-up (never posted again; ")
+    assert "--repost" in lines[at]
+    assert lines[at + 1:at + 3] == ["    /runs/m", "    ... (`nextmv-watcher scan` lists them all)"]
+
+
+def test_status_without_a_daemon_lists_folders_after_an_inconclusive_look_up(
+        run: Run, config: Path, watched: Path, state_dir: Path) -> None:
+    folder = write_folder(watched, "unsure", FILES)
+    StateStore(state_dir).save_journal(folder, Journal(intents=[Intent("ab" * 16, 1.0)], lookups_inconclusive=1,
+                                                       last_error="page limit"))
+    result = run("status", "--config", config)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[2:] == [
+        "  1 pending after an inconclusive run look-up (`nextmv-watcher scan` says why):", f"    {folder}"]
+    as_json = json.loads(run("status", "--json", "--config", config).out)
+    assert as_json["lookup_inconclusive"] == [str(folder)]
 
 
 def test_status_shows_a_wedged_observer(run: Run, config: Path, daemon: StubDaemon) -> None:

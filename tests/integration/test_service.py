@@ -4,8 +4,11 @@ observer's (and the start-up scan's for folders written before)."""
 
 from __future__ import annotations
 
+import io
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,12 @@ import pytest
 import structlog
 from helpers import API_KEY, FAILED, marker, wait_for, write_config, write_folder
 
+from watcher.cloud.client import NextmvClient
 from watcher.config import load_config
 from watcher.daemon.gate import GLOBAL
 from watcher.daemon.service import Service, State
 from watcher.fakecloud import FakeCloud
-from watcher.runfolder.markers import StateStore
+from watcher.runfolder.markers import Intent, Journal, StateStore
 
 INPUT = b'{"stops": [1, 2, 3]}'
 OUTPUT = b'{"solution": 7}'
@@ -165,6 +169,51 @@ def test_a_transient_storm_burns_no_attempts_and_everything_is_tracked_after(
     assert tracked(folders)
     assert none_failed(folders)
     assert len(cloud.runs("app-1")) == 3
+
+
+def seed_runs(url: str, application_id: str, count: int) -> None:
+    """`count` runs in the application that are none of ours."""
+    client = NextmvClient(url, API_KEY, connect_timeout=2, read_timeout=5)
+    try:
+        for i in range(count):
+            target = client.new_upload(application_id)
+            client.put_file(target, lambda: io.BytesIO(b"{}"), 2)
+            client.create_run(application_id, {"upload_id": target.upload_id, "name": f"someone else's {i}",
+                                               "result": {"status": "failed"}}, None)
+    finally:
+        client.close()
+
+
+def test_a_folder_whose_look_up_is_inconclusive_waits_is_shown_and_is_never_posted_again(
+        cloud: FakeCloud, watched: Path, tmp_path: Path, make_service: ServiceFactory) -> None:
+    """The run list is longer than the look-up may read (api.lookup_max_pages 1, 60 runs): the folder
+    whose POST may have created a run waits in retry_wait, shown as such, warned about once, never
+    posted again; once a reload lets the look-up see the whole list, it is posted (the run was not there)."""
+    seed_runs(cloud.url, "app-1", 60)
+    seeded = len(cloud.runs("app-1"))
+    folder = write_folder(watched, "maybe-posted", FILES)
+    StateStore(tmp_path / "state").save_journal(
+        folder, Journal(application_id="app-1", intents=[Intent("ab" * 16, time.time() - 3600)]))
+    with structlog.testing.capture_logs() as events:
+        service = make_service(cloud.url, [(watched, "app-1")], api={"lookup_max_pages": 1})
+        wait_for(lambda: service.outcomes.series().get(("app-1", "retried", "lookup_inconclusive"), 0) >= 3, 30,
+                 "three inconclusive look-ups")
+
+        def shown() -> bool:
+            status = service.status()
+            return status["folders"]["retry_wait"] == 1 and status["lookup_inconclusive"] == {
+                "count": 1, "folders": [str(folder)]}
+
+        wait_for(shown, 10, "the folder shown waiting after an inconclusive look-up")
+        assert len(cloud.runs("app-1")) == seeded
+        assert marker(folder) is None and marker(folder, FAILED) is None
+        assert [e["cause"] for e in events if e["event"] == "run_lookup_inconclusive"] == ["page_limit"]
+
+        config = service.config
+        service.config = replace(config, api=replace(config.api, lookup_max_pages=5))   # what a reload does
+        wait_for(lambda: marker(folder), 30, "the folder tracked once the whole list is seen")
+    assert len(cloud.runs("app-1")) == seeded + 1
+    assert "run_lookup_conclusive" in [e["event"] for e in events]
 
 
 def test_shutdown_drains_in_flight_work_and_ends_stopped(

@@ -7,6 +7,7 @@ backwards from them), which is how grace periods and upload ages are crossed wit
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 
 from watcher.cloud.backoff import Backoff
@@ -24,7 +26,7 @@ from watcher.cloud.client import NextmvClient
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import FilesConfig, FormatConfig
-from watcher.errors import ClaimLost, FolderChanged, RejectedError, RetryLater, UploadExpired
+from watcher.errors import ClaimLost, FolderChanged, LookupInconclusive, RejectedError, RetryLater, UploadExpired
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.folder import RunFolder, inspect_folder
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
@@ -57,8 +59,10 @@ class Env:
     clock: Clock
     root: Path
 
-    def tracker(self, *, grace_seconds: float = 30.0, progress: Callable[[int], None] | None = None) -> Tracker:
-        return Tracker(self.client, self.store, self.spool, executor=self.pool, lookup=RunLookup(self.client),
+    def tracker(self, *, grace_seconds: float = 30.0, progress: Callable[[int], None] | None = None,
+                max_pages: int | Callable[[], int] = 2000) -> Tracker:
+        lookup = RunLookup(self.client, clock=self.clock, max_pages=max_pages)
+        return Tracker(self.client, self.store, self.spool, executor=self.pool, lookup=lookup,
                        clock=self.clock, limits=Limits(grace_seconds=grace_seconds), progress=progress)
 
     def folder(self, name: str = "run-1", files: dict[str, str | bytes] | None = None) -> RunFolder:
@@ -362,3 +366,86 @@ def test_a_run_that_shows_up_late_in_the_listing_is_adopted_not_posted_again(env
     assert tracked is not None
     assert tracked["run_id"] == recorded.run_id
     assert tracked["adopted"] is True
+
+
+# --- the API's limits, and look-ups that cannot see the whole list ----------------------------------------
+
+
+def test_a_long_name_and_description_are_cut_the_token_kept_and_a_lost_answer_adopted(env: Env) -> None:
+    """A 200-character folder name and a 300-character description: the POST fits 128/256 characters with
+    the token line whole, so the run a lost answer left behind is found by its token, not posted again."""
+    env.cloud.fail_next("create_run", None, after_processing=True)
+    run = env.folder("f" * 200, {"input.json": INPUT, "output.json": OUTPUT,
+                                 "status.json": json.dumps({"description": "d" * 300})})
+    with structlog.testing.capture_logs() as events:
+        outcome = env.tracker().track(run, APP, None)
+
+    [recorded] = env.cloud.runs(APP)
+    assert env.count("create_run") == 1
+    assert outcome.adopted and outcome.run_id == recorded.run_id
+    assert recorded.body["name"] == "f" * 128
+    description = recorded.body["description"]
+    assert len(description) <= 256
+    assert description.startswith("d" * 207 + "\n\n")
+    tracked = marker(run.path)
+    assert tracked is not None
+    assert tracked["token"] == token_of(description)
+    assert tracked["name"] == "f" * 128, "the marker records the name sent"
+    [cut] = [e for e in events if e["event"] == "run_name_truncated"]
+    assert (cut["log_level"], cut["folder"], cut["length"], cut["limit"]) == ("warning", str(run.path), 200, 128)
+    assert [e["length"] for e in events if e["event"] == "run_description_truncated"] == [300]
+
+
+def seed_runs(env: Env, count: int) -> None:
+    """`count` runs in the application that are none of ours (as many pages' worth as it takes)."""
+    for i in range(count):
+        target = env.client.new_upload(APP)
+        env.client.put_file(target, lambda: io.BytesIO(b"{}"), 2)
+        env.client.create_run(APP, {"upload_id": target.upload_id, "name": f"someone else's {i}",
+                                    "result": {"status": "failed"}}, None)
+
+
+def test_an_inconclusive_look_up_never_posts_again_even_past_the_grace_period(env: Env) -> None:
+    """The run list is longer than the look-up may read: it cannot tell whether the run exists, so it
+    never posts again, however long ago the intent was; a look-up that sees the whole list can."""
+    seed_runs(env, 60)   # two pages, all within the intent's clock-skew margin
+    seeded = env.count("create_run")
+    limit = [1]
+    tracker = env.tracker(grace_seconds=5, max_pages=lambda: limit[0])
+    env.cloud.fail_next("create_run", None)   # cut off before processing: no run was created
+    run = env.folder()
+
+    with pytest.raises(LookupInconclusive) as exc:
+        tracker.track(run, APP, None)
+    assert exc.value.cause == "page_limit"
+    [intent] = env.store.journal(run.path).intents
+    for _ in range(3):
+        env.clock.advance(3600)   # far past the grace period
+        with pytest.raises(LookupInconclusive):
+            tracker.track(run, APP, None)
+    assert env.count("create_run") == seeded + 1
+    assert env.store.journal(run.path).intents == [intent]
+    assert marker(run.path) is None
+
+    limit[0] = 2   # now the whole list is seen, and the run is not in it: posted again, once
+    outcome = tracker.track(run, APP, None)
+    assert env.count("create_run") == seeded + 2
+    assert not outcome.adopted
+    assert [r.run_id for r in env.cloud.runs(APP)][-1] == outcome.run_id
+    assert len(env.cloud.runs(APP)) == 61
+
+
+def test_a_page_the_api_fails_to_serve_makes_the_look_up_inconclusive_never_a_new_post(env: Env) -> None:
+    env.cloud.fail_next("create_run", None)
+    tracker = env.tracker(grace_seconds=0)
+    run = env.folder()
+    env.cloud.fail_next("list_runs", 503, count=40)   # more than the client's retries of a request
+    with pytest.raises(LookupInconclusive) as exc:
+        tracker.track(run, APP, None)
+    assert exc.value.cause == "page_error"
+    assert "HTTP 503" in str(exc.value)
+    env.clock.advance(600)
+    with pytest.raises(LookupInconclusive):
+        tracker.track(run, APP, None)
+    assert env.count("create_run") == 1
+    assert env.cloud.runs() == []

@@ -23,6 +23,7 @@ from watcher.errors import (
     FolderChanged,
     FolderUnreadable,
     InvalidFolder,
+    LookupInconclusive,
     RejectedError,
     RetryLater,
     StateError,
@@ -195,6 +196,76 @@ def test_a_claim_held_by_another_process_is_looked_at_again_later(h: Harness, wa
     assert (found.stage, found.at) == (Stage.RETRY_WAIT, T0 + CLAIM_BUSY_SECONDS)
     assert h.tracker.calls == 0
     h.claims.release(other)
+
+
+# --- an inconclusive run look-up: never posted again, waits with backoff -------------------------------
+
+
+def inconclusive(cause: str = "page_limit") -> LookupInconclusive:
+    return LookupInconclusive("app-1", cause, "2000 pages read, api.lookup_max_pages")
+
+
+def test_an_inconclusive_look_up_waits_with_growing_backoff_warns_once_and_uses_no_attempt(
+        tmp_path: Path, watched: Path) -> None:
+    h = Harness(tmp_path, watched, retry={"max_attempts": 3, "backoff_initial_seconds": 1, "backoff_max_seconds": 8})
+    folder = write_folder(watched, "maybe-posted", FILES)
+    intent = Intent("a" * 32, T0 - 60)
+    h.store.save_journal(folder, Journal(intents=[intent]))
+    h.tracker.error = inconclusive()
+
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert found.stage is Stage.RETRY_WAIT and found.at is not None
+    assert T0 + 0.5 <= found.at <= T0 + 1
+    [warned] = [e for e in events if e["event"] == "run_lookup_inconclusive"]
+    assert (warned["log_level"], warned["cause"], warned["reason"]) == ("warning", "page_limit", "lookup_inconclusive")
+    assert "--repost" in warned["hint"]
+    journal = journal_of(h, folder)
+    assert (journal.lookups_inconclusive, journal.attempts, journal.intents) == (1, 0, [intent])
+    assert journal.next_attempt_at == found.at, "the backoff survives a restart"
+    assert journal.last_error == str(inconclusive())
+    assert h.index.counts()["retry_wait"] == 1
+    assert h.index.waiting_for("lookup_inconclusive") == [folder]
+
+    delays = []
+    with structlog.testing.capture_logs() as events:
+        for _ in range(8):   # far more than max_attempts
+            h.clock.now = found.at
+            before = h.clock.now
+            found = h.step(folder)
+            assert found.stage is Stage.RETRY_WAIT and found.at is not None
+            delays.append(found.at - before)
+    assert "run_lookup_inconclusive" not in [e["event"] for e in events], "warned once, not on every retry"
+    assert {e["reason"] for e in events if e["event"] == "folder_retrying"} == {"lookup_inconclusive"}
+    assert all(d <= 8 for d in delays) and all(d >= 4 for d in delays[3:]), delays   # grows, up to the maximum
+    assert marker(folder, FAILED) is None
+    journal = journal_of(h, folder)
+    assert (journal.lookups_inconclusive, journal.attempts, journal.intents) == (9, 0, [intent])
+    assert h.outcomes.series() == {("app-1", "retried", "lookup_inconclusive"): 9}
+    assert h.tracker.calls == 9
+
+
+def test_an_inconclusive_look_up_after_a_restart_still_shows_as_such(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "restarted", FILES)
+    h.store.save_journal(folder, Journal(next_attempt_at=T0 + 300, lookups_inconclusive=2,
+                                         intents=[Intent("a" * 32, T0 - 600)]))
+    found = h.step(folder)
+    assert (found.stage, found.at) == (Stage.RETRY_WAIT, T0 + 300)
+    assert h.index.waiting_for("lookup_inconclusive") == [folder]
+    assert h.tracker.calls == 0
+
+
+def test_an_inconclusive_look_up_while_a_pause_is_on_parks(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "paused-lookup", FILES)
+    h.tracker.error = inconclusive("page_error")
+
+    def outage(run: object, journal: Journal) -> None:
+        h.gate.key_rejected("rejected while we were looking")
+
+    h.tracker.meanwhile = outage
+    found = h.step(folder)
+    assert (found.stage, found.scope) == (Stage.PARKED, GLOBAL)
+    assert journal_of(h, folder).lookups_inconclusive == 0
 
 
 # --- parked --------------------------------------------------------------------------------------------

@@ -13,20 +13,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from watcher import logs
 from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, load, tell_daemon
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
-from watcher.daemon.attempt import Attempts, Job
+from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.lease import LeaseKeeper
-from watcher.errors import ConfigError, FolderError, WatcherError
+from watcher.errors import ConfigError, FolderError, LookupInconclusive, WatcherError
 from watcher.runfolder.claims import Claims
 from watcher.runfolder.markers import FAILED as FAILED_MARKER
 from watcher.runfolder.markers import TRACKED as TRACKED_MARKER
 from watcher.runfolder.markers import StateStore
 from watcher.runfolder.rundir import RunDir
 from watcher.runfolder.scan import iter_folders, quick_state, scan_all, table
+
+log = structlog.get_logger("watcher.cli.folders")
 
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -44,9 +48,30 @@ def cmd_track(args: argparse.Namespace) -> int:
     with d:
         if tracked is not None:
             raise CommandError(FAILED, f"{folder} is already tracked as run {tracked.get('run_id')}")
+        if args.repost:
+            _confirm_repost(store, d, app, yes=args.yes)
+        elif args.yes:
+            raise CommandError(USAGE, "track: --yes goes with --repost")
         job = Job(app, watch.instance_id if watch else None, files, formats, config.completion.marker)
-        print(_track_open(config, store, d, job))
+        print(_track_open(config, store, d, job, repost=args.repost))
     return OK
+
+
+def _confirm_repost(store: StateStore, d: RunDir, app: str, *, yes: bool) -> None:
+    """Ask before dropping the open intents (unless `yes`); refuse without a terminal. Raises CommandError."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(USAGE, "track --repost: not asking without a terminal; give --yes")
+    try:
+        intents = len(store.journal(d).intents)
+    except WatcherError as exc:
+        raise CommandError(FAILED, f"{d.path}: {exc}") from None
+    print(f"{d.path} has {intents} open intent(s): a run it posted may already exist in application {app} "
+          "even though the look-up could not find it. Posting again may create a duplicate run. "
+          "Drop the intents and post again? [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandError(FAILED, "nothing posted")
 
 
 def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str, Any] | None]:
@@ -62,8 +87,9 @@ def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str
         raise CommandError(FAILED, f"{folder}: {exc}") from None
 
 
-def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> str:
-    """Track the open folder now, the way the daemon does (`watcher.daemon.attempt`), its lease kept alive.
+def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repost: bool = False) -> str:
+    """Track the open folder now, the way the daemon does (`watcher.daemon.attempt`), its lease kept alive;
+    `repost`: drop its open intents first (under the claim), so that it is posted without a look-up.
     Returns the run id."""
     folder = d.path
     api = client(config, api_key(config))
@@ -72,7 +98,8 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> str:
     keeper.start()
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=RunLookup(api),
+            lookup = RunLookup(api, max_pages=config.api.lookup_max_pages)
+            tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=lookup,
                               limits=Limits.of(config))
             with Attempts(store, claims, keeper, tracker).claimed(d) as held:
                 if held is None:
@@ -80,14 +107,32 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job) -> str:
                                                f"({claims.holder(d)})")
                 if held.recheck() == "tracked":   # a failed marker is what `track` overrides
                     raise CommandError(FAILED, f"{folder} was tracked by another process meanwhile")
-                outcome = held.track(held.inspect(job), job)
+                run = held.inspect(job)
+                if repost:
+                    _drop_intents(store, held)
+                outcome = held.track(run, job)
                 store.remove(d, FAILED_MARKER)
+    except LookupInconclusive as exc:
+        raise CommandError(FAILED, f"{folder}: could not track: {logs.REDACTOR.scrub(str(exc))}; "
+                                   "--repost posts again anyway (a duplicate run is possible)") from None
     except WatcherError as exc:
         raise CommandError(FAILED, f"{folder}: could not track: {logs.REDACTOR.scrub(str(exc))}") from None
     finally:
         keeper.stop()
         api.close()
     return outcome.run_id
+
+
+def _drop_intents(store: StateStore, held: Held) -> None:
+    """`track --repost`: forget the POSTs that may have created the run (durably, before anything is posted)."""
+    journal = held.journal()
+    if not journal.intents and not journal.lookups_inconclusive:
+        return
+    log.warning("intents_dropped", folder=str(held.d.path), intents=len(journal.intents),
+                reason="track --repost: posting again without a look-up; a duplicate run is possible")
+    journal.intents.clear()
+    journal.lookups_inconclusive = 0
+    store.save_journal(held.d, journal)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("track", "track one folder now, ignoring completion rules")
     c.add_argument("folder", type=Path)
     c.add_argument("--application-id", metavar="A", help="application to track it in (default: its watched path's)")
+    c.add_argument("--repost", action="store_true",
+                   help="drop the folder's open intents and post again without looking the run up "
+                        "(after an inconclusive look-up; may create a duplicate run; asks first)")
+    c.add_argument("--yes", action="store_true", help="with --repost: do not ask for confirmation")
     with_config(c)
     c = cmd("scan", "list every folder under the watched paths with its state, uploading nothing")
     c.add_argument("--json", action="store_true", help="print a JSON array instead of a table")

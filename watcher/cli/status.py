@@ -11,7 +11,7 @@ from watcher.config import Config
 from watcher.daemon.gate import GLOBAL
 from watcher.errors import EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, utc_iso
-from watcher.runfolder.scan import STATES, scan_all
+from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATES, scan_all
 
 OK = EXIT_OK
 
@@ -27,6 +27,13 @@ def format_status(st: dict[str, Any]) -> str:
                  f"{f.get('retry_wait', 0)} waiting to retry, {f.get('parked', 0)} parked"
                  + (f"; oldest pending {_duration(oldest)}" if oldest is not None else ""))
     lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
+    inconclusive = st.get("lookup_inconclusive") or {}
+    if inconclusive.get("count"):
+        lines.append(f"  {inconclusive['count']} waiting after an inconclusive run look-up (never posted again; "
+                     "`nextmv-watcher track FOLDER --repost` posts anyway, a duplicate is possible):")
+        lines.extend(f"    {folder}" for folder in inconclusive.get("folders") or [])
+        if inconclusive["count"] > len(inconclusive.get("folders") or []):
+            lines.append("    ... (`nextmv-watcher scan` lists them all)")
     paused = st.get("paused") or {}
     if not paused:
         lines.append("paused: no")
@@ -61,8 +68,11 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
     store = StateStore.of(config)
     counts = dict.fromkeys(STATES, 0)
     failed: list[dict[str, Any]] = []
+    inconclusive: list[str] = []
     for report in scan_all(config, store, time.time()):
         counts[report.state] += 1
+        if report.state == "pending" and report.reason.startswith(LOOKUP_INCONCLUSIVE):
+            inconclusive.append(report.folder)
         if report.state == "failed":
             try:
                 marker = store.failed(Path(report.folder)) or {}
@@ -72,10 +82,15 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
                            "reason": marker.get("reason"), "error": marker.get("error"),
                            "at": marker.get("failed_at")})
     if json_output:
-        print(json.dumps({"state": "not running", "counts": counts, "failed": failed}, indent=1))
+        print(json.dumps({"state": "not running", "counts": counts, "failed": failed,
+                          "lookup_inconclusive": inconclusive}, indent=1))
         return OK
     print("daemon: not running")
     print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    if inconclusive:
+        print(f"  {len(inconclusive)} pending after an inconclusive run look-up (`nextmv-watcher scan` says why):")
+        for folder in inconclusive:
+            print(f"    {folder}")
     for f in failed:
         print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
     return OK

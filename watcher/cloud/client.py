@@ -170,7 +170,8 @@ class NextmvClient:
         return run_id
 
     def list_runs(self, application_id: str, page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of the application's runs, newest first, and the next page's token (None at the end)."""
+        """One page of the application's runs, in the API's order (undocumented: see `lookup.py`), and the
+        next page's token (None at the end)."""
         params = {"pagereturn": "true"}
         if page_token:
             params["pagetoken"] = page_token

@@ -10,7 +10,11 @@
 
 The token line is appended to the run's description after the user's description and a blank
 line, because the description is the only free text the run listing returns: it is how a run
-created by a POST whose answer was lost is found again. Names are never altered.
+created by a POST whose answer was lost is found again. The API most likely limits both fields
+(`api.max_name_length`, `api.max_description_length`, in characters): a longer name is cut (with a
+warning), and the user's description is cut so that it fits with the blank line and the token line,
+which is never cut. A look-up that could not see the whole list (`LookupInconclusive`) never leads
+to a new POST: only a conclusive "not found" after the grace period does.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import structlog
 
 from watcher.cloud.client import NextmvClient, UploadTarget
 from watcher.cloud.lookup import RunLookup
-from watcher.config import RUN_TOKEN_PREFIX, Config
+from watcher.config import RUN_TOKEN_PREFIX, TOKEN_LINE_LENGTH, Config
 from watcher.errors import FolderChanged, InvalidFolder, RetryLater, TransientError, UncertainError, UploadExpired
 from watcher.runfolder.folder import RunFolder, fingerprint, verify_fingerprint
 from watcher.runfolder.markers import Intent, Journal, StateStore, UploadRecord
@@ -69,13 +73,25 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
 
-def description_with_token(description: str | None, token: str) -> str:
+def description_with_token(description: str | None, token: str, limit: int = 256) -> str:
+    """The run's description: the user's (cut to fit `limit` characters with what follows), a blank
+    line, the token line; the token line alone without a description. The token line is never cut
+    (`limit` is at least `config.TOKEN_LINE_LENGTH`)."""
     line = f"{TOKEN_PREFIX}{token}"
-    return f"{description}\n\n{line}" if description else line
+    room = limit - len(line) - 2
+    if not description or room <= 0:
+        return line
+    return f"{description[:room]}\n\n{line}"
 
 
-def run_body(run: RunFolder, upload_ids: dict[str, str], token: str) -> dict[str, Any]:
-    """The `POST .../runs` body; fields that are not set are left out."""
+def run_name(name: str, limit: int) -> str:
+    """The run's name as sent: `name` cut to `limit` characters."""
+    return name[:limit]
+
+
+def run_body(run: RunFolder, upload_ids: dict[str, str], token: str, limits: Limits = Limits()) -> dict[str, Any]:
+    """The `POST .../runs` body; fields that are not set are left out; the name and the description
+    within `limits` (see `run_name`, `description_with_token`)."""
     inp = run.artifact("input")
     out = run.artifact("output")
     assert inp is not None
@@ -89,8 +105,8 @@ def run_body(run: RunFolder, upload_ids: dict[str, str], token: str) -> dict[str
             result[field_name] = upload_ids[role]
     body: dict[str, Any] = {
         "upload_id": upload_ids["input"],
-        "name": run.name,
-        "description": description_with_token(run.description, token),
+        "name": run_name(run.name, limits.max_name_length),
+        "description": description_with_token(run.description, token, limits.max_description_length),
         "configuration": {"format": {"input": {"type": inp.format},
                                      "output": {"type": out.format if out is not None else "json"}}},
         "result": result,
@@ -147,8 +163,10 @@ class Tracker:
             journal.intents.append(Intent(token=token, created_at=self.clock()))
             self.store.save_journal(run.handle, journal)
             log.debug("posting_run", token=token)
+            limits = self.limits()
+            _warn_if_cut(run, limits)
             try:
-                run_id = self.client.create_run(application_id, run_body(run, upload_ids, token),
+                run_id = self.client.create_run(application_id, run_body(run, upload_ids, token, limits),
                                                 instance_id or None)
             except UncertainError:
                 adopted = self._resolve(run, application_id, journal)
@@ -166,14 +184,22 @@ class Tracker:
     # -- steps -----------------------------------------------------------------------------
 
     def _finish(self, run: RunFolder, application_id: str, run_id: str, token: str, *, adopted: bool) -> None:
-        self.store.mark_tracked(run.handle, run_id, application_id, self.clock(), name=run.name,
+        # The name as it was sent (cut to the limit), which is the one to look for in Nextmv.
+        name = run_name(run.name, self.limits().max_name_length)
+        self.store.mark_tracked(run.handle, run_id, application_id, self.clock(), name=name,
                                 token=token, adopted=adopted)
         self.store.clear_journal(run.handle)
 
     def _resolve(self, run: RunFolder, application_id: str, journal: Journal) -> Outcome | None:
         """Look the open intents up. Adopt a found run; raise RetryLater while the grace period runs;
-        after it, clear the intents so that the caller posts again."""
+        after it, clear the intents so that the caller posts again. A look-up that could not see the
+        whole list raises LookupInconclusive (the intents stay: nothing is posted on its strength)."""
         found = self.lookup.find(application_id, journal.intents)
+        if journal.lookups_inconclusive:
+            log.info("run_lookup_conclusive", after=journal.lookups_inconclusive)
+            journal.lookups_inconclusive = 0
+            if found is None:
+                self.store.save_journal(run.handle, journal)
         if found is not None:
             token, run_id = found
             log.info("run_adopted", run_id=run_id, reason="an earlier POST had created it")
@@ -252,3 +278,14 @@ class Tracker:
                 continue
             return target
         raise TransientError("unreachable")  # pragma: no cover
+
+
+def _warn_if_cut(run: RunFolder, limits: Limits) -> None:
+    """Say so when the name or the user's description will be cut to fit the API's limits."""
+    if len(run.name) > limits.max_name_length:
+        log.warning("run_name_truncated", folder=str(run.path), length=len(run.name),
+                    limit=limits.max_name_length)
+    room = limits.max_description_length - TOKEN_LINE_LENGTH
+    if run.description and len(run.description) > room:
+        log.warning("run_description_truncated", folder=str(run.path), length=len(run.description),
+                    limit=room, reason="room is kept for the tracking token line")

@@ -21,6 +21,7 @@ from watcher.daemon.outcomes import Outcomes
 # A worker that moved no bytes and saw no request finish for this long is wedged: stop pinging
 # systemd's watchdog so that it restarts us. Longer than a read timeout plus a capped Retry-After.
 STALL_SECONDS = 180.0
+LISTED_FOLDERS = 20   # folders named in the status per list (the count says how many there are)
 
 
 class Health:
@@ -54,6 +55,7 @@ class Health:
         oldest = self.index.oldest_pending_since()
         incomplete = self.index.incomplete()
         warn = config.metrics.incomplete_warn_seconds
+        inconclusive = self.index.waiting_for("lookup_inconclusive")
         return {
             "state": self.state(),
             "pid": os.getpid(),
@@ -61,6 +63,9 @@ class Health:
             "folders": folders,
             "queue_depth": folders["queued"],
             "in_flight": sorted(str(p) for p in self.index.in_flight()),
+            # Among retry_wait: folders whose run look-up could not see the whole list (never re-posted).
+            "lookup_inconclusive": {"count": len(inconclusive),
+                                    "folders": [str(p) for p in inconclusive[:LISTED_FOLDERS]]},
             "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
             "paused": {scope: {"reason": p.reason, "message": p.message, "since": p.since}
                        for scope, p in self.gate.pauses().items()},

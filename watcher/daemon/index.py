@@ -44,12 +44,14 @@ PENDING = ("queued", "in_flight", "retry_wait", "parked")
 @dataclass(frozen=True)
 class Next:
     """What a worker found, for `settle`: the folder's stage, when to look again (`at`), the pause it
-    waits for (`scope`, PARKED), its directory's inode (FINISHED)."""
+    waits for (`scope`, PARKED), its directory's inode (FINISHED), why it waits (`reason`, RETRY_WAIT:
+    the failure table's, e.g. "lookup_inconclusive")."""
 
     stage: Stage
     at: float | None = None
     scope: str | None = None
     inode: int | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Entry:
     inode: int | None = None
     warned: bool = False                    # logged as incomplete for too long
     seen: bool = False                      # a worker has looked at it (folder_detected was logged)
+    reason: str | None = None               # why it waits to be retried (RETRY_WAIT)
 
 
 class FolderIndex(WorkQueue):
@@ -109,7 +112,8 @@ class FolderIndex(WorkQueue):
             else:
                 since = entry.complete_since if entry.complete_since is not None else now
                 stage = Stage.QUEUED if nxt.stage is Stage.RETRY_WAIT and (nxt.at or now) <= now else nxt.stage
-                self._entries[folder] = Entry(stage, complete_since=since, scope=nxt.scope, seen=True)
+                self._entries[folder] = Entry(stage, complete_since=since, scope=nxt.scope, seen=True,
+                                              reason=nxt.reason if nxt.stage is Stage.RETRY_WAIT else None)
         again = nxt.at if nxt.stage in (Stage.INCOMPLETE, Stage.RETRY_WAIT, Stage.QUEUED) else None
         if nxt.stage is Stage.QUEUED and again is None:
             again = now
@@ -207,6 +211,11 @@ class FolderIndex(WorkQueue):
             for folder, _ in due:
                 self._entries[folder] = replace(self._entries[folder], warned=True)
         return due
+
+    def waiting_for(self, reason: str) -> list[Path]:
+        """The folders waiting to be retried because of `reason` (e.g. "lookup_inconclusive"), sorted."""
+        with self._cond:
+            return sorted(f for f, e in self._entries.items() if e.stage is Stage.RETRY_WAIT and e.reason == reason)
 
     def parked_scopes(self) -> set[str]:
         """The pauses some folder is parked behind."""

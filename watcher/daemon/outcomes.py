@@ -5,8 +5,8 @@ The one owner of these counts: `nextmv_watcher_folders_total` is read from here 
 retried. Thread-safe; the lock is never held while calling anything else.
 
 Outcomes: `tracked` (reason `posted` or `adopted`), `failed` (`invalid`, `rejected`, `exhausted`),
-`retried` (`changed`, `unreadable`, `throttled`, `api_error`, and `manual` for an operator's
-`nextmv-watcher retry`).
+`retried` (`changed`, `unreadable`, `throttled`, `api_error`, `lookup_inconclusive`, and `manual` for an
+operator's `nextmv-watcher retry`).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class Service:
         self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
-        self.lookup = RunLookup(self.client, clock=clock)
+        self.lookup = RunLookup(self.client, clock=clock, max_pages=lambda: self.config.api.lookup_max_pages)
         self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
                                lookup=self.lookup, clock=clock,
                                limits=lambda: Limits.of(self.config), progress=self._on_bytes)

@@ -9,8 +9,9 @@ the service's log events are the progress. The summary goes to `out`: a table on
 plain aligned text otherwise.
 
 A sync gives up early when waiting cannot help: at once when the API rejects the key or an
-application does not exist, and when the API has been unreachable for longer than
-`give_up_after` seconds (default `metrics.unhealthy_pause_seconds`).
+application does not exist, when the API has been unreachable for longer than
+`give_up_after` seconds (default `metrics.unhealthy_pause_seconds`), and when every folder left
+waits after an inconclusive run look-up (it is never posted again on its own).
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ def give_up_reason(service: Service, patience: float) -> str | None:
         if now - pause.since > patience:
             what = "the API" if scope == GLOBAL else f"application {scope}"
             return f"{what} has been unreachable for {round(now - pause.since)} s: {pause.message}"
+    # Folders whose run look-up could not see the whole list are never posted again on their own.
+    inconclusive = service.index.waiting_for("lookup_inconclusive")
+    if inconclusive and len(inconclusive) == len(service.index) and not service.index.in_flight():
+        return (f"{len(inconclusive)} folder(s) wait after an inconclusive run look-up (their run may exist; "
+                "`nextmv-watcher scan` says why; `nextmv-watcher track FOLDER --repost` posts anyway)")
     return None
 
 

@@ -12,6 +12,9 @@ gate, the journal, the failed marker, the log, the index). Nothing here does I/O
 | an I/O error reading the folder            | retry  | unreadable            | -       | max(2 s, settle)       |
 | a file changed or vanished                 | retry  | changed               | -       | max(2 s, settle)       |
 | the run list may lag (`RetryLater`)        | wait   | lookup                | -       | the time it names      |
+| the look-up could not see the whole list   | retry  | lookup_inconclusive   | -       | backoff (look-ups in a |
+|   (`LookupInconclusive`): never re-posted; |        |                       |         | row), warned once      |
+|   parked instead while a pause is on       |        |                       |         |                        |
 | the claim was taken over (`ClaimLost`)     | wait   | claim_lost            | -       | 15 s                   |
 | the key was rejected (`AuthError`)         | park   | auth                  | -       | when the API resumes   |
 | the application does not exist            | park   | application_not_found | -       | when it resumes        |
@@ -38,6 +41,7 @@ from watcher.errors import (
     FolderChanged,
     FolderUnreadable,
     InvalidFolder,
+    LookupInconclusive,
     RejectedError,
     RetryLater,
     StateError,
@@ -115,6 +119,8 @@ def verdict(error: WatcherError, journal: Journal, *, policy: Policy, applicatio
                        delay=max(CHANGED_SECONDS, policy.settle_seconds))
     if isinstance(error, RetryLater):
         return Verdict(Action.WAIT, "lookup", str(error), "folder_waiting", at=error.at)
+    if isinstance(error, LookupInconclusive):
+        return _inconclusive(error, journal, policy=policy, blocked_by=blocked_by, rng=rng)
     if isinstance(error, ClaimLost):
         return Verdict(Action.WAIT, "claim_lost", str(error), "folder_claim_lost", "warning",
                        delay=CLAIM_BUSY_SECONDS)
@@ -147,6 +153,21 @@ def _transient(error: TransientError, journal: Journal, *, policy: Policy, block
         delay = max(delay, error.retry_after)
     return Verdict(Action.RETRY, "throttled" if throttled else "api_error", str(error), "folder_retrying",
                    "warning", journal=replace(journal, attempts=attempts, last_error=str(error)), delay=delay)
+
+
+def _inconclusive(error: LookupInconclusive, journal: Journal, *, policy: Policy, blocked_by: str | None,
+                  rng: random.Random) -> Verdict:
+    """The run may exist, so the intents stay and nothing is posted: look again later, backing off with
+    the look-ups in a row (up to `retry.backoff_max_seconds`); warned the first time only. Not the
+    folder's fault: no attempt is used."""
+    if blocked_by is not None:
+        return Verdict(Action.PARK, "paused", str(error), "folder_parked", scope=blocked_by)
+    count = journal.lookups_inconclusive + 1
+    first = journal.lookups_inconclusive == 0
+    return Verdict(Action.RETRY, "lookup_inconclusive", str(error),
+                   "run_lookup_inconclusive" if first else "folder_retrying", "warning" if first else "info",
+                   journal=replace(journal, lookups_inconclusive=count, last_error=str(error)),
+                   delay=policy.backoff.delay(count, rng))
 
 
 def _fail(journal: Journal, reason: str, error: str, *, count: bool = True) -> Verdict:

@@ -24,7 +24,7 @@ from watcher.daemon.gate import Gate
 from watcher.daemon.index import FolderIndex, Next, Stage
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.verdict import CLAIM_BUSY_SECONDS, STATE_ERROR_ATTEMPT, Action, Policy, Verdict, verdict
-from watcher.errors import FolderChanged, InvalidFolder, StateError, UnsafeStateFile, WatcherError
+from watcher.errors import FolderChanged, InvalidFolder, LookupInconclusive, StateError, UnsafeStateFile, WatcherError
 from watcher.runfolder.completion import check_completion
 from watcher.runfolder.dirhandle import DirHandle
 from watcher.runfolder.markers import Journal, StateStore
@@ -34,6 +34,8 @@ log = structlog.get_logger("watcher.daemon.worker")
 
 POLL_SECONDS = 2.0          # re-check of an incomplete folder that could not be watched, at first
 POLL_MAX_SECONDS = 120.0    # ... then after its age, at most this long
+LOOKUP_INCONCLUSIVE_HINT = ("the run may exist: nothing is posted again on an inconclusive look-up; "
+                            "`nextmv-watcher track FOLDER --repost` posts anyway (a duplicate is possible)")
 
 AfterTracked = Callable[[Path, DirHandle], bool]   # keep, move or delete; True when the folder is gone
 
@@ -165,8 +167,9 @@ class FolderProcessor:
             return Next(Stage.FINISHED, inode=d.ino), finished == "tracked"
         journal = held.journal()
         now = self.clock()
-        if journal.next_attempt_at is not None and journal.next_attempt_at > now:
-            return Next(Stage.RETRY_WAIT, at=journal.next_attempt_at), False   # (after a restart)
+        if journal.next_attempt_at is not None and journal.next_attempt_at > now:   # (after a restart)
+            waits_for = "lookup_inconclusive" if journal.lookups_inconclusive and journal.intents else None
+            return Next(Stage.RETRY_WAIT, at=journal.next_attempt_at, reason=waits_for), False
         run = held.inspect(job)
         log.info("folder_complete", status=run.status, artifacts=[a.role for a in run.artifacts])
         outcome = held.track(run, job)
@@ -203,6 +206,10 @@ class FolderProcessor:
         fields: dict[str, object] = {"reason": v.reason, "error": v.error}
         if v.event == "folder_waiting":
             fields = {"reason": v.error}
+        elif isinstance(error, LookupInconclusive):
+            fields.update(cause=error.cause, retry_in=round(at - self.clock(), 2))
+            if v.event == "run_lookup_inconclusive":
+                fields["hint"] = LOOKUP_INCONCLUSIVE_HINT
         elif v.level == "warning" and v.journal is not None:
             fields.update(attempt=v.journal.attempts, retry_in=round(at - self.clock(), 2))
         elif v.event in ("folder_claim_lost", "state_error"):
@@ -210,7 +217,7 @@ class FolderProcessor:
         log.log(_LEVELS[v.level], v.event, **fields)
         if v.action is Action.RETRY:
             self.outcomes.record(folder, app, "retried", v.reason, v.error)
-        return Next(Stage.RETRY_WAIT, at=at)
+        return Next(Stage.RETRY_WAIT, at=at, reason=v.reason)
 
     def _park(self, app: str, v: Verdict) -> Next:
         if v.pause == "auth":

@@ -123,7 +123,9 @@ class Journal:
     the folder, came back in a row; `application_id` the application its uploads and intents were
     made for (a reload may move the folder to another one). `uploads` holds finished uploads by role. `intents`
     lists every POST that may have created the run; while it is non-empty the run must be looked up
-    before anything is posted again.
+    before anything is posted again. `lookups_inconclusive` counts the look-ups in a row that could
+    not see every run that could match (`last_error` says why); it sets their backoff and is reset by
+    a conclusive one (absent from older journals: 0).
     """
 
     attempts: int = 0
@@ -133,6 +135,7 @@ class Journal:
     application_id: str | None = None
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     intents: list[Intent] = field(default_factory=list)
+    lookups_inconclusive: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +151,7 @@ class Journal:
                 application_id=data.get("application_id"),
                 uploads={role: UploadRecord(**rec) for role, rec in data.get("uploads", {}).items()},
                 intents=[Intent(**i) for i in data.get("intents", [])],
+                lookups_inconclusive=int(data.get("lookups_inconclusive", 0)),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"journal has an unexpected shape: {exc}") from None

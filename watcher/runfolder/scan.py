@@ -24,6 +24,8 @@ from watcher.runfolder.markers import StateStore
 from watcher.runfolder.rundir import RunDir
 
 STATES = ("tracked", "failed", "pending", "incomplete", "invalid")
+# How a pending folder's reason starts when its last run look-up could not see the whole list.
+LOOKUP_INCONCLUSIVE = "lookup_inconclusive"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore
         return report("invalid", exc.problem)
     except StateError as exc:
         return report("invalid", str(exc))
+    if journal.intents and journal.lookups_inconclusive:
+        return report("pending", f"{LOOKUP_INCONCLUSIVE}: {journal.last_error} ({journal.lookups_inconclusive} "
+                                 "look-up(s) in a row); looked up again later, never posted again on such a "
+                                 "look-up; `nextmv-watcher track FOLDER --repost` posts anyway (may duplicate)")
     if journal.intents:
         return report("pending", "a POST may have created the run; it will be looked up before posting again")
     if journal.attempts:
