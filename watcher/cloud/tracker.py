@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from watcher.cloud.client import NextmvClient, UploadTarget
+from watcher.cloud.client import RETRY_AFTER_CAP, NextmvClient, UploadTarget
 from watcher.cloud.lookup import RunLookup
 from watcher.config import RUN_TOKEN_PREFIX, Config
 from watcher.errors import (
@@ -55,7 +55,6 @@ REUSE_MARGIN_SECONDS = 3 * 60
 JOURNAL_UPLOAD_BYTES = 1 << 20
 # Upload URLs per artifact per attempt: a failed PUT is tried again with a fresh URL, never the same one.
 UPLOAD_TRIES = 4
-RETRY_AFTER_CAP = 120.0
 REFUSED_HINT = ("the storage refused the signed upload: check the system clock (skew) and any proxy that "
                 "rewrites requests (headers, path or query); retried with a fresh URL")
 RESULT_FIELDS = {"output": "output_upload_id", "logs": "error_upload_id", "statistics": "statistics_upload_id",
