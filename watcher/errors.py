@@ -19,11 +19,15 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
     │                          a page that failed): never post again on it; look again with backoff
     └── ApiError               the Nextmv API answered badly or not at all
         ├── TransientError     connection refused/reset, timeout, 429, 5xx: retry with backoff
-        │   ├── UploadExpired  a presigned PUT answered 403: ask for a fresh URL, upload again
+        │   ├── UploadFailed   a presigned PUT failed (S3's `code`, if any): a fresh URL, upload again
+        │   │   ├── UploadExpired  403 AccessDenied "Request has expired" (or a 403 without an S3 body)
+        │   │   └── UploadRefused  403 with another code (SignatureDoesNotMatch, ...): a proxy, clock skew
         │   └── UncertainError the request may have been processed (POST runs cut off after sending)
+        ├── UploadTooLarge     400 EntityTooLarge on a PUT: the tracker makes the folder invalid
         ├── AuthError          401/403 on an API call: pause all work until the key works
-        ├── ApplicationNotFound 404 on an application: pause that application (a configuration error)
-        └── RejectedError      400/409/413/422: the API refused this run; mark the folder failed
+        ├── ApplicationNotFound 404 on an application, confirmed: pause that application
+        └── RejectedError      `POST .../runs` answered 400/409/413/422, or 404 with the application
+                               present: the API refused this run; mark the folder failed
 """
 
 from __future__ import annotations
@@ -105,8 +109,28 @@ class TransientError(ApiError):
         super().__init__(message, status=status)
 
 
-class UploadExpired(TransientError):
-    """A presigned upload URL was refused (403): it expired. Ask for a new one."""
+class UploadFailed(TransientError):
+    """A presigned PUT failed: S3 answered an error (its `code`, e.g. RequestTimeout, SlowDown; None when the
+    body held none) or the connection failed. Never the folder's fault: upload again with a fresh URL."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message, status=status, retry_after=retry_after)
+
+
+class UploadExpired(UploadFailed):
+    """A presigned upload URL expired (403 AccessDenied "Request has expired", or a 403 without an S3
+    error body). Ask for a new one."""
+
+
+class UploadRefused(UploadFailed):
+    """A presigned PUT was refused with another 403 code (SignatureDoesNotMatch, ...): most likely a proxy
+    that rewrites requests, or clock skew. Retried with a fresh URL; refusals of every upload pause work."""
+
+
+class UploadTooLarge(ApiError):
+    """The storage refused an upload as too large (400 EntityTooLarge). Permanent for the artifact."""
 
 
 class UncertainError(TransientError):
@@ -118,7 +142,8 @@ class AuthError(ApiError):
 
 
 class ApplicationNotFound(ApiError):
-    """The application does not exist (404). A configuration error for that application only."""
+    """The application does not exist (`GET /v1/applications/{id}` answered 404). A configuration error for
+    that application only."""
 
     def __init__(self, application_id: str) -> None:
         self.application_id = application_id
@@ -126,7 +151,8 @@ class ApplicationNotFound(ApiError):
 
 
 class RejectedError(ApiError):
-    """The API refused the run (400, 409, 413, 422). Permanent for this folder."""
+    """The API refused the run (`POST .../runs` answered 400, 409, 413, 422, or 404 while the application
+    exists: an unknown instance or batch experiment). Permanent for this folder."""
 
 
 class RetryLater(WatcherError):

@@ -24,7 +24,7 @@ from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient
 from watcher.cloud.lookup import RunLookup
-from watcher.cloud.tracker import Limits, Tracker
+from watcher.cloud.tracker import UPLOAD_TRIES, Limits, Tracker
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import ClaimLost, FolderChanged, LookupInconclusive, RejectedError, RetryLater, UploadExpired
 from watcher.fakecloud import FakeCloud
@@ -132,12 +132,12 @@ def test_an_expired_upload_url_is_replaced(env: Env) -> None:
     assert marker(run.path) is not None
 
 
-def test_urls_that_keep_expiring_give_up_after_three_and_post_nothing(env: Env) -> None:
+def test_urls_that_keep_expiring_give_up_after_a_few_and_post_nothing(env: Env) -> None:
     env.cloud.set_faults(url_lifetime_seconds=0)
     run = env.folder("run-1", {"input.json": INPUT})
     with pytest.raises(UploadExpired):
         env.tracker().track(run, APP, None)
-    assert env.count("uploadurl") == 3
+    assert env.count("uploadurl") == UPLOAD_TRIES
     assert env.count("create_run") == 0
     assert env.store.journal(run.path).intents == []
     assert marker(run.path) is None

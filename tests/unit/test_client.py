@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import httpx
 import pytest
+import s3bodies
 
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient, RequestOutcome, UploadTarget
@@ -21,6 +22,9 @@ from watcher.errors import (
     TransientError,
     UncertainError,
     UploadExpired,
+    UploadFailed,
+    UploadRefused,
+    UploadTooLarge,
 )
 
 BASE = "https://api.test"
@@ -137,6 +141,7 @@ def test_new_upload_posts_an_empty_body_and_returns_the_target(
     (request,) = server.requests
     assert (request.method, request.url.path) == ("POST", "/v1/applications/app/runs/uploadurl")
     assert request.headers["Authorization"] == f"Bearer {KEY}"
+    assert request.headers["Content-Type"] == "application/json"   # as the docs' curl sends it (issue 10, item 6)
     assert request.headers["Content-Length"] == "0"
     assert server.bodies == [b""]
 
@@ -172,16 +177,19 @@ def test_put_streams_the_file_with_a_length_and_without_the_key(
     assert len(progress) > 1
 
 
-def test_a_retried_put_sends_the_whole_file_again(
+def test_a_failed_put_is_never_tried_again_on_the_same_url(
         tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """The caller uploads again with a fresh URL (the tracker); the client tries each URL once."""
     path = tmp_path / "input.json"
     path.write_bytes(b'{"x": 1}')
     server = Server(httpx.Response(503), httpx.Response(200))
-    client, _ = make_client(server)
+    client, cancel = make_client(server)
 
-    client.put_file(target(), opener(path), 8)
+    with pytest.raises(UploadFailed):
+        client.put_file(target(), opener(path), 8)
 
-    assert server.bodies == [b'{"x": 1}', b'{"x": 1}']
+    assert server.bodies == [b'{"x": 1}']
+    assert cancel.waits == []
 
 
 # --- status mapping ------------------------------------------------------------------------------
@@ -210,7 +218,8 @@ def test_404_on_an_application_is_application_not_found(
         client.list_runs("missing-app")
 
     assert excinfo.value.application_id == "missing-app"
-    assert len(server.requests) == 1
+    assert [(r.method, r.url.path) for r in server.requests] == [
+        ("GET", "/v1/applications/missing-app/runs"), ("GET", "/v1/applications/missing-app")]
 
 
 @pytest.mark.parametrize("status", [400, 409, 413, 422])
@@ -330,19 +339,6 @@ def test_an_expired_upload_url_is_upload_expired_and_not_retried(
     assert_clean(excinfo.value)
 
 
-def test_a_refused_put_is_rejected_not_an_auth_error(
-        tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
-    path = tmp_path / "input.json"
-    path.write_bytes(b"{}")
-    server = Server(httpx.Response(400, text=f"<Error>bad {SIGNED}</Error>"))
-    client, _ = make_client(server)
-
-    with pytest.raises(RejectedError) as excinfo:
-        client.put_file(target(), opener(path), 2)
-
-    assert_clean(excinfo.value)
-
-
 def test_a_failing_put_keeps_the_storage_error_page_out_of_the_message(
         tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
     path = tmp_path / "input.json"
@@ -350,12 +346,186 @@ def test_a_failing_put_keeps_the_storage_error_page_out_of_the_message(
     server = Server(httpx.Response(502, text=f"<html>upstream failed for {SIGNED}</html>"))
     client, _ = make_client(server, attempts=2)
 
-    with pytest.raises(TransientError) as excinfo:
+    with pytest.raises(UploadFailed) as excinfo:
         client.put_file(target(), opener(path), 2)
 
     assert excinfo.value.status == 502
-    assert len(server.requests) == 2
+    assert (str(excinfo.value), excinfo.value.code) == ("put: HTTP 502", None)
+    assert len(server.requests) == 1
     assert_clean(excinfo.value)
+
+
+@pytest.mark.parametrize(("answer", "kind", "code"), [
+    (s3bodies.answer(400, s3bodies.request_timeout()), UploadFailed, "RequestTimeout"),
+    (s3bodies.answer(503, s3bodies.slow_down(), {"Retry-After": "2"}), UploadFailed, "SlowDown"),
+    (s3bodies.answer(404, s3bodies.no_such_upload()), UploadFailed, "NoSuchUpload"),
+    (s3bodies.answer(411, s3bodies.missing_content_length()), UploadFailed, "MissingContentLength"),
+    (s3bodies.answer(501, s3bodies.not_implemented()), UploadFailed, "NotImplemented"),
+    (httpx.ReadTimeout("timed out"), UploadFailed, None),
+    (httpx.RemoteProtocolError("connection reset"), UploadFailed, None),
+    (s3bodies.answer(403, s3bodies.request_expired()), UploadExpired, "AccessDenied"),
+    (s3bodies.answer(403, s3bodies.signature_mismatch()), UploadRefused, "SignatureDoesNotMatch"),
+    (s3bodies.answer(400, s3bodies.entity_too_large(3)), UploadTooLarge, None),
+])
+def test_a_failed_put_is_tried_once_and_named_by_its_s3_code(
+        answer: httpx.Response | Exception, kind: type[Exception], code: str | None, tmp_path: Path,
+        outcomes: list[RequestOutcome], make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """Issue 10, item 1: a 400 on a PUT is no rejection; the caller gets a fresh URL and uploads again."""
+    path = tmp_path / "input.json"
+    path.write_bytes(b"{}")
+    server = Server(answer, httpx.Response(200))
+    client, cancel = make_client(server)
+
+    with pytest.raises(kind) as excinfo:
+        client.put_file(target(), opener(path), 2)
+
+    assert type(excinfo.value) is kind
+    assert len(server.requests) == 1 and cancel.waits == []
+    assert getattr(excinfo.value, "code", None) == code
+    assert [(o.endpoint, o.error, o.code) for o in outcomes] == [("put", kind, code)]
+    if code is not None:
+        assert f" {code}" in str(excinfo.value)
+    assert_clean(excinfo.value)
+
+
+def test_s3_signing_material_stays_out_of_the_error_and_the_outcome(
+        tmp_path: Path, outcomes: list[RequestOutcome],
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    path = tmp_path / "input.json"
+    path.write_bytes(b"{}")
+    client, _ = make_client(Server(s3bodies.answer(403, s3bodies.signature_mismatch())))
+
+    with pytest.raises(UploadRefused) as excinfo:
+        client.put_file(target(), opener(path), 2)
+
+    text = f"{excinfo.value} {excinfo.value!r} {outcomes}"
+    assert str(excinfo.value).startswith("put: HTTP 403 SignatureDoesNotMatch: The request signature we calculated")
+    for secret in s3bodies.SECRETS:
+        assert secret not in text
+    assert_clean(excinfo.value)
+
+
+def test_only_the_head_of_a_put_error_body_is_read(
+        tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    path = tmp_path / "input.json"
+    path.write_bytes(b"{}")
+    served: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        yield s3bodies.internal_error().encode()
+        for _ in range(10_000):   # 10 MB more, were it all read
+            served.append(1024)
+            yield b" " * 1024
+
+    server = Server(lambda request: httpx.Response(500, content=endless()))
+    client, _ = make_client(server)
+
+    with pytest.raises(UploadFailed, match="put: HTTP 500 InternalError"):
+        client.put_file(target(), opener(path), 2)
+
+    assert sum(served) <= 8 * 1024
+
+
+def test_a_compressed_put_error_body_is_not_decoded(
+        tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    path = tmp_path / "input.json"
+    path.write_bytes(b"{}")
+    garbage = iter([b"\x1f\x8b\x08 not really gzip"])
+    server = Server(lambda request: httpx.Response(503, headers={"Content-Encoding": "gzip"}, content=garbage))
+    client, _ = make_client(server)
+
+    with pytest.raises(UploadFailed) as excinfo:
+        client.put_file(target(), opener(path), 2)
+
+    assert (str(excinfo.value), excinfo.value.code) == ("put: HTTP 503", None)
+
+
+def test_try_upload_puts_a_tiny_body_with_a_fresh_url(
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    server = Server(ok({"upload_id": "u1", "upload_url": SIGNED}), httpx.Response(200))
+    client, _ = make_client(server)
+
+    client.try_upload("app")
+
+    post, put = server.requests
+    assert (post.method, post.url.path, put.method, str(put.url)) == (
+        "POST", "/v1/applications/app/runs/uploadurl", "PUT", SIGNED)
+    assert server.bodies[1] == b"{}"
+    assert "Authorization" not in put.headers and "Content-Type" not in put.headers
+
+
+# --- 404 means what it says ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("confirmation", "kind"), [
+    (ok({"id": "app"}), RejectedError),
+    (error(404, "application not found"), ApplicationNotFound),
+    (error(503, "unavailable"), TransientError),
+    (httpx.ConnectError("refused"), TransientError),
+    (error(401, "invalid api key"), AuthError),
+])
+def test_a_404_on_post_runs_is_confirmed_with_the_application(
+        confirmation: httpx.Response | Exception, kind: type[ApiError],
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """Issue 10, item 4: an unknown instance fails that folder only; a missing application pauses it."""
+    server = Server(error(404, "instance not found"), confirmation)
+    client, _ = make_client(server)
+
+    with pytest.raises(ApiError) as excinfo:
+        client.create_run("app", {"upload_id": "u"}, "no-such-instance")
+
+    assert type(excinfo.value) is kind
+    assert [(r.method, r.url.path) for r in server.requests] == [
+        ("POST", "/v1/applications/app/runs"), ("GET", "/v1/applications/app")], "one confirmation, no retry"
+    if kind is RejectedError:
+        assert excinfo.value.status == 404
+        assert str(excinfo.value) == "create_run: HTTP 404: instance not found"
+
+
+@pytest.mark.parametrize("endpoint", ["uploadurl", "list_runs"])
+def test_a_404_elsewhere_with_the_application_present_is_transient(
+        endpoint: str, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    server = Server(error(404, "not found"), ok({"id": "app"}))
+    client, _ = make_client(server)
+
+    with pytest.raises(TransientError) as excinfo:
+        client.new_upload("app") if endpoint == "uploadurl" else client.list_runs("app")
+
+    assert type(excinfo.value) is TransientError and excinfo.value.status == 404
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(("endpoint", "status"), [
+    ("uploadurl", 400), ("uploadurl", 409), ("list_runs", 400), ("list_runs", 422),
+    ("create_run", 405), ("create_run", 302),
+])
+def test_other_refusals_fail_no_folder_and_are_not_repeated_at_once(
+        endpoint: str, status: int, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """Only POST .../runs answered 400/409/413/422 (or a confirmed 404) rejects a folder."""
+    server = Server(error(status, "bad page token"))
+    client, cancel = make_client(server)
+    calls = {"uploadurl": lambda: client.new_upload("app"), "list_runs": lambda: client.list_runs("app", "t"),
+             "create_run": lambda: client.create_run("app", {"upload_id": "u"}, None)}
+
+    with pytest.raises(TransientError) as excinfo:
+        calls[endpoint]()
+
+    assert type(excinfo.value) is TransientError and excinfo.value.status == status
+    assert len(server.requests) == 1 and cancel.waits == []
+
+
+def test_every_post_to_the_api_says_json_and_no_get_needs_to(
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    server = Server(ok({"upload_id": "u1", "upload_url": SIGNED, "run_id": "r", "runs": [], "id": "app"}))
+    client, _ = make_client(server)
+
+    client.new_upload("app")
+    client.create_run("app", {"upload_id": "u1"}, None)
+    client.list_runs("app")
+    client.get_application("app")
+
+    assert [(r.method, r.headers.get("Content-Type")) for r in server.requests] == [
+        ("POST", "application/json"), ("POST", "application/json"), ("GET", None), ("GET", None)]
 
 
 # --- create_run: never posted twice blindly ------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import s3bodies
 import structlog
 from helpers import write_config
 
@@ -16,7 +17,19 @@ from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient, RequestOutcome
 from watcher.config import Config, load_config
 from watcher.daemon.gate import GLOBAL, Gate
-from watcher.errors import AuthError, RejectedError, TransientError, UncertainError
+from watcher.daemon.health import Health
+from watcher.daemon.index import FolderIndex
+from watcher.daemon.outcomes import Outcomes
+from watcher.errors import (
+    ApiError,
+    AuthError,
+    RejectedError,
+    TransientError,
+    UncertainError,
+    UploadFailed,
+    UploadRefused,
+    UploadTooLarge,
+)
 
 KEY = "gate-test-key"
 
@@ -214,3 +227,155 @@ def test_only_the_gate_logs_the_pause_events() -> None:
     assert homes == ["daemon/gate.py"]
 
 
+
+
+# --- the uploads' own breaker (issue 10, item 1) -------------------------------------------------------
+
+
+class Storage:
+    """The API's applications and upload-URL endpoints, and the storage's presigned PUT: the PUT answers
+    `put` (a status and an S3 body), the rest `api_status`."""
+
+    def __init__(self) -> None:
+        self.api_status = 200
+        self.put: tuple[int, str] = (403, s3bodies.signature_mismatch())
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append((request.method, request.url.path))
+        if request.method == "PUT":
+            status, body = self.put
+            return s3bodies.answer(status, body)
+        if self.api_status != 200:
+            return httpx.Response(self.api_status, json={"error": f"status {self.api_status}"})
+        if request.url.path.endswith("/uploadurl"):
+            return httpx.Response(200, json={"upload_id": "u1", "upload_url": "https://bucket.test/u1?X-Amz-Signature=s"})
+        return httpx.Response(200, json={"id": "app-a"})
+
+
+def upload_gate(config: Config, clock: Clock, storage: Storage, threshold: int = 3) -> tuple[Gate, list[str]]:
+    released: list[str] = []
+
+    def unpark(scope: str) -> int:
+        released.append(scope)
+        return 4
+
+    client = NextmvClient("https://api.test", KEY, transport=httpx.MockTransport(storage), attempts=1,
+                          backoff=Backoff(0.001, 0.001))
+    gate = Gate(clock, config=lambda: config, client=client, unpark=unpark, upload_failure_threshold=threshold,
+                probe_backoff=Backoff(10.0, 100.0))
+    client.observer = gate.observe
+    return gate, released
+
+
+def put(error: type[ApiError] | None, status: int | None = 403, code: str | None = "SignatureDoesNotMatch"
+        ) -> RequestOutcome:
+    return RequestOutcome("put", status, 0.01, error, code if error is not None else None)
+
+
+UPLOADURL_OK = RequestOutcome("uploadurl", 200, 0.01, None)
+
+
+def test_refused_uploads_pause_work_although_every_upload_url_call_succeeds(config: Config) -> None:
+    """Each PUT follows a successful upload-URL call: before, that success reset the count, so refusals
+    of every upload never paused anything and used up every folder's attempts."""
+    gate, _ = upload_gate(config, Clock(), Storage())
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            gate.observe(UPLOADURL_OK)
+            gate.observe(put(UploadRefused))
+    (paused,) = events(logs, "api_paused")
+    assert (paused["reason"], paused["endpoint"], paused["status"], paused["code"]) == (
+        "upload_refused", "put", 403, "SignatureDoesNotMatch")
+    assert "clock" in str(paused["hint"]) and "proxy" in str(paused["hint"])
+    assert gate.blocked("app-a") == GLOBAL
+    pause = gate.pauses()[GLOBAL]
+    assert (pause.reason, pause.message) == ("upload_refused", "put: 403 SignatureDoesNotMatch")
+
+
+def test_uploads_failing_for_other_reasons_pause_as_uploads_failing(config: Config) -> None:
+    gate, _ = upload_gate(config, Clock(), Storage())
+    gate.observe(put(UploadRefused))
+    gate.observe(put(UploadFailed, 400, "RequestTimeout"))
+    gate.observe(put(UploadFailed, None, None))
+    assert gate.pauses()[GLOBAL].reason == "uploads_failing"
+    assert gate.pauses()[GLOBAL].message == "put: no response"
+
+
+def test_a_good_upload_resets_the_count_and_a_refused_size_is_no_storage_fault(config: Config) -> None:
+    gate, _ = upload_gate(config, Clock(), Storage())
+    gate.observe(put(UploadFailed, 503, "SlowDown"))
+    gate.observe(put(UploadFailed, 503, "SlowDown"))
+    gate.observe(put(None, 200))
+    gate.observe(put(UploadFailed, 503, "SlowDown"))
+    gate.observe(put(UploadTooLarge, 400, None))   # the artifact's problem: neither counts nor resets
+    gate.observe(put(UploadFailed, 503, "SlowDown"))
+    assert not gate.is_paused()
+    gate.observe(put(UploadFailed, 503, "SlowDown"))
+    assert gate.is_paused()
+
+
+def test_uploads_and_api_calls_are_counted_apart(config: Config) -> None:
+    gate, _ = make(config, Clock(), threshold=3)
+    gate.observe(outcome(TransientError))
+    gate.observe(outcome(TransientError))
+    gate.observe(put(None, 200))                 # the storage answering says nothing about the API
+    gate.observe(put(UploadFailed, 500, "InternalError"))
+    assert not gate.is_paused()
+    gate.observe(outcome(TransientError))
+    assert gate.pauses()[GLOBAL].reason == "unreachable"
+
+
+def test_an_upload_pause_is_probed_with_a_real_upload(config: Config) -> None:
+    clock, storage = Clock(), Storage()
+    gate, released = upload_gate(config, clock, storage)
+    for _ in range(3):
+        gate.observe(put(UploadRefused))
+    storage.calls.clear()
+
+    clock.now = gate.pauses()[GLOBAL].probe_at
+    gate.probe()
+    assert storage.calls == [("POST", "/v1/applications/app-a/runs/uploadurl"), ("PUT", "/u1")]
+    pause = gate.pauses()[GLOBAL]
+    assert (pause.reason, pause.probes) == ("upload_refused", 1)
+    assert pause.message.startswith("put: HTTP 403 SignatureDoesNotMatch")
+
+    storage.api_status = 503   # the upload-URL call fails: uploads were not tested, the reason stays
+    clock.now = pause.probe_at
+    gate.probe()
+    assert gate.pauses()[GLOBAL].reason == "upload_refused"
+
+    storage.api_status, storage.put = 200, (200, "")
+    clock.now = gate.pauses()[GLOBAL].probe_at
+    with structlog.testing.capture_logs() as logs:
+        gate.probe()
+    assert not gate.is_paused() and released == [GLOBAL]
+    (resumed,) = events(logs, "api_resumed")
+    assert (resumed["reason"], resumed["folders"]) == ("upload_refused", 4)
+
+
+def test_a_probe_upload_failing_otherwise_turns_the_pause_into_uploads_failing(config: Config) -> None:
+    clock, storage = Clock(), Storage()
+    gate, _ = upload_gate(config, clock, storage)
+    for _ in range(3):
+        gate.observe(put(UploadRefused))
+    storage.put = (503, s3bodies.slow_down())
+    clock.now = gate.pauses()[GLOBAL].probe_at
+    gate.probe()
+    assert gate.pauses()[GLOBAL].reason == "uploads_failing"
+
+
+def test_health_turns_unhealthy_once_uploads_have_been_paused_too_long(config: Config) -> None:
+    clock = Clock()
+    gate, _ = upload_gate(config, clock, Storage())
+    index = FolderIndex(clock)
+    health = Health(config=lambda: config, index=index, gate=gate, outcomes=Outcomes(clock),
+                    detectors=None, watching=False, workers=list, state=lambda: "running",  # type: ignore[arg-type]
+                    clock=clock)
+    for _ in range(3):
+        gate.observe(put(UploadRefused))
+    assert health.health()[0]
+    clock.now += config.metrics.unhealthy_pause_seconds + 1
+    healthy, detail = health.health()
+    assert not healthy
+    assert detail["reasons"] == [f"API paused (upload_refused) for {round(clock.now - 1000.0)} s: *"]

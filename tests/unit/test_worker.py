@@ -12,6 +12,7 @@ import structlog
 from helpers import FAILED, TRACKED, marker, write_folder
 from worker_harness import T0, Harness
 
+from watcher.cloud.client import RequestOutcome
 from watcher.daemon.gate import GLOBAL
 from watcher.daemon.index import Stage
 from watcher.daemon.verdict import CLAIM_BUSY_SECONDS, SAME_ERROR_LIMIT
@@ -29,6 +30,8 @@ from watcher.errors import (
     StateError,
     TransientError,
     UncertainError,
+    UploadFailed,
+    UploadRefused,
 )
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
@@ -66,6 +69,18 @@ def test_a_complete_folder_is_tracked_in_one_step(h: Harness, watched: Path) -> 
     (InvalidFolder("f", "no input"), "invalid", "invalid folder: no input"),
     (RejectedError("create_run: HTTP 422: bad name", status=422), "rejected",
      "rejected by the API: create_run: HTTP 422: bad name"),
+    # POST .../runs answered 404 while GET application answered 200 (issue 10, item 4).
+    (RejectedError("create_run: HTTP 404: instance not found", status=404), "rejected",
+     "rejected by the API: create_run: HTTP 404: instance not found"),
+    # An artifact over api.max_upload_bytes, before any upload (item 5), or refused by S3 as too large (item 1).
+    (InvalidFolder("f", "output output.json is 501,000,000 bytes, over the upload limit of 500,000,000 bytes "
+                        "(api.max_upload_bytes)"), "invalid",
+     "invalid folder: output output.json is 501,000,000 bytes, over the upload limit of 500,000,000 bytes "
+     "(api.max_upload_bytes)"),
+    (InvalidFolder("f", "output output.json (6,000,000,000 bytes) refused by the storage as too large "
+                        "(put: HTTP 400 EntityTooLarge)"), "invalid",
+     "invalid folder: output output.json (6,000,000,000 bytes) refused by the storage as too large "
+     "(put: HTTP 400 EntityTooLarge)"),
 ])
 def test_a_folder_the_contract_or_the_api_refuses_is_failed_at_once(
         h: Harness, watched: Path, error: Exception, reason: str, message: str) -> None:
@@ -148,6 +163,55 @@ def test_transient_errors_use_up_attempts_then_the_folder_is_exhausted(h: Harnes
     assert [e["attempts"] for e in events if e["event"] == "folder_failed"] == [MAX_ATTEMPTS]
     assert not (folder / JOURNAL).exists()
     assert h.tracker.calls == MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize("error", [
+    UploadFailed("put: HTTP 400 RequestTimeout: Your socket connection to the server was not read from",
+                 status=400, code="RequestTimeout"),
+    UploadFailed("put: HTTP 503 SlowDown: Please reduce your request rate.", status=503, code="SlowDown"),
+    UploadFailed("put: ReadTimeout"),
+    UploadRefused("put: HTTP 403 SignatureDoesNotMatch: The request signature we calculated does not match",
+                  status=403, code="SignatureDoesNotMatch"),
+    TransientError("uploadurl: HTTP 404: not found", status=404),   # the application is there (item 4)
+], ids=["request-timeout", "slow-down", "timeout", "refused", "uploadurl-404"])
+def test_a_failed_upload_uses_an_attempt_names_its_code_and_ends_exhausted(
+        h: Harness, watched: Path, error: TransientError) -> None:
+    """Issue 10, item 1: no upload fault rejects a folder; a file that can never be uploaded ends exhausted."""
+    folder = write_folder(watched, "upload-fault", FILES)
+    h.tracker.error = error
+    with structlog.testing.capture_logs() as events:
+        found = h.step(folder)
+    assert found.stage is Stage.RETRY_WAIT and marker(folder, FAILED) is None
+    assert (journal_of(h, folder).attempts, journal_of(h, folder).last_error) == (1, str(error))
+    (retrying,) = [e for e in events if e["event"] == "folder_retrying"]
+    assert (retrying["reason"], retrying["error"], retrying["log_level"]) == ("api_error", str(error), "warning")
+    h.store.save_journal(folder, Journal(attempts=MAX_ATTEMPTS - 1))
+    assert found.at is not None
+    h.clock.now = found.at
+    assert h.step(folder).stage is Stage.FINISHED
+    failed = marker(folder, FAILED)
+    assert failed is not None
+    assert (failed["reason"], failed["error"]) == ("exhausted", f"gave up after {MAX_ATTEMPTS} attempts: {error}")
+
+
+def test_uploads_refused_across_folders_park_them_without_using_attempts(h: Harness, watched: Path) -> None:
+    """The uploads' own breaker trips while the attempt is under way: the folder is parked, not retried."""
+    folder = write_folder(watched, "refused", FILES)
+    second = write_folder(watched, "refused-too", FILES)
+    h.tracker.error = UploadRefused("put: HTTP 403 SignatureDoesNotMatch", status=403, code="SignatureDoesNotMatch")
+
+    def every_put_refused(run: object, journal: Journal) -> None:
+        for _ in range(h.gate.upload_failure_threshold):
+            h.gate.observe(RequestOutcome("put", 403, 0.01, UploadRefused, "SignatureDoesNotMatch"))
+
+    h.tracker.meanwhile = every_put_refused
+    assert (h.step(folder).stage, h.gate.pauses()[GLOBAL].reason) == (Stage.PARKED, "upload_refused")
+    assert h.step(second).stage is Stage.PARKED
+    assert h.tracker.calls == 1, "no attempt while uploads are paused"
+    assert journal_of(h, folder).attempts == 0 and marker(folder, FAILED) is None
+    h.tracker.error = h.tracker.meanwhile = None
+    h.gate.resume(GLOBAL)
+    assert h.step(folder).stage is Stage.FINISHED and h.step(second).stage is Stage.FINISHED
 
 
 def test_a_restart_honours_the_journals_next_attempt(h: Harness, watched: Path) -> None:

@@ -1,17 +1,25 @@
 """The Nextmv runs API over one pooled keep-alive httpx client.
 
 This is the only module that knows httpx: its exceptions and status codes become the errors
-of `watcher.errors` here and nowhere else. Requests that are safe to repeat are retried a
-bounded number of times with jittered exponential backoff (honouring Retry-After); `POST
-.../runs` is repeated only when the request certainly never reached the server, otherwise
-`UncertainError` tells the caller to look the run up instead of posting blindly.
+of `watcher.errors` here and nowhere else. API requests that are safe to repeat are retried a
+bounded number of times with jittered exponential backoff (honouring Retry-After) when the
+network failed or the API answered 408, 429 or 5xx; `POST .../runs` is repeated only when the
+request certainly never reached the server, otherwise `UncertainError` tells the caller to look
+the run up instead of posting blindly. Only `POST .../runs` is ever refused (`RejectedError`:
+400, 409, 413, 422, or a 404 while the application exists); a 404 on an application's endpoint
+is confirmed with `GET /v1/applications/{id}` before it is called `ApplicationNotFound`.
+
+A presigned PUT is tried once: its failures are `UploadFailed` (with S3's error code, read from a
+bounded part of the body, see `s3error`), and the caller uploads again with a fresh URL.
 
 Secrets: the API key goes only in the Authorization header of API calls, never on the
-presigned PUT; neither the key nor an upload URL ever appears in an error message.
+presigned PUT; neither the key, nor an upload URL, nor S3's signing material (StringToSign,
+CanonicalRequest) ever appears in an error message.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import ssl
 import threading
@@ -25,6 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from watcher import __version__
+from watcher.cloud import s3error
 from watcher.cloud.backoff import Backoff
 from watcher.errors import (
     ApiError,
@@ -33,7 +42,7 @@ from watcher.errors import (
     RejectedError,
     TransientError,
     UncertainError,
-    UploadExpired,
+    UploadFailed,
 )
 
 CHUNK = 1 << 20
@@ -41,6 +50,10 @@ USER_AGENT = f"nextmv-watcher/{__version__}"
 RETRY_AFTER_CAP = 120.0
 # Errors raised before a single byte of the request could reach the server.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Refusals of `POST .../runs` that fail the folder (a 404 too, once the application is confirmed).
+REFUSED = (400, 409, 413, 422)
+# What a probe uploads to test that uploads work again.
+PROBE_BYTES = b"{}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class RequestOutcome:
     status: int | None
     seconds: float
     error: type[ApiError] | None   # None for a success, else the error's type (UploadExpired, AuthError, ...)
+    code: str | None = None        # S3's error code of a failed PUT (RequestTimeout, SignatureDoesNotMatch, ...)
 
 
 Observer = Callable[[RequestOutcome], None]
@@ -125,10 +139,10 @@ class NextmvClient:
                           attempts=attempts)
         return _json_object(resp)
 
-    def new_upload(self, application_id: str) -> UploadTarget:
+    def new_upload(self, application_id: str, attempts: int | None = None) -> UploadTarget:
         """A fresh (upload_id, presigned URL) pair, valid for 15 minutes."""
-        resp = self._call("uploadurl", "POST", self._app_url(application_id, "/runs/uploadurl"),
-                          app=application_id)
+        resp = self._app_call("uploadurl", "POST", self._app_url(application_id, "/runs/uploadurl"),
+                              app=application_id, attempts=attempts)
         data = _json_object(resp)
         upload_id, url = data.get("upload_id"), data.get("upload_url")
         if not isinstance(upload_id, str) or not isinstance(url, str):
@@ -138,9 +152,12 @@ class NextmvClient:
     def put_file(self, target: UploadTarget, source: Callable[[], BinaryIO], size: int,
                  progress: Callable[[int], None] | None = None) -> None:
         """Stream the bytes of `source()` (a reader of exactly `size` bytes) to the presigned URL with a
-        Content-Length (presigned PUTs refuse chunked bodies) and no Authorization header.
-        UploadExpired when the URL is refused (403). Whatever opening or reading the source raises
-        (the folder's errors, OSError) propagates unchanged."""
+        Content-Length (presigned PUTs refuse chunked bodies) and neither Authorization nor Content-Type.
+        Tried once (the same URL is never tried again): UploadExpired (403 AccessDenied "Request has
+        expired", or a 403 without an S3 body), UploadRefused (another 403 code), UploadTooLarge (400
+        EntityTooLarge), else UploadFailed (any other answer, a reset, a timeout), each with S3's code
+        when the body had one. Whatever opening or reading the source raises (the folder's errors,
+        OSError) propagates unchanged."""
 
         # Opened before anything is sent, so that a file we may not read fails here and not in the
         # middle of a request.
@@ -153,14 +170,23 @@ class NextmvClient:
                     yield chunk
 
             headers = {"Content-Length": str(size)}
-            self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False)
+            self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False,
+                       attempts=1, body_limit=s3error.MAX_BYTES)
+
+    def try_upload(self, application_id: str) -> None:
+        """Upload `{}` once with a fresh URL, without retries: the probe that tells whether uploads work.
+        Raises what `new_upload` and `put_file` raise."""
+        target = self.new_upload(application_id, attempts=1)
+        self.put_file(target, lambda: io.BytesIO(PROBE_BYTES), len(PROBE_BYTES))
 
     def create_run(self, application_id: str, body: dict[str, Any], instance_id: str | None) -> str:
         """POST the run; returns its id. Repeated only when the request never reached the server;
-        otherwise an unclear outcome raises UncertainError (the run may exist)."""
+        otherwise an unclear outcome raises UncertainError (the run may exist). RejectedError for 400,
+        409, 413, 422, and for a 404 while the application exists (an unknown instance or batch
+        experiment: the API's message says which); ApplicationNotFound when it does not."""
         params = {"instance_id": instance_id} if instance_id else None
-        resp = self._call("create_run", "POST", self._app_url(application_id, "/runs"), app=application_id,
-                          json_body=body, params=params, uncertain_after_send=True)
+        resp = self._app_call("create_run", "POST", self._app_url(application_id, "/runs"), app=application_id,
+                              json_body=body, params=params, uncertain_after_send=True)
         try:
             run_id = _json_object(resp).get("run_id")
         except TransientError as exc:  # a 2xx: the run was created, so it must be looked up, not re-posted
@@ -175,8 +201,8 @@ class NextmvClient:
         params = {"pagereturn": "true"}
         if page_token:
             params["pagetoken"] = page_token
-        resp = self._call("list_runs", "GET", self._app_url(application_id, "/runs"), app=application_id,
-                          params=params)
+        resp = self._app_call("list_runs", "GET", self._app_url(application_id, "/runs"), app=application_id,
+                              params=params)
         data = _json_object(resp)
         runs = data.get("runs") or []
         if not isinstance(runs, list):
@@ -189,18 +215,39 @@ class NextmvClient:
     def _app_url(self, application_id: str, suffix: str = "") -> str:
         return f"{self.base_url}/v1/applications/{quote(application_id, safe='')}{suffix}"
 
+    def _app_call(self, endpoint: str, method: str, url: str, *, app: str, **kwargs: Any) -> httpx.Response:
+        """`_call` for an endpoint under an application, whose 404 does not prove the application missing
+        (an unknown instance, a bad page token, a route the API moved): confirmed with one `GET` of the
+        application. Missing: ApplicationNotFound. Present: the 404 refuses a run (`create_run`,
+        RejectedError with the API's message), else it is transient. The GET failed: transient."""
+        try:
+            return self._call(endpoint, method, url, app=app, **kwargs)
+        except _NotFound as exc:
+            not_found = str(exc)
+        try:
+            self.get_application(app, attempts=1)   # ApplicationNotFound, AuthError: raised as they are
+        except (ApplicationNotFound, AuthError):
+            raise
+        except ApiError as exc:
+            raise TransientError(f"{not_found}; the application could not be confirmed ({exc})",
+                                 status=404) from None
+        if endpoint == "create_run":
+            raise RejectedError(not_found, status=404)
+        raise TransientError(not_found, status=404)
+
     def _call(self, endpoint: str, method: str, url: str, *, app: str | None = None,
               json_body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
               headers: dict[str, str] | None = None, content: Callable[[], Iterator[bytes]] | None = None,
               authorize: bool = True, uncertain_after_send: bool = False,
-              attempts: int | None = None) -> httpx.Response:
+              attempts: int | None = None, body_limit: int | None = None) -> httpx.Response:
         hdrs = dict(headers or {})
         if authorize:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
+            if method in ("POST", "PUT"):   # as the docs' curl does, the empty upload-URL POST included
+                hdrs["Content-Type"] = "application/json"
         body_bytes = None
         if json_body is not None:
             body_bytes = json.dumps(json_body, separators=(",", ":")).encode()
-            hdrs["Content-Type"] = "application/json"
         elif method == "POST":
             body_bytes = b""
         attempt = 0
@@ -209,7 +256,8 @@ class NextmvClient:
             started = time.monotonic()
             status: int | None = None
             try:
-                resp = self._send(method, url, params, hdrs, body_bytes if content is None else content())
+                resp = self._send(method, url, params, hdrs, body_bytes if content is None else content(),
+                                  body_limit)
             except httpx.TransportError as exc:   # timeouts included
                 err: ApiError = self._network_error(endpoint, exc, uncertain_after_send)
             else:
@@ -219,11 +267,10 @@ class NextmvClient:
                     self._observe(endpoint, status, started, None)
                     return resp
                 err = err_or_none
-            self._observe(endpoint, status, started, type(err))
-            retry_after = err.retry_after if isinstance(err, TransientError) else None
-            retryable = isinstance(err, TransientError) and not isinstance(err, UncertainError | UploadExpired)
-            if not retryable or attempt >= (attempts or self.attempts) or self.cancel.is_set():
+            self._observe(endpoint, status, started, type(err), getattr(err, "code", None))
+            if not _retryable(err) or attempt >= (attempts or self.attempts) or self.cancel.is_set():
                 raise err
+            retry_after = err.retry_after if isinstance(err, TransientError) else None
             delay = self.backoff.delay(attempt)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
@@ -231,32 +278,59 @@ class NextmvClient:
                 raise err
 
     def _send(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str],
-              content: bytes | Iterator[bytes] | None) -> httpx.Response:
-        """One request straight to the pooled transport, read in full. The Client's own layers (cookies,
-        auth flows, redirects, header merging) do nothing for us and cost a third of the CPU per request,
-        which is what limits throughput; the Client still chooses the transport (proxies from the
-        environment, TLS settings)."""
+              content: bytes | Iterator[bytes] | None, body_limit: int | None = None) -> httpx.Response:
+        """One request straight to the pooled transport, read in full, or only its first `body_limit`
+        bytes (as they came, not decoded) when given. The Client's own layers (cookies, auth flows,
+        redirects, header merging) do nothing for us and cost a third of the CPU per request, which is
+        what limits throughput; the Client still chooses the transport (proxies from the environment,
+        TLS settings)."""
         request = httpx.Request(method, url, params=params, headers={**self._base_headers, **headers},
                                 content=content, extensions={"timeout": self._timeout})
         transport = self._http._transport_for_url(request.url)  # private, see the docstring
         response = transport.handle_request(request)
         response.request = request
         try:
-            response.read()
+            if body_limit is None:
+                response.read()
+                return response
+            head = bytearray()
+            try:
+                head += response.content[:body_limit]   # already in memory (an answer made in-process)
+            except httpx.ResponseNotRead:
+                for chunk in response.iter_raw():
+                    head += chunk
+                    if len(head) >= body_limit:
+                        break   # the rest is never read; closing drops the connection
         finally:
             response.close()
-        return response
+        # The head as it came (never decoded: a compressed body yields no S3 code), with the one header used.
+        kept = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+        return httpx.Response(response.status_code, headers=kept, content=bytes(head[:body_limit]), request=request)
 
     def _network_error(self, endpoint: str, exc: httpx.HTTPError, uncertain_after_send: bool) -> ApiError:
         # The message names the kind of failure only: httpx messages can carry URLs.
         kind = type(exc).__name__
+        if endpoint == "put":
+            return UploadFailed(f"{endpoint}: {kind}")
         if uncertain_after_send and not isinstance(exc, NOT_SENT):
             return UncertainError(f"{endpoint}: {kind} after the request was sent; outcome unknown")
         return TransientError(f"{endpoint}: {kind}")
 
-    def _observe(self, endpoint: str, status: int | None, started: float, error: type[ApiError] | None) -> None:
+    def _observe(self, endpoint: str, status: int | None, started: float, error: type[ApiError] | None,
+                 code: str | None = None) -> None:
         if self.observer is not None:
-            self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error))
+            self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error, code))
+
+
+class _NotFound(ApiError):
+    """A 404 on an application's endpoint, before `_app_call` confirms what it means (never raised further)."""
+
+
+def _retryable(err: ApiError) -> bool:
+    """Worth repeating the same request at once: the network failed, or the API answered 408, 429 or 5xx."""
+    if not isinstance(err, TransientError) or isinstance(err, UncertainError | UploadFailed):
+        return False
+    return err.status is None or err.status in (408, 429) or err.status >= 500
 
 
 def _status_error(endpoint: str, resp: httpx.Response, app: str | None,
@@ -264,23 +338,24 @@ def _status_error(endpoint: str, resp: httpx.Response, app: str | None,
     status = resp.status_code
     if 200 <= status < 300:
         return None
-    # A storage (or proxy) error page may echo the presigned URL: keep PUT bodies out of messages.
-    message = f"{endpoint}: HTTP {status}" if endpoint == "put" else f"{endpoint}: HTTP {status}: {_api_message(resp)}"
+    if endpoint == "put":
+        return s3error.put_error(status, resp.content, _retry_after(resp))
+    message = f"{endpoint}: HTTP {status}: {_api_message(resp)}"
     if status == 429:
         return TransientError(message, status=status, retry_after=_retry_after(resp))
     if status == 408 or status >= 500:
         if uncertain_after_send:
             return UncertainError(message, status=status)
         return TransientError(message, status=status, retry_after=_retry_after(resp))
-    if endpoint == "put":
-        if status == 403:
-            return UploadExpired(f"{endpoint}: HTTP 403: upload URL refused (expired)", status=status)
-        return RejectedError(f"{endpoint}: HTTP {status}", status=status)
     if status in (401, 403):
         return AuthError(f"API key rejected (HTTP {status}): {_api_message(resp)}", status=status)
-    if status == 404 and app is not None and endpoint != "get_run":
-        return ApplicationNotFound(app)
-    return RejectedError(message, status=status)
+    if status == 404 and app is not None:
+        return ApplicationNotFound(app) if endpoint == "get_application" else _NotFound(message, status=404)
+    if endpoint == "create_run" and status in REFUSED:
+        return RejectedError(message, status=status)
+    # Anything else (another 4xx, a 3xx: redirects are not followed) refuses no folder, and the same
+    # request is not repeated at once: the folder is tried again later.
+    return TransientError(message, status=status)
 
 
 def _api_message(resp: httpx.Response) -> str:

@@ -2,8 +2,9 @@
 
     1. If the journal holds intents (POSTs that may have created the run), look the run up by
        the intents' tokens and adopt it; post again only after a grace period without a match.
-    2. Fingerprint every file, prepare the artifacts (spooling archives), and upload each one
-       (fresh upload URL, streamed PUT; an expired URL is replaced), in parallel.
+    2. Fingerprint every file, prepare the artifacts (spooling archives), check every artifact's
+       size against `api.max_upload_bytes`, and upload each one (fresh upload URL, streamed PUT; a
+       failed PUT is tried again with a fresh URL, a few times), in parallel.
     3. Check that no file changed and that the claim is still ours, record a new intent with a
        unique token durably, then POST the run with the token in its description.
     4. Write the tracked marker, then drop the journal.
@@ -30,10 +31,20 @@ from typing import Any
 
 import structlog
 
-from watcher.cloud.client import NextmvClient, UploadTarget
+from watcher.cloud.client import RETRY_AFTER_CAP, NextmvClient, UploadTarget
 from watcher.cloud.lookup import RunLookup
 from watcher.config import RUN_TOKEN_PREFIX, TOKEN_LINE_LENGTH, Config
-from watcher.errors import FolderChanged, InvalidFolder, RetryLater, TransientError, UncertainError, UploadExpired
+from watcher.errors import (
+    FolderChanged,
+    InvalidFolder,
+    RetryLater,
+    TransientError,
+    UncertainError,
+    UploadExpired,
+    UploadFailed,
+    UploadRefused,
+    UploadTooLarge,
+)
 from watcher.runfolder.folder import RunFolder, fingerprint, verify_fingerprint
 from watcher.runfolder.markers import Intent, Journal, StateStore, UploadRecord
 from watcher.runfolder.prepare import PreparedRun, Upload, prepare
@@ -46,6 +57,10 @@ URL_LIFETIME_SECONDS = 15 * 60
 REUSE_MARGIN_SECONDS = 3 * 60
 # Uploads at least this large are journaled as soon as they finish, so a crash does not redo them.
 JOURNAL_UPLOAD_BYTES = 1 << 20
+# Upload URLs per artifact per attempt: a failed PUT is tried again with a fresh URL, never the same one.
+UPLOAD_TRIES = 4
+REFUSED_HINT = ("the storage refused the signed upload: check the system clock (skew) and any proxy that "
+                "rewrites requests (headers, path or query); retried with a fresh URL")
 RESULT_FIELDS = {"output": "output_upload_id", "logs": "error_upload_id", "statistics": "statistics_upload_id",
                  "metrics": "metrics_upload_id", "assets": "assets_upload_id"}
 
@@ -216,10 +231,12 @@ class Tracker:
 
     def _upload_all(self, run: RunFolder, application_id: str, prepared: PreparedRun, journal: Journal,
                     before: dict[str, tuple[int, int, int]]) -> dict[str, str]:
-        """Upload every artifact (in parallel), reusing journaled uploads that are still fresh."""
+        """Upload every artifact (in parallel), reusing journaled uploads that are still fresh. Raises
+        InvalidFolder before anything is uploaded when an artifact is larger than `max_upload_bytes`."""
         lock = threading.Lock()
         ids: dict[str, str] = {}
         todo: list[tuple[Upload, dict[str, list[int]]]] = []
+        self._check_sizes(run, prepared)
         now = self.clock()
         for upload in prepared.uploads:
             art = run.artifact(upload.role)
@@ -235,7 +252,7 @@ class Tracker:
             todo.append((upload, members))
 
         def one(upload: Upload, members: dict[str, list[int]]) -> None:
-            target = self._upload(application_id, prepared, upload, run.path)
+            target = self._upload(application_id, prepared, upload, run)
             with lock:
                 ids[upload.role] = target.upload_id
                 journal.uploads[upload.role] = UploadRecord(target.upload_id, target.obtained_at, members)
@@ -260,25 +277,64 @@ class Tracker:
             raise first_error
         return ids
 
-    def _upload(self, application_id: str, prepared: PreparedRun, upload: Upload, folder: Path) -> UploadTarget:
-        """Get an upload URL and PUT the bytes; an expired URL is replaced up to three times."""
-        for attempt in range(3):
+    def _check_sizes(self, run: RunFolder, prepared: PreparedRun) -> None:
+        """Every artifact (a file as it is, an archive as spooled) fits `max_upload_bytes`, or the folder is
+        invalid: Nextmv documents at most 500 MB per upload, and a larger one would be sent in full and
+        refused on every attempt."""
+        limit = self.limits().max_upload_bytes
+        for upload in prepared.uploads:
+            if upload.size > limit:
+                raise InvalidFolder(str(run.path), f"{_label(run, upload)} is {upload.size:,} bytes, over the upload "
+                                                   f"limit of {limit:,} bytes (api.max_upload_bytes)")
+
+    def _upload(self, application_id: str, prepared: PreparedRun, upload: Upload, run: RunFolder) -> UploadTarget:
+        """Get an upload URL and PUT the bytes. A failed PUT (an S3 error, a reset, a timeout, an expired or
+        refused URL) is tried again with a fresh URL, up to UPLOAD_TRIES URLs, after a jittered backoff
+        (none after an expired URL; cancelled on drain); then its error is raised (`UploadFailed`, the
+        folder is retried later). The storage refusing the size (EntityTooLarge) makes the folder invalid."""
+        label = _label(run, upload)
+        for attempt in range(1, UPLOAD_TRIES + 1):
             target = self.client.new_upload(application_id)
             try:
                 self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress)
             except PermissionError:
-                raise InvalidFolder(str(folder), f"{upload.role} {upload.path.name}: permission denied") from None
+                raise InvalidFolder(str(run.path), f"{label}: permission denied") from None
             except OSError as exc:
-                raise FolderChanged(str(folder),
-                                    f"{upload.role} {upload.path.name}: cannot be read ({exc.strerror})") from None
-            except UploadExpired:
-                if attempt == 2:
+                raise FolderChanged(str(run.path), f"{label}: cannot be read ({exc.strerror})") from None
+            except UploadTooLarge as exc:
+                raise InvalidFolder(str(run.path), f"{label} ({upload.size:,} bytes) refused by the storage "
+                                                   f"as too large ({exc})") from None
+            except UploadFailed as exc:
+                if isinstance(exc, UploadRefused):
+                    log.warning("upload_refused", artifact=upload.role, status=exc.status, code=exc.code,
+                                error=str(exc), hint=REFUSED_HINT)
+                if attempt == UPLOAD_TRIES or self.client.cancel.is_set():
                     raise
-                log.info("upload_url_expired", artifact=upload.role, reason="fresh URL requested")
+                self._pause_before_retry(upload, exc, attempt)
                 continue
             return target
         raise TransientError("unreachable")  # pragma: no cover
 
+    def _pause_before_retry(self, upload: Upload, exc: UploadFailed, attempt: int) -> None:
+        """Wait before the next URL (at once after an expired one); raises `exc` when cancelled meanwhile."""
+        if isinstance(exc, UploadExpired):
+            log.info("upload_url_expired", artifact=upload.role, reason="fresh URL requested")
+            return
+        delay = self.client.backoff.delay(attempt)
+        if exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, RETRY_AFTER_CAP))
+        if not isinstance(exc, UploadRefused):
+            log.info("upload_retrying", artifact=upload.role, status=exc.status, code=exc.code, error=str(exc),
+                     retry_in=round(delay, 2))
+        if self.client.cancel.wait(delay):
+            raise exc
+
+
+def _label(run: RunFolder, upload: Upload) -> str:
+    """The artifact as an operator knows it: its role and its name in the folder (never a spool file's)."""
+    art = run.artifact(upload.role)
+    name = art.path.name if art is not None else upload.path.name
+    return f"{upload.role} {name}" + (" (as an archive)" if art is not None and art.is_dir else "")
 
 def _warn_if_cut(run: RunFolder, limits: Limits) -> None:
     """Say so when the name or the user's description will be cut to fit the API's limits."""

@@ -1,16 +1,22 @@
 """Pausing and resuming work against the API: the one home of that flow.
 
-Three things pause work, and this module alone decides, probes and logs them (`api_paused`,
+These things pause work, and this module alone decides, probes and logs them (`api_paused`,
 `application_paused`, `api_resumed`):
 
 - the API rejects the key (401/403): all work pauses (scope "*"), reason `auth`;
 - an application does not exist (404): that application's work pauses (scope = its id);
-- every recent request failed (the circuit breaker: `failure_threshold` transient failures in a row,
-  seen through the client's request outcomes): all work pauses, reason `unreachable`.
+- every recent API request failed (the circuit breaker: `failure_threshold` transient failures in a
+  row, seen through the client's request outcomes): all work pauses, reason `unreachable`;
+- every recent upload failed (the uploads' own breaker: `upload_failure_threshold` failed presigned
+  PUTs in a row, across folders; every PUT follows a successful upload-URL call, so the API's count
+  cannot see them): all work pauses, reason `upload_refused` when each was a 403 refusal
+  (SignatureDoesNotMatch, ...: a proxy or clock skew), else `uploads_failing`. Folders that fail
+  meanwhile are parked without using up attempts (see `verdict`).
 
 A paused scope is probed from the main loop (`probe`): one `GET /v1/applications/{id}` without
-retries, with a growing interval; a paused key is re-read from its source first, so fixing the key
-file or credential is enough. Its answer resumes the scope (its parked folders are due again: the
+retries, with a growing interval (for an upload pause: a fresh upload URL and a PUT of `{}`, so
+that only a working upload resumes work); a paused key is re-read from its source first, so fixing
+the key file or credential is enough. Its answer resumes the scope (its parked folders are due again: the
 `unpark` callback, the folder index's), keeps it paused, or (a global pause answered with 404) turns it
 into a pause of that application. The lock guards only the pauses and the breaker's count; it is never
 held while calling the client, the index or the logger.
@@ -27,17 +33,32 @@ import structlog
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient, RequestOutcome
 from watcher.config import Config, resolve_api_key
-from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError, TransientError
+from watcher.errors import (
+    ApiError,
+    ApplicationNotFound,
+    AuthError,
+    ConfigError,
+    TransientError,
+    UploadFailed,
+    UploadRefused,
+)
 from watcher.logs import REDACTOR
 
 log = structlog.get_logger("watcher.daemon.gate")
 
 GLOBAL = "*"
+PUT = "put"   # the client's endpoint name for presigned uploads
+UPLOAD_REASONS = ("upload_refused", "uploads_failing")
+UPLOAD_HINTS = {
+    "upload_refused": "every recent upload was refused by the storage: check the system clock (skew) and any "
+                      "proxy that rewrites requests; work resumes by itself once a test upload succeeds",
+    "uploads_failing": "every recent upload failed; work resumes by itself once a test upload succeeds",
+}
 
 
 @dataclass
 class Pause:
-    reason: str            # "auth" | "unreachable" | "application_not_found"
+    reason: str            # "auth" | "unreachable" | "application_not_found" | "upload_refused" | "uploads_failing"
     message: str
     since: float
     probe_at: float
@@ -48,17 +69,20 @@ class Gate:
     """Thread-safe. Workers ask `blocked(app)`; the client reports every request (`observe`)."""
 
     def __init__(self, clock: Callable[[], float], *, config: Callable[[], Config], client: NextmvClient | None,
-                 unpark: Callable[[str], int], failure_threshold: int = 5,
+                 unpark: Callable[[str], int], failure_threshold: int = 5, upload_failure_threshold: int = 10,
                  probe_backoff: Backoff | None = None) -> None:
         self.clock = clock
         self.config = config
         self.client = client
         self.unpark = unpark
         self.failure_threshold = failure_threshold
+        self.upload_failure_threshold = upload_failure_threshold
         self.probe_backoff = probe_backoff or Backoff(1.0, 60.0)
         self._lock = threading.Lock()
         self._paused: dict[str, Pause] = {}
         self._failures = 0
+        self._upload_failures = 0
+        self._upload_refusals = 0   # how many of the failed PUTs in a row were 403 refusals
 
     # -- what workers and observers see ----------------------------------------------------
 
@@ -97,7 +121,11 @@ class Gate:
 
     def observe(self, outcome: RequestOutcome) -> None:
         """One HTTP attempt's outcome (the client's observer): a success resets the breaker; a transient
-        failure counts, and `failure_threshold` in a row pause all work as unreachable."""
+        failure counts, and `failure_threshold` in a row pause all work as unreachable. Presigned PUTs
+        have their own count (`_observe_upload`) and leave the API's alone."""
+        if outcome.endpoint == PUT:
+            self._observe_upload(outcome)
+            return
         if outcome.error is None:
             with self._lock:
                 self._failures = 0
@@ -111,6 +139,28 @@ class Gate:
         if tripped and self._close(GLOBAL, "unreachable", message):
             log.error("api_paused", reason="unreachable", endpoint=outcome.endpoint, status=outcome.status,
                       hint="every recent request failed; work resumes by itself when the API answers")
+
+    def _observe_upload(self, outcome: RequestOutcome) -> None:
+        """A PUT's outcome: a success resets the uploads' count; a failed upload counts (a refused size
+        does not: that is the artifact's problem); `upload_failure_threshold` in a row pause all work."""
+        if outcome.error is None:
+            with self._lock:
+                self._upload_failures = self._upload_refusals = 0
+            return
+        if not issubclass(outcome.error, UploadFailed):
+            return
+        with self._lock:
+            self._upload_failures += 1
+            self._upload_refusals += 1 if issubclass(outcome.error, UploadRefused) else 0
+            tripped = self._upload_failures >= self.upload_failure_threshold
+            refused = self._upload_refusals == self._upload_failures
+        if not tripped:
+            return
+        reason = "upload_refused" if refused else "uploads_failing"
+        message = f"put: {outcome.status or 'no response'}" + (f" {outcome.code}" if outcome.code else "")
+        if self._close(GLOBAL, reason, message):
+            log.error("api_paused", reason=reason, endpoint=PUT, status=outcome.status, code=outcome.code,
+                      hint=UPLOAD_HINTS[reason])
 
     def forget_applications(self, keep: set[str]) -> None:
         """A reload removed applications: their pauses end (their folders left the index)."""
@@ -145,7 +195,14 @@ class Gate:
         if reason == "auth":
             self._reload_key(config)
         try:
-            self.client.get_application(app, attempts=1)
+            if reason in UPLOAD_REASONS:
+                self.client.try_upload(app)
+            else:
+                self.client.get_application(app, attempts=1)
+        except UploadRefused as exc:
+            self._still(scope, "upload_refused", str(exc))
+        except UploadFailed as exc:
+            self._still(scope, "uploads_failing", str(exc))
         except AuthError as exc:
             self._still(scope, "auth", str(exc))
         except ApplicationNotFound as exc:
@@ -154,8 +211,8 @@ class Gate:
                 self.application_missing(app, str(exc))
             else:
                 self._still(scope, "application_not_found", str(exc))
-        except ApiError as exc:
-            self._still(scope, "unreachable", str(exc))
+        except ApiError as exc:   # for an upload pause, the upload-URL call failed: uploads were not tested
+            self._still(scope, reason if reason in UPLOAD_REASONS else "unreachable", str(exc))
         else:
             self.resume(scope)
 
@@ -163,7 +220,7 @@ class Gate:
         """End the pause of `scope` (if any): its parked folders are due again; `api_resumed` is logged."""
         with self._lock:
             pause = self._paused.pop(scope, None)
-            self._failures = 0
+            self._failures = self._upload_failures = self._upload_refusals = 0
         if pause is None:
             return
         folders = self.unpark(scope)

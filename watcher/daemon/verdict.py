@@ -6,8 +6,12 @@ gate, the journal, the failed marker, the log, the index). Nothing here does I/O
 | error                                      | action | reason                | attempt | when                   |
 |--------------------------------------------|--------|-----------------------|---------|------------------------|
 | the folder is invalid (`InvalidFolder`)    | fail   | invalid               | used    | at once                |
+| ... an artifact over api.max_upload_bytes  | fail   | invalid               | used    | at once, before uploads|
+| ... a PUT answered 400 EntityTooLarge      | fail   | invalid               | used    | at once                |
 | a `.nextmv-*` file that is not ours        | fail   | invalid               | first   | (journal not trusted)  |
-| the API refused the run (`RejectedError`)  | fail   | rejected              | used    | at once                |
+| the API refused the run (`RejectedError`:  | fail   | rejected              | used    | at once                |
+|   POST runs 400/409/413/422, or 404 with   |        |                       |         |                        |
+|   the application confirmed present)       |        |                       |         |                        |
 | the same I/O error 3 times in a row        | fail   | invalid               | -       | at once                |
 | an I/O error reading the folder            | retry  | unreadable            | -       | max(2 s, settle)       |
 | a file changed or vanished                 | retry  | changed               | -       | max(2 s, settle)       |
@@ -17,13 +21,24 @@ gate, the journal, the failed marker, the log, the index). Nothing here does I/O
 |   parked instead while a pause is on       |        |                       |         |                        |
 | the claim was taken over (`ClaimLost`)     | wait   | claim_lost            | -       | 15 s                   |
 | the key was rejected (`AuthError`)         | park   | auth                  | -       | when the API resumes   |
-| the application does not exist            | park   | application_not_found | -       | when it resumes        |
+| the application does not exist (a 404,    | park   | application_not_found | -       | when it resumes        |
+|   confirmed by GET application)            |        |                       |         |                        |
 | a transient error while a pause is on      | park   | the pause's           | -       | when it resumes        |
+|   (uploads' breaker too: upload_refused,   |        |                       |         |                        |
+|   uploads_failing)                         |        |                       |         |                        |
 | 429                                        | retry  | throttled             | -       | backoff, >= Retry-After|
 | a POST of unknown outcome                  | retry  | api_error             | -       | backoff                |
-| other transient errors (5xx, network)      | retry  | api_error             | used    | backoff                |
+| an upload that failed with fresh URLs      | retry  | api_error             | used    | backoff                |
+|   (`UploadFailed`: S3's 400 RequestTimeout,|        |                       |         |                        |
+|   5xx SlowDown, a reset, a 403 refusal...) |        |                       |         |                        |
+| other transient errors (5xx, network, a    | retry  | api_error             | used    | backoff                |
+|   4xx on uploadurl or the listing, a 404   |        |                       |         |                        |
+|   there with the application present)      |        |                       |         |                        |
 | ... the last of `retry.max_attempts`       | fail   | exhausted             | used    | at once                |
 | our own state cannot be written            | wait   | state_error           | -       | backoff(3)             |
+
+The tracker turns the upload-limit and EntityTooLarge cases into `InvalidFolder` (it knows the artifact);
+the client confirms a 404 with `GET /v1/applications/{id}` before it says `ApplicationNotFound`.
 """
 
 from __future__ import annotations
