@@ -19,7 +19,8 @@ class RequestRecord:
 
     `endpoint` is one of the fault endpoint names, "control" for /_fake/* or "unknown". `status` is
     the status sent, or None when no response was sent (connection reset, or the client went away
-    mid-request). `path` excludes the query string, which carries upload signatures.
+    mid-request). `path` excludes the query string, which carries upload signatures. `s3_code` is the
+    S3 error code of an answered PUT error (None otherwise).
     """
 
     endpoint: str
@@ -30,6 +31,7 @@ class RequestRecord:
     content_length: int | None
     chunked: bool
     content_type: str | None
+    s3_code: str | None = None
 
 
 class RequestLog:
