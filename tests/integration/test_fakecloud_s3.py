@@ -292,6 +292,7 @@ def test_records_name_the_s3_code_and_the_content_type_but_no_secret(
     raw.put(url, content=b"x")
     raw.put(url.replace("signature=", "signature=f"), content=b"x")
     assert put_records(cloud) == [(503, "SlowDown"), (200, None), (403, "SignatureDoesNotMatch")]
+    assert cloud.stats()["s3_codes"] == {"SignatureDoesNotMatch": 1, "SlowDown": 1}
     [upload_url_call] = [r for r in cloud.requests() if r.endpoint == "uploadurl"]
     assert upload_url_call.content_type == "application/json"
     query = dict(parse_qsl(urlsplit(url).query))

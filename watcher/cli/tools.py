@@ -33,7 +33,8 @@ fault fields (--faults JSON, or one flag each; rates are fractions 0..1 of the r
 
 admin endpoints (no auth, never faulted or rate-limited; JSON bodies; 400 with the reason if bad):
   GET  /_fake/runs       every run recorded: body, query, created_at, artifacts (size, sha256)
-  GET  /_fake/stats      requests by endpoint and status, connections, runs, uploads
+  GET  /_fake/stats      requests by endpoint and status, PUT errors by S3 code, connections, runs,
+                         uploads
   GET  /_fake/faults     the faults in force
   POST /_fake/faults     {"<field>": value, ...}: change fault fields; answers them all
   GET  /_fake/behaviour  the service behaviour in force
