@@ -205,7 +205,9 @@ def test_put_refuses_chunked_and_missing_length_and_keeps_the_connection(
     try:
         conn.putrequest("PUT", f"{parts.path}?{parts.query}")
         conn.endheaders()  # neither Content-Length nor Transfer-Encoding
-        assert conn.getresponse().status == 501
+        answer = conn.getresponse()
+        assert answer.status == 411
+        assert b"<Code>MissingContentLength</Code>" in answer.read()
     finally:
         conn.close()
 

@@ -6,6 +6,14 @@ import argparse
 from pathlib import Path
 
 from watcher import __version__
+from watcher.cli.tools import FAKE_CLOUD_EPILOG
+
+# The numeric `Faults` fields, each a `fake-cloud` flag (--error-rate X ...); `--faults JSON` sets any field.
+FAULT_FLAGS = (
+    "latency_seconds", "error_rate", "throttle_rate", "throttle_retry_after", "reset_rate", "reset_after_rate",
+    "put_request_timeout_rate", "put_slow_down_rate", "put_signature_mismatch_rate", "url_lifetime_seconds",
+    "post_delay_seconds", "list_lag_seconds",
+)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,9 +59,64 @@ def parser() -> argparse.ArgumentParser:
     with_config(c)
     c = cmd("sync", "track every complete folder once, without a daemon, then exit")
     with_config(c)
-    c = cmd("fake-cloud", "run a local emulator of the Nextmv runs API (for trying things out)")
-    c.add_argument("--port", type=int, default=8765)
-    c.add_argument("--api-key", default="demo-key", help="the API key it accepts (default: demo-key)")
+    _fake_cloud(sub.add_parser(
+        "fake-cloud", help="run a local emulator of the Nextmv runs API (for trying things out)",
+        description="Run a local emulator of the Nextmv runs API and of S3's presigned uploads, "
+                    "behaving like the real services by default.",
+        epilog=FAKE_CLOUD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter))
     c = cmd("demo", "run the emulator and the daemon on sample folders in a temporary directory")
     c.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p
+
+
+def _fake_cloud(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--port", type=int, default=8765)
+    c.add_argument("--api-key", default="demo-key", help="the API key it accepts (default: demo-key)")
+    b = c.add_argument_group("service behaviour (defaults: the real service's, as far as known)")
+    unset = argparse.SUPPRESS  # flags not given leave the field to its default
+    b.add_argument("--list-order", choices=("newest", "oldest"), default=unset,
+                   help="the run list's order (default: newest)")
+    b.add_argument("--max-name-length", type=_limit, metavar="N", default=unset,
+                   help="longest run name in characters (default: 128; 0 or none: no limit)")
+    b.add_argument("--max-description-length", type=_limit, metavar="N", default=unset,
+                   help="longest run description in characters (default: 256; 0 or none: no limit)")
+    b.add_argument("--over-limit", choices=("refuse", "truncate"), default=unset,
+                   help="a name or description over its limit: 400, or cut silently (default: refuse)")
+    b.add_argument("--instance", dest="instances", action="append", metavar="ID", default=unset,
+                   help="a known instance id (repeatable); others answer 404 on POST .../runs "
+                        "(default: any id)")
+    b.add_argument("--batch-experiment", dest="batch_experiments", action="append", metavar="ID",
+                   default=unset, help="a known batch experiment id (repeatable; default: any id)")
+    b.add_argument("--max-upload-bytes", type=_limit, metavar="N", default=unset,
+                   help="largest presigned PUT (default: 500000000; 0 or none: no limit)")
+    b.add_argument("--rate-limit", dest="rate_limit_per_second", type=_rate, metavar="R", default=unset,
+                   help="API calls per second, token bucket; 429 with Retry-After (default: none)")
+    b.add_argument("--rate-burst", dest="rate_limit_burst", type=int, metavar="B", default=unset,
+                   help="the token bucket's size (default: 10)")
+    f = c.add_argument_group("faults (default: none; see the fault fields below)")
+    f.add_argument("--faults", metavar="JSON", help='a JSON object of fault fields, e.g. \'{"error_rate": 0.1}\'')
+    for name in FAULT_FLAGS:
+        f.add_argument("--" + name.replace("_", "-"), dest=f"fault_{name}", type=float, metavar="X", default=unset)
+    f.add_argument("--seed", dest="fault_seed", type=int, metavar="N", default=unset, help="the faults' random seed")
+
+
+def _limit(text: str) -> int | None:
+    """A limit flag's value: a positive integer, or 0 or "none" for no limit."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or none: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _rate(text: str) -> float | None:
+    if text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or none: {text!r}") from None

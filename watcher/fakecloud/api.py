@@ -1,9 +1,10 @@
-"""The emulated Nextmv endpoints: routing, authentication and one function per endpoint.
+"""The emulated Nextmv endpoints: routing, the rate limit, authentication and one function per endpoint.
 
-Endpoints take a parsed `Request` and return a `Response`; they never write to the socket, so the
-HTTP layer can discard a real answer and inject a fault after processing. Behaviour follows
-docs/protocol.md ("The five steps", "The run listing and paging"); the upload PUT imitates an S3
-presigned URL (same note, "Base URL and authentication" and "The emulator").
+Endpoints take a parsed `Request` and return a `Response` (messages.py); they never write to the
+socket, so the HTTP layer can discard a real answer and inject a fault after processing. Behaviour
+follows docs/protocol.md ("The five steps", "The run listing and paging") and the service rules of
+behaviour.py; the upload PUT imitates an S3 presigned URL (presigned.py). API errors are JSON
+`{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -11,51 +12,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import unquote
 
-from watcher.fakecloud.body import BodyError, BodyReader
+from watcher.fakecloud import presigned
+from watcher.fakecloud.behaviour import Behaviours
+from watcher.fakecloud.body import BodyError
 from watcher.fakecloud.faults import FaultInjector
 from watcher.fakecloud.holds import Holds
+from watcher.fakecloud.messages import Request, Response, error_response, json_response
+from watcher.fakecloud.ratelimit import RateLimiter
 from watcher.fakecloud.records import RequestLog
 from watcher.fakecloud.signing import UrlSigner
 from watcher.fakecloud.store import PAGE_SIZE, Store, run_item
 from watcher.fakecloud.validation import ApiError
 
+__all__ = ["Api", "Request", "Response", "error_response", "json_response", "route"]
+
 MAX_JSON_BODY = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class Response:
-    """A complete answer: status, body bytes and extra headers (Content-Length is added on sending)."""
-
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def json_response(payload: object, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(status, body, (("Content-Type", "application/json"), *headers))
-
-
-def error_response(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return json_response({"error": message}, status, headers)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One parsed request. `params` holds the decoded path parameters (application id first)."""
-
-    method: str
-    path: str
-    endpoint: str
-    params: tuple[str, ...]
-    query: dict[str, str]
-    authorization: str | None
-    content_length: int | None
-    chunked: bool
-    body: BodyReader
 
 
 # (method, path after /v1/applications/{app}, with "*" for the run id) -> endpoint name
@@ -98,9 +71,12 @@ class Api:
         api_keys: Iterable[str],
         applications: Iterable[str] | None,
         holds: Holds | None = None,
+        behaviours: Behaviours | None = None,
     ) -> None:
         self.store = store
         self.faults = faults
+        self.behaviours = behaviours if behaviours is not None else Behaviours()
+        self._limiter = RateLimiter()
         self.holds = holds if holds is not None else Holds()
         self.log = log
         self.signer = UrlSigner()
@@ -126,11 +102,12 @@ class Api:
         self._api_keys = checked
 
     def handle(self, req: Request) -> Response:
-        """Answer one non-control request. Auth comes first for /v1/*, then the application check."""
+        """Answer one non-control request. For /v1/*: the rate limit, auth, then the application check."""
         if req.endpoint == "put":
-            return self._put(req)
+            rules = self.behaviours.current
+            return presigned.put(req, store=self.store, signer=self.signer, max_upload_bytes=rules.max_upload_bytes)
         if req.path.startswith("/v1/"):
-            refused = self._authenticate(req.authorization)
+            refused = self._rate_limit() or self._authenticate(req.authorization)
             if refused is not None:
                 return refused
         if req.endpoint == "unknown":
@@ -142,6 +119,16 @@ class Api:
             return self._endpoints[req.endpoint](app, req)
         except ApiError as exc:
             return error_response(exc.status, exc.message)
+
+    def _rate_limit(self) -> Response | None:
+        rules = self.behaviours.current
+        if rules.rate_limit_per_second is None:
+            return None
+        wait = self._limiter.take(rules.rate_limit_per_second, rules.rate_limit_burst)
+        if wait is None:
+            return None
+        message = f"rate limit exceeded: at most {rules.rate_limit_per_second:g} requests per second"
+        return error_response(429, message, (("Retry-After", str(wait)),))
 
     def _authenticate(self, authorization: str | None) -> Response | None:
         # The messages never repeat the presented key.
@@ -162,29 +149,12 @@ class Api:
         url = self.signer.url(self.base_url, upload_id, self.faults.current.url_lifetime_seconds)
         return json_response({"upload_id": upload_id, "upload_url": url})
 
-    def _put(self, req: Request) -> Response:
-        # Checks in the order S3 applies them: framing, credentials, signature, expiry, object.
-        if req.chunked or req.content_length is None:
-            return error_response(
-                501, "a presigned PUT needs Content-Length; Transfer-Encoding is not implemented"
-            )
-        if req.authorization is not None:
-            return error_response(
-                400, "only one auth mechanism allowed: the URL is presigned, drop Authorization"
-            )
-        upload_id = req.params[0]
-        refused = self.signer.check(upload_id, req.query.get("expires"), req.query.get("signature"))
-        if refused is not None:
-            return error_response(403, refused)
-        if not self.store.has_upload(upload_id):
-            return error_response(404, "no such upload")
-        receiver = self.store.receiver(upload_id, req.content_length)
-        for piece in req.body.chunks():
-            receiver.feed(piece)
-        self.store.commit_upload(receiver)
-        return Response(200)
-
     def _create_run(self, app: str, req: Request) -> Response:
+        rules = self.behaviours.current
+        instance = req.query.get("instance_id")
+        if rules.instances is not None and instance is not None and instance != "latest" \
+                and instance not in rules.instances:
+            return error_response(404, f"instance not found: {instance!r}")
         try:
             raw = req.body.read(MAX_JSON_BODY)
         except BodyError:
@@ -193,7 +163,7 @@ class Api:
             body = json.loads(raw)
         except ValueError:
             return error_response(400, "the request body is not valid JSON")
-        run = self.store.create_run(app, body, req.query)
+        run = self.store.create_run(app, body, req.query, rules)
         delay = self.faults.current.post_delay_seconds
         if delay > 0:
             # Recorded but not yet answered: what a client sees when the API is slow to respond.
@@ -202,11 +172,15 @@ class Api:
 
     def _list_runs(self, app: str, req: Request) -> Response:
         lag = self.faults.current.list_lag_seconds
+        oldest_first = self.behaviours.current.list_order == "oldest"
         if req.query.get("pagereturn", "").lower() != "true":
-            runs, _ = self.store.list_runs(app, lag_seconds=lag, page_token=None, page_size=None)
+            runs, _ = self.store.list_runs(
+                app, lag_seconds=lag, page_token=None, page_size=None, oldest_first=oldest_first
+            )
             return json_response([run_item(run) for run in runs])
         runs, token = self.store.list_runs(
-            app, lag_seconds=lag, page_token=req.query.get("pagetoken") or None, page_size=PAGE_SIZE
+            app, lag_seconds=lag, page_token=req.query.get("pagetoken") or None, page_size=PAGE_SIZE,
+            oldest_first=oldest_first,
         )
         return json_response({"runs": [run_item(run) for run in runs], "next_page_token": token})
 

@@ -12,6 +12,7 @@ from types import FrameType, TracebackType
 from typing import Any, TextIO
 
 from watcher.fakecloud.api import Api
+from watcher.fakecloud.behaviour import Behaviour, Behaviours
 from watcher.fakecloud.control import stats
 from watcher.fakecloud.faults import FaultInjector, Faults
 from watcher.fakecloud.holds import Hold, Holds
@@ -20,6 +21,7 @@ from watcher.fakecloud.server import Server
 from watcher.fakecloud.store import RecordedRun, RecordedUpload, Store
 
 _POLL_SECONDS = 0.02  # how soon the accept loop notices stop(); idle wakeups cost next to nothing
+_UNSET: Any = object()  # a Behaviour field not given to FakeCloud(...)
 
 
 class State(enum.Enum):
@@ -32,8 +34,11 @@ class FakeCloud:
     """A local emulator of the Nextmv runs API on a real socket (see docs/protocol.md, "The emulator").
 
     `applications=None` accepts every application id; otherwise other ids answer 404. Uploads larger
-    than `max_stored_bytes` keep only their size and sha256. Lifecycle: NEW -> RUNNING (`start`) ->
-    STOPPED (`stop`); a stopped instance cannot be restarted. All methods are thread-safe.
+    than `max_stored_bytes` keep only their size and sha256. `behaviour` (default `Behaviour()`: the
+    real service as far as known) sets the service's rules; its fields can also be given one by one
+    (`FakeCloud(list_order="oldest")`), over `behaviour`. Raises ValueError or TypeError for a bad
+    fault or behaviour value. Lifecycle: NEW -> RUNNING (`start`) -> STOPPED (`stop`); a stopped
+    instance cannot be restarted. All methods are thread-safe.
     """
 
     def __init__(
@@ -44,9 +49,27 @@ class FakeCloud:
         host: str = "127.0.0.1",
         port: int = 0,
         faults: Faults | None = None,
+        behaviour: Behaviour | None = None,
         max_stored_bytes: int = 64 * 2**20,
         ssl_context: ssl.SSLContext | None = None,
+        list_order: str = _UNSET,
+        max_name_length: int | None = _UNSET,
+        max_description_length: int | None = _UNSET,
+        over_limit: str = _UNSET,
+        instances: Iterable[str] | None = _UNSET,
+        batch_experiments: Iterable[str] | None = _UNSET,
+        max_upload_bytes: int | None = _UNSET,
+        rate_limit_per_second: float | None = _UNSET,
+        rate_limit_burst: int = _UNSET,
     ) -> None:
+        given = {
+            "list_order": list_order, "max_name_length": max_name_length,
+            "max_description_length": max_description_length, "over_limit": over_limit,
+            "instances": instances, "batch_experiments": batch_experiments,
+            "max_upload_bytes": max_upload_bytes, "rate_limit_per_second": rate_limit_per_second,
+            "rate_limit_burst": rate_limit_burst,
+        }  # fmt: skip
+        self._behaviours = Behaviours(behaviour, {k: v for k, v in given.items() if v is not _UNSET})
         self._address = (host, port)
         self._ssl_context = ssl_context
         self._faults = FaultInjector(faults)
@@ -60,6 +83,7 @@ class FakeCloud:
             api_keys=api_keys,
             applications=applications,
             holds=self._holds,
+            behaviours=self._behaviours,
         )
         self._state = State.NEW
         self._state_lock = threading.Lock()
@@ -128,6 +152,15 @@ class FakeCloud:
         """Change some `Faults` fields atomically; ValueError/TypeError for unknown fields or bad values."""
         self._faults.update(changes)
 
+    @property
+    def behaviour(self) -> Behaviour:
+        """The service behaviour in force (frozen)."""
+        return self._behaviours.current
+
+    def set_behaviour(self, **changes: Any) -> None:
+        """Change some `Behaviour` fields atomically; ValueError/TypeError for unknown fields or bad values."""
+        self._behaviours.update(changes)
+
     def set_api_keys(self, keys: Iterable[str]) -> None:
         """Replace the accepted API keys; requests with other keys answer 401 from now on."""
         self._api.set_api_keys(keys)
@@ -140,15 +173,21 @@ class FakeCloud:
         after_processing: bool = False,
         count: int = 1,
         retry_after: float | None = None,
+        code: str | None = None,
     ) -> None:
         """Make the next `count` requests to `endpoint` fail, in order, ahead of any random fault.
 
         `status=None` resets the connection. With `after_processing` the request is carried out
-        first (a create_run records the run) and then answered `status` or reset. `retry_after` adds
-        a Retry-After header. Raises ValueError for an unknown endpoint or a bad status.
+        first (a create_run records the run, a put stores the bytes) and then answered `status` or
+        reset. `retry_after` adds a Retry-After header. On `put` the answer is S3's XML error with
+        `code` (e.g. "ExpiredToken", "RequestTimeout"); without one, a neutral code per status
+        (s3errors.DEFAULT_CODES: 400 InvalidRequest, 403 AccessDenied, 404 NoSuchBucket, 500
+        InternalError, 503 SlowDown, ...), or a gateway's HTML page for a status S3 does not send
+        itself (502, 504, 429, ...). Raises ValueError for an unknown endpoint, a bad status, or a
+        code on another endpoint than put.
         """
         self._faults.fail_next(
-            endpoint, status, after_processing=after_processing, count=count, retry_after=retry_after
+            endpoint, status, after_processing=after_processing, count=count, retry_after=retry_after, code=code
         )
 
     def hold(self, endpoint: str, *, content_length: int | None = None) -> Hold:
@@ -193,6 +232,7 @@ def serve(
     applications: Iterable[str] | None = None,
     faults: Faults | None = None,
     *,
+    behaviour: Behaviour | None = None,
     host: str = "127.0.0.1",
     out: TextIO | None = None,
 ) -> None:
@@ -208,7 +248,9 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        cloud = FakeCloud(api_keys=api_keys, applications=applications, host=host, port=port, faults=faults)
+        cloud = FakeCloud(
+            api_keys=api_keys, applications=applications, host=host, port=port, faults=faults, behaviour=behaviour
+        )
         with cloud:
             stream = out if out is not None else sys.stdout
             print(f"fake-cloud listening on {cloud.url}", file=stream, flush=True)

@@ -1,8 +1,15 @@
 """Control endpoints under /_fake/, for driving an emulator that runs in another process.
 
-No authentication and no faults. `GET /_fake/runs`, `GET /_fake/stats`, `POST /_fake/faults`
-(a JSON object of `Faults` fields; answers the faults now in force), `POST /_fake/keys`
-(`{"api_keys": [...]}`) and `POST /_fake/fail_next` (the arguments of `FakeCloud.fail_next`).
+No authentication, no faults, no rate limit; bad bodies answer 400 with the reason:
+
+    GET  /_fake/runs, /_fake/stats            what happened (`FakeCloud.runs`, `stats`)
+    GET  /_fake/faults, POST /_fake/faults    the faults in force; change some `Faults` fields
+    GET  /_fake/behaviour, POST ...behaviour  the behaviour in force; change some `Behaviour` fields
+    POST /_fake/keys                          {"api_keys": [...]}
+    POST /_fake/fail_next                     the arguments of `FakeCloud.fail_next`
+
+`nextmv-watcher fake-cloud --help` documents them for users (watcher/cli/tools.py; a test keeps the
+two in step).
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from watcher.fakecloud.api import Api, Response, error_response, json_response
+from watcher.fakecloud import behaviour
+from watcher.fakecloud.api import Api
 from watcher.fakecloud.body import BodyError, BodyReader
 from watcher.fakecloud.faults import to_json
+from watcher.fakecloud.messages import Response, error_response, json_response
 from watcher.fakecloud.store import all_runs_json
 
 _MAX_BODY = 2**20
+_FAIL_NEXT_FIELDS = ("endpoint", "status", "after_processing", "count", "retry_after", "code")
 
 
 def handle_control(api: Api, method: str, path: str, body: BodyReader) -> Response:
@@ -65,6 +75,18 @@ def _faults(api: Api, payload: object) -> object:
     return to_json(api.faults.update(_object(payload, "fields of Faults")))
 
 
+def _get_faults(api: Api, payload: object) -> object:
+    return to_json(api.faults.current)
+
+
+def _behaviour(api: Api, payload: object) -> object:
+    return behaviour.to_json(api.behaviours.update(_object(payload, "fields of Behaviour")))
+
+
+def _get_behaviour(api: Api, payload: object) -> object:
+    return behaviour.to_json(api.behaviours.current)
+
+
 def _keys(api: Api, payload: object) -> object:
     keys = _object(payload, '{"api_keys": [...]}').get("api_keys")
     if not isinstance(keys, list):
@@ -74,8 +96,8 @@ def _keys(api: Api, payload: object) -> object:
 
 
 def _fail_next(api: Api, payload: object) -> object:
-    fields = _object(payload, "endpoint, status, after_processing, count, retry_after")
-    unknown = set(fields) - {"endpoint", "status", "after_processing", "count", "retry_after"}
+    fields = _object(payload, ", ".join(_FAIL_NEXT_FIELDS))
+    unknown = set(fields) - set(_FAIL_NEXT_FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
     status, count, retry_after = fields.get("status"), fields.get("count", 1), fields.get("retry_after")
@@ -87,12 +109,16 @@ def _fail_next(api: Api, payload: object) -> object:
         isinstance(retry_after, bool) or not isinstance(retry_after, int | float)
     ):
         raise TypeError("retry_after must be a number or null")
+    code = fields.get("code")
+    if code is not None and not isinstance(code, str):
+        raise TypeError("code must be a string or null")
     api.faults.fail_next(
         str(fields.get("endpoint")),
         status,
         after_processing=bool(fields.get("after_processing", False)),
         count=count,
         retry_after=None if retry_after is None else float(retry_after),
+        code=code,
     )
     return {}
 
@@ -100,7 +126,10 @@ def _fail_next(api: Api, payload: object) -> object:
 _ACTIONS: dict[tuple[str, str], Callable[[Api, object], object]] = {
     ("GET", "/_fake/runs"): _runs,
     ("GET", "/_fake/stats"): _stats,
+    ("GET", "/_fake/faults"): _get_faults,
     ("POST", "/_fake/faults"): _faults,
+    ("GET", "/_fake/behaviour"): _get_behaviour,
+    ("POST", "/_fake/behaviour"): _behaviour,
     ("POST", "/_fake/keys"): _keys,
     ("POST", "/_fake/fail_next"): _fail_next,
 }

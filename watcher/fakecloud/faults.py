@@ -9,7 +9,9 @@ once per API or upload request and returns a `Decision` the HTTP layer carries o
     3. process the request
     4. `after`: discard the real answer and send a status or reset the connection instead
 
-One-shot faults (`fail_next`) win over random ones and ignore the endpoint filter.
+One-shot faults (`fail_next`) win over random ones and ignore the endpoint filter. The `put`
+endpoint's faults are answered the way S3 answers (s3errors.py): the `Injected.code` names the S3
+error code of the XML body.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ ENDPOINTS = frozenset({"get_application", "uploadurl", "put", "create_run", "lis
 
 _KNOWN = ", ".join(sorted(ENDPOINTS))
 _ERROR_STATUSES = (500, 502, 503, 504)
-_RATES = ("error_rate", "throttle_rate", "reset_rate", "reset_after_rate")
+_PUT_RATES = ("put_request_timeout_rate", "put_slow_down_rate", "put_signature_mismatch_rate")
+_PUT_CODES = ("RequestTimeout", "SlowDown", "SignatureDoesNotMatch")
+_PUT_STATUSES = (400, 503, 403)
+_RATES = ("error_rate", "throttle_rate", "reset_rate", "reset_after_rate", *_PUT_RATES)
 _NON_NEGATIVE = ("latency_seconds", "throttle_retry_after", "post_delay_seconds", "list_lag_seconds")
 
 
@@ -35,10 +40,20 @@ _NON_NEGATIVE = ("latency_seconds", "throttle_retry_after", "post_delay_seconds"
 class Faults:
     """What the emulator does wrong; every default means "nothing".
 
-    Rates are fractions of eligible requests. `reset_rate`, `error_rate` and `throttle_rate` share
-    one random draw in that order of precedence, so each is exactly the fraction it names as long
-    as they sum to at most 1 (beyond that, later ones get what is left). `url_lifetime_seconds` may be
-    zero or negative to hand out URLs that are already expired.
+    Rates are fractions of eligible requests: those of `endpoints` (None = all) for latency,
+    `reset_rate`, `error_rate`, `throttle_rate` and `reset_after_rate`; every presigned PUT for the
+    `put_*` rates, which name their endpoint themselves. One random draw decides, in this order of
+    precedence: `reset_rate`, `error_rate`, `throttle_rate`, then (PUTs only)
+    `put_request_timeout_rate`, `put_slow_down_rate`, `put_signature_mismatch_rate`; so each is
+    exactly the fraction it names as long as they sum to at most 1 (beyond that, later ones get what
+    is left). `reset_after_rate` is drawn separately, for requests none of those hit.
+
+    On PUTs the answers are S3's: `error_rate` gives 500 `InternalError`, 503 `SlowDown`, or 502/504
+    with a gateway's HTML page; `throttle_rate` gives 503 `SlowDown` (S3 never answers 429);
+    `put_request_timeout_rate` 400 `RequestTimeout`, `put_slow_down_rate` 503 `SlowDown`,
+    `put_signature_mismatch_rate` 403 `SignatureDoesNotMatch` (as if a proxy rewrote the request).
+    None of them stores the body. `url_lifetime_seconds` may be zero or negative to hand out URLs that
+    are already expired.
     """
 
     latency_seconds: float = 0.0
@@ -50,6 +65,9 @@ class Faults:
     url_lifetime_seconds: float = 900.0
     post_delay_seconds: float = 0.0
     list_lag_seconds: float = 0.0
+    put_request_timeout_rate: float = 0.0
+    put_slow_down_rate: float = 0.0
+    put_signature_mismatch_rate: float = 0.0
     endpoints: frozenset[str] | None = None
     seed: int = 0
 
@@ -108,10 +126,14 @@ def to_json(faults: Faults) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class Injected:
-    """An injected outcome: answer `status` (with `Retry-After` when set), or reset when status is None."""
+    """An injected outcome: answer `status` (with `Retry-After` when set), or reset when status is None.
+
+    `code`: the S3 error code of a PUT's XML body (None: the default for the status, see s3errors.py).
+    """
 
     status: int | None
     retry_after: float | None = None
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,8 +182,12 @@ class FaultInjector:
         after_processing: bool = False,
         count: int = 1,
         retry_after: float | None = None,
+        code: str | None = None,
     ) -> None:
-        """Queue `count` one-shot faults for `endpoint` (status None = reset); ValueError on bad input."""
+        """Queue `count` one-shot faults for `endpoint` (status None = reset); ValueError on bad input.
+
+        `code` (put only) names the S3 error code of the answer's XML body.
+        """
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; known: {_KNOWN}")
         if status is not None and not 100 <= status <= 599:
@@ -170,7 +196,12 @@ class FaultInjector:
             raise ValueError("count must be at least 1")
         if retry_after is not None and (not math.isfinite(retry_after) or retry_after < 0):
             raise ValueError("retry_after must be a non-negative number")
-        shot = (Injected(status, retry_after), after_processing)
+        if code is not None:
+            if endpoint != "put" or status is None:
+                raise ValueError("code names the S3 error of a put answer: it needs endpoint put and a status")
+            if not isinstance(code, str) or not code.isascii() or not code.isalnum():
+                raise ValueError("code must be an S3 error code such as RequestTimeout")
+        shot = (Injected(status, retry_after, code), after_processing)
         with self._lock:
             self._one_shots.setdefault(endpoint, deque()).extend([shot] * count)
 
@@ -186,28 +217,38 @@ class FaultInjector:
                 if after_processing:
                     return Decision(latency, None, injected)
                 return Decision(latency, injected, None)
-            if not eligible:
+            put_rated = endpoint == "put" and any(getattr(faults, rate) > 0 for rate in _PUT_RATES)
+            if not eligible and not put_rated:
                 return _NOTHING
-            before = self._draw_before(faults)
+            before = self._draw_before(faults, endpoint, eligible)
             after = None
-            if before is None and faults.reset_after_rate > 0:
+            if eligible and before is None and faults.reset_after_rate > 0:
                 after = Injected(None) if self._rng.random() < faults.reset_after_rate else None
             if latency == 0.0 and before is None and after is None:
                 return _NOTHING
             return Decision(latency, before, after)
 
-    def _draw_before(self, faults: Faults) -> Injected | None:
+    def _draw_before(self, faults: Faults, endpoint: str, eligible: bool) -> Injected | None:
         draw = self._rng.random()
-        threshold = faults.reset_rate
-        if draw < threshold:
-            return Injected(None)
-        threshold += faults.error_rate
-        if draw < threshold:
-            return Injected(self._rng.choice(_ERROR_STATUSES))
-        threshold += faults.throttle_rate
-        if draw < threshold:
-            # Alternate with and without Retry-After so clients exercise both of their paths.
-            self._throttled += 1
-            retry_after = faults.throttle_retry_after if self._throttled % 2 == 1 else None
-            return Injected(429, retry_after)
+        threshold = 0.0
+        if eligible:
+            threshold += faults.reset_rate
+            if draw < threshold:
+                return Injected(None)
+            threshold += faults.error_rate
+            if draw < threshold:
+                return Injected(self._rng.choice(_ERROR_STATUSES))
+            threshold += faults.throttle_rate
+            if draw < threshold:
+                if endpoint == "put":
+                    return Injected(503, None, "SlowDown")  # S3 throttles with 503 SlowDown, never 429
+                # Alternate with and without Retry-After so clients exercise both of their paths.
+                self._throttled += 1
+                retry_after = faults.throttle_retry_after if self._throttled % 2 == 1 else None
+                return Injected(429, retry_after)
+        if endpoint == "put":
+            for rate, status, code in zip(_PUT_RATES, _PUT_STATUSES, _PUT_CODES, strict=True):
+                threshold += getattr(faults, rate)
+                if draw < threshold:
+                    return Injected(status, None, code)
         return None

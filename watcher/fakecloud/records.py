@@ -19,7 +19,8 @@ class RequestRecord:
 
     `endpoint` is one of the fault endpoint names, "control" for /_fake/* or "unknown". `status` is
     the status sent, or None when no response was sent (connection reset, or the client went away
-    mid-request). `path` excludes the query string, which carries upload signatures.
+    mid-request). `path` excludes the query string, which carries upload signatures. `s3_code` is the
+    S3 error code of an answered PUT error (None otherwise).
     """
 
     endpoint: str
@@ -30,6 +31,7 @@ class RequestRecord:
     content_length: int | None
     chunked: bool
     content_type: str | None
+    s3_code: str | None = None
 
 
 class RequestLog:
@@ -39,6 +41,7 @@ class RequestLog:
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._s3_codes: Counter[str] = Counter()
         self._connections = 0
         self._internal_errors: list[str] = []
 
@@ -47,6 +50,8 @@ class RequestLog:
         with self._lock:
             self._records.append(record)
             self._counts[key] += 1
+            if record.s3_code is not None:
+                self._s3_codes[record.s3_code] += 1
 
     def connection_opened(self) -> None:
         with self._lock:
@@ -62,7 +67,8 @@ class RequestLog:
             return list(self._records)
 
     def stats(self) -> dict[str, Any]:
-        """JSON-ready counters: requests by endpoint and status ("reset" for no response), and more."""
+        """JSON-ready counters: requests by endpoint and status ("reset" for no response), PUT errors by
+        S3 code, and more."""
         with self._lock:
             by_endpoint: dict[str, dict[str, int]] = {}
             for (endpoint, status), count in sorted(self._counts.items()):
@@ -70,6 +76,7 @@ class RequestLog:
             return {
                 "requests": len(self._records),
                 "by_endpoint": by_endpoint,
+                "s3_codes": dict(sorted(self._s3_codes.items())),
                 "connections": self._connections,
                 "internal_errors": list(self._internal_errors),
                 "cpu_seconds": time.process_time(),

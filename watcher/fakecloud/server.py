@@ -2,9 +2,12 @@
 
 Per request: route, then (except for /_fake/*) a hold (holds.py), latency, a `before` fault (status
 or reset, request not processed), the endpoint, then an `after` fault (status or reset replacing the
-real answer).
-The body is always fully read before answering so keep-alive connections stay in sync; a reset
-closes the socket with SO_LINGER 0, which makes the kernel send RST instead of FIN.
+real answer). Injected answers on the presigned PUT are S3's XML errors (s3errors.py), elsewhere JSON.
+The body is read before answering so keep-alive connections stay in sync, except for an answer
+marked `unread_body` (S3 refusing an upload by its declared length): it is sent first, then the
+connection is closed after discarding what the client still sends (a lingering close, so that the
+client reads the answer instead of a reset). A reset closes the socket with SO_LINGER 0, which
+makes the kernel send RST instead of FIN.
 """
 
 from __future__ import annotations
@@ -23,14 +26,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import cast
 from urllib.parse import parse_qsl
 
-from watcher.fakecloud.api import Api, Request, Response, error_response, route
+from watcher.fakecloud import s3errors
+from watcher.fakecloud.api import Api, route
 from watcher.fakecloud.body import BodyError, BodyReader
 from watcher.fakecloud.control import handle_control
 from watcher.fakecloud.faults import ENDPOINTS, Decision, Injected
+from watcher.fakecloud.messages import Request, Response, error_response
+from watcher.fakecloud.presigned import view
 from watcher.fakecloud.records import RequestRecord
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _NO_FAULT = Decision()
+# A lingering close discards at most this long, each read waiting at most _LINGER_READ_SECONDS.
+_LINGER_SECONDS = 5.0
+_LINGER_READ_SECONDS = 1.0
 
 
 class Server(ThreadingHTTPServer):
@@ -141,9 +150,21 @@ class Handler(BaseHTTPRequestHandler):
             ),
         )
         if content_length == -1 or (transfer is not None and not chunked):
-            record.send(error_response(400, "malformed Content-Length or Transfer-Encoding"), close=True)
+            record.send(_framing_error(endpoint, bad_length=content_length == -1), close=True)
             return
         body = BodyReader(self.rfile, content_length, chunked)
+        request = Request(
+            method=self.command,
+            path=path,
+            endpoint=endpoint,
+            params=params,
+            query=dict(parse_qsl(query_string, keep_blank_values=True)),
+            authorization=headers.get("Authorization"),
+            content_length=None if chunked else content_length,
+            chunked=chunked,
+            body=body,
+            host=headers.get("Host", ""),
+        )
         try:
             if endpoint == "control":
                 record.send(handle_control(api, self.command, path, body))
@@ -155,23 +176,16 @@ class Handler(BaseHTTPRequestHandler):
             if decision.latency > 0:
                 time.sleep(decision.latency)
             if decision.before is not None:
-                record.inject(decision.before, body)
+                record.inject(decision.before, request)
                 return
-            request = Request(
-                method=self.command,
-                path=path,
-                endpoint=endpoint,
-                params=params,
-                query=dict(parse_qsl(query_string, keep_blank_values=True)),
-                authorization=headers.get("Authorization"),
-                content_length=None if chunked else content_length,
-                chunked=chunked,
-                body=body,
-            )
             response = api.handle(request)
+            if response.unread_body:
+                record.send(response, close=True)
+                self.linger(body)
+                return
             body.drain()
             if decision.after is not None:
-                record.inject(decision.after, body)
+                record.inject(decision.after, request)
             else:
                 record.send(response)
         except (BodyError, OSError):
@@ -180,7 +194,9 @@ class Handler(BaseHTTPRequestHandler):
             api.log.internal_error(f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(BodyError, OSError):
                 body.drain()
-                record.send(error_response(500, "internal emulator error"), close=True)
+                failed = s3errors.s3_error(500, "InternalError") if endpoint == "put" else \
+                    error_response(500, "internal emulator error")
+                record.send(failed, close=True)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
@@ -193,6 +209,19 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")  # also sets close_connection
         self.end_headers()
         self.wfile.write(response.body)
+
+    def linger(self, body: BodyReader) -> None:
+        """After an answer sent before the body: discard what the client still sends (bounded in time),
+        so that closing sends FIN rather than RST and the client gets to read the answer."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.settimeout(_LINGER_READ_SECONDS)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        with contextlib.suppress(BodyError, OSError):
+            for _ in body.chunks():
+                if time.monotonic() > deadline:
+                    break
 
     def reset(self) -> None:
         """Close the connection with RST and no response."""
@@ -211,32 +240,47 @@ class _Recorder:
         self._template = template  # everything but the status
         self._done = False
 
-    def _record(self, status: int | None) -> None:
+    def _record(self, status: int | None, s3_code: str | None = None) -> None:
         if not self._done:
             self._done = True
-            record = dataclasses.replace(self._template, status=status)
+            record = dataclasses.replace(self._template, status=status, s3_code=s3_code)
             cast(Server, self._handler.server).api.log.add(record)
 
     def send(self, response: Response, close: bool = False) -> None:
-        self._record(response.status)
+        self._record(response.status, response.s3_code)
         self._handler.send_complete(response, close)
 
-    def inject(self, injected: Injected, body: BodyReader) -> None:
+    def inject(self, injected: Injected, request: Request) -> None:
         if injected.status is None:
             self._record(None)
             self._handler.reset()
             return
-        body.drain()
+        request.body.drain()
         headers: tuple[tuple[str, str], ...] = ()
         if injected.retry_after is not None:
             headers = (("Retry-After", _seconds(injected.retry_after)),)
         status = injected.status
+        if request.endpoint == "put":
+            api = cast(Server, self._handler.server).api
+            response = s3errors.injected(status, injected.code, view(request), api.signer)
+            response = dataclasses.replace(response, headers=(*response.headers, *headers))
+            # S3 closes the connection it gave up reading.
+            self.send(response, close=injected.code == "RequestTimeout")
+            return
         message = "rate limit exceeded" if status == 429 else f"injected fault: HTTP {status}"
         self.send(error_response(status, message, headers))
 
     def abort(self) -> None:
         self._record(None)
         self._handler.close_connection = True
+
+
+def _framing_error(endpoint: str, *, bad_length: bool) -> Response:
+    if endpoint != "put":
+        return error_response(400, "malformed Content-Length or Transfer-Encoding")
+    if bad_length:
+        return s3errors.s3_error(400, "BadRequest", message="An error occurred when parsing the HTTP request.")
+    return s3errors.chunked_refused()  # a transfer coding S3 does not implement
 
 
 def _content_length(value: str | None) -> int | None:

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from watcher.fakecloud.validation import LOGS_FIELD, bad_request, validate_run_body
+from watcher.fakecloud.behaviour import Behaviour
+from watcher.fakecloud.validation import (
+    LOGS_FIELD,
+    apply_limits,
+    bad_request,
+    check_batch_experiment,
+    validate_run_body,
+)
 
 PAGE_SIZE = 50
 
@@ -41,7 +48,9 @@ class RecordedRun:
     """A run as created through `POST .../runs`.
 
     `artifacts` snapshots, at creation, the uploads the body referenced, keyed "input" for the
-    top-level `upload_id` and by the `result.*_upload_id` key for the others.
+    top-level `upload_id` and by the `result.*_upload_id` key for the others. `body` is the run as
+    recorded (listed and returned): with `Behaviour.over_limit` "truncate", `truncated` names the
+    fields that were cut to their limit.
     """
 
     run_id: str
@@ -50,6 +59,7 @@ class RecordedRun:
     body: dict[str, Any]
     query: dict[str, str]
     artifacts: Mapping[str, RecordedUpload] = dataclasses.field(default_factory=dict, repr=False)
+    truncated: tuple[str, ...] = ()
 
     def artifact(self, field: str) -> RecordedUpload | None:
         """The upload behind `field` ("input", "output_upload_id", "error_upload_id", ...), or None."""
@@ -189,11 +199,25 @@ class Store:
 
     # --- runs ------------------------------------------------------------------------------------
 
-    def create_run(self, application_id: str, body: object, query: Mapping[str, str]) -> RecordedRun:
-        """Validate `body` and record the run. Raises `ApiError(400, ...)` naming the offending field."""
+    def create_run(
+        self, application_id: str, body: object, query: Mapping[str, str], rules: Behaviour | None = None
+    ) -> RecordedRun:
+        """Validate `body` and record the run.
+
+        Checked in this order: the field rules, the name and description limits of `rules` (default
+        `Behaviour()`), its known batch experiments. Raises `ApiError` (400 naming the offending field
+        and, for a limit, the limit; 404 for an unknown batch experiment).
+        """
+        rules = rules if rules is not None else Behaviour()
+        limits = {"name": rules.max_name_length, "description": rules.max_description_length}
         with self._lock:
             fields = validate_run_body(body, self._resolve)
-            body = cast(dict[str, Any], body)  # validate_run_body refuses anything but an object
+            body, truncated = apply_limits(
+                cast(dict[str, Any], body),  # validate_run_body refuses anything but an object
+                limits,
+                truncate=rules.over_limit == "truncate",
+            )
+            check_batch_experiment(body, rules.batch_experiments)
             artifacts = {name: self._slots[upload_id].content for name, upload_id in fields.items()}
             now = datetime.now(UTC)
             if now <= self._last_created:
@@ -210,6 +234,7 @@ class Store:
                 body=body,
                 query=dict(query),
                 artifacts={name: c for name, c in artifacts.items() if c is not None},
+                truncated=truncated,
             )
             app_runs = self._by_app.setdefault(application_id, [])
             self._position[run_id] = len(app_runs)
@@ -253,26 +278,40 @@ class Store:
             return app_runs[index]
 
     def list_runs(
-        self, application_id: str, *, lag_seconds: float, page_token: str | None, page_size: int | None
+        self,
+        application_id: str,
+        *,
+        lag_seconds: float,
+        page_token: str | None,
+        page_size: int | None,
+        oldest_first: bool = False,
     ) -> tuple[list[RecordedRun], str]:
-        """Visible runs newest first, and the token of the next page ("" when there is none).
+        """Visible runs newest first (or oldest first), and the token of the next page ("" when none).
 
         A run is visible once it is `lag_seconds` old. With `page_size` None every visible run is
         returned. A page token names the last run of the previous page, so pages stay contiguous
-        while runs are being created. Raises `ApiError(400)` for a token this server did not issue.
+        while runs are being created (new runs come before the first page newest first, after the
+        last one oldest first). Raises `ApiError(400)` for a token this server did not issue.
         """
         with self._lock:
             app_runs = self._by_app.get(application_id, [])
-            end = len(app_runs)
+            visible = len(app_runs)
             if lag_seconds > 0:
                 cutoff = datetime.now(UTC) - timedelta(seconds=lag_seconds)
-                end = bisect_right(app_runs, cutoff, key=lambda run: run.created_at)
-            if page_token:
-                end = min(end, self._token_position(application_id, page_token))
-            start = 0 if page_size is None else max(0, end - page_size)
+                visible = bisect_right(app_runs, cutoff, key=lambda run: run.created_at)
+            after = self._token_position(application_id, page_token) if page_token else None
+            if oldest_first:
+                start = 0 if after is None else min(visible, after + 1)
+                end = visible if page_size is None else min(visible, start + page_size)
+                more = end < visible
+            else:
+                end = visible if after is None else min(visible, after)
+                start = 0 if page_size is None else max(0, end - page_size)
+                more = start > 0
             page = app_runs[start:end]
-        page.reverse()
-        next_token = _token(page[-1].run_id) if start > 0 and page else ""
+        if not oldest_first:
+            page.reverse()
+        next_token = _token(page[-1].run_id) if more and page else ""
         return page, next_token
 
     def _token_position(self, application_id: str, token: str) -> int:

@@ -127,3 +127,31 @@ def _check_result(result: object, resolve: Callable[[str, object], str]) -> dict
         if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
             raise bad_request(f"result.execution_duration must be a non-negative integer, got {duration!r}")
     return {key: resolve(f"result.{key}", result[key]) for key in RESULT_UPLOAD_FIELDS if key in result}
+
+
+def apply_limits(
+    body: dict[str, Any], limits: Mapping[str, int | None], truncate: bool
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Hold `name`/`description` to their limits ({field: characters or None}) in a validated body.
+
+    Returns the body to record (a copy with values cut when `truncate`) and the fields cut. Without
+    `truncate`, raises `ApiError(400)` naming the first field over its limit and the limit.
+    """
+    cut: list[str] = []
+    out = body
+    for field, limit in limits.items():
+        value = body.get(field)
+        if limit is None or not isinstance(value, str) or len(value) <= limit:
+            continue
+        if not truncate:
+            raise bad_request(f"{field} must be at most {limit} characters long, got {len(value)}")
+        out = {**out, field: value[:limit]}
+        cut.append(field)
+    return out, tuple(cut)
+
+
+def check_batch_experiment(body: Mapping[str, Any], known: frozenset[str] | None) -> None:
+    """Raise `ApiError(404)` when the body names a batch experiment outside `known` (None: any)."""
+    experiment = body.get("batch_experiment_id")
+    if known is not None and experiment is not None and experiment not in known:
+        raise ApiError(404, f"batch experiment not found: {experiment!r}")
