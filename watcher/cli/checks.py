@@ -10,9 +10,12 @@ import sys
 from typing import Any
 
 from watcher import logs
-from watcher.cli.common import FAILED, OK, CommandError, api_key, client, load, log
+from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, confirm, load, log
 from watcher.cli.hardening import disabled_link_protections
 from watcher.cli.status import format_status, print_scan_status
+from watcher.cloud.roundtrip import PROBE_NAME, Result, Roundtrip
+from watcher.cloud.tracker import Limits
+from watcher.config import Config
 from watcher.daemon import control_socket as control
 from watcher.errors import ApiError, ApplicationNotFound, AuthError
 
@@ -32,7 +35,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         log.warning("link_protection_disabled", sysctl=sysctl, risk=risk,
                     hint=f"sysctl -w {sysctl}=1, and set it in /etc/sysctl.d/ to keep it")
     if args.offline:
+        if args.roundtrip:
+            raise CommandError(USAGE, "check: --roundtrip needs the API; drop --offline")
         return OK
+    if args.roundtrip:
+        return _roundtrip(config, key, args)
     api = client(config, key)
     problems = 0
     try:
@@ -71,3 +78,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     status: dict[str, Any] = response["status"]
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return OK
+
+
+def _roundtrip(config: Config, key: str, args: argparse.Namespace) -> int:
+    """Post a probe run to each application and print, per assumption, held / violated / could not tell."""
+    apps = [args.application] if args.application else sorted({w.application_id for w in config.watch})
+    confirm(f"check --roundtrip posts probe runs named {PROBE_NAME!r} to {', '.join(apps)}; they stay in "
+            "the run history, where experiments and shadow tests may see them. Go on?",
+            yes=args.yes, command="check --roundtrip", declined="no probe posted")
+    api = client(config, key)
+    violated = False
+    try:
+        for app in apps:
+            check = Roundtrip(api, Limits.of(config), max_pages=config.api.lookup_max_pages)
+            try:
+                findings = check.run(app)
+            except ApplicationNotFound:
+                print(f"application {app}: NOT FOUND")
+                violated = True
+                continue
+            except AuthError as exc:
+                raise CommandError(FAILED, f"API key: REJECTED ({exc.status})") from None
+            except ApiError as exc:
+                raise CommandError(FAILED, f"API {config.api.url}: UNREACHABLE "
+                                           f"({logs.REDACTOR.scrub(str(exc))})") from None
+            for f in findings:
+                print(f"application {app}: {f.assumption}: {f.result.value} ({f.detail})")
+                if f.result is Result.VIOLATED:
+                    violated = True
+                    print(f"  means: {f.meaning}")
+    finally:
+        api.close()
+    return FAILED if violated else OK

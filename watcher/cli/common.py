@@ -4,6 +4,7 @@ a word with the running daemon."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,18 @@ class CommandError(Exception):
         self.code = code
         self.message = message
         super().__init__(message)
+
+
+def confirm(question: str, *, yes: bool, command: str, declined: str) -> None:
+    """Ask `question` on the terminal unless `yes`; CommandError when there is no terminal to ask
+    (USAGE) or the answer is not yes (FAILED, `declined`)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(USAGE, f"{command}: not asking without a terminal; give --yes")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandError(FAILED, declined)
 
 
 def load(args: argparse.Namespace) -> Config:

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from watcher import logs
-from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, load, tell_daemon
+from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, confirm, load, tell_daemon
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
@@ -206,13 +206,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     with d:
         if tracked is None:
             raise CommandError(FAILED, f"{folder} has no tracked marker")
-        if not args.yes:
-            if not sys.stdin.isatty():
-                raise CommandError(USAGE, "forget: not asking without a terminal; give --yes")
-            print(f"Forget run {tracked.get('run_id')} of {folder} and track it again? [y/N] ", end="",
-                  file=sys.stderr, flush=True)
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                raise CommandError(FAILED, "nothing forgotten")
+        confirm(f"Forget run {tracked.get('run_id')} of {folder} and track it again?", yes=args.yes,
+                command="forget", declined="nothing forgotten")
         try:
             store.remove(d, TRACKED_MARKER)
         except WatcherError as exc:

@@ -44,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
     with_config(c)
     c = cmd("check", "validate the configuration and the API key, and that each application exists")
     c.add_argument("--offline", action="store_true", help="check the configuration only, no API calls")
+    c.add_argument("--roundtrip", action="store_true",
+                   help="post a probe run to each application and check what exactly-once relies on: the "
+                        "run accepted at the maximum name and description lengths, listed within the grace "
+                        "period with its description verbatim, the list newest first (the probe stays in "
+                        "the run history)")
+    c.add_argument("--application", metavar="ID", help="with --roundtrip: only this application")
+    c.add_argument("--yes", action="store_true", help="with --roundtrip: do not ask before posting")
     with_config(c)
     c = cmd("retry", "forget the failed marker of a folder (or of every failed folder) so that it is tracked again")
     c.add_argument("folder", type=Path, nargs="?", help="the failed folder (or --all-failed)")

@@ -5,4 +5,5 @@
     backoff.py   bounded exponential delays with jitter
     lookup.py    find a run by the token in its description
     tracker.py   the upload-and-track sequence for one folder, resumable from its journal
+    roundtrip.py `check --roundtrip`: a probe run that tests what exactly-once assumes
 """
