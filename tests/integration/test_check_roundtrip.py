@@ -59,3 +59,33 @@ def test_a_named_application_that_does_not_exist_exits_1(run: Run, tmp_path: Pat
         assert fake.runs() == []
     assert result.code == 1
     assert "application nope: NOT FOUND" in result.out
+
+
+def test_a_list_oldest_first_exits_1_naming_the_order(run: Run, tmp_path: Path, watched: Path) -> None:
+    with FakeCloud(api_keys=[API_KEY], list_order="oldest") as fake:
+        result = roundtrip(run, tmp_path, fake, watched, "--yes")
+    assert result.code == 1, result.out + result.err
+    order = findings(result.out)["the run list is newest first"]
+    assert order.endswith("violated (the list is oldest first)")
+    assert "pages through the whole run list" in result.out
+    others = [line for key, line in findings(result.out).items() if key != "the run list is newest first"]
+    assert all(": held (" in line for line in others), result.out
+
+
+def test_an_api_that_refuses_the_configured_lengths_is_named(run: Run, tmp_path: Path, watched: Path) -> None:
+    with FakeCloud(api_keys=[API_KEY], max_name_length=100) as fake:
+        result = roundtrip(run, tmp_path, fake, watched, "--yes")
+        assert fake.runs() == []
+    assert result.code == 1
+    accepted = findings(result.out)["accepted at the maximum lengths (name 128, description 256 characters)"]
+    assert ": violated (the API refused the probe: create_run: HTTP 400" in accepted
+    assert "api.max_name_length" in result.out
+
+
+def test_an_api_that_cuts_descriptions_silently_is_caught(run: Run, tmp_path: Path, watched: Path) -> None:
+    with FakeCloud(api_keys=[API_KEY], max_description_length=200, over_limit="truncate") as fake:
+        result = roundtrip(run, tmp_path, fake, watched, "--yes")
+    assert result.code == 1
+    listed = findings(result.out)["listed within 3 s with its description verbatim"]
+    assert ": violated (the listed description lacks the token line (200 characters listed, 256 sent))" in listed
+    assert "may be duplicated" in result.out
