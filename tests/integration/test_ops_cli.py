@@ -472,3 +472,15 @@ def test_sync_gives_up_when_the_api_stays_unreachable(tmp_path: Path, watched: P
     assert "sync stopped early: the API has been unreachable" in err.getvalue()
     assert marker(folder) is None and marker(folder, FAILED) is None
     assert "not tracked yet" in out.getvalue()
+
+
+def test_sync_gives_up_naming_refused_uploads(tmp_path: Path, watched: Path, state_dir: Path) -> None:
+    with FakeCloud(api_keys=[API_KEY]) as cloud:
+        cloud.set_faults(put_signature_mismatch_rate=1.0)
+        path = write_config(tmp_path / "proxy.yaml", cloud.url, [(watched, "app-1")], state_dir)
+        folders = [write_folder(watched, f"run-{i}", FILES) for i in range(6)]
+        out, err = io.StringIO(), io.StringIO()
+        assert run_sync(load_config(path), API_KEY, out=out, err=err, give_up_after=0.0) == 1
+    assert "sync stopped early: the API had every upload refused for" in err.getvalue()
+    assert "SignatureDoesNotMatch" in err.getvalue()
+    assert all(marker(f) is None and marker(f, FAILED) is None for f in folders)

@@ -118,7 +118,9 @@ def give_up_reason(service: Service, patience: float) -> str | None:
             return f"application {scope} not found: {pause.message}"
         if now - pause.since > patience:
             what = "the API" if scope == GLOBAL else f"application {scope}"
-            return f"{what} has been unreachable for {round(now - pause.since)} s: {pause.message}"
+            state = {"upload_refused": "had every upload refused", "uploads_failing": "had every upload fail"
+                     }.get(pause.reason, "has been unreachable")
+            return f"{what} {state} for {round(now - pause.since)} s: {pause.message}"
     # Folders whose run look-up could not see the whole list are never posted again on their own.
     inconclusive = service.index.waiting_for("lookup_inconclusive")
     if inconclusive and len(inconclusive) == len(service.index) and not service.index.in_flight():
