@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from watcher.daemon.detection import Detector, run_folder_of
+from watcher.daemon.detection import Detector, polling_factory, run_folder_of
 from watcher.runfolder.markers import atomic_write
 
 
@@ -293,3 +293,19 @@ def test_run_folder_of(path: str, expected: str | None) -> None:
     got = run_folder_of(path, ROOTS)
     assert got == (Path(expected) if expected is not None else None)
 
+
+
+def test_a_polled_root_deleted_and_recreated_is_watched_anew(root: Path, calls: Calls) -> None:
+    """`polling: true` (NFS, SMB): the polling emitter stops when its directory is gone, as inotify's does."""
+    detector = Detector([root], calls, observer_factory=polling_factory(0.05))
+    detector.start()
+    try:
+        shutil.rmtree(root)
+        assert detector.check_roots() == []
+        assert detector.missing() == {root: "does not exist"}
+        root.mkdir()
+        assert detector.check_roots() == [root]
+        (root / "run-1").mkdir()
+        wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued by the new polling watch")
+    finally:
+        detector.stop()
