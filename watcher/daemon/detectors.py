@@ -23,6 +23,8 @@ from watcher.config import WatchConfig
 from watcher.daemon import detection
 
 log = structlog.get_logger("watcher.daemon.detection")
+# A heartbeat is answered within milliseconds; one older than this means the dispatcher may be stuck.
+PATHS_WAIT_SECONDS = 2.0
 
 
 class Detectors:
@@ -100,8 +102,12 @@ class Detectors:
     def check_paths(self) -> list[Path]:
         """Called by the main loop on every tick: watch again the watched paths that are back (or are
         another directory now), stop watching those that went away, and log each change once. Returns
-        the paths watched anew, for the caller to scan."""
-        fresh = [root for d in self.members() for root in d.check_roots()]
+        the paths watched anew, for the caller to scan. An observer whose heartbeat has waited longer than
+        PATHS_WAIT_SECONDS is skipped: its dispatcher may hold the lock that a watch change needs, and the
+        main loop must not wait on it (check_liveness reports it; its paths are checked once it answers)."""
+        now = self.clock()
+        fresh = [root for d in self.members() if d.unanswered_for(now) <= PATHS_WAIT_SECONDS
+                 for root in d.check_roots()]
         self._log_paths(fresh)
         return fresh
 
