@@ -34,6 +34,9 @@ Series (all prefixed ``nextmv_watcher_``):
     api_paused{scope}                                   1 per paused scope ("all" for the global
                                                         pause); a single {scope="all"} 0 when none
     observer_restarts_total                             counter
+    watched_path_present{path}                          gauge, one per watched path: 1 while it is
+                                                        watched, 0 while it is missing (status's
+                                                        watched and watched_missing)
     metrics_connections_refused_total                   counter: connections to this listener closed
                                                         unserved because MAX_CONNECTIONS were open
     incomplete_too_long                                 gauge: folders incomplete for longer than
@@ -89,7 +92,8 @@ class Metrics:
     `status` is called on every scrape (from the HTTP thread) and must return the daemon's
     snapshot: folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds
     (float or None), paused
-    (scope -> {reason, message, since}), observer_restarts, incomplete_too_long, uptime_seconds.
+    (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path ->
+    why), incomplete_too_long, uptime_seconds.
     A missing key reads as zero/empty, so an older or partial snapshot never breaks a scrape.
     `outcomes` returns the folder outcome counts by (application_id, outcome, reason).
     """
@@ -178,6 +182,12 @@ class _StatusCollector:
                 paused.add_metric([scope], 1)
             if not scopes:
                 paused.add_metric([ALL_SCOPES], 0)
+        present = GaugeMetricFamily(f"{PREFIX}watched_path_present",
+                                    "1 while the watched path is watched, 0 while it is missing.", labels=["path"])
+        if not describe:
+            missing = s.get("watched_missing") or {}
+            for path in s.get("watched") or ():
+                present.add_metric([str(path)], 0 if path in missing else 1)
         pending = GaugeMetricFamily(f"{PREFIX}folders_pending",
                                     "Complete folders not tracked yet, by state (queued: due now).", labels=["state"])
         if not describe:
@@ -193,6 +203,7 @@ class _StatusCollector:
                   0.0 if age is None else age),
             paused,
             restarts,
+            present,
             gauge("incomplete_too_long", "Folders incomplete for longer than metrics.incomplete_warn_seconds.",
                   s.get("incomplete_too_long", 0)),
             gauge("up", "1 while the daemon runs.", 1),
