@@ -195,6 +195,7 @@ def test_sync_on_a_terminal_shows_a_progress_bar_and_a_table(config: Path, cloud
     out, err = Terminal(), Terminal()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("COLUMNS", "400")   # a wide terminal: the table folds nothing, whatever the tmp path's length
     code = main(["sync", "--config", str(config)])
     monkeypatch.undo()
     assert code == 1
