@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from helpers import FAILED, TRACKED, Run, marker, wait_for, write_config, write_folder
 
+from watcher import config as config_module
 from watcher.config import load_config
 from watcher.daemon.control_socket import ControlServer
+from watcher.daemon.daemonlock import DaemonLock
 from watcher.daemon.identity import describe
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.markers import StateStore
@@ -212,3 +214,33 @@ def test_retry_of_a_folder_without_a_configuration_tells_only_a_daemon_that_watc
     assert marker(failed, FAILED) is None
     assert [r["command"] for r in requests] == ["identify"]
     assert os.fspath(watched) in result.err
+
+
+# --- the system configuration's defaults ----------------------------------------------------------
+
+
+def test_run_keeps_state_under_its_previous_default_and_warns(
+        run: Run, tmp_path: Path, cloud: FakeCloud, watched: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = write_config(tmp_path / "etc.yaml", cloud.url, [(watched, "app-1")], Path("unused"),
+                       logging={"format": "json", "level": "info"})
+    etc.write_text("\n".join(line for line in etc.read_text().splitlines() if not line.startswith("state_dir:")))
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", etc)
+    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", tmp_path / "var-lib")
+    monkeypatch.setattr(config_module, "SYSTEM_CONTROL_SOCKET", tmp_path / "run" / "control.sock")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    previous = tmp_path / "xdg" / "nextmv-watcher"
+    (previous / "folders").mkdir(parents=True)   # a read-only folder's markers and intents live here
+    held = DaemonLock.acquire(previous, config="/etc/other.yaml")   # so that `run` stops right after
+    try:
+        result = run("run", "--config", etc)
+    finally:
+        held.release()
+
+    assert result.code == 2
+    events = [json.loads(line) for line in result.err.splitlines()]
+    [warning] = [e for e in events if e["event"] == "state_dir_previous_default"]
+    assert (warning["level"], warning["state_dir"], warning["default"]) == \
+        ("warning", str(previous), str(tmp_path / "var-lib"))
+    [failed] = [e for e in events if e["event"] == "start_failed"]
+    assert failed["state_dir"] == str(previous), "it kept the state where it was"
+    assert not (tmp_path / "var-lib").exists(), "and moved nothing"

@@ -7,9 +7,10 @@ import sys
 from types import FrameType
 from typing import TextIO, cast
 
+from watcher import config as configuration
 from watcher import logs
 from watcher.cli.common import FAILED, OK, USAGE, api_key, load, log
-from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, SYSTEM_STATE_DIR, Config
+from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, Config
 from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
 from watcher.daemon.identity import config_path
 from watcher.errors import ListenerError, StateDirInUse
@@ -20,10 +21,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
     if config.state_dir_from == PREVIOUS_DEFAULT:
-        log.warning("state_dir_previous_default", state_dir=str(config.state_dir), default=str(SYSTEM_STATE_DIR),
+        system = configuration.SYSTEM_STATE_DIR
+        log.warning("state_dir_previous_default", state_dir=str(config.state_dir), default=str(system),
                     reason="state found here (read-only folders' markers, open intents) is kept, not moved",
                     hint=f"set state_dir: {config.state_dir} in {config.source} to keep it, or move it to "
-                         f"{SYSTEM_STATE_DIR} while the daemon is stopped")
+                         f"{system} while the daemon is stopped")
     try:
         lock = DaemonLock.acquire(config.state_dir, config=config_path(config))
     except StateDirInUse as exc:
