@@ -1,5 +1,6 @@
 """An admin's command run as root keeps the owner and mode of the daemon's state files it rewrites, so
-that the daemon (another user) can still read them; a file of an untrusted owner gets no such favour.
+that the daemon (another user) can still read them (never with execute or special bits); a file of an
+untrusted owner gets no such favour.
 
 Real files on tmp_path (ownership is the point); root only."""
 
@@ -15,7 +16,7 @@ from watcher.runfolder.markers import FAILED, JOURNAL, Intent, Journal, StateSto
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
 
 DAEMON_UID = 4321   # the daemon's user: owns the state directory
-STRANGER = 4999
+STRANGER = 4999     # a producer, say
 
 
 @pytest.fixture
@@ -50,6 +51,16 @@ def test_retry_as_root_keeps_the_daemons_journal_its_own(store: StateStore, fold
     st = (folder / JOURNAL).stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (DAEMON_UID, DAEMON_UID, 0o600)
     assert store.journal(folder).attempts == 0, "rewritten"
+
+
+def test_a_rewrite_keeps_no_execute_or_special_bits(store: StateStore, folder: Path) -> None:
+    store.save_journal(folder, Journal(application_id="app"))
+    owned(folder / JOURNAL, DAEMON_UID, 0o6770)
+
+    store.save_journal(folder, Journal(application_id="app", attempts=1))
+
+    st = (folder / JOURNAL).stat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (DAEMON_UID, 0o660)
 
 
 def test_a_file_of_an_untrusted_owner_is_replaced_by_roots(store: StateStore, folder: Path) -> None:
