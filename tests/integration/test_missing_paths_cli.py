@@ -32,7 +32,7 @@ def config(tmp_path: Path, cloud: FakeCloud, watched: Path, gone: Path, state_di
 def test_check_warns_about_a_missing_watched_path_and_exits_0(run: Run, config: Path, gone: Path) -> None:
     result = run("check", "--offline", "--config", config)
     assert result.code == 0, result.err
-    assert result.out == f"configuration {config}: ok (2 watched path(s))\n"
+    assert result.out.startswith(f"configuration {config}: ok (2 watched path(s))\n")
     assert f"warning: watch[1].path {gone} does not exist: nothing there is tracked" in result.err
     assert "not writable" not in result.err   # missing, not merely read-only
 

@@ -26,6 +26,7 @@ from helpers import API_KEY, FAILED, TRACKED, Run, marker, wait_for, write_confi
 from watcher.cli import main
 from watcher.config import load_config
 from watcher.daemon.control_socket import ControlServer
+from watcher.daemon.identity import describe
 from watcher.daemon.sync import run_sync
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
@@ -77,7 +78,8 @@ def daemon(config: Path) -> Iterator[StubDaemon]:
 
     path = load_config(config).control_socket
     assert path is not None
-    server = ControlServer(path, handle)
+    loaded = load_config(config)
+    server = ControlServer(path, handle, identify=lambda: describe(loaded, 4242))   # the daemon of `config`
     server.start()
     yield stub
     server.stop()
@@ -86,7 +88,13 @@ def daemon(config: Path) -> Iterator[StubDaemon]:
 
 
 def commands(stub: StubDaemon) -> list[str]:
-    return [r["command"] for r in stub.requests]
+    """What the commands told the daemon (see `told`)."""
+    return [r["command"] for r in told(stub)]
+
+
+def told(stub: StubDaemon) -> list[dict[str, Any]]:
+    """The requests that told the daemon something ("identify" only asks who it is)."""
+    return [r for r in stub.requests if r["command"] != "identify"]
 
 
 # --- sync ----------------------------------------------------------------------------------------
@@ -371,7 +379,7 @@ def test_retry_all_failed_clears_every_failed_folder_and_pokes_the_daemon(
     assert not (failed_folders["a1"] / JOURNAL).exists()
     assert store.journal(failed_folders["a2"]) == Journal(intents=[Intent("ab" * 16, 5.0)])  # intents kept
     assert marker(failed_folders["ok"], TRACKED) is not None
-    assert daemon.requests == [{"command": "retried", "folders": [str(failed_folders[n]) for n in ("a1", "a2", "b1")]}]
+    assert told(daemon) == [{"command": "retried", "folders": [str(failed_folders[n]) for n in ("a1", "a2", "b1")]}]
 
 
 def test_retry_all_failed_of_one_application(run: Run, config: Path, failed_folders: dict[str, Path]) -> None:
@@ -412,7 +420,7 @@ def test_retry_of_one_folder_pokes_the_daemon_too(run: Run, config: Path, failed
     assert result.code == 0, result.err
     assert marker(failed_folders["a1"], FAILED) is None
     assert marker(failed_folders["a2"], FAILED) is not None
-    assert daemon.requests == [{"command": "retried", "folders": [str(failed_folders["a1"])]}], \
+    assert told(daemon) == [{"command": "retried", "folders": [str(failed_folders["a1"])]}], \
         "the daemon is told which folder was reset (it counts it as retried, reason manual)"
 
 

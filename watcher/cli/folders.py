@@ -17,10 +17,30 @@ from typing import Any
 import structlog
 
 from watcher import logs
-from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, confirm, load, tell_daemon
+from watcher.cli.common import (
+    FAILED,
+    OK,
+    USAGE,
+    CommandError,
+    api_key,
+    client,
+    confirm,
+    load,
+    tell_daemon,
+    tell_daemon_at,
+)
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
-from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
+from watcher.config import (
+    Config,
+    FilesConfig,
+    FormatConfig,
+    default_control_socket,
+    default_state_dir,
+    is_system_config,
+    resolve_config_path,
+)
+from watcher.daemon import identity
 from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.lease import LeaseKeeper
 from watcher.errors import ConfigError, FolderError, LookupInconclusive, WatcherError
@@ -167,7 +187,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if args.config:
             raise
         config = None
-    state_dir = config.state_dir if config else default_state_dir()
+    # An unreadable default configuration does not stop a retry: the default state directory is used.
+    system = config is None and is_system_config(resolve_config_path(None))
+    state_dir = config.state_dir if config else default_state_dir(system=system)
     store = StateStore.of(config) if config else StateStore(state_dir)
     folder = Path(args.folder).absolute()
     try:
@@ -177,8 +199,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not cleared:
         raise CommandError(FAILED, f"{folder} has no failed marker")
     print(f"{folder}: failed marker removed; it will be tracked again")
-    tell_daemon(config.control_socket if config else default_control_socket(state_dir), "retried",
-                folders=[str(folder)])
+    if config is not None:
+        tell_daemon(config, "retried", folders=[str(folder)])
+    else:   # no configuration to compare: tell the daemon on the default socket only if it watches the folder
+        tell_daemon_at(default_control_socket(state_dir, system=system), "retried",
+                       meant=lambda d: identity.watches(d, folder),
+                       mine=f"a configuration watching {folder.parent}", folders=[str(folder)])
     return OK
 
 
@@ -202,7 +228,7 @@ def _retry_all(config: Config, application: str | None) -> int:
                 problems += 1
     print(f"{len(cleared)} failed folder(s) will be tracked again", file=sys.stderr)
     if cleared:
-        tell_daemon(config.control_socket, "retried", folders=cleared)
+        tell_daemon(config, "retried", folders=cleared)
     return FAILED if problems else OK
 
 
@@ -221,5 +247,5 @@ def cmd_forget(args: argparse.Namespace) -> int:
         except WatcherError as exc:
             raise CommandError(FAILED, str(exc)) from None
     print(f"{folder}: forgot run {tracked.get('run_id')}; it will be tracked again as a new run")
-    tell_daemon(config.control_socket, "rescan")
+    tell_daemon(config, "rescan")
     return OK

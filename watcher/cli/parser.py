@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     with_config(c)
     c = cmd("check", "validate the configuration and the API key, and that each application exists")
-    c.add_argument("--offline", action="store_true", help="check the configuration only, no API calls")
+    c.add_argument("--offline", action="store_true",
+                   help="check the configuration only: no API calls, and no API key needed (it is not checked)")
     c.add_argument("--roundtrip", action="store_true",
                    help="post a probe run to each application and check what exactly-once relies on: the "
                         "run accepted at the maximum name and description lengths, listed within the grace "

@@ -19,6 +19,9 @@ OK = EXIT_OK
 def format_status(st: dict[str, Any]) -> str:
     """The daemon's status dict as text. Missing keys are left out, so an older daemon still shows."""
     lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
+    if st.get("reload_pending"):
+        lines.append("config: reload pending (the file changed since the daemon loaded it; "
+                     "`systemctl reload nextmv-watcher` or SIGHUP applies it)")
     if st.get("watched"):
         lines.append(f"watched: {', '.join(st['watched'])}")
     lines.extend(f"watched path MISSING: {path} {why} (watched again as soon as a directory is back)"

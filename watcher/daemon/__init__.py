@@ -18,7 +18,9 @@
     health.py          status, /healthz, systemd STATUS= and the watchdog decision
     metrics.py         Prometheus metrics and the /healthz listener
     listeners.py       the control socket and the metrics listener, moved by a reload
-    control_socket.py  the local control socket (status, rescan, retried)
+    control_socket.py  the local control socket (status, rescan, retried, identify)
+    identity.py        which daemon answers, and whether it runs the configuration a command was given
+    daemonlock.py      one daemon per state directory: the flock on <state_dir>/daemon.lock
     notify.py          sd_notify over $NOTIFY_SOCKET
     reload.py          what a reload changes: key paths, restart-only keys
     sync.py            `nextmv-watcher sync`: the daemon's work once, without watching

@@ -89,14 +89,11 @@ Health = Callable[[], tuple[bool, Mapping[str, Any]]]
 class Metrics:
     """The daemon's metrics. Thread-safe: workers report events from any thread.
 
-    `status` is called on every scrape (from the HTTP thread) and must return the daemon's
-    snapshot: folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds
-    (float or None), paused
-    (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path ->
-    why), incomplete_too_long, uptime_seconds.
-    A missing key reads as zero/empty, so an older or partial snapshot never breaks a scrape.
-    `outcomes` returns the folder outcome counts by (application_id, outcome, reason).
-    """
+    `status` is called on every scrape (from the HTTP thread) and must return the daemon's snapshot:
+    folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds (float or None),
+    paused (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path
+    -> why), incomplete_too_long, uptime_seconds; a missing key reads as zero/empty, so an older or partial
+    snapshot never breaks a scrape. `outcomes`: the folder outcome counts by (application_id, outcome, reason)."""
 
     def __init__(self, status: Status, outcomes: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
         self.registry = CollectorRegistry()
@@ -108,8 +105,7 @@ class Metrics:
         self._refused = Counter(f"{PREFIX}metrics_connections_refused",
                                 "Connections to the metrics listener closed unserved: too many were open.",
                                 registry=self.registry)
-        Info(f"{PREFIX}build", "The running nextmv-watcher's version (always 1).",
-             registry=self.registry).info({"version": __version__})
+        Info(f"{PREFIX}build", "The running version (always 1).", registry=self.registry).info({"version": __version__})
         self.registry.register(_StatusCollector(status))
         self.registry.register(_OutcomesCollector(outcomes))
         ProcessCollector(registry=self.registry)

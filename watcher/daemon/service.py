@@ -41,16 +41,17 @@ from watcher.daemon.detection import ObserverFactory
 from watcher.daemon.detectors import Detectors
 from watcher.daemon.gate import Gate
 from watcher.daemon.health import Health
+from watcher.daemon.identity import describe
 from watcher.daemon.index import FolderIndex
 from watcher.daemon.lease import LeaseKeeper
-from watcher.daemon.listeners import Listeners, Prepared, ReloadRefused
+from watcher.daemon.listeners import Listeners, Prepared
 from watcher.daemon.metrics import Metrics
 from watcher.daemon.notify import Notifier
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
 from watcher.daemon.worker import FolderProcessor
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import ConfigError, ListenerError, WatcherError
 from watcher.runfolder.claims import Claims
 from watcher.runfolder.dirhandle import DirHandle
 from watcher.runfolder.markers import StateStore, trusted_owners
@@ -123,7 +124,7 @@ class Service:
             current, self.index, self.store, self.attempts, self.gate, self.outcomes,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
             recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
-        self.listeners = Listeners(self.handle_control, self.metrics, self.health)
+        self.listeners = Listeners(self.handle_control, self.metrics, self.health, self.identity)
         self._workers: list[threading.Thread] = []
         self._target_workers = config.workers
         self._scanner: threading.Thread | None = None
@@ -149,7 +150,8 @@ class Service:
 
     def start(self) -> None:
         """Start observers, the start-up scan, the workers and the listeners.
-        Raises OSError if a watched path cannot be watched at all."""
+        Raises OSError if a watched path cannot be watched at all, ListenerError (naming the key and
+        the address) if a listener cannot be bound."""
         if self.state is not State.STARTING:
             raise RuntimeError(f"cannot start a service that is {self.state.value}")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -254,8 +256,14 @@ class Service:
     def health(self) -> tuple[bool, dict[str, Any]]:
         return self.health_view.health()
 
+    def identity(self) -> dict[str, Any]:
+        """Which daemon this is (see `watcher.daemon.identity`): carried by every control-socket answer."""
+        return describe(self.config, os.getpid())
+
     def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
+        if command == "identify":   # the answer's "daemon" says it all
+            return {"ok": True}
         if command == "status":
             return {"ok": True, "status": self.status()}
         if command == "rescan":
@@ -364,8 +372,8 @@ class Service:
             new = load_config(Path(old.source))
             changes = diff(old, new)
             prepared = self.listeners.prepare(old, new) if self.watching else Prepared()
-        except (ConfigError, ReloadRefused) as exc:
-            fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ReloadRefused) else {}
+        except (ConfigError, ListenerError) as exc:
+            fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ListenerError) else {}
             log.error("reload_failed", error=str(exc), action="keeping the running configuration", **fields)
             self.notifier.ready(self._status_line())
             return
