@@ -16,6 +16,7 @@
     aftercare.py       keep, move or delete tracked folders; retention
     health.py          status, /healthz, systemd STATUS= and the watchdog decision
     metrics.py         Prometheus metrics and the /healthz listener
+    collectors.py      the series read at scrape time: status gauges, folders_total, healthy
     listeners.py       the control socket and the metrics listener, moved by a reload
     control_socket.py  the local control socket (status, rescan, retried)
     notify.py          sd_notify over $NOTIFY_SOCKET
