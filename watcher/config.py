@@ -4,7 +4,7 @@ The dataclasses below are the one place where each key's default, type and check
 (`setting()`, see `watcher.configparse`); `config.example.yaml` shows them and a test keeps the two
 equal. `load_config(path)` returns a `Config` or raises `ConfigError` listing every problem at
 once, each with its key path (``watch[1].application_id: required``). `parse_config` adds the rules
-that span keys: watched paths exist and do not overlap, `watch[].files` inherits `files` key by key,
+that span keys: watched paths do not overlap (they may be missing), `watch[].files` inherits `files` key by key,
 `done_path` for `after_tracking: move`, and the defaults of `state_dir` and `control_socket` from
 the environment (`default_state_dir`, `default_control_socket`).
 """
@@ -21,10 +21,10 @@ import yaml
 from watcher.configparse import (
     Parser,
     Report,
+    absolute,
     at_least,
     build,
     choice,
-    directory,
     existing_file,
     file_names,
     non_negative,
@@ -117,7 +117,7 @@ class FormatConfig:
 
 @dataclass(frozen=True)
 class WatchConfig:
-    path: Path = setting(check=directory, doc="a directory")
+    path: Path = setting(check=absolute, doc="a directory")
     application_id: str = setting(doc="the Nextmv application id")
     instance_id: str | None = setting(None, doc="sent with every run unless status.json names one")
     format: FormatConfig = setting(FormatConfig(), doc="formats declared for this path's runs")

@@ -195,6 +195,7 @@ def test_sync_on_a_terminal_shows_a_progress_bar_and_a_table(config: Path, cloud
     out, err = Terminal(), Terminal()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("COLUMNS", "400")   # a wide terminal: the table folds nothing, whatever the tmp path's length
     code = main(["sync", "--config", str(config)])
     monkeypatch.undo()
     assert code == 1
@@ -531,3 +532,17 @@ def test_sync_that_keeps_making_progress_is_not_cut_off(tmp_path: Path, cloud: F
     assert time.monotonic() - began > 2.0   # the whole sync outlasted its timeout
     assert all(marker(f) is not None for f in folders)
     assert "stopped early" not in err.getvalue()
+
+
+def test_sync_says_which_watched_path_it_skips_because_it_is_missing(
+        tmp_path: Path, cloud: FakeCloud, watched: Path, state_dir: Path) -> None:
+    gone = tmp_path / "not-there"
+    path = write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1"), (gone, "app-2")], state_dir,
+                        logging={"format": "json", "level": "info"})
+    folder = write_folder(watched, "run-1", FILES)
+    out, err = io.StringIO(), io.StringIO()
+
+    assert run_sync(load_config(path), API_KEY, out=out, err=err) == 0
+
+    assert marker(folder) is not None
+    assert f"watched path {gone} does not exist: skipped" in err.getvalue()

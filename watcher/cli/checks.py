@@ -10,7 +10,18 @@ import sys
 from typing import Any
 
 from watcher import logs
-from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, confirm, load, log
+from watcher.cli.common import (
+    FAILED,
+    OK,
+    USAGE,
+    CommandError,
+    api_key,
+    client,
+    confirm,
+    load,
+    log,
+    require_a_watched_path,
+)
 from watcher.cli.hardening import disabled_link_protections
 from watcher.cli.status import format_status, print_scan_status
 from watcher.cloud.roundtrip import PROBE_NAME, Result, Roundtrip
@@ -24,9 +35,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
     key = api_key(config)
+    missing = {g.path: g.problem for g in require_a_watched_path(config)}
     print(f"configuration {config.source}: ok ({len(config.watch)} watched path(s))")
     for i, watch in enumerate(config.watch):
-        if not os.access(watch.path, os.W_OK | os.X_OK):
+        if watch.path in missing:
+            print(f"warning: watch[{i}].path {watch.path} {missing[watch.path]}: nothing there is tracked until "
+                  "a directory is back at this path; the daemon watches it again as soon as it is",
+                  file=sys.stderr)
+        elif not os.access(watch.path, os.W_OK | os.X_OK):
             # Under the hardened unit (ProtectSystem=strict) only ReadWritePaths= are writable.
             print(f"warning: watch[{i}].path {watch.path} is not writable by this user: markers would go to "
                   f"{config.state_dir}/folders; under systemd add it to ReadWritePaths= with a drop-in "

@@ -16,6 +16,7 @@ from watcher.cloud.client import NextmvClient, build_verify
 from watcher.config import Config, key_file_is_shared, load_config, resolve_api_key, resolve_config_path
 from watcher.daemon import control_socket as control
 from watcher.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from watcher.runfolder.scan import WatchedDir, missing_paths
 
 OK, FAILED, USAGE = EXIT_OK, EXIT_FAILED, EXIT_USAGE
 log = structlog.get_logger("watcher.cli")
@@ -75,3 +76,14 @@ def tell_daemon(socket_path: Path | None, command: str, **args: Any) -> dict[str
         return control.request(socket_path, command, **args)
     except OSError:
         return None
+
+
+def require_a_watched_path(config: Config) -> list[WatchedDir]:
+    """The watched paths that are missing now (or not directories); CommandError (USAGE) when that is
+    every one of them, which `check` and `run` refuse, so that the unit's ExecStartPre= stops a daemon
+    that would watch nothing. One or some missing is no error: they are watched once they are back."""
+    missing = missing_paths(config)
+    if missing and len(missing) == len(config.watch):
+        raise CommandError(USAGE, "no watched path is a directory: "
+                                  + "; ".join(f"{g.path} {g.problem}" for g in missing))
+    return missing

@@ -29,7 +29,7 @@ from watcher.runfolder.markers import FAILED as FAILED_MARKER
 from watcher.runfolder.markers import TRACKED as TRACKED_MARKER
 from watcher.runfolder.markers import StateStore
 from watcher.runfolder.rundir import RunDir
-from watcher.runfolder.scan import iter_folders, quick_state, scan_all, table
+from watcher.runfolder.scan import iter_folders, missing_paths, quick_state, scan_all, table
 
 log = structlog.get_logger("watcher.cli.folders")
 
@@ -144,6 +144,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
     reports = list(scan_all(config, StateStore.of(config), time.time()))
+    for gone in missing_paths(config):
+        print(f"warning: watched path {gone.path} is missing ({gone.problem}): no folder listed there",
+              file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
     else:

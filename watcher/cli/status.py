@@ -11,7 +11,7 @@ from watcher.config import Config
 from watcher.daemon.gate import GLOBAL
 from watcher.errors import EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, utc_iso
-from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATES, scan_all
+from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATES, missing_paths, scan_all
 
 OK = EXIT_OK
 
@@ -21,6 +21,8 @@ def format_status(st: dict[str, Any]) -> str:
     lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
     if st.get("watched"):
         lines.append(f"watched: {', '.join(st['watched'])}")
+    lines.extend(f"watched path MISSING: {path} {why} (watched again as soon as a directory is back)"
+                 for path, why in (st.get("watched_missing") or {}).items())
     oldest = st.get("oldest_pending_age_seconds")
     f = st.get("folders") or {"queued": st.get("queue_depth", 0), "in_flight": len(st.get("in_flight") or [])}
     lines.append(f"folders: {f.get('queued', 0)} queued, {f.get('in_flight', 0)} in flight, "
@@ -83,9 +85,12 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
                            "at": marker.get("failed_at")})
     if json_output:
         print(json.dumps({"state": "not running", "counts": counts, "failed": failed,
-                          "lookup_inconclusive": inconclusive}, indent=1))
+                          "lookup_inconclusive": inconclusive,
+                          "watched_missing": {str(g.path): g.problem for g in missing_paths(config)}}, indent=1))
         return OK
     print("daemon: not running")
+    for gone in missing_paths(config):
+        print(f"watched path MISSING: {gone.path} {gone.problem}")
     print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
     if inconclusive:
         print(f"  {len(inconclusive)} pending after an inconclusive run look-up (`nextmv-watcher scan` says why):")

@@ -12,6 +12,7 @@
     chores.py          the main loop's periodic chores
     detection.py       the watchdog adapter: events -> the index; folder watches; heartbeats
     detectors.py       all the observers (inotify, polling) and their liveness
+    roots.py           the watches on the watched paths themselves, while the paths come and go
     lease.py           the thread that renews held claims
     aftercare.py       keep, move or delete tracked folders; retention
     health.py          status, /healthz, systemd STATUS= and the watchdog decision

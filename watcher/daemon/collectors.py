@@ -71,6 +71,12 @@ class StatusCollector:
                 paused.add_metric([scope], 1)
             if not scopes:
                 paused.add_metric([ALL_SCOPES], 0)
+        present = GaugeMetricFamily(f"{PREFIX}watched_path_present",
+                                    "1 while the watched path is watched, 0 while it is missing.", labels=["path"])
+        if not describe:
+            missing = s.get("watched_missing") or {}
+            for path in s.get("watched") or ():
+                present.add_metric([str(path)], 0 if path in missing else 1)
         pending = GaugeMetricFamily(f"{PREFIX}folders_pending",
                                     "Complete folders not tracked yet, by state (queued: due now).", labels=["state"])
         if not describe:
@@ -86,6 +92,7 @@ class StatusCollector:
                   0.0 if age is None else age),
             paused,
             restarts,
+            present,
             gauge("incomplete_too_long", "Folders incomplete for longer than metrics.incomplete_warn_seconds.",
                   s.get("incomplete_too_long", 0)),
             gauge("up", "1 while the daemon runs.", 1),

@@ -37,6 +37,9 @@ Series (all prefixed ``nextmv_watcher_``):
     api_paused{scope}                                   1 per paused scope ("all" for the global
                                                         pause); a single {scope="all"} 0 when none
     observer_restarts_total                             counter
+    watched_path_present{path}                          gauge, one per watched path: 1 while it is
+                                                        watched, 0 while it is missing (status's
+                                                        watched and watched_missing)
     metrics_connections_refused_total                   counter: connections to this listener closed
                                                         unserved because MAX_CONNECTIONS were open
     incomplete_too_long                                 gauge: folders incomplete for longer than
@@ -84,7 +87,8 @@ class Metrics:
     `status` is called on every scrape (from the HTTP thread) and must return the daemon's
     snapshot: folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds
     (float or None), paused
-    (scope -> {reason, message, since}), observer_restarts, incomplete_too_long, uptime_seconds.
+    (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path ->
+    why), incomplete_too_long, uptime_seconds.
     A missing key reads as zero/empty, so an older or partial snapshot never breaks a scrape.
     `outcomes` returns the folder outcome counts by (application_id, outcome, reason). `health` is the
     /healthz answer (`Health.health`), called on every scrape for nextmv_watcher_healthy.

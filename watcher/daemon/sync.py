@@ -35,7 +35,7 @@ from watcher.daemon.gate import GLOBAL
 from watcher.daemon.service import Service
 from watcher.errors import EXIT_FAILED, EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, parse_iso
-from watcher.runfolder.scan import classify, iter_folders
+from watcher.runfolder.scan import classify, iter_folders, missing_paths
 
 log = structlog.get_logger("watcher.daemon.sync")
 
@@ -94,6 +94,9 @@ def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, timeout: flo
         return FAILED
     log.info("sync_started", watched=[str(w.path) for w in config.watch], workers=config.workers,
              api=config.api.url, version=__version__, timeout=timeout)
+    for gone in missing_paths(config):
+        log.warning("watched_path_missing", path=str(gone.path), problem=gone.problem, hint="skipped by this sync")
+        print(f"nextmv-watcher: watched path {gone.path} {gone.problem}: skipped", file=err)
     stopped: str | None = None
     stall = Stall(time.monotonic())
     try:
