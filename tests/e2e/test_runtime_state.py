@@ -109,6 +109,7 @@ def test_a_wrong_application_fixed_by_a_reload_is_tracked_and_healthy_again(tmp_
                      "the wrong application paused")
             wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 503, 10,
                      "unhealthy after unhealthy_pause_seconds")
+            assert samples(port)["nextmv_watcher_healthy"] == {(): 0}, "the gauge says what /healthz says"
 
             event = reload(daemon, config, {"watch": [{"path": str(watched), "application_id": "right-app"}]})
             assert event["event"] == "config_reloaded"
@@ -117,6 +118,7 @@ def test_a_wrong_application_fixed_by_a_reload_is_tracked_and_healthy_again(tmp_
             wait_for(lambda: marker(folder), 10, "the folder tracked within 10 s of the reload")
             assert [r.application_id for r in cloud.runs()] == ["right-app"]
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            assert samples(port)["nextmv_watcher_healthy"] == {(): 1}
             paused = samples(port)["nextmv_watcher_api_paused"]
             assert paused == {(("scope", "all"),): 0}, "no series of the old application is left at 1"
             assert status(config)["paused"] == {}

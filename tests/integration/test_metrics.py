@@ -51,7 +51,7 @@ def daemon() -> Daemon:
 
 @pytest.fixture
 def metrics(daemon: Daemon) -> Metrics:
-    return Metrics(daemon.status, daemon.outcomes.series)
+    return Metrics(daemon.status, daemon.outcomes.series, daemon.health)
 
 
 @pytest.fixture
@@ -170,7 +170,8 @@ def test_a_failing_status_answers_500_and_the_listener_survives(daemon: Daemon, 
 
 def test_own_registry_not_the_global_one(daemon: Daemon) -> None:
     # Two on one registry would raise DuplicateTimeseries.
-    a, b = Metrics(daemon.status, daemon.outcomes.series), Metrics(daemon.status, daemon.outcomes.series)
+    a, b = (Metrics(daemon.status, daemon.outcomes.series, daemon.health),
+            Metrics(daemon.status, daemon.outcomes.series, daemon.health))
     a.upload_bytes(5)
     assert a.registry is not b.registry
     assert REGISTRY.get_sample_value("nextmv_watcher_upload_bytes_total") is None
@@ -215,6 +216,18 @@ def test_healthz_unhealthy_with_reasons(daemon: Daemon, http: httpx.Client) -> N
 
     daemon.healthy, daemon.details = True, {}
     assert http.get("/healthz").status_code == 200
+
+
+def test_the_healthy_gauge_is_the_healthz_answer_at_scrape_time(daemon: Daemon, http: httpx.Client) -> None:
+    assert value(scrape(http), "nextmv_watcher_healthy") == 1
+    assert http.get("/healthz").status_code == 200
+
+    daemon.healthy, daemon.details = False, {"reasons": ["a worker thread died"]}
+    assert value(scrape(http), "nextmv_watcher_healthy") == 0
+    assert http.get("/healthz").status_code == 503
+
+    daemon.healthy = True   # read again on every scrape, never cached
+    assert value(scrape(http), "nextmv_watcher_healthy") == 1
 
 
 @pytest.mark.parametrize("path", ["/", "/metrics/extra", "/health", "/favicon.ico"])

@@ -17,6 +17,7 @@
     aftercare.py       keep, move or delete tracked folders; retention
     health.py          status, /healthz, systemd STATUS= and the watchdog decision
     metrics.py         Prometheus metrics and the /healthz listener
+    collectors.py      the series read at scrape time: status gauges, folders_total, healthy
     listeners.py       the control socket and the metrics listener, moved by a reload
     control_socket.py  the local control socket (status, rescan, retried, identify)
     identity.py        which daemon answers, and whether it runs the configuration a command was given

@@ -3,7 +3,8 @@
 `Metrics` owns a private `CollectorRegistry` (never prometheus-client's global one, so several
 daemons in one test process do not collide). Events the daemon reports move counters and a
 histogram; the state gauges are read from the daemon's `status()` snapshot at scrape time, so
-they cannot drift from what `nextmv-watcher status` shows.
+they cannot drift from what `nextmv-watcher status` shows, and nextmv_watcher_healthy from the
+/healthz answer itself (the collectors are in `watcher.daemon.collectors`).
 
 `HealthServer` serves both over HTTP on a daemon thread:
 
@@ -24,6 +25,8 @@ Series (all prefixed ``nextmv_watcher_``):
     folders_total{application_id, outcome, reason}      counter; outcome tracked | failed | retried
                                                         (reason "manual": an operator's `retry`)
     build_info{version}                                 always 1: the running version
+    healthy                                             gauge: 1 while /healthz answers 200, else 0
+                                                        (health.py's rule, read at scrape time)
     upload_bytes_total                                  counter
     request_duration_seconds{endpoint, status}          histogram; status "none" when no response
     folders_pending{state}                              gauge, every state always exported: queued
@@ -55,7 +58,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -63,18 +66,14 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client import generate_latest as _generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from watcher import __version__
 from watcher.cloud.client import RequestOutcome
 from watcher.config import parse_listen
-from watcher.daemon.gate import GLOBAL
+from watcher.daemon.collectors import PREFIX, Health, HealthCollector, OutcomesCollector, Status, StatusCollector
 
 log = structlog.get_logger("watcher.daemon.metrics")
 
-PREFIX = "nextmv_watcher_"
-PENDING = ("queued", "in_flight", "retry_wait", "parked")
-ALL_SCOPES = "all"
 # The listener's bounds (see the module docstring): connections served at once, and how long one may last.
 MAX_CONNECTIONS = 16
 CONNECTION_SECONDS = 10.0
@@ -82,20 +81,21 @@ CONNECTION_THREAD = "nextmv-watcher-http-connection"
 # From a quick API call to a large upload on a slow link.
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
-Status = Callable[[], Mapping[str, Any]]
-Health = Callable[[], tuple[bool, Mapping[str, Any]]]
-
-
 class Metrics:
     """The daemon's metrics. Thread-safe: workers report events from any thread.
 
-    `status` is called on every scrape (from the HTTP thread) and must return the daemon's snapshot:
-    folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds (float or None),
-    paused (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path
-    -> why), incomplete_too_long, uptime_seconds; a missing key reads as zero/empty, so an older or partial
-    snapshot never breaks a scrape. `outcomes`: the folder outcome counts by (application_id, outcome, reason)."""
+    `status` is called on every scrape (from the HTTP thread) and must return the daemon's
+    snapshot: folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds
+    (float or None), paused
+    (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path ->
+    why), incomplete_too_long, uptime_seconds.
+    A missing key reads as zero/empty, so an older or partial snapshot never breaks a scrape.
+    `outcomes` returns the folder outcome counts by (application_id, outcome, reason). `health` is the
+    /healthz answer (`Health.health`), called on every scrape for nextmv_watcher_healthy.
+    """
 
-    def __init__(self, status: Status, outcomes: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+    def __init__(self, status: Status, outcomes: Callable[[], Mapping[tuple[str, str, str], int]],
+                 health: Health) -> None:
         self.registry = CollectorRegistry()
         self._upload_bytes = Counter(f"{PREFIX}upload_bytes", "Bytes uploaded to presigned URLs.",
                                      registry=self.registry)
@@ -105,9 +105,11 @@ class Metrics:
         self._refused = Counter(f"{PREFIX}metrics_connections_refused",
                                 "Connections to the metrics listener closed unserved: too many were open.",
                                 registry=self.registry)
-        Info(f"{PREFIX}build", "The running version (always 1).", registry=self.registry).info({"version": __version__})
-        self.registry.register(_StatusCollector(status))
-        self.registry.register(_OutcomesCollector(outcomes))
+        Info(f"{PREFIX}build", "The running nextmv-watcher's version (always 1).",
+             registry=self.registry).info({"version": __version__})
+        self.registry.register(StatusCollector(status))
+        self.registry.register(OutcomesCollector(outcomes))
+        self.registry.register(HealthCollector(health))
         ProcessCollector(registry=self.registry)
 
     def upload_bytes(self, n: int) -> None:
@@ -130,81 +132,6 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text format (served as CONTENT_TYPE_LATEST)."""
         return _generate_latest(self.registry)
-
-
-class _OutcomesCollector:
-    """folders_total, read from the daemon's outcome counts (`watcher.daemon.outcomes`) at scrape time."""
-
-    def __init__(self, series: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
-        self._series = series
-
-    def describe(self) -> Iterable[Metric]:
-        return [CounterMetricFamily(f"{PREFIX}folders", "Run folders by application and outcome.",
-                                    labels=["application_id", "outcome", "reason"])]
-
-    def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(f"{PREFIX}folders", "Run folders by application and outcome.",
-                                     labels=["application_id", "outcome", "reason"])
-        for (app, outcome, reason), count in sorted(self._series().items()):
-            family.add_metric([app, outcome, reason], count)
-        return [family]
-
-
-class _StatusCollector:
-    """The gauges, read from the daemon's status snapshot at scrape time."""
-
-    def __init__(self, status: Status) -> None:
-        self._status = status
-
-    def describe(self) -> Iterable[Metric]:
-        # Names only, so registering does not call status().
-        return self._families({}, describe=True)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families(self._status(), describe=False)
-
-    def _families(self, s: Mapping[str, Any], *, describe: bool) -> list[Metric]:
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(PREFIX + name, doc, value=None if describe else value)
-
-        age = s.get("oldest_pending_age_seconds")
-        paused = GaugeMetricFamily(f"{PREFIX}api_paused", "1 per paused scope (an application, or all).",
-                                   labels=["scope"])
-        restarts = CounterMetricFamily(f"{PREFIX}observer_restarts", "Filesystem observer restarts.",
-                                       value=None if describe else s.get("observer_restarts", 0))
-        if not describe:
-            scopes = sorted(ALL_SCOPES if scope == GLOBAL else str(scope) for scope in s.get("paused") or {})
-            for scope in scopes:
-                paused.add_metric([scope], 1)
-            if not scopes:
-                paused.add_metric([ALL_SCOPES], 0)
-        present = GaugeMetricFamily(f"{PREFIX}watched_path_present",
-                                    "1 while the watched path is watched, 0 while it is missing.", labels=["path"])
-        if not describe:
-            missing = s.get("watched_missing") or {}
-            for path in s.get("watched") or ():
-                present.add_metric([str(path)], 0 if path in missing else 1)
-        pending = GaugeMetricFamily(f"{PREFIX}folders_pending",
-                                    "Complete folders not tracked yet, by state (queued: due now).", labels=["state"])
-        if not describe:
-            folders = s.get("folders") or {}
-            for state in PENDING:
-                pending.add_metric([state], folders.get(state, 0))
-        return [
-            pending,
-            gauge("queue_depth", "Folders due now, waiting for a worker.", s.get("queue_depth", 0)),
-            gauge("in_flight", "Folders a worker is processing.", len(s.get("in_flight") or ())),
-            gauge("oldest_pending_age_seconds",
-                  "Seconds since the oldest pending folder was first seen complete (0 when none).",
-                  0.0 if age is None else age),
-            paused,
-            restarts,
-            present,
-            gauge("incomplete_too_long", "Folders incomplete for longer than metrics.incomplete_warn_seconds.",
-                  s.get("incomplete_too_long", 0)),
-            gauge("up", "1 while the daemon runs.", 1),
-            gauge("uptime_seconds", "Seconds since the daemon started.", s.get("uptime_seconds", 0.0)),
-        ]
 
 
 class _State(enum.Enum):

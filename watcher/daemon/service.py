@@ -99,7 +99,7 @@ class Service:
 
         self.index = FolderIndex(clock)
         self.outcomes = Outcomes(clock)
-        self.metrics = Metrics(self.status, self.outcomes.series)
+        self.metrics = Metrics(self.status, self.outcomes.series, self.health)
         self.store = StateStore.of(config)
         self.spool_dir = config.state_dir / "spool"
         self.client = NextmvClient(
