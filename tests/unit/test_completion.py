@@ -24,7 +24,7 @@ ROOT = Path("/watch/run-1")
 T0 = 1_700_000_000.0
 
 
-def write(fs: FakeFilesystem, rel: str, mtime: float = T0, content: str = "x") -> Path:
+def write(fs: FakeFilesystem, rel: str, mtime: float = T0, content: str = "{}") -> Path:
     """Create `rel` under ROOT with `mtime`; directories created on the way get `mtime` too."""
     path = ROOT / rel
     new_dirs = [p for p in path.parents if ROOT in p.parents and not p.exists()]

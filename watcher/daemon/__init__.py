@@ -12,8 +12,10 @@
     chores.py          the main loop's periodic chores
     detection.py       the watchdog adapter: events -> the index; folder watches; heartbeats
     detectors.py       all the observers (inotify, polling) and their liveness
+    openfiles.py       which files of watched incomplete folders are open (settle mode)
     lease.py           the thread that renews held claims
     aftercare.py       keep, move or delete tracked folders; retention
+    aftercheck.py      a second look at the uploaded files 120 s after tracking
     health.py          status, /healthz, systemd STATUS= and the watchdog decision
     metrics.py         Prometheus metrics and the /healthz listener
     listeners.py       the control socket and the metrics listener, moved by a reload

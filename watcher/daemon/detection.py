@@ -7,7 +7,10 @@ Finished folders are unwatched. Beyond `max_folder_watches`, incomplete folders 
 the caller's periodic re-check instead (`watch_folder` returns False).
 
 The handler runs on watchdog's single dispatcher thread, so it only maps a path to its run
-folder and enqueues it; all I/O happens in the workers.
+folder and enqueues it; all I/O happens in the workers. File opens and closes (and deletions and
+renames) also go to `on_file` (`watcher.daemon.openfiles.OpenFiles.record`): settle mode does not take
+a folder with a file open for a finished one. An open, or a close after reading, enqueues nothing:
+the daemon's own reads would wake the folder up again.
 
 Locks. The codebase's rule is that a lock is never held while calling into another component,
 and here it matters most: watchdog's dispatcher holds its observer's lock while it calls our
@@ -48,9 +51,11 @@ from watchdog.events import (
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileMovedEvent,
+    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -58,17 +63,22 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from watcher.daemon.openfiles import CLOSED, CLOSED_WRITE, GONE, OPENED
 from watcher.runfolder.markers import PREFIX
 
 log = structlog.get_logger("watcher.daemon.detection")
 
-# Only events that can make a folder appear, complete or vanish. Not opened/closed-no-write:
-# our own reads of a folder would otherwise wake it up again.
+# Events that can make a folder appear, complete or vanish, and the opens and closes that tell a file
+# is being written (QUIET: recorded, never enqueued: our own reads of a folder would wake it up again).
 EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent,
-    FileDeletedEvent, DirDeletedEvent,
+    FileDeletedEvent, DirDeletedEvent, FileOpenedEvent, FileClosedNoWriteEvent,
 ]
+QUIET = (FileOpenedEvent, FileClosedNoWriteEvent)
+_FILE_EVENTS = {FileOpenedEvent: OPENED, FileClosedEvent: CLOSED_WRITE, FileClosedNoWriteEvent: CLOSED,
+                FileDeletedEvent: GONE, FileMovedEvent: GONE}
 ObserverFactory = Callable[[], BaseObserver]
+FileCallback = Callable[[Path, str, str, str | None], None]   # (run folder, relative path, what, renamed to)
 
 
 def run_folder_of(path: str, roots: list[str]) -> Path | None:
@@ -106,6 +116,11 @@ class _Handler(FileSystemEventHandler):
             gone = run_folder_of(os.fsdecode(event.src_path), roots)
             if gone is not None and str(gone) == os.fsdecode(event.src_path):
                 self.detector.mark_stale(gone)   # its inotify watch died with it
+        what = _FILE_EVENTS.get(type(event))
+        if what is not None:
+            self.detector.file_event(os.fsdecode(event.src_path), what, os.fsdecode(getattr(event, "dest_path", "")))
+            if isinstance(event, QUIET):
+                return
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if not raw:
                 continue
@@ -169,8 +184,10 @@ class Detector:
 
     def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
                  observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024,
-                 on_overflow: Callable[[], None] | None = None, stop_seconds: float = STOP_SECONDS) -> None:
+                 on_overflow: Callable[[], None] | None = None, stop_seconds: float = STOP_SECONDS,
+                 on_file: FileCallback | None = None) -> None:
         self.roots = list(roots)
+        self.on_file = on_file
         self.root_strings = [os.fspath(r) for r in self.roots]
         self.enqueue = enqueue
         self.observer_factory = observer_factory
@@ -291,6 +308,23 @@ class Detector:
             with self._lock:
                 self._busy.discard(folder)
                 self._unwanted.discard(folder)
+
+    def file_event(self, path: str, what: str, dest: str) -> None:
+        """A file was opened, closed, deleted or renamed: tell `on_file`, relative to its run folder.
+        Called on watchdog's dispatcher thread."""
+        folder = run_folder_of(path, self.root_strings) if self.on_file is not None else None
+        if folder is None or self.on_file is None:
+            return
+        top = os.fspath(folder) + os.sep
+        if not path.startswith(top):
+            return   # the run folder entry itself (a plain file in the watched path)
+        moved_to = dest[len(top):] if dest.startswith(top) else None
+        self.on_file(folder, path[len(top):], what, moved_to)
+
+    def watched_under(self, folder: Path) -> list[Path]:
+        """The watched directories inside `folder` (its input/ and output/ directories)."""
+        with self._lock:
+            return [p for p in (*self._folder_watches, *self._busy) if folder in p.parents]
 
     def mark_stale(self, folder: Path) -> None:
         """The watched folder was deleted or renamed away: its watch must be made anew if asked again.

@@ -34,6 +34,7 @@ from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, load_config
 from watcher.daemon import aftercare
+from watcher.daemon.aftercheck import LateChecks
 from watcher.daemon.attempt import Attempts
 from watcher.daemon.chores import Chores
 from watcher.daemon.detection import ObserverFactory
@@ -45,6 +46,7 @@ from watcher.daemon.lease import LeaseKeeper
 from watcher.daemon.listeners import Listeners, Prepared, ReloadRefused
 from watcher.daemon.metrics import Metrics
 from watcher.daemon.notify import Notifier
+from watcher.daemon.openfiles import OpenFiles
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
@@ -115,12 +117,15 @@ class Service:
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
         self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker)
+        self.open_files = OpenFiles(clock)
+        self.late_checks = LateChecks(clock)
         self.detectors = Detectors(config.watch, self.index.offer, observer_factory=observer_factory,
-                                   on_overflow=self._on_overflow)
+                                   on_overflow=self._on_overflow, open_files=self.open_files)
         self.processor = FolderProcessor(
             current, self.index, self.store, self.attempts, self.gate, self.outcomes,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
-            recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
+            recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely,
+            activity=self.open_files.activity, late_checks=self.late_checks)
         self.listeners = Listeners(self.handle_control, self.metrics, self.health)
         self._workers: list[threading.Thread] = []
         self._target_workers = config.workers
@@ -332,6 +337,7 @@ class Service:
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
+        self.open_files.clear()   # a close may be among the lost events
         self._rescan("inotify queue overflowed: events were lost")
 
     def _rescan(self, reason: str, *, full: bool = False) -> None:
@@ -345,6 +351,7 @@ class Service:
             self._reload.clear()
             self._apply_reload()
         self.chores.tick()
+        self.late_checks.run_due()
 
     def _status_line(self) -> str:
         return self.health_view.status_line()
