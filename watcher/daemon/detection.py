@@ -114,8 +114,8 @@ class _Handler(FileSystemEventHandler):
         roots = self.detector.root_strings
         if event.is_directory and event.event_type in ("deleted", "moved"):
             gone = run_folder_of(os.fsdecode(event.src_path), roots)
-            if gone is not None and str(gone) == os.fsdecode(event.src_path):
-                self.detector.mark_stale(gone)   # its inotify watch died with it
+            if gone is not None:   # a watched run folder, or its watched input/ or output/ directory
+                self.detector.mark_stale(Path(os.fsdecode(event.src_path)))   # its inotify watch died with it
         what = _FILE_EVENTS.get(type(event))
         if what is not None:
             self.detector.file_event(os.fsdecode(event.src_path), what, os.fsdecode(getattr(event, "dest_path", "")))
