@@ -21,7 +21,7 @@ from watcher.fakecloud import FakeCloud
 
 pytestmark = pytest.mark.e2e
 
-SETTLE = 0.5
+SETTLE = 1.0   # the margin the daemon has to receive a file's open event before the folder settles
 INPUT = b'{"in": 1}\n'
 HEAD = b'{"solutions": ['
 TAIL = b'{"done": true}]}\n'
@@ -134,4 +134,46 @@ def test_a_non_json_output_kept_open_is_tracked_whole(cloud: FakeCloud, watched:
         member = tar.extractfile("output.csv")
         assert member is not None
         assert member.read() == b"stop,vehicle\n1,a\n2,b\n"
+    assert daemon.stop() == 0
+
+
+def test_a_file_kept_open_in_the_output_directory_is_tracked_whole(cloud: FakeCloud, watched: Path,
+                                                                   daemon_factory: Any) -> None:
+    daemon = _start(lambda **kw: daemon_factory([(watched, "app-1")], **kw))
+    work = watched / ".tmp-in-dir"
+    (work / "output").mkdir(parents=True)
+    (work / "input.json").write_bytes(INPUT)
+    folder = watched / "in-dir"
+    work.rename(folder)   # appears with its output/ directory: watched from the first look
+    _watched(daemon, folder)
+    with open(folder / "output" / "routes.csv", "wb") as f:
+        f.write(b"route\n1\n")
+        f.flush()
+        _held_back(daemon, folder, "output/routes.csv is open")
+        f.write(b"2\n")
+    wait_for(lambda: marker(folder), 20, "the finished folder tracked")
+    with tarfile.open(fileobj=io.BytesIO(_output_of(cloud, folder)), mode="r:gz") as tar:
+        member = tar.extractfile("routes.csv")
+        assert member is not None
+        assert member.read() == b"route\n1\n2\n"
+    assert daemon.stop() == 0
+
+
+def test_on_a_polled_path_a_half_written_json_file_is_not_tracked(cloud: FakeCloud, watched: Path,
+                                                                   daemon_factory: Any) -> None:
+    # Polling sees no open files: only the complete-JSON check applies there.
+    daemon: Daemon = daemon_factory([(watched, "app-1")], completion={"marker": None, "settle_seconds": SETTLE},
+                                    watch=[{"path": str(watched), "application_id": "app-1", "polling": True,
+                                            "poll_interval_seconds": 0.2}])
+    daemon.start()
+    daemon.wait_ready()
+    folder = watched / "polled"
+    folder.mkdir()
+    (folder / "input.json").write_bytes(INPUT)
+    (folder / "output.json").write_bytes(HEAD)
+    _held_back(daemon, folder, "output.json is not complete JSON")
+    with open(folder / "output.json", "ab") as f:
+        f.write(TAIL)
+    wait_for(lambda: marker(folder), 30, "the finished folder tracked")
+    assert _output_of(cloud, folder) == HEAD + TAIL
     assert daemon.stop() == 0
