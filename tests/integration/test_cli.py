@@ -330,11 +330,34 @@ def test_track_refuses_a_folder_claimed_by_another_live_process(run: Run, config
     assert marker(folder) is None
 
 
-def test_track_of_a_missing_folder_exits_1(run: Run, config: Path, cloud: FakeCloud, watched: Path) -> None:
-    result = run("track", watched / "does-not-exist", "--config", config)
-    assert result.code == 1
-    assert "does-not-exist" in result.err
+@pytest.mark.parametrize("where", ["watched", "elsewhere"])
+def test_track_of_a_missing_folder_exits_2_saying_it_does_not_exist(run: Run, config: Path, cloud: FakeCloud,
+                                                                    watched: Path, tmp_path: Path,
+                                                                    where: str) -> None:
+    missing = (watched if where == "watched" else tmp_path / "no" / "such") / "does-not-exist"
+    result = run("track", missing, "--config", config)
+    assert result.code == 2
+    assert f"{missing} does not exist" in result.err
     assert api_requests(cloud) == []
+
+
+def test_track_logs_its_folder_events_with_folder_and_application(run: Run, config: Path, cloud: FakeCloud,
+                                                                  watched: Path) -> None:
+    folder = write_folder(watched, "run-1", {"input.json": INPUT, "output.json": OUTPUT, "logs.txt": "x"},
+                          marker=None)
+    cloud.set_faults(put_slow_down_rate=1.0)   # every upload retried, on the caller's and the upload threads
+    failed = run("track", folder, "--config", config)
+    cloud.set_faults(put_slow_down_rate=0.0)
+    tracked = run("track", folder, "--config", config)
+
+    assert failed.code == 1 and tracked.code == 0, tracked.err
+    events = [json.loads(line) for line in (failed.err + tracked.err).splitlines() if line.startswith("{")]
+    folder_events = [e for e in events if e["event"] in ("folder_complete", "uploading", "upload_retrying",
+                                                         "run_tracked")]
+    assert {"uploading", "upload_retrying", "run_tracked"} <= {e["event"] for e in folder_events}
+    assert len({e.get("artifact") for e in folder_events if e["event"] == "upload_retrying"}) == 3
+    for e in folder_events:
+        assert e.get("folder") == str(folder) and e.get("application_id") == "app-1", e
 
 
 # --- track --repost --------------------------------------------------------------------------------

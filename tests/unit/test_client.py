@@ -667,3 +667,47 @@ def test_the_observer_sees_every_attempt(
         ("get_application", 401, AuthError),
     ]
     assert all(o.seconds >= 0 for o in outcomes)
+
+
+# --- every read bounded ----------------------------------------------------------------------------
+
+
+def streamed(head: bytes, megabytes: int, served: list[int]) -> Iterator[bytes]:
+    """`head`, then `megabytes` MiB of spaces, counting in `served` what the client pulled."""
+    yield head
+    for _ in range(megabytes * 1024):
+        served.append(1024)
+        yield b" " * 1024
+
+
+def test_only_the_head_of_an_api_error_body_is_read(
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """A proxy's error page, or a misbehaving API, never makes the client read an error body in full."""
+    served: list[int] = []
+    server = Server(lambda request: httpx.Response(502, content=streamed(b'{"error": "bad gateway"}', 64, served)))
+    client, _ = make_client(server, attempts=1)
+
+    with pytest.raises(TransientError, match="get_application: HTTP 502") as excinfo:
+        client.get_application("app")
+
+    assert sum(served) <= 64 * 1024
+    assert len(str(excinfo.value)) < 600
+
+
+@pytest.mark.parametrize(("call", "expected"), [
+    (lambda c: c.list_runs("app"), TransientError),
+    (lambda c: c.create_run("app", {"upload_id": "u"}, None), UncertainError),   # the run may exist
+])
+def test_an_api_answer_larger_than_the_bound_is_not_read_in_full(
+        call: Callable[[NextmvClient], object], expected: type[ApiError],
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    served: list[int] = []
+    server = Server(lambda request: httpx.Response(200, content=streamed(b'{"runs": [], "run_id": "r"', 64, served)))
+    client, cancel = make_client(server)
+
+    with pytest.raises(expected, match="larger than") as excinfo:
+        call(client)
+
+    assert type(excinfo.value) is expected
+    assert sum(served) <= 9 * 2**20
+    assert len(server.requests) == 1 and cancel.waits == []

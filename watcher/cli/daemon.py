@@ -55,7 +55,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         logs.configure(level, config.logging.format, stream=cast(TextIO, _CurrentStderr()))
     else:
         logs.configure(config.logging.level, config.logging.format)
-    return run_sync(config, api_key(config), out=sys.stdout, err=sys.stderr)
+    return run_sync(config, api_key(config), out=sys.stdout, err=sys.stderr, timeout=args.timeout)
 
 
 class _CurrentStderr:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
     folder = Path(args.folder).absolute()
+    if not os.path.lexists(folder):
+        raise CommandError(USAGE, f"{folder} does not exist")
     watch = config.watch_for(folder)
     app = args.application_id or (watch.application_id if watch else None)
     if app is None:
@@ -97,7 +100,8 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repos
     keeper = LeaseKeeper(claims)
     keeper.start()
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool, \
+                structlog.contextvars.bound_contextvars(folder=str(folder), application_id=job.application_id):
             lookup = RunLookup(api, max_pages=config.api.lookup_max_pages)
             tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=lookup,
                               limits=Limits.of(config))
@@ -112,6 +116,7 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repos
                     _drop_intents(store, held)
                 outcome = held.track(run, job)
                 store.remove(d, FAILED_MARKER)
+                log.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted, by="track")
     except LookupInconclusive as exc:
         raise CommandError(FAILED, f"{folder}: could not track: {logs.REDACTOR.scrub(str(exc))}; "
                                    "--repost posts again anyway (a duplicate run is possible)") from None

@@ -1,6 +1,7 @@
 """The Nextmv API: the only code that knows httpx (its errors become `watcher.errors` here).
 
     client.py    the runs API over one pooled httpx client; bounded retries; request outcomes
+    answers.py   every answer read with a bound (API: 8 MiB success, 4 KiB error; a PUT's head)
     s3error.py   a failed upload's S3 error: its code and message only (never signing material)
     backoff.py   bounded exponential delays with jitter
     lookup.py    find a run by the token in its description

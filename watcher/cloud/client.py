@@ -34,6 +34,7 @@ import httpx
 
 from watcher import __version__
 from watcher.cloud import s3error
+from watcher.cloud.answers import AnswerTooLarge, read_answer, read_head
 from watcher.cloud.backoff import Backoff
 from watcher.errors import (
     ApiError,
@@ -260,6 +261,10 @@ class NextmvClient:
                                   body_limit)
             except httpx.TransportError as exc:   # timeouts included
                 err: ApiError = self._network_error(endpoint, exc, uncertain_after_send)
+            except AnswerTooLarge as exc:   # a success: for `POST .../runs`, the run may exist
+                status = exc.status
+                err = (UncertainError if uncertain_after_send else TransientError)(f"{endpoint}: {exc}",
+                                                                                    status=status)
             else:
                 status = resp.status_code
                 err_or_none = _status_error(endpoint, resp, app, uncertain_after_send)
@@ -279,8 +284,8 @@ class NextmvClient:
 
     def _send(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str],
               content: bytes | Iterator[bytes] | None, body_limit: int | None = None) -> httpx.Response:
-        """One request straight to the pooled transport, read in full, or only its first `body_limit`
-        bytes (as they came, not decoded) when given. The Client's own layers (cookies, auth flows,
+        """One request straight to the pooled transport, its answer read with a bound (see `answers`):
+        a presigned PUT's first `body_limit` bytes. The Client's own layers (cookies, auth flows,
         redirects, header merging) do nothing for us and cost a third of the CPU per request, which is
         what limits throughput; the Client still chooses the transport (proxies from the environment,
         TLS settings)."""
@@ -289,23 +294,7 @@ class NextmvClient:
         transport = self._http._transport_for_url(request.url)  # private, see the docstring
         response = transport.handle_request(request)
         response.request = request
-        try:
-            if body_limit is None:
-                response.read()
-                return response
-            head = bytearray()
-            try:
-                head += response.content[:body_limit]   # already in memory (an answer made in-process)
-            except httpx.ResponseNotRead:
-                for chunk in response.iter_raw():
-                    head += chunk
-                    if len(head) >= body_limit:
-                        break   # the rest is never read; closing drops the connection
-        finally:
-            response.close()
-        # The head as it came (never decoded: a compressed body yields no S3 code), with the one header used.
-        kept = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
-        return httpx.Response(response.status_code, headers=kept, content=bytes(head[:body_limit]), request=request)
+        return read_answer(response) if body_limit is None else read_head(response, body_limit)
 
     def _network_error(self, endpoint: str, exc: httpx.HTTPError, uncertain_after_send: bool) -> ApiError:
         # The message names the kind of failure only: httpx messages can carry URLs.

@@ -23,6 +23,7 @@ Series (all prefixed ``nextmv_watcher_``):
 
     folders_total{application_id, outcome, reason}      counter; outcome tracked | failed | retried
                                                         (reason "manual": an operator's `retry`)
+    build_info{version}                                 always 1: the running version
     upload_bytes_total                                  counter
     request_duration_seconds{endpoint, status}          histogram; status "none" when no response
     folders_pending{state}                              gauge, every state always exported: queued
@@ -57,10 +58,11 @@ from types import TracebackType
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from watcher import __version__
 from watcher.cloud.client import RequestOutcome
 from watcher.config import parse_listen
 from watcher.daemon.gate import GLOBAL
@@ -102,6 +104,8 @@ class Metrics:
         self._refused = Counter(f"{PREFIX}metrics_connections_refused",
                                 "Connections to the metrics listener closed unserved: too many were open.",
                                 registry=self.registry)
+        Info(f"{PREFIX}build", "The running nextmv-watcher's version (always 1).",
+             registry=self.registry).info({"version": __version__})
         self.registry.register(_StatusCollector(status))
         self.registry.register(_OutcomesCollector(outcomes))
         ProcessCollector(registry=self.registry)
@@ -109,6 +113,10 @@ class Metrics:
     def upload_bytes(self, n: int) -> None:
         """Count `n` uploaded bytes (n >= 0, else ValueError)."""
         self._upload_bytes.inc(n)
+
+    def uploaded_bytes(self) -> int:
+        """The bytes counted so far."""
+        return int(self.registry.get_sample_value(f"{PREFIX}upload_bytes_total") or 0)
 
     def request(self, outcome: RequestOutcome) -> None:
         """Observe one HTTP attempt; fits `NextmvClient(observer=...)`."""
@@ -233,7 +241,6 @@ class HealthServer:
             self._thread = threading.Thread(target=server.serve_until_woken, name="nextmv-watcher-http", daemon=True)
             self._thread.start()
             self._state = _State.RUNNING
-        log.info("metrics_listening", host=self.host, port=self.port)
 
     def stop(self) -> None:
         """Stop serving and free the port; idempotent, and a no-op before `start()`."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from watcher import __version__
 from watcher.cloud.client import NextmvClient, RequestOutcome, Transport, build_verify
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
@@ -80,7 +81,7 @@ class Service:
                  observer_factory: ObserverFactory | None = None,
                  transport: Transport | None = None, watch: bool = True,
                  recheck_incomplete: bool = True, notifier: Notifier | None = None,
-                 on_reload: Callable[[Config], None] | None = None) -> None:
+                 on_reload: Callable[[Config], None] | None = None, announce: bool = True) -> None:
         self.config = config
         self.clock = clock
         self.state = State.STARTING
@@ -93,6 +94,7 @@ class Service:
         self.ready = threading.Event()
         self.watching = watch
         self.on_reload = on_reload
+        self._announce = announce   # log daemon_started/_stopping/_stopped (`sync` logs its own events)
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
         current = self.current_config
 
@@ -168,8 +170,9 @@ class Service:
         self._scanner.start()
         self._resize_workers(self.config.workers)
         self._transition(State.RUNNING)
-        log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
-                 workers=self.config.workers, api=self.config.api.url, pid=os.getpid())
+        if self._announce:
+            log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
+                     workers=self.config.workers, api=self.config.api.url, pid=os.getpid(), version=__version__)
 
     def request_stop(self) -> None:
         """First stop request: drain. A second one aborts. Safe to call from a signal handler."""
@@ -226,7 +229,8 @@ class Service:
             self._transition(State.DRAINING)
         self._stop.set()
         self.notifier.stopping()
-        log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
+        if self._announce:
+            log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
         self.index.close()
         deadline = time.monotonic() + self.config.drain_timeout_seconds
         for t in self._workers:
@@ -244,7 +248,8 @@ class Service:
             self.client.close()
         self.notifier.close()
         self._transition(State.STOPPED)
-        log.info("daemon_stopped")
+        if self._announce:
+            log.info("daemon_stopped")
 
     # -- what the outside sees -------------------------------------------------------------
 

@@ -1,0 +1,64 @@
+"""Reading an answer's body, always with a bound: the API's and a presigned PUT's.
+
+An API answer is read decoded, up to `MAX_ANSWER_BYTES` for a success (a page of 50 runs is tens of
+KB; `AnswerTooLarge` beyond, the rest unread) and `MAX_ERROR_BYTES` for anything else (only its
+message is used). A presigned PUT's answer is read only up to the caller's limit, as it came, never
+decoded (a compressed S3 error body yields no code). What is not read is dropped with the connection.
+Each function closes the response and returns an in-memory copy with the headers that still apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+
+MAX_ANSWER_BYTES = 8 << 20
+MAX_ERROR_BYTES = 4096
+# Headers that described the body as it came; the copy holds it decoded.
+_BODY_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
+
+
+class AnswerTooLarge(Exception):
+    """An API success answer longer than MAX_ANSWER_BYTES (the client turns it into its error)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"HTTP {status}: the answer is larger than {MAX_ANSWER_BYTES} bytes; not read")
+
+
+def read_answer(response: httpx.Response) -> httpx.Response:
+    """The API's `response`, its body read (decoded) up to its bound. Raises AnswerTooLarge for a
+    success beyond MAX_ANSWER_BYTES, and what reading raises (httpx's transport errors)."""
+    status = response.status_code
+    limit = MAX_ANSWER_BYTES if 200 <= status < 300 else MAX_ERROR_BYTES
+    body = _upto(response.iter_bytes(), limit + 1, response)
+    if len(body) > limit and 200 <= status < 300:
+        raise AnswerTooLarge(status)
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_FRAMING]
+    return httpx.Response(status, headers=headers, content=body[:limit], request=response.request)
+
+
+def read_head(response: httpx.Response, limit: int) -> httpx.Response:
+    """A presigned PUT's `response` with only the first `limit` bytes of its body, as they came, and the
+    one header used (Retry-After)."""
+    try:
+        head = response.content[:limit]   # already in memory (an answer made in-process)
+        response.close()
+    except httpx.ResponseNotRead:
+        head = _upto(response.iter_raw(), limit, response)
+    kept = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+    return httpx.Response(response.status_code, headers=kept, content=head, request=response.request)
+
+
+def _upto(chunks: Iterator[bytes], limit: int, response: httpx.Response) -> bytes:
+    """At least `limit` bytes of `chunks` (all when shorter, a chunk more at most), then the response closed."""
+    got = bytearray()
+    try:
+        for chunk in chunks:
+            got += chunk
+            if len(got) >= limit:
+                break   # the rest is never read; closing drops the connection
+    finally:
+        response.close()
+    return bytes(got)
