@@ -59,7 +59,7 @@ class Detectors:
         by_root: dict[Path, detection.Detector] = {}
         for (polling, interval), roots in groups.items():
             factory = detection.polling_factory(interval) if polling else (self.observer_factory or Observer)
-            d = detection.Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self.on_overflow,
+            d = detection.Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self._overflowed,
                                    on_file=self.open_files.record)
             d.polling = polling
             detectors.append(d)
@@ -67,6 +67,12 @@ class Detectors:
         with self._lock:
             self._detectors, self._by_root = detectors, by_root
         self._reported.clear()   # reconfigure() stopped the detectors reported before
+
+    def _overflowed(self) -> None:
+        """The kernel's event queue overflowed (on watchdog's thread): a close may be among the lost events."""
+        self.open_files.clear()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     def members(self) -> list[detection.Detector]:
         """The detectors now, one per observer."""

@@ -342,7 +342,6 @@ class Service:
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
-        self.open_files.clear()   # a close may be among the lost events
         self._rescan("inotify queue overflowed: events were lost")
 
     def _rescan(self, reason: str, *, full: bool = False) -> None:
