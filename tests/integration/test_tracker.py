@@ -449,3 +449,18 @@ def test_a_page_the_api_fails_to_serve_makes_the_look_up_inconclusive_never_a_ne
         tracker.track(run, APP, None)
     assert env.count("create_run") == 1
     assert env.cloud.runs() == []
+
+
+@pytest.mark.parametrize("declared", [5, 50])
+def test_a_put_body_of_another_length_than_declared_is_a_changed_folder_over_http(env: Env, tmp_path: Path,
+                                                                                 declared: int) -> None:
+    """Over the real HTTP stack (h11 would raise its own LocalProtocolError "Too much data" / "Too little
+    data for declared Content-Length", a traceback in the daemon's log): the folder changed, retried later."""
+    path = tmp_path / "spooled.tar.gz"
+    path.write_bytes(b"x" * 20)
+    target = env.client.new_upload("app-1")
+
+    with pytest.raises(FolderChanged, match="while being uploaded"):
+        env.client.put_file(target, lambda: path.open("rb"), declared, folder=str(path.parent), label="input")
+
+    assert env.cloud.upload(target.upload_id) is None, "nothing stored"

@@ -296,7 +296,8 @@ class Tracker:
         for attempt in range(1, UPLOAD_TRIES + 1):
             target = self.client.new_upload(application_id)
             try:
-                self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress)
+                self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress,
+                                     folder=str(run.path), label=label)
             except PermissionError:
                 raise InvalidFolder(str(run.path), f"{label}: permission denied") from None
             except OSError as exc:
