@@ -8,14 +8,17 @@ level, and leaves nothing half-written behind.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Daemon, marker, wait_for, write_config, write_folder
+from helpers import TRACKED, Daemon, marker, wait_for, write_config, write_folder
 
 from watcher.fakecloud import FakeCloud
+from watcher.runfolder.markers import StateStore
 
 pytestmark = pytest.mark.e2e
 
@@ -79,3 +82,40 @@ def test_two_live_daemons_on_300_folders_never_lose_a_claim(cloud: FakeCloud, wa
     assert [e for e in events if e.get("event") == "folder_claim_lost"] == []
     assert _errors(events) == []
     assert not [p for n in names for p in (watched / n).iterdir() if p.name.startswith(".nextmv-claim")]
+
+
+@pytest.fixture
+def read_only_path(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(writable, read-only): one directory, and a read-only bind mount of it that the daemon watches."""
+    writable, ro = tmp_path / "producer", tmp_path / "ro-runs"
+    writable.mkdir()
+    ro.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(writable), str(ro)], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot bind-mount here (needs root and mount rights): {exc}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True, capture_output=True, timeout=30)
+        yield writable, ro
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False, capture_output=True, timeout=30)
+
+
+def test_a_read_only_watched_path_is_tracked_quietly_with_its_state_in_the_state_dir(
+        cloud: FakeCloud, read_only_path: tuple[Path, Path], tmp_path: Path, daemon_factory) -> None:
+    writable, ro = read_only_path
+    daemon: Daemon = daemon_factory([(ro, "app-1")]).start()
+    daemon.wait_ready()
+    names = ["ro-1", "ro-2", "ro-3"]
+    for n in names:
+        write_folder(writable, n, {"input.json": "{}", "output.json": "{}"})
+    store = StateStore(tmp_path / "state")
+    wait_for(lambda: all(store.finished(ro / n) == "tracked" for n in names), 30, "the read-only folders tracked")
+    assert daemon.stop() == 0
+    events = daemon.events()
+    assert _errors(events) == []
+    assert len(cloud.runs()) == 3
+    for n in names:
+        assert [p.name for p in (ro / n).iterdir() if p.name.startswith(".nextmv-")] == []
+        assert sorted(p.name for p in store.fallback_dir(ro / n).iterdir()) == [TRACKED], \
+            "no journal (or anything else) beside the tracked marker"

@@ -344,9 +344,11 @@ def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
 @contextmanager
 def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Iterator[tuple[list[str], list[str]]]:
     """Make `folder` behave like a directory on a read-only mount: opening anything inside it for
-    writing fails with EROFS, and access(W_OK) says no. Yields (refused, written elsewhere) paths."""
+    writing, and unlinking one of the daemon's `.nextmv-*` names in it (whether it exists or not, as
+    unlink(2) does there; a producer removes its files through a writable mount of its own), fails
+    with EROFS, and access(W_OK) says no. Yields (refused, written elsewhere) paths."""
     inside = os.fspath(folder) + os.sep
-    real_open, real_access = os.open, os.access
+    real_open, real_access, real_unlink = os.open, os.access, os.unlink
     refused: list[str] = []
     written: list[str] = []
 
@@ -364,9 +366,17 @@ def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Iterator[tuple[l
             return False
         return real_access(path, mode, **kwargs)
 
+    def ro_unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        name = opened_path(path, dir_fd)
+        if name.startswith(inside) and Path(name).name.startswith(".nextmv-"):
+            refused.append(name)
+            raise oserror(errno.EROFS, name)
+        real_unlink(path, dir_fd=dir_fd)
+
     with monkeypatch.context() as m:
         m.setattr(os, "open", ro_open)
         m.setattr(os, "access", ro_access)
+        m.setattr(os, "unlink", ro_unlink)
         yield refused, written
 
 
@@ -376,12 +386,14 @@ def test_a_read_only_run_folder_keeps_its_state_in_the_state_dir_keyed_by_inode(
     name = "ro-run"
     folder = watched / name
     store = StateStore(state_dir)
-    with read_only(monkeypatch, folder) as (refused, written):
+    with read_only(monkeypatch, folder) as (refused, written), structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         write_folder(watched, name, FILES)
         wait_for(lambda: store.finished(folder) == "tracked", 10, "the read-only folder tracked")
         wait_for(lambda: settled(service), 10, "the queue to settle")
         service.shutdown()
+        assert [e for e in events if e["log_level"] in ("error", "critical") or "exc_info" in e] == [], \
+            "the supported read-only set-up logs no error"
 
         fallback = store.fallback_dir(folder)
         assert fallback.parent == state_dir / "folders"

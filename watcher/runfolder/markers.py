@@ -258,7 +258,9 @@ class StateStore:
 
     def remove(self, folder: Folder, name: str, *, durable: bool = True) -> bool:
         """Remove a state file wherever it is; True when one was removed. `durable=False` skips the
-        directory fsync, for removals that may safely be undone by a power cut."""
+        directory fsync, for removals that may safely be undone by a power cut. A read-only folder
+        that does not hold the file is no error (unlink(2) says EROFS before it looks for the name).
+        Raises StateError when a file that is there cannot be removed."""
         removed = False
         with opened(folder) as d, self._places(d) as places:
             for place in places:
@@ -268,6 +270,8 @@ class StateStore:
                         if durable:
                             place.sync()
                 except OSError as exc:
+                    if exc.errno in UNWRITABLE and _absent(place, name):
+                        continue
                     raise StateError(f"{place.label}: cannot remove {name}: {exc.strerror}") from None
         return removed
 
@@ -366,6 +370,14 @@ def _replace(d: DirHandle, name: str, payload: bytes) -> None:
     except IsADirectoryError:
         d.unlink(name)
         d.write_atomic(name, payload)
+
+
+def _absent(place: DirHandle, name: str) -> bool:
+    """Whether `place` holds no entry `name` (False when that cannot be told)."""
+    try:
+        return place.lstat(name) is None
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
