@@ -8,7 +8,9 @@ level, and leaves nothing half-written behind.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +121,58 @@ def test_a_read_only_watched_path_is_tracked_quietly_with_its_state_in_the_state
         assert [p.name for p in (ro / n).iterdir() if p.name.startswith(".nextmv-")] == []
         assert sorted(p.name for p in store.fallback_dir(ro / n).iterdir()) == [TRACKED], \
             "no journal (or anything else) beside the tracked marker"
+
+
+@pytest.fixture
+def small_spool(tmp_path: Path) -> Iterator[Path]:
+    """The daemon's spool directory (`<state_dir>/spool`) on a 1 MiB tmpfs."""
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {exc}")
+    try:
+        yield spool
+    finally:
+        subprocess.run(["umount", "-l", str(spool)], check=False, capture_output=True, timeout=30)
+
+
+def _cli(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "watcher", *args], capture_output=True, text=True, timeout=60,
+                          check=True).stdout
+
+
+def test_a_spool_too_small_backs_off_says_the_bytes_it_needs_and_tracks_once_there_is_room(
+        cloud: FakeCloud, watched: Path, small_spool: Path, tmp_path: Path, daemon_factory) -> None:
+    daemon: Daemon = daemon_factory([(watched, "app-1")], control_socket=str(tmp_path / "control.sock")).start()
+    daemon.wait_ready()
+    folder = write_folder(watched, "big", {"input.json": "{}", "output/data.bin": os.urandom(3 << 20)})
+
+    def state_errors() -> list[dict[str, Any]]:
+        return [e for e in daemon.events() if e.get("event") == "state_error"]
+
+    (first,) = wait_for(state_errors, 30, "a state error")
+    assert first["retry_in"] == 5.0 and "needs up to" in first["error"] and "No space left on device" in first["error"]
+    status = json.loads(_cli("status", "--json", "--config", str(daemon.config)))
+    assert status["folders"]["retry_wait"] == 1
+    (waiting,) = status["state_error"]["folders"]
+    assert waiting["folder"] == str(folder) and "needs up to" in waiting["error"]
+    assert f"{folder}: spool directory" in _cli("status", "--config", str(daemon.config))
+    scanned = {r["folder"]: r for r in json.loads(_cli("scan", "--json", "--config", str(daemon.config)))}
+    assert scanned[str(folder)]["state"] == "pending"
+    assert scanned[str(folder)]["reason"].startswith("state_error: spool directory")
+    assert "needs up to" in scanned[str(folder)]["reason"]
+
+    wait_for(lambda: len(state_errors()) >= 2, 30, "a second state error")
+    assert [e["retry_in"] for e in state_errors()][:2] == [5.0, 10.0], "backs off, doubling"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_spool)], check=True, capture_output=True, timeout=30)
+    wait_for(lambda: marker(folder), 60, "tracked once the spool has room")
+    assert daemon.stop() == 0
+    events = daemon.events()
+    assert _errors(events) == []
+    assert {e["level"] for e in state_errors()} == {"warning"}
+    assert not [e for e in events if e.get("event") == "folder_retrying"], "a state error is no attempt"
+    assert list(small_spool.iterdir()) == [], "no partial spool file left"
+    assert len(cloud.runs()) == 1

@@ -233,12 +233,14 @@ def test_disk_full_writing_the_tracked_marker_is_retried_and_the_run_adopted_not
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         folder = write_folder(watched, "run-1", FILES)
-        wait_for(lambda: marker(folder), 10, "the folder tracked once the disk has room")
+        # Our own state errors back off 5 s, then 10 s.
+        wait_for(lambda: marker(folder), 40, "the folder tracked once the disk has room")
         wait_for(lambda: settled(service), 10, "the queue to settle")
 
     assert len(refused) == 2
     errors = named(events, "state_error")
     assert len(errors) == 2
+    assert [(e["log_level"], e["retry_in"]) for e in errors] == [("warning", 5.0), ("warning", 10.0)]
     assert all("No space left on device" in e["error"] and TRACKED in e["error"] for e in errors)
     assert marker(folder, FAILED) is None
     assert named(events, "folder_failed") == []

@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,7 +125,8 @@ class Journal:
     lists every POST that may have created the run; while it is non-empty the run must be looked up
     before anything is posted again. `lookups_inconclusive` counts the look-ups in a row that could
     not see every run that could match (`last_error` says why); it sets their backoff and is reset by
-    a conclusive one (absent from older journals: 0).
+    a conclusive one (absent from older journals: 0). `state_error`: why the last attempt could not
+    write our own state (disk full), for `scan`; the next attempt's saves drop it.
     """
 
     attempts: int = 0
@@ -136,9 +137,10 @@ class Journal:
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     intents: list[Intent] = field(default_factory=list)
     lookups_inconclusive: int = 0
+    state_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "state_error" or v is not None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Journal:
@@ -152,6 +154,7 @@ class Journal:
                 uploads={role: UploadRecord(**rec) for role, rec in data.get("uploads", {}).items()},
                 intents=[Intent(**i) for i in data.get("intents", [])],
                 lookups_inconclusive=int(data.get("lookups_inconclusive", 0)),
+                state_error=data.get("state_error"),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"journal has an unexpected shape: {exc}") from None
@@ -159,7 +162,7 @@ class Journal:
     @property
     def is_empty(self) -> bool:
         """Nothing worth keeping: no attempts, uploads or intents (whatever application it names)."""
-        return self == Journal(application_id=self.application_id)
+        return replace(self, state_error=None) == Journal(application_id=self.application_id)
 
 
 class StateStore:
@@ -374,10 +377,9 @@ def _replace(d: DirHandle, name: str, payload: bytes) -> None:
 
 def _absent(place: DirHandle, name: str) -> bool:
     """Whether `place` holds no entry `name` (False when that cannot be told)."""
-    try:
+    with contextlib.suppress(OSError):
         return place.lstat(name) is None
-    except OSError:
-        return False
+    return False
 
 
 @contextlib.contextmanager
