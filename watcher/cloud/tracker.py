@@ -38,6 +38,7 @@ from watcher.errors import (
     FolderChanged,
     InvalidFolder,
     RetryLater,
+    StateError,
     TransientError,
     UncertainError,
     UploadExpired,
@@ -176,7 +177,11 @@ class Tracker:
             check_claim()
             token = uuid.uuid4().hex
             journal.intents.append(Intent(token=token, created_at=self.clock()))
-            self.store.save_journal(run.handle, journal)
+            try:
+                self.store.save_journal(run.handle, journal)
+            except StateError:
+                journal.intents.pop()   # not durable, so not posted: no intent to look up later
+                raise
             log.debug("posting_run", token=token)
             limits = self.limits()
             _warn_if_cut(run, limits)
