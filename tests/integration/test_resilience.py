@@ -299,6 +299,8 @@ def test_disk_full_writing_the_failed_marker_is_logged_as_a_state_error(
     assert [e["error"] for e in named(events, "folder_error")] == []
     errors = named(events, "state_error")
     assert len(errors) == 1 and "No space left on device" in errors[0]["error"]
+    assert (errors[0]["log_level"], errors[0]["pending"], errors[0]["retry_in"]) == ("warning", "failed marker", 5.0)
+    assert [e for e in events if "exc_info" in e] == []
 
 
 def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
@@ -326,6 +328,8 @@ def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
     errors = named(events, "state_error")
     assert len(errors) == 1
     assert "spool directory" in errors[0]["error"] and "No space left on device" in errors[0]["error"]
+    assert "input (as an archive) needs up to" in errors[0]["error"]
+    assert errors[0]["log_level"] == "warning" and [e for e in events if "exc_info" in e] == []
     assert marker(folder, FAILED) is None
     assert [len(files) for files in spooled] == [1, 1], "one spool file at a time: the failed one was removed"
     assert spooled[0] != spooled[1]

@@ -524,5 +524,6 @@ def test_disk_full_saving_the_journal_after_an_api_error_is_a_state_error_and_th
         found = h.step(folder)
     names = [e["event"] for e in events]
     assert "folder_error" not in names and "state_error" in names
+    assert [(e["log_level"], e["pending"]) for e in events if e["event"] == "state_error"] == [("warning", "journal")]
     assert found.stage is Stage.RETRY_WAIT and found.at is not None and found.at > T0
     assert sorted(os.listdir(folder)) == ["DONE", "input.json", "output.json"]
