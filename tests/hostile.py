@@ -157,8 +157,9 @@ class Server:
             raise AssertionError(f"`nextmv-watcher {' '.join(args)}` did not finish within {timeout}s") from None
 
     def status(self, daemon: Daemon) -> dict[str, Any]:
-        """`status --json` answered by `daemon` itself over its control socket."""
-        done = self.cli("status", "--json")
+        """`status --json` answered by `daemon` itself over its control socket (asked with its configuration:
+        `status` shows only a daemon that runs the configuration it was given)."""
+        done = self.cli("status", "--json", config=daemon.config)
         assert done.returncode == 0, done.stderr
         status: dict[str, Any] = json.loads(done.stdout)
         assert status.get("pid") == daemon.pid, f"status did not come from the daemon: {done.stderr.strip()}"

@@ -4,27 +4,29 @@ The dataclasses below are the one place where each key's default, type and check
 (`setting()`, see `watcher.configparse`); `config.example.yaml` shows them and a test keeps the two
 equal. `load_config(path)` returns a `Config` or raises `ConfigError` listing every problem at
 once, each with its key path (``watch[1].application_id: required``). `parse_config` adds the rules
-that span keys: watched paths exist and do not overlap, `watch[].files` inherits `files` key by key,
+that span keys: watched paths do not overlap (they may be missing), `watch[].files` inherits `files` key by key,
 `done_path` for `after_tracking: move`, and the defaults of `state_dir` and `control_socket` from
-the environment (`default_state_dir`, `default_control_socket`).
+the environment and from which file it is (`default_state_dir`, `default_control_socket`: the system
+configuration defaults to the unit's directories). A loaded `Config` records which file it came from
+(`ConfigFile`: resolved path, device, inode, digest), so that a command can tell whether a running
+daemon runs the same file.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
+from watcher.configfile import ConfigFile, read_config_file
 from watcher.configparse import (
     Parser,
     Report,
+    absolute,
     at_least,
     build,
     choice,
-    directory,
     existing_file,
     file_names,
     non_negative,
@@ -38,6 +40,11 @@ from watcher.errors import ConfigError
 from watcher.logs import LEVELS
 
 DEFAULT_CONFIG_PATH = Path("/etc/nextmv-watcher/config.yaml")
+# The unit's StateDirectory= and RuntimeDirectory=: the defaults of the system configuration (above),
+# so that an admin shell finds the daemon's state and socket without pinning them.
+SYSTEM_STATE_DIR = Path("/var/lib/nextmv-watcher")
+SYSTEM_CONTROL_SOCKET = Path("/run/nextmv-watcher/control.sock")
+PREVIOUS_DEFAULT = "previous default"   # Config.state_dir_from when state was found under the old default
 CREDENTIAL_NAME = "nextmv-api-key"
 FORMATS = ("auto", "json", "multi-file", "text")
 LOG_FORMATS = ("auto", "json", "console")
@@ -117,7 +124,7 @@ class FormatConfig:
 
 @dataclass(frozen=True)
 class WatchConfig:
-    path: Path = setting(check=directory, doc="a directory")
+    path: Path = setting(check=absolute, doc="a directory")
     application_id: str = setting(doc="the Nextmv application id")
     instance_id: str | None = setting(None, doc="sent with every run unless status.json names one")
     format: FormatConfig = setting(FormatConfig(), doc="formats declared for this path's runs")
@@ -181,6 +188,10 @@ class Config:
     control_socket: Path | None = setting(None, doc="the unix socket of `nextmv-watcher status`")
     state_owners: tuple[int, ...] = setting((), check=users,
                                             doc="uids besides ours and root whose .nextmv-* files are trusted")
+    # Not keys: the file it was loaded from (None from parse_config), and where `state_dir` came from
+    # ("state_dir" when set, else the default that applied: see default_state_dir).
+    file: ConfigFile | None = None
+    state_dir_from: str = "state_dir"
 
     def watch_for(self, folder: Path) -> WatchConfig | None:
         """The watched path whose direct child `folder` is, if any."""
@@ -201,20 +212,51 @@ def resolve_config_path(arg: str | None, env: Mapping[str, str] | None = None) -
     return DEFAULT_CONFIG_PATH
 
 
-def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """$STATE_DIRECTORY (set by systemd's StateDirectory=), else $XDG_STATE_HOME or ~/.local/state."""
+def is_system_config(path: Path) -> bool:
+    """Whether `path` is the system configuration (DEFAULT_CONFIG_PATH, however it is reached)."""
+    return os.path.realpath(path) == os.path.realpath(DEFAULT_CONFIG_PATH)
+
+
+def default_state_dir(env: Mapping[str, str] | None = None, *, system: bool = False) -> Path:
+    """The state directory when `state_dir` is unset; see `state_dir_default`."""
+    return state_dir_default(env, system=system)[0]
+
+
+def state_dir_default(env: Mapping[str, str] | None = None, *, system: bool = False) -> tuple[Path, str]:
+    """The state directory when `state_dir` is unset, and which default it is, in this order:
+    $STATE_DIRECTORY (systemd's StateDirectory=); for the system configuration (`system`),
+    SYSTEM_STATE_DIR, unless state is found under the previous default (below) and not there: that
+    state holds read-only folders' markers and open intents, so it is kept (PREVIOUS_DEFAULT) rather
+    than left behind; else $XDG_STATE_HOME/nextmv-watcher or ~/.local/state/nextmv-watcher."""
     env = os.environ if env is None else env
     if env.get("STATE_DIRECTORY"):
-        return Path(env["STATE_DIRECTORY"].split(":")[0])
+        return Path(env["STATE_DIRECTORY"].split(":")[0]), "$STATE_DIRECTORY"
     base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"
-    return base / "nextmv-watcher"
+    user = base / "nextmv-watcher"
+    if not system:
+        return user, "default"
+    if _holds_state(user) and not _holds_state(SYSTEM_STATE_DIR):
+        return user, PREVIOUS_DEFAULT
+    return SYSTEM_STATE_DIR, "system default"
 
 
-def default_control_socket(state_dir: Path, env: Mapping[str, str] | None = None) -> Path:
-    """$RUNTIME_DIRECTORY/control.sock under systemd (RuntimeDirectory=), else <state_dir>/control.sock."""
+def _holds_state(state_dir: Path) -> bool:
+    """Whether `state_dir` holds folders' state (`folders/`: markers and journals of read-only folders)."""
+    try:
+        return (state_dir / "folders").is_dir()
+    except OSError:
+        return False
+
+
+def default_control_socket(state_dir: Path, env: Mapping[str, str] | None = None, *,
+                           system: bool = False) -> Path:
+    """$RUNTIME_DIRECTORY/control.sock under systemd (RuntimeDirectory=), else for the system
+    configuration SYSTEM_CONTROL_SOCKET (where the unit's daemon listens), else <state_dir>/control.sock."""
     env = os.environ if env is None else env
     if env.get("RUNTIME_DIRECTORY"):
         return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock"
+    if system:
+        return SYSTEM_CONTROL_SOCKET
     return state_dir / "control.sock"
 
 
@@ -252,23 +294,21 @@ def key_file_is_shared(path: Path) -> bool:
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at `path`. Raises ConfigError naming every problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the configuration file: {exc.strerror}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
-    return parse_config(raw if raw is not None else {}, source=str(path), base_dir=path.parent, env=env)
+    """Read and validate the YAML file at `path` (see `watcher.configfile`). Raises ConfigError naming
+    every problem; a YAML syntax error names the file, line and column."""
+    raw, file = read_config_file(path)
+    config = parse_config(raw if raw is not None else {}, source=str(path), base_dir=path.parent, env=env,
+                          system=is_system_config(path))
+    return replace(config, file=file)
 
 
 def parse_config(
-    raw: object, *, source: str = "<config>", base_dir: Path | None = None, env: Mapping[str, str] | None = None
+    raw: object, *, source: str = "<config>", base_dir: Path | None = None, env: Mapping[str, str] | None = None,
+    system: bool = False,
 ) -> Config:
     """Validate an already-parsed mapping (see `load_config`); relative paths are taken against
-    `base_dir` (default: the working directory). Raises ConfigError naming every problem."""
+    `base_dir` (default: the working directory); `system`: it is the system configuration (its
+    defaults are the unit's directories). Raises ConfigError naming every problem."""
     p = Parser(base_dir or Path.cwd())
     values = p.section(Config, raw, "", own=("watch",))
     watches = _watches(p, values["watch"], values["files"])
@@ -276,10 +316,12 @@ def parse_config(
         _done_path(p, values["done_path"], watches)
     if p.problems:
         raise ConfigError(source, p.problems)
-    state_dir = values["state_dir"] or default_state_dir(env)
+    state_dir, state_dir_from = (values["state_dir"], "state_dir") if values["state_dir"] \
+        else state_dir_default(env, system=system)
     return Config(**values | {
         "source": source, "watch": tuple(w for _, w in watches), "state_dir": state_dir,
-        "control_socket": values["control_socket"] or default_control_socket(state_dir, env),
+        "control_socket": values["control_socket"] or default_control_socket(state_dir, env, system=system),
+        "state_dir_from": state_dir_from,
     })
 
 

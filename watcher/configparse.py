@@ -251,10 +251,9 @@ def existing_file(value: Path, report: Report) -> Path:
     return value
 
 
-def directory(value: Path, report: Report) -> Path:
-    """An existing directory, made absolute (no symlinks resolved)."""
-    if not value.is_dir():
-        report(f"{value} does not exist or is not a directory")
+def absolute(value: Path, report: Report) -> Path:
+    """A path made absolute (no symlinks resolved). Whether it exists is not checked: a watched path
+    may come and go while the daemon runs (see `watcher.runfolder.scan.probe`)."""
     return Path(os.path.abspath(value))
 
 

@@ -112,6 +112,9 @@ def run_demo(keep: bool = False) -> int:
             summary = (f"run {got['run_id']}" if expected == TRACKED else got["error"]) if got else "MISSING"
             print(f"  {name:26} {expected:22} {summary}")
     print(f"\ndaemon exited with {code}; demo {'passed' if ok else 'FAILED'}")
-    if not keep:
+    if keep:
+        print(f"demo directory kept: {root} (the config, the watched folders with their markers, the state)")
+    else:
         shutil.rmtree(root, ignore_errors=True)
+        print(f"demo directory {root} removed (`nextmv-watcher demo --keep` keeps it)")
     return 0 if ok else 1

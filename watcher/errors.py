@@ -15,6 +15,9 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
     ├── StateError             a claim, marker, journal or spool file could not be written (disk full,
     │   │                      EROFS): not the folder's fault; retried with a backoff of its own
     │   └── SpoolFull          the spool has no room for an archive: says how many bytes it needs
+    ├── StateDirInUse          another daemon holds the state directory's lock: `run` exits 2
+    ├── ListenerError          a listener cannot bind its address (names the key and the address):
+    │                          `run` exits 2 at start-up; a reload is refused
     ├── ClaimLost              another process holds or took over the folder's claim
     ├── RetryLater             not a failure: come back at `at` (the run listing may lag)
     ├── LookupInconclusive     the run look-up could not see every run that could match (page limit,
@@ -100,6 +103,27 @@ class SpoolFull(StateError):
         self.free = free
         room = "" if free is None else f", {free:,} free"
         super().__init__(f"spool directory {directory}: {strerror}: {what} needs up to {needed:,} bytes{room}")
+
+
+class StateDirInUse(WatcherError):
+    """Another daemon (`pid`, running `config`; None when it did not say) holds `<state_dir>/daemon.lock`:
+    two daemons must not share a state directory (exit code 2)."""
+
+    def __init__(self, state_dir: str, pid: int | None, config: str | None) -> None:
+        self.state_dir, self.pid, self.config = state_dir, pid, config
+        holder = f"pid {pid if pid is not None else '?'}, config {config or '?'}"
+        super().__init__(f"state_dir {state_dir} is in use by another daemon ({holder}); daemons on one "
+                         "host need their own state_dir")
+
+
+class ListenerError(WatcherError):
+    """A listener could not bind: `key` (`metrics.listen`, `control_socket`) names the setting, `address`
+    its value, `error` why (`address already in use`). At start-up the daemon exits 2; on a reload the
+    reload is refused and the running listeners stay."""
+
+    def __init__(self, key: str, address: str, error: str) -> None:
+        self.key, self.address, self.error = key, address, error
+        super().__init__(f"{key} {address}: {error}")
 
 
 class ClaimLost(WatcherError):

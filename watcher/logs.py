@@ -102,7 +102,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     if use_console:
         renderer: list[structlog.typing.Processor] = [
-            structlog.processors.format_exc_info, REDACTOR, structlog.dev.ConsoleRenderer(colors=True)]
+            structlog.processors.format_exc_info, REDACTOR,
+            # Colours only on a terminal (and never with NO_COLOR): a file or a pipe gets plain text.
+            structlog.dev.ConsoleRenderer(colors=stream.isatty() and not os.environ.get("NO_COLOR"))]
     else:
         # No local variables in traces: they would hold request headers and URLs.
         tracebacks = structlog.processors.ExceptionRenderer(

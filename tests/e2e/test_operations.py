@@ -32,6 +32,7 @@ from helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from watcher import __version__
 from watcher.config import load_config
 from watcher.daemon.metrics import MAX_CONNECTIONS
 from watcher.daemon.service import Service
@@ -125,6 +126,10 @@ def test_metrics_are_scraped_and_status_answers_from_the_daemon(cloud: FakeCloud
                  if s.name.endswith("_count") and s.labels["endpoint"] == "create_run"]
     assert durations and durations[0].value == 1
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    # The version, for dashboards and logs; the listener announced once.
+    assert [s.labels for s in families["nextmv_watcher_build_info"].samples] == [{"version": __version__}]
+    assert _event(daemon, "daemon_started")["version"] == __version__
+    assert [e["event"] for e in daemon.events()].count("metrics_listening") == 1
 
     out = subprocess.run([sys.executable, "-m", "watcher", "status", "--json", "--config", str(daemon.config)],
                          capture_output=True, text=True, timeout=30, check=True)

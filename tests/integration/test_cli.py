@@ -73,8 +73,9 @@ def test_a_bad_config_exits_2_listing_every_problem(run: Run, tmp_path: Path, wa
     assert result.code == 2
     assert result.out == ""
     assert str(path) in result.err
-    for key in ("bogus", "workers", "watch[0].application_id", "watch[1].path"):
+    for key in ("bogus", "workers", "watch[0].application_id"):
         assert f"  - {key}:" in result.err, f"{key} not reported in:\n{result.err}"
+    assert "watch[1].path" not in result.err   # a missing watched path is no configuration error (issue 11)
 
 
 def test_the_config_comes_from_the_environment_when_not_given(
@@ -82,7 +83,7 @@ def test_the_config_comes_from_the_environment_when_not_given(
     monkeypatch.setenv("NEXTMV_WATCHER_CONFIG", str(config))
     result = run("check", "--offline")
     assert result.code == 0, result.err
-    assert result.out == f"configuration {config}: ok (1 watched path(s))\n"
+    assert result.out.splitlines()[0] == f"configuration {config}: ok (1 watched path(s))"
 
 
 def test_a_missing_config_file_exits_2(run: Run, tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_a_missing_config_file_exits_2(run: Run, tmp_path: Path) -> None:
 
 def test_a_missing_api_key_exits_2(run: Run, config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NEXTMV_API_KEY")
-    result = run("check", "--offline", "--config", config)
+    result = run("check", "--config", config)   # --offline needs none (test_admin_cli.py)
     assert result.code == 2
     assert "no API key found" in result.err
     assert "$NEXTMV_API_KEY" in result.err
@@ -112,7 +113,8 @@ def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_offline_makes_no_request(run: Run, config: Path, cloud: FakeCloud) -> None:
     result = run("check", "--offline", "--config", config)
     assert result.code == 0, result.err
-    assert result.out == f"configuration {config}: ok (1 watched path(s))\n"
+    assert result.out.splitlines() == [f"configuration {config}: ok (1 watched path(s))",
+                                       "API key: found in $NEXTMV_API_KEY, not checked (--offline)"]
     assert api_requests(cloud) == []
 
 
@@ -330,11 +332,34 @@ def test_track_refuses_a_folder_claimed_by_another_live_process(run: Run, config
     assert marker(folder) is None
 
 
-def test_track_of_a_missing_folder_exits_1(run: Run, config: Path, cloud: FakeCloud, watched: Path) -> None:
-    result = run("track", watched / "does-not-exist", "--config", config)
-    assert result.code == 1
-    assert "does-not-exist" in result.err
+@pytest.mark.parametrize("where", ["watched", "elsewhere"])
+def test_track_of_a_missing_folder_exits_2_saying_it_does_not_exist(run: Run, config: Path, cloud: FakeCloud,
+                                                                    watched: Path, tmp_path: Path,
+                                                                    where: str) -> None:
+    missing = (watched if where == "watched" else tmp_path / "no" / "such") / "does-not-exist"
+    result = run("track", missing, "--config", config)
+    assert result.code == 2
+    assert f"{missing} does not exist" in result.err
     assert api_requests(cloud) == []
+
+
+def test_track_logs_its_folder_events_with_folder_and_application(run: Run, config: Path, cloud: FakeCloud,
+                                                                  watched: Path) -> None:
+    folder = write_folder(watched, "run-1", {"input.json": INPUT, "output.json": OUTPUT, "logs.txt": "x"},
+                          marker=None)
+    cloud.set_faults(put_slow_down_rate=1.0)   # every upload retried, on the caller's and the upload threads
+    failed = run("track", folder, "--config", config)
+    cloud.set_faults(put_slow_down_rate=0.0)
+    tracked = run("track", folder, "--config", config)
+
+    assert failed.code == 1 and tracked.code == 0, tracked.err
+    events = [json.loads(line) for line in (failed.err + tracked.err).splitlines() if line.startswith("{")]
+    folder_events = [e for e in events if e["event"] in ("folder_complete", "uploading", "upload_retrying",
+                                                         "run_tracked")]
+    assert {"uploading", "upload_retrying", "run_tracked"} <= {e["event"] for e in folder_events}
+    assert len({e.get("artifact") for e in folder_events if e["event"] == "upload_retrying"}) == 3
+    for e in folder_events:
+        assert e.get("folder") == str(folder) and e.get("application_id") == "app-1", e
 
 
 # --- track --repost --------------------------------------------------------------------------------

@@ -361,3 +361,14 @@ def test_the_listener_bounds_must_be_positive(metrics: Metrics, daemon: Daemon) 
         HealthServer("127.0.0.1:0", metrics, daemon.health, max_connections=0)
     with pytest.raises(ValueError, match="connection_seconds"):
         HealthServer("127.0.0.1:0", metrics, daemon.health, connection_seconds=0)
+
+
+def test_each_watched_path_is_exported_as_present_or_missing(daemon: Daemon, http: httpx.Client) -> None:
+    """Issue 11, item 2: one gauge per watched path, read from the status (whose owner is the observers)."""
+    assert "nextmv_watcher_watched_path_present" not in scrape(http)   # an older snapshot names no path
+    daemon.state.update(watched=["/runs/a", "/runs/b"], watched_missing={"/runs/b": "does not exist"})
+    s = scrape(http)
+    assert s["nextmv_watcher_watched_path_present"] == {(("path", "/runs/a"),): 1, (("path", "/runs/b"),): 0}
+    daemon.state["watched_missing"] = {}
+    assert scrape(http)["nextmv_watcher_watched_path_present"] == {(("path", "/runs/a"),): 1,
+                                                                   (("path", "/runs/b"),): 1}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from helpers import API_KEY, FAILED, TRACKED, Run, marker, wait_for, write_confi
 from watcher.cli import main
 from watcher.config import load_config
 from watcher.daemon.control_socket import ControlServer
+from watcher.daemon.identity import describe
 from watcher.daemon.sync import run_sync
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
@@ -75,7 +78,8 @@ def daemon(config: Path) -> Iterator[StubDaemon]:
 
     path = load_config(config).control_socket
     assert path is not None
-    server = ControlServer(path, handle)
+    loaded = load_config(config)
+    server = ControlServer(path, handle, identify=lambda: describe(loaded, 4242))   # the daemon of `config`
     server.start()
     yield stub
     server.stop()
@@ -84,7 +88,13 @@ def daemon(config: Path) -> Iterator[StubDaemon]:
 
 
 def commands(stub: StubDaemon) -> list[str]:
-    return [r["command"] for r in stub.requests]
+    """What the commands told the daemon (see `told`)."""
+    return [r["command"] for r in told(stub)]
+
+
+def told(stub: StubDaemon) -> list[dict[str, Any]]:
+    """The requests that told the daemon something ("identify" only asks who it is)."""
+    return [r for r in stub.requests if r["command"] != "identify"]
 
 
 # --- sync ----------------------------------------------------------------------------------------
@@ -110,9 +120,15 @@ def test_sync_tracks_a_backlog_once_and_exits_0(run: Run, config: Path, cloud: F
     assert lines["tracked"] == "25"
     assert lines["failed"] == "0"
     assert lines["skipped incomplete"] == "1"
-    events = [json.loads(line)["event"] for line in result.err.splitlines()]
+    logged = [json.loads(line) for line in result.err.splitlines()]
+    events = [e["event"] for e in logged]
     assert events.count("run_tracked") == 25
-    assert "sync_finished" in events
+    assert events.index("sync_started") < events.index("sync_finished")
+    assert not [e for e in events if e.startswith("daemon_")]   # a sync is not a daemon
+    # Every folder event names its folder and application.
+    for e in logged:
+        if e["event"] in ("uploading", "run_tracked"):
+            assert e["folder"] in {str(f) for f in folders} and e["application_id"] in ("app-1", "app-2"), e
 
     again = run("sync", "--config", config)
     assert again.code == 0, again.err
@@ -187,6 +203,7 @@ def test_sync_on_a_terminal_shows_a_progress_bar_and_a_table(config: Path, cloud
     out, err = Terminal(), Terminal()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("COLUMNS", "400")   # a wide terminal: the table folds nothing, whatever the tmp path's length
     code = main(["sync", "--config", str(config)])
     monkeypatch.undo()
     assert code == 1
@@ -362,7 +379,7 @@ def test_retry_all_failed_clears_every_failed_folder_and_pokes_the_daemon(
     assert not (failed_folders["a1"] / JOURNAL).exists()
     assert store.journal(failed_folders["a2"]) == Journal(intents=[Intent("ab" * 16, 5.0)])  # intents kept
     assert marker(failed_folders["ok"], TRACKED) is not None
-    assert daemon.requests == [{"command": "retried", "folders": [str(failed_folders[n]) for n in ("a1", "a2", "b1")]}]
+    assert told(daemon) == [{"command": "retried", "folders": [str(failed_folders[n]) for n in ("a1", "a2", "b1")]}]
 
 
 def test_retry_all_failed_of_one_application(run: Run, config: Path, failed_folders: dict[str, Path]) -> None:
@@ -403,7 +420,7 @@ def test_retry_of_one_folder_pokes_the_daemon_too(run: Run, config: Path, failed
     assert result.code == 0, result.err
     assert marker(failed_folders["a1"], FAILED) is None
     assert marker(failed_folders["a2"], FAILED) is not None
-    assert daemon.requests == [{"command": "retried", "folders": [str(failed_folders["a1"])]}], \
+    assert told(daemon) == [{"command": "retried", "folders": [str(failed_folders["a1"])]}], \
         "the daemon is told which folder was reset (it counts it as retried, reason manual)"
 
 
@@ -468,8 +485,9 @@ def test_sync_gives_up_when_the_api_stays_unreachable(tmp_path: Path, watched: P
     path = write_config(tmp_path / "down.yaml", "http://127.0.0.1:9", [(watched, "app-1")], state_dir)
     folder = write_folder(watched, "run-1", FILES)
     out, err = io.StringIO(), io.StringIO()
-    assert run_sync(load_config(path), API_KEY, out=out, err=err, give_up_after=0.0) == 1
-    assert "sync stopped early: the API has been unreachable" in err.getvalue()
+    assert run_sync(load_config(path), API_KEY, out=out, err=err, timeout=0.5) == 1
+    assert "sync stopped early: no progress for" in err.getvalue()
+    assert "uploadurl: no response" in err.getvalue() or "has been unreachable" in err.getvalue()
     assert marker(folder) is None and marker(folder, FAILED) is None
     assert "not tracked yet" in out.getvalue()
 
@@ -480,7 +498,59 @@ def test_sync_gives_up_naming_refused_uploads(tmp_path: Path, watched: Path, sta
         path = write_config(tmp_path / "proxy.yaml", cloud.url, [(watched, "app-1")], state_dir)
         folders = [write_folder(watched, f"run-{i}", FILES) for i in range(6)]
         out, err = io.StringIO(), io.StringIO()
-        assert run_sync(load_config(path), API_KEY, out=out, err=err, give_up_after=0.0) == 1
-    assert "sync stopped early: the API had every upload refused for" in err.getvalue()
+        assert run_sync(load_config(path), API_KEY, out=out, err=err, timeout=2.0) == 1
+    assert "sync stopped early: no progress for" in err.getvalue()
+    assert "the API had every upload refused for" in err.getvalue()
     assert "SignatureDoesNotMatch" in err.getvalue()
     assert all(marker(f) is None and marker(f, FAILED) is None for f in folders)
+
+
+def test_sync_waits_for_folders_claimed_by_another_process_then_names_them(
+        tmp_path: Path, cloud: FakeCloud, watched: Path, state_dir: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1")], state_dir,
+                        logging={"format": "json", "level": "info"})
+    free = write_folder(watched, "free", FILES)
+    held = write_folder(watched, "held", FILES)
+    # Another live process on this host (this test's) holds a fresh claim on one folder.
+    (held / ".nextmv-claim").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                    "id": "someone-else", "lease_until": time.time() + 600}))
+    out, err = io.StringIO(), io.StringIO()
+
+    assert run_sync(load_config(path), API_KEY, out=out, err=err, timeout=1.0) == 1
+
+    assert marker(free) is not None
+    assert marker(held) is None and marker(held, FAILED) is None
+    assert "waited for: 1 folder(s) claimed by another process" in err.getvalue()
+    assert str(held) in out.getvalue()   # listed as not tracked yet
+
+
+def test_sync_that_keeps_making_progress_is_not_cut_off(tmp_path: Path, cloud: FakeCloud, watched: Path,
+                                                        state_dir: Path) -> None:
+    """A backfill longer than the timeout goes on as long as folders keep being tracked."""
+    cloud.set_faults(latency_seconds=0.1)   # each folder takes at least 5 calls x 0.1 s with one worker
+    path = write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1")], state_dir, workers=1,
+                        logging={"format": "json", "level": "info"})
+    folders = [write_folder(watched, f"run-{i}", FILES) for i in range(8)]
+    out, err = io.StringIO(), io.StringIO()
+    began = time.monotonic()
+
+    code = run_sync(load_config(path), API_KEY, out=out, err=err, timeout=2.0)
+
+    assert code == 0, err.getvalue()
+    assert time.monotonic() - began > 2.0   # the whole sync outlasted its timeout
+    assert all(marker(f) is not None for f in folders)
+    assert "stopped early" not in err.getvalue()
+
+
+def test_sync_says_which_watched_path_it_skips_because_it_is_missing(
+        tmp_path: Path, cloud: FakeCloud, watched: Path, state_dir: Path) -> None:
+    gone = tmp_path / "not-there"
+    path = write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1"), (gone, "app-2")], state_dir,
+                        logging={"format": "json", "level": "info"})
+    folder = write_folder(watched, "run-1", FILES)
+    out, err = io.StringIO(), io.StringIO()
+
+    assert run_sync(load_config(path), API_KEY, out=out, err=err) == 0
+
+    assert marker(folder) is not None
+    assert f"watched path {gone} does not exist: skipped" in err.getvalue()

@@ -223,11 +223,11 @@ def test_disk_full_writing_the_tracked_marker_is_retried_and_the_run_adopted_not
     real_write = DirHandle.write_atomic
     refused: list[Path] = []
 
-    def disk_full_for_tracked(self: DirHandle, name: str, data: bytes, mode: int = 0o640) -> None:
+    def disk_full_for_tracked(self: DirHandle, name: str, data: bytes, mode: int = 0o640, **kw: Any) -> None:
         if name == TRACKED and len(refused) < 2:
             refused.append(self.path / name)
             raise oserror(errno.ENOSPC, self.path / name)
-        real_write(self, name, data, mode)
+        real_write(self, name, data, mode, **kw)
 
     monkeypatch.setattr(DirHandle, "write_atomic", disk_full_for_tracked)
     with structlog.testing.capture_logs() as events:
@@ -264,11 +264,11 @@ def track_invalid_folder_with_a_full_disk(watched: Path, make_service: ServiceFa
     real_write = DirHandle.write_atomic
     refused: list[Path] = []
 
-    def disk_full_for_failed(self: DirHandle, name: str, data: bytes, mode: int = 0o640) -> None:
+    def disk_full_for_failed(self: DirHandle, name: str, data: bytes, mode: int = 0o640, **kw: Any) -> None:
         if name == FAILED and not refused:
             refused.append(self.path / name)
             raise oserror(errno.ENOSPC, self.path / name)
-        real_write(self, name, data, mode)
+        real_write(self, name, data, mode, **kw)
 
     monkeypatch.setattr(DirHandle, "write_atomic", disk_full_for_failed)
     with structlog.testing.capture_logs() as events:

@@ -133,5 +133,6 @@ def test_passing_s3_faults_leave_a_batch_tracked_exactly_once(
     assert Counter(r.body["name"] for r in cloud.runs("app-1")) == Counter(f.name for f in folders)
     assert storage.answered["RequestTimeout"] > 0 and storage.answered["SlowDown"] > 0
     codes = {e["code"] for e in logs if e["event"] == "upload_retrying"}
-    assert codes == {"RequestTimeout", "SlowDown"}
+    # Both codes are named; on a loaded machine a read timeout may add a retry without a code.
+    assert {"RequestTimeout", "SlowDown"} <= codes <= {"RequestTimeout", "SlowDown", None}
     assert "X-Amz" not in json.dumps(logs, default=str) and "signature=" not in json.dumps(logs, default=str)

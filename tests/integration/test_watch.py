@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from watcher.daemon.detection import Detector, run_folder_of
+from watcher.daemon.detection import Detector, polling_factory, run_folder_of
 from watcher.runfolder.markers import atomic_write
 
 
@@ -208,12 +208,66 @@ def test_alive_follows_start_and_stop(root: Path, calls: Calls) -> None:
     assert not detector.alive()
 
 
-def test_start_raises_for_a_root_that_does_not_exist(tmp_path: Path, calls: Calls) -> None:
-    detector = Detector([tmp_path / "missing"], calls)
-    with pytest.raises(OSError):
-        detector.start()
-    detector.stop()
-    assert not detector.alive()
+def test_a_root_missing_at_start_is_reported_and_watched_once_it_exists(
+        tmp_path: Path, root: Path, calls: Calls) -> None:
+    """Issue 11, item 2: before, start() raised for a missing root, and the daemon did not start."""
+    later = tmp_path / "later"
+    detector = Detector([root, later], calls)
+    detector.start()
+    try:
+        assert detector.alive()
+        assert detector.missing() == {later: "does not exist"}
+        assert detector.check_roots() == []
+        (root / "run-1").mkdir()
+        wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued: the other root is watched")
+
+        later.mkdir()
+        assert detector.check_roots() == [later]
+        assert detector.missing() == {}
+        assert detector.check_roots() == []   # the same directory: nothing to do
+        (later / "run-2").mkdir()
+        wait_for(lambda: later / "run-2" in calls.all(), 10, "run-2 enqueued from the root created later")
+    finally:
+        detector.stop()
+
+
+def test_a_root_deleted_and_recreated_is_watched_anew(detector: Detector, root: Path, calls: Calls) -> None:
+    root.rmdir()
+    assert detector.check_roots() == []
+    assert detector.missing() == {root: "does not exist"}
+    root.mkdir()
+    (root / "early").mkdir()   # before the new watch: the caller scans the roots watched anew
+    assert detector.check_roots() == [root]
+    (root / "run-1").mkdir()
+    wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued from the new directory")
+
+
+def test_a_root_replaced_between_two_checks_is_watched_anew(detector: Detector, root: Path, calls: Calls) -> None:
+    root.rename(root.with_name("old-runs"))
+    root.mkdir()
+    assert detector.check_roots() == [root]   # another directory (inode) at the path
+    (root / "run-1").mkdir()
+    wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued from the new directory")
+
+
+@pytest.mark.parametrize(("replacement", "problem"), [("symlink", "is a symlink (not followed)"),
+                                                      ("file", "is not a directory")])
+def test_a_root_replaced_by_a_symlink_or_a_file_is_missing_and_not_followed(
+        detector: Detector, root: Path, tmp_path: Path, calls: Calls, replacement: str, problem: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root.rmdir()
+    if replacement == "symlink":
+        root.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        root.write_text("")
+    assert detector.check_roots() == []   # no watch is made on what is there now
+    assert detector.missing() == {root: problem}
+    assert detector.check_roots() == []
+    root.unlink()
+    root.mkdir()
+    assert detector.check_roots() == [root]
+    assert detector.missing() == {}
 
 
 ROOTS = ["/w/a", "/w/b"]
@@ -239,3 +293,19 @@ def test_run_folder_of(path: str, expected: str | None) -> None:
     got = run_folder_of(path, ROOTS)
     assert got == (Path(expected) if expected is not None else None)
 
+
+
+def test_a_polled_root_deleted_and_recreated_is_watched_anew(root: Path, calls: Calls) -> None:
+    """`polling: true` (NFS, SMB): the polling emitter stops when its directory is gone, as inotify's does."""
+    detector = Detector([root], calls, observer_factory=polling_factory(0.05))
+    detector.start()
+    try:
+        shutil.rmtree(root)
+        assert detector.check_roots() == []
+        assert detector.missing() == {root: "does not exist"}
+        root.mkdir()
+        assert detector.check_roots() == [root]
+        (root / "run-1").mkdir()
+        wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued by the new polling watch")
+    finally:
+        detector.stop()

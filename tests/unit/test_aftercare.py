@@ -128,6 +128,18 @@ def test_a_failed_cross_filesystem_copy_leaves_the_folder_whole_and_no_partial_c
     assert os.listdir(shm_done) == []
 
 
+def test_a_copy_refused_for_a_fifo_says_so_in_words(make_config: MakeConfig, watched: Path, shm_done: Path,
+                                                    tmp_path: Path) -> None:
+    folder = tracked_folder(watched, "run-x", tmp_path / "state")
+    os.mkfifo(folder / "pipe")
+
+    with pytest.raises(StateError) as excinfo:
+        aftercare.after_tracked(folder, make_config(after_tracking="move", done_path=str(shm_done)))
+
+    assert str(excinfo.value) == f"{folder}: cannot copy to {shm_done}: pipe: a FIFO cannot be copied"
+    assert os.listdir(shm_done) == [] and (folder / "pipe").exists()
+
+
 def test_a_source_that_cannot_be_removed_after_the_copy_keeps_only_the_source(
         make_config: MakeConfig, watched: Path, shm_done: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

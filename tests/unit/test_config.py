@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import textwrap
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from watcher import config as config_module
 from watcher.config import (
     DEFAULT_CONFIG_PATH,
+    PREVIOUS_DEFAULT,
     ApiConfig,
     Config,
     FilesConfig,
@@ -249,10 +252,10 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
     assert "'xml'" in problem_at(found, "logging.format")
     assert "'yaml'" in problem_at(found, "watch[0].format.input")
     assert "required" in problem_at(found, "watch[1].application_id")
-    assert "does not exist" in problem_at(found, "watch[2].path")
+    assert not [p for p in found if p.startswith("watch[2].")], "a missing watched path is no configuration error"
     overlap = problem_at(found, "watch[3].path")
     assert "overlaps watch[0].path" in overlap
-    assert len(found) == 16
+    assert len(found) == 15
 
 
 def test_booleans_are_refused_where_numbers_or_strings_are_expected(tmp_path: Path, runs: Path) -> None:
@@ -286,11 +289,17 @@ def test_watched_paths_must_not_overlap(tmp_path: Path, runs: Path, second: str,
         assert len(load_config(path, env=ENV).watch) == 2
 
 
-def test_a_watched_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+def test_a_watched_path_that_is_missing_or_a_file_is_no_configuration_error(tmp_path: Path) -> None:
+    """Issue 11, item 2: watched paths come and go while the daemon runs, so whether one is a directory now
+    is reported by `check` and the daemon (watched_path_missing), not refused when loading."""
     write(tmp_path / "afile", "")
-    path = write(tmp_path / "config.yaml", f"watch: [{{path: {tmp_path}/afile, application_id: a}}]\n")
+    path = write(tmp_path / "config.yaml", """
+        watch:
+          - {path: afile, application_id: a}
+          - {path: not-yet, application_id: b}
+    """)
 
-    assert "not a directory" in problem_at(problems(path), "watch[0].path")
+    assert [w.path for w in load_config(path, env=ENV).watch] == [tmp_path / "afile", tmp_path / "not-yet"]
 
 
 def test_an_empty_watch_entry_reports_its_missing_keys(tmp_path: Path) -> None:
@@ -438,12 +447,40 @@ def test_a_section_that_is_not_a_mapping_is_reported(tmp_path: Path, runs: Path)
     assert problem_at(problems(path), "api") == "api: must be a mapping"
 
 
-def test_invalid_yaml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+def test_invalid_yaml_is_a_config_error_naming_the_file_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path / "config.yaml", "watch: [unclosed\n")
+
+    (problem,) = problems(path)   # names the file (see problems())
+
+    assert problem == ("not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>' "
+                       "(while parsing a flow sequence at line 1, column 8)")
+    assert "<unicode string>" not in problem
+
+
+def test_a_yaml_indentation_error_names_its_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.yaml", "watch:\n  - path: /a\n application_id: x\n")
 
     (problem,) = problems(path)
 
-    assert problem.startswith("not valid YAML")
+    assert problem.startswith("not valid YAML at line 3, column 2: ")
+
+
+def test_a_character_yaml_does_not_allow_is_named_by_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("workers: 2\nname: a\x07b\n")
+
+    (problem,) = problems(path)
+
+    assert problem.startswith("not valid YAML at line 2, column 8: ")
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"workers: 2\n# caf\xe9\n")
+
+    (problem,) = problems(path)
+
+    assert problem == "not UTF-8 text (byte 16)"
 
 
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -544,6 +581,63 @@ def test_default_state_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         Path("/var/lib/a")
     assert default_state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/nextmv-watcher")
     assert default_state_dir({}) == tmp_path / "home" / ".local" / "state" / "nextmv-watcher"
+
+
+def test_the_system_configuration_defaults_to_the_units_directories(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runs: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    etc = write(tmp_path / "etc" / "config.yaml", f"watch: [{{path: {runs}, application_id: a}}]\n")
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", etc)
+    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", tmp_path / "var-lib")
+    monkeypatch.setattr(config_module, "SYSTEM_CONTROL_SOCKET", tmp_path / "run" / "control.sock")
+    user_env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+
+    system = load_config(etc, env=user_env)
+    assert (system.state_dir, system.control_socket) == (tmp_path / "var-lib", tmp_path / "run" / "control.sock")
+    link = tmp_path / "link.yaml"
+    link.symlink_to(etc)
+    assert load_config(link, env=user_env).state_dir == tmp_path / "var-lib", "however the file is reached"
+
+    under_systemd = load_config(etc, env={**user_env, "STATE_DIRECTORY": "/s", "RUNTIME_DIRECTORY": "/r"})
+    assert (under_systemd.state_dir, under_systemd.control_socket) == (Path("/s"), Path("/r/control.sock"))
+
+    other = write(tmp_path / "other.yaml", etc.read_text())
+    mine = load_config(other, env=user_env)
+    assert (mine.state_dir, mine.control_socket) == (tmp_path / "xdg" / "nextmv-watcher",
+                                                     tmp_path / "xdg" / "nextmv-watcher" / "control.sock")
+
+
+def test_state_under_the_previous_default_is_kept_not_moved(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runs: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    etc = write(tmp_path / "etc" / "config.yaml", f"watch: [{{path: {runs}, application_id: a}}]\n")
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", etc)
+    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", tmp_path / "var-lib")
+    previous = tmp_path / "xdg" / "nextmv-watcher"
+    (previous / "folders").mkdir(parents=True)   # a read-only folder's markers live here
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+
+    kept = load_config(etc, env=env)
+    assert (kept.state_dir, kept.state_dir_from) == (previous, PREVIOUS_DEFAULT)
+
+    (tmp_path / "var-lib" / "folders").mkdir(parents=True)   # state under the new default too: that one wins
+    assert load_config(etc, env=env).state_dir == tmp_path / "var-lib"
+
+    pinned = write(etc, etc.read_text() + f"state_dir: {tmp_path / 'pinned'}\n")
+    assert load_config(pinned, env=env).state_dir_from == "state_dir"
+
+
+def test_a_loaded_config_says_which_file_it_is(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "config.yaml", f"watch: [{{path: {runs}, application_id: a}}]\n")
+    link = tmp_path / "link.yaml"
+    link.symlink_to(path)
+
+    config = load_config(link, env=ENV)
+
+    assert config.file is not None
+    st = path.stat()
+    assert (config.file.path, config.file.dev, config.file.ino) == (str(path), st.st_dev, st.st_ino)
+    assert config.file.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- config.example.yaml: every key with its default -----------------------------------------------

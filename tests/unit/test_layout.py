@@ -11,7 +11,7 @@ import pytest
 import watcher
 
 PACKAGE = Path(watcher.__file__).resolve().parent
-TOP = {"watcher.config", "watcher.configparse", "watcher.errors", "watcher.logs"}
+TOP = {"watcher.config", "watcher.configfile", "watcher.configparse", "watcher.errors", "watcher.logs"}
 MAX_LINES = 400
 
 

@@ -10,23 +10,40 @@ import sys
 from typing import Any
 
 from watcher import logs
-from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, confirm, load, log
+from watcher.cli.common import (
+    FAILED,
+    OK,
+    USAGE,
+    CommandError,
+    api_key,
+    client,
+    confirm,
+    load,
+    locate_api_key,
+    log,
+    require_a_watched_path,
+)
 from watcher.cli.hardening import disabled_link_protections
 from watcher.cli.status import format_status, print_scan_status
 from watcher.cloud.roundtrip import PROBE_NAME, Result, Roundtrip
 from watcher.cloud.tracker import Limits
 from watcher.config import Config
 from watcher.daemon import control_socket as control
-from watcher.errors import ApiError, ApplicationNotFound, AuthError
+from watcher.daemon.identity import Match, config_of, match
+from watcher.errors import ApiError, ApplicationNotFound, AuthError, ConfigError
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
-    key = api_key(config)
+    missing = {g.path: g.problem for g in require_a_watched_path(config)}
     print(f"configuration {config.source}: ok ({len(config.watch)} watched path(s))")
     for i, watch in enumerate(config.watch):
-        if not os.access(watch.path, os.W_OK | os.X_OK):
+        if watch.path in missing:
+            print(f"warning: watch[{i}].path {watch.path} {missing[watch.path]}: nothing there is tracked until "
+                  "a directory is back at this path; the daemon watches it again as soon as it is",
+                  file=sys.stderr)
+        elif not os.access(watch.path, os.W_OK | os.X_OK):
             # Under the hardened unit (ProtectSystem=strict) only ReadWritePaths= are writable.
             print(f"warning: watch[{i}].path {watch.path} is not writable by this user: markers would go to "
                   f"{config.state_dir}/folders; under systemd add it to ReadWritePaths= with a drop-in "
@@ -37,7 +54,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.offline:
         if args.roundtrip:
             raise CommandError(USAGE, "check: --roundtrip needs the API; drop --offline")
+        print(_offline_key_note(config))
         return OK
+    key = api_key(config)   # without --offline a missing key is a usage error (exit 2)
     if args.roundtrip:
         return _roundtrip(config, key, args)
     api = client(config, key)
@@ -62,6 +81,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return FAILED if problems else OK
 
 
+def _offline_key_note(config: Config) -> str:
+    """`check --offline` validates without the key (CI, configuration management): where it would come
+    from, if anywhere, and that it was not checked. Never the key itself."""
+    try:
+        _, source = locate_api_key(config)
+    except ConfigError as exc:
+        return f"API key: not checked (--offline; {'; '.join(exc.problems)}; `run` needs one)"
+    return f"API key: found in {source}, not checked (--offline)"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = load(args)
     socket_path = config.control_socket
@@ -73,9 +102,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"nextmv-watcher: no daemon answers on {socket_path} ({exc.strerror or exc}); "
               "showing a scan of the watched paths instead", file=sys.stderr)
         return print_scan_status(config, json_output=args.json)
+    daemon = response.get("daemon")
+    same = match(daemon, config)
+    if same is Match.OTHER:   # two configurations on one socket: its answer is not about ours
+        print(f"nextmv-watcher: the daemon answering on {socket_path} runs another configuration "
+              f"({config_of(daemon)}), not {config.source}; showing a scan of the watched paths instead "
+              "(daemons on one host need their own state_dir)", file=sys.stderr)
+        return print_scan_status(config, json_output=args.json)
     if not response.get("ok") or not isinstance(response.get("status"), dict):
         raise CommandError(FAILED, f"the daemon answered: {response.get('error', response)}")
     status: dict[str, Any] = response["status"]
+    if same is Match.RELOAD_PENDING:
+        status = {**status, "reload_pending": True}
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return OK
 

@@ -7,18 +7,47 @@ import sys
 from types import FrameType
 from typing import TextIO, cast
 
+from watcher import config as configuration
 from watcher import logs
-from watcher.cli.common import FAILED, OK, api_key, load, log
-from watcher.config import LOG_LEVELS
+from watcher.cli.common import FAILED, OK, USAGE, api_key, load, log, require_a_watched_path
+from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, Config
+from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
+from watcher.daemon.identity import config_path
+from watcher.errors import ListenerError, StateDirInUse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon: one per state directory (`daemonlock`); a second one exits 2 naming the first."""
+    config = load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    require_a_watched_path(config)   # the missing ones are logged (watched_path_missing) once it starts
+    if config.state_dir_from == PREVIOUS_DEFAULT:
+        system = configuration.SYSTEM_STATE_DIR
+        log.warning("state_dir_previous_default", state_dir=str(config.state_dir), default=str(system),
+                    reason="state found here (read-only folders' markers, open intents) is kept, not moved",
+                    hint=f"set state_dir: {config.state_dir} in {config.source} to keep it, or move it to "
+                         f"{system} while the daemon is stopped")
+    try:
+        lock = DaemonLock.acquire(config.state_dir, config=config_path(config))
+    except StateDirInUse as exc:
+        log.error("start_failed", error=str(exc), state_dir=exc.state_dir, holder_pid=exc.pid,
+                  holder_config=exc.config)
+        return USAGE
+    except OSError as exc:
+        log.error("start_failed", error=f"state_dir {config.state_dir}: cannot lock {LOCK_NAME}: {exc.strerror}")
+        return FAILED
+    try:
+        return _run(config)
+    finally:
+        lock.release()
+
+
+def _run(config: Config) -> int:
+    """The daemon, its state directory locked. Exit code: 2 when a listener cannot bind (naming it)."""
     import signal
 
     from watcher.daemon.service import Service
 
-    config = load(args)
-    logs.configure(config.logging.level, config.logging.format)
     # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
     # this long instead of the default 5 ms; measured: the 100,000-folder scan under load goes faster.
     sys.setswitchinterval(0.001)
@@ -36,6 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_reload)
     try:
         service.start()
+    except ListenerError as exc:   # another process holds the address: a restart would not help
+        log.error("start_failed", error=str(exc), key=exc.key, address=exc.address)
+        service.shutdown()
+        return USAGE
     except OSError as exc:
         log.error("start_failed", error=str(exc))
         service.shutdown()
@@ -55,7 +88,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         logs.configure(level, config.logging.format, stream=cast(TextIO, _CurrentStderr()))
     else:
         logs.configure(config.logging.level, config.logging.format)
-    return run_sync(config, api_key(config), out=sys.stdout, err=sys.stderr)
+    return run_sync(config, api_key(config), out=sys.stdout, err=sys.stderr, timeout=args.timeout)
 
 
 class _CurrentStderr:

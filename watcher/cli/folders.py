@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +17,30 @@ from typing import Any
 import structlog
 
 from watcher import logs
-from watcher.cli.common import FAILED, OK, USAGE, CommandError, api_key, client, confirm, load, tell_daemon
+from watcher.cli.common import (
+    FAILED,
+    OK,
+    USAGE,
+    CommandError,
+    api_key,
+    client,
+    confirm,
+    load,
+    tell_daemon,
+    tell_daemon_at,
+)
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
-from watcher.config import Config, FilesConfig, FormatConfig, default_control_socket, default_state_dir
+from watcher.config import (
+    Config,
+    FilesConfig,
+    FormatConfig,
+    default_control_socket,
+    default_state_dir,
+    is_system_config,
+    resolve_config_path,
+)
+from watcher.daemon import identity
 from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.lease import LeaseKeeper
 from watcher.errors import ConfigError, FolderError, LookupInconclusive, WatcherError
@@ -28,7 +49,7 @@ from watcher.runfolder.markers import FAILED as FAILED_MARKER
 from watcher.runfolder.markers import TRACKED as TRACKED_MARKER
 from watcher.runfolder.markers import StateStore
 from watcher.runfolder.rundir import RunDir
-from watcher.runfolder.scan import iter_folders, quick_state, scan_all, table
+from watcher.runfolder.scan import iter_folders, missing_paths, quick_state, scan_all, table
 
 log = structlog.get_logger("watcher.cli.folders")
 
@@ -37,6 +58,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
     folder = Path(args.folder).absolute()
+    if not os.path.lexists(folder):
+        raise CommandError(USAGE, f"{folder} does not exist")
     watch = config.watch_for(folder)
     app = args.application_id or (watch.application_id if watch else None)
     if app is None:
@@ -97,7 +120,8 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repos
     keeper = LeaseKeeper(claims)
     keeper.start()
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool, \
+                structlog.contextvars.bound_contextvars(folder=str(folder), application_id=job.application_id):
             lookup = RunLookup(api, max_pages=config.api.lookup_max_pages)
             tracker = Tracker(api, store, config.state_dir / "spool", executor=pool, lookup=lookup,
                               limits=Limits.of(config))
@@ -112,6 +136,7 @@ def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repos
                     _drop_intents(store, held)
                 outcome = held.track(run, job)
                 store.remove(d, FAILED_MARKER)
+                log.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted, by="track")
     except LookupInconclusive as exc:
         raise CommandError(FAILED, f"{folder}: could not track: {logs.REDACTOR.scrub(str(exc))}; "
                                    "--repost posts again anyway (a duplicate run is possible)") from None
@@ -139,6 +164,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     config = load(args)
     logs.configure(config.logging.level, config.logging.format)
     reports = list(scan_all(config, StateStore.of(config), time.time()))
+    for gone in missing_paths(config):
+        print(f"warning: watched path {gone.path} is missing ({gone.problem}): no folder listed there",
+              file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
     else:
@@ -159,7 +187,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if args.config:
             raise
         config = None
-    state_dir = config.state_dir if config else default_state_dir()
+    # An unreadable default configuration does not stop a retry: the default state directory is used.
+    system = config is None and is_system_config(resolve_config_path(None))
+    state_dir = config.state_dir if config else default_state_dir(system=system)
     store = StateStore.of(config) if config else StateStore(state_dir)
     folder = Path(args.folder).absolute()
     try:
@@ -169,8 +199,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not cleared:
         raise CommandError(FAILED, f"{folder} has no failed marker")
     print(f"{folder}: failed marker removed; it will be tracked again")
-    tell_daemon(config.control_socket if config else default_control_socket(state_dir), "retried",
-                folders=[str(folder)])
+    if config is not None:
+        tell_daemon(config, "retried", folders=[str(folder)])
+    else:   # no configuration to compare: tell the daemon on the default socket only if it watches the folder
+        tell_daemon_at(default_control_socket(state_dir, system=system), "retried",
+                       meant=lambda d: identity.watches(d, folder),
+                       mine=f"a configuration watching {folder.parent}", folders=[str(folder)])
     return OK
 
 
@@ -194,7 +228,7 @@ def _retry_all(config: Config, application: str | None) -> int:
                 problems += 1
     print(f"{len(cleared)} failed folder(s) will be tracked again", file=sys.stderr)
     if cleared:
-        tell_daemon(config.control_socket, "retried", folders=cleared)
+        tell_daemon(config, "retried", folders=cleared)
     return FAILED if problems else OK
 
 
@@ -213,5 +247,5 @@ def cmd_forget(args: argparse.Namespace) -> int:
         except WatcherError as exc:
             raise CommandError(FAILED, str(exc)) from None
     print(f"{folder}: forgot run {tracked.get('run_id')}; it will be tracked again as a new run")
-    tell_daemon(config.control_socket, "rescan")
+    tell_daemon(config, "rescan")
     return OK

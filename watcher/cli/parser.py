@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     with_config(c)
     c = cmd("check", "validate the configuration and the API key, and that each application exists")
-    c.add_argument("--offline", action="store_true", help="check the configuration only, no API calls")
+    c.add_argument("--offline", action="store_true",
+                   help="check the configuration only: no API calls, and no API key needed (it is not checked)")
     c.add_argument("--roundtrip", action="store_true",
                    help="post a probe run to each application and check what exactly-once relies on: the "
                         "run accepted at the maximum name and description lengths, listed within the grace "
@@ -65,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON instead of text")
     with_config(c)
     c = cmd("sync", "track every complete folder once, without a daemon, then exit")
+    c.add_argument("--timeout", type=_seconds, default=300.0, metavar="SECONDS",
+                   help="give up after this long without progress (no folder finished, no byte uploaded: "
+                        "the API unreachable or paused, folders claimed by another process); exit 1 naming "
+                        "the wait (default 300; 0: no limit)")
     with_config(c)
     _fake_cloud(sub.add_parser(
         "fake-cloud", help="run a local emulator of the Nextmv runs API (for trying things out)",
@@ -74,6 +79,16 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("demo", "run the emulator and the daemon on sample folders in a temporary directory")
     c.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
 
 
 def _fake_cloud(c: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from watcher.config import Config
 from watcher.daemon.gate import GLOBAL
 from watcher.errors import EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, utc_iso
-from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATE_ERROR, STATES, scan_all
+from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATE_ERROR, STATES, missing_paths, scan_all
 
 OK = EXIT_OK
 
@@ -19,8 +19,13 @@ OK = EXIT_OK
 def format_status(st: dict[str, Any]) -> str:
     """The daemon's status dict as text. Missing keys are left out, so an older daemon still shows."""
     lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
+    if st.get("reload_pending"):
+        lines.append("config: reload pending (the file changed since the daemon loaded it; "
+                     "`systemctl reload nextmv-watcher` or SIGHUP applies it)")
     if st.get("watched"):
         lines.append(f"watched: {', '.join(st['watched'])}")
+    lines.extend(f"watched path MISSING: {path} {why} (watched again as soon as a directory is back)"
+                 for path, why in (st.get("watched_missing") or {}).items())
     oldest = st.get("oldest_pending_age_seconds")
     f = st.get("folders") or {"queued": st.get("queue_depth", 0), "in_flight": len(st.get("in_flight") or [])}
     lines.append(f"folders: {f.get('queued', 0)} queued, {f.get('in_flight', 0)} in flight, "
@@ -93,9 +98,12 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
                            "at": marker.get("failed_at")})
     if json_output:
         print(json.dumps({"state": "not running", "counts": counts, "failed": failed,
-                          "lookup_inconclusive": inconclusive, "state_error": state_errors}, indent=1))
+                          "lookup_inconclusive": inconclusive, "state_error": state_errors,
+                          "watched_missing": {str(g.path): g.problem for g in missing_paths(config)}}, indent=1))
         return OK
     print("daemon: not running")
+    for gone in missing_paths(config):
+        print(f"watched path MISSING: {gone.path} {gone.problem}")
     print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
     if inconclusive:
         print(f"  {len(inconclusive)} pending after an inconclusive run look-up (`nextmv-watcher scan` says why):")

@@ -20,6 +20,7 @@ to a new POST: only a conclusive "not found" after the grace period does.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import uuid
@@ -267,7 +268,9 @@ class Tracker:
         if todo:
             log.info("uploading", artifacts=[u.role for u, _ in todo],
                      bytes=sum(u.size for u, _ in todo))
-        futures: list[Future[None]] = [self.executor.submit(one, u, m) for u, m in todo[1:]]
+        # Each upload thread logs with the caller's context (folder, application_id): a copy each.
+        futures: list[Future[None]] = [self.executor.submit(contextvars.copy_context().run, one, u, m)
+                                       for u, m in todo[1:]]
         first_error: BaseException | None = None
         if todo:
             try:

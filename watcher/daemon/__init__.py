@@ -12,12 +12,15 @@
     chores.py          the main loop's periodic chores
     detection.py       the watchdog adapter: events -> the index; folder watches; heartbeats
     detectors.py       all the observers (inotify, polling) and their liveness
+    roots.py           the watches on the watched paths themselves, while the paths come and go
     lease.py           the thread that renews held claims
     aftercare.py       keep, move or delete tracked folders; retention
     health.py          status, /healthz, systemd STATUS= and the watchdog decision
     metrics.py         Prometheus metrics and the /healthz listener
     listeners.py       the control socket and the metrics listener, moved by a reload
-    control_socket.py  the local control socket (status, rescan, retried)
+    control_socket.py  the local control socket (status, rescan, retried, identify)
+    identity.py        which daemon answers, and whether it runs the configuration a command was given
+    daemonlock.py      one daemon per state directory: the flock on <state_dir>/daemon.lock
     notify.py          sd_notify over $NOTIFY_SOCKET
     reload.py          what a reload changes: key paths, restart-only keys
     sync.py            `nextmv-watcher sync`: the daemon's work once, without watching

@@ -196,7 +196,7 @@ def _move(parent: DirHandle, src: DirHandle, folder: Path, expect: Identity, don
         except OSError as exc:
             _discard(done, staging)
             _discard(done, target)
-            raise StateError(f"{folder}: cannot copy to {done_path}: {exc}") from None
+            raise StateError(f"{folder}: cannot copy to {done_path}: {_reason(exc)}") from None
         _sync(done)
         try:
             hidden = _hide(parent, folder, expect)
@@ -279,6 +279,12 @@ def _copy_file(src_dir: int, dst_dir: int, name: str, st: os.stat_result) -> Non
             os.close(dst)
     finally:
         os.close(src)
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError in words, without Python's "[Errno N]" prefix: "name: what" when it names a file."""
+    what = exc.strerror or str(exc)
+    return f"{os.fsdecode(exc.filename)}: {what}" if exc.filename is not None else what
 
 
 def _same(fd: int, st: os.stat_result, name: str) -> None:

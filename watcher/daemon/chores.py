@@ -2,6 +2,7 @@
 
     probes of paused scopes (the gate), parked folders whose pause ended   every tick
     dead or wedged observers (restart, rescan; heartbeats)                   every tick
+    watched paths gone or back (one lstat each; a path back is scanned)      every tick
     reconcile (a full one every 12th, and on request: `rescan`)              reconcile_seconds
     systemd STATUS= and WATCHDOG=1 (only while healthy)                      5 s, half the watchdog interval
     incomplete-too-long warnings                                             30 s
@@ -135,6 +136,8 @@ class Chores:
             self.detectors.restart()
             self.rescan("observer restarted")
         self.detectors.check_liveness()
+        if self.detectors.check_paths() and not self._rescan_now.is_set():
+            self._reconcile()   # a watched path is back: its folders are offered now, not at the next reconcile
 
     def _reconcile(self) -> None:
         """Offer folders the observer may have missed; finished ones (same name, same inode) are skipped."""

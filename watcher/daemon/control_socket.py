@@ -4,9 +4,11 @@
 
 `ControlServer` listens on an AF_UNIX stream socket (mode 0o660, so the socket's group may
 ask too) and answers connections one at a time on its own daemon thread; whatever `handle`
-raises becomes `{"ok": false, "error": ...}` and the thread goes on. `request` is the client
-side, used by `nextmv-watcher status`, `retry` and `forget`; it raises OSError when no daemon
-listens, so callers fall back to working without one.
+raises becomes `{"ok": false, "error": ...}` and the thread goes on. Every answer carries
+`"daemon": identify()` (the daemon's pid, configuration file, state_dir and watched paths; see
+`watcher.daemon.identity`), so that a command can tell whether the daemon that answered is the one
+it means. `request` is the client side, used by `nextmv-watcher status`, `retry` and `forget`; it
+raises OSError when no daemon listens, so callers fall back to working without one.
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ MAX_LINE_BYTES = 1 << 20   # a request or response longer than this is refused
 SOCKET_MODE = 0o660
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Identify = Callable[[], dict[str, Any]]
 
 
 class ControlServer:
-    """Serves `handle` on the unix socket `path`. `client_timeout` bounds how long one connection
-    may take to send its request and read the answer, so a stuck client cannot block the others."""
+    """Serves `handle` on the unix socket `path`; `identify()` is added to every answer as "daemon".
+    `client_timeout` bounds how long one connection may take to send its request and read the answer,
+    so a stuck client cannot block the others."""
 
-    def __init__(self, path: Path, handle: Handler, *, client_timeout: float = 2.0) -> None:
+    def __init__(self, path: Path, handle: Handler, *, identify: Identify | None = None,
+                 client_timeout: float = 2.0) -> None:
         self.path = path
         self.handle = handle
+        self.identify = identify
         self.client_timeout = client_timeout
         self._sock: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -52,7 +58,8 @@ class ControlServer:
 
         A stale socket file (nobody accepts on it) is replaced. Raises FileExistsError when `path`
         exists and is not a socket, OSError(EADDRINUSE) when another process answers on it, and
-        OSError when the socket cannot be created (path too long, directory not writable)."""
+        OSError when the socket cannot be created (path too long, directory not writable); the
+        strerror of each says what, without the path."""
         if self._thread is not None:
             raise RuntimeError("control server already started")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,15 +137,17 @@ class ControlServer:
         try:
             request = json.loads(line)
         except ValueError:
-            return _encode({"ok": False, "error": "the request is not a JSON line"})
+            return self._encode({"ok": False, "error": "the request is not a JSON line"})
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-            return _encode({"ok": False, "error": 'the request must be a JSON object with a "command"'})
+            return self._encode({"ok": False, "error": 'the request must be a JSON object with a "command"'})
         try:
-            response = self.handle(request)
-            return _encode(response)
+            return self._encode(self.handle(request))
         except Exception as exc:  # a bug in a handler must not stop the control socket; logged with its trace
             log.exception("control_request_failed", command=request["command"])
             return _encode({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    def _encode(self, response: dict[str, Any]) -> bytes:
+        return _encode(response if self.identify is None else {**response, "daemon": self.identify()})
 
 
 def request(path: Path, command: str, timeout: float = 2.0, **args: Any) -> dict[str, Any]:
@@ -171,7 +180,7 @@ def _refuse_if_in_use(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket")
+        raise FileExistsError(errno.EEXIST, "it exists and is not a socket", os.fspath(path))
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -180,7 +189,7 @@ def _refuse_if_in_use(path: Path) -> None:
         return   # stale: nobody accepts on it; start() replaces it
     finally:
         probe.close()
-    raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on it (is a daemon already running?)")
+    raise OSError(errno.EADDRINUSE, "another process is listening on it (is a daemon already running?)")
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -24,6 +24,10 @@ handler, and the observer's `schedule`, `unschedule` and `stop` take that same l
   this is about the main loop's `stop`/`restart` and about staying correct if that changes.
 `watcher.daemon.detectors.Detectors` (all the observers) follows the same rule.
 
+Watched paths come and go: the watches on the roots themselves are a `RootWatches` per observer
+(`watcher.daemon.roots`), checked by the main loop on every tick (`check_roots`); a root that is missing
+at start does not keep the others from being watched.
+
 Liveness. On every tick the main loop sends each observer a heartbeat through its event queue
 (`Detectors.check_liveness` in `watcher.daemon.detectors`), which the dispatcher hands to our handler like any
 event. One left unanswered for WEDGED_SECONDS means the dispatcher is stuck and no event reaches us: it is logged
@@ -58,6 +62,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from watcher.daemon.roots import RootWatches
 from watcher.runfolder.markers import PREFIX
 
 log = structlog.get_logger("watcher.daemon.detection")
@@ -88,7 +93,8 @@ def run_folder_of(path: str, roots: list[str]) -> Path | None:
 
 class HeartbeatEvent(FileSystemEvent):
     """Posted by `Detector.beat` straight into the observer's event queue; the path is unique per beat
-    (watchdog's queue drops an item equal to the last one put) and names no file."""
+    (watchdog's queue drops an item equal to the last one put) and names no file. It travels with a
+    watch of its own, with a handler and no emitter, so heartbeats flow while every root is missing."""
 
     event_type = "heartbeat"
 
@@ -182,17 +188,19 @@ class Detector:
         self._lock = threading.Lock()
         # Guarded by _lock, and nothing else is:
         self._observer: BaseObserver | None = None
-        self._root_watch: ObservedWatch | None = None   # heartbeats travel with this watch
+        self._roots: RootWatches | None = None   # the watches on the roots, of _observer
         self._folder_watches: dict[Path, tuple[ObservedWatch, int]] = {}   # on _observer, with the inode
         self._stale: set[Path] = set()       # watched folders deleted or renamed away since
         self._busy: set[Path] = set()        # folders whose watch a caller is changing outside the lock
         self._unwanted: set[Path] = set()    # busy folders unwatched meanwhile
         self._beats = 0
         self._beat: tuple[str, float] | None = None   # the heartbeat on its way: its path, when it was sent
+        self._beat_watch = ObservedWatch(f"<heartbeats {id(self):x}>", recursive=False)
 
     def start(self) -> None:
-        """Start the observer with a watch on every root. When inotify's limits are hit, log which
-        sysctl to raise and fall back to polling. Raises OSError when a root cannot be watched at all."""
+        """Start the observer with a watch on every root that is a directory (the others are missing until
+        `check_roots` finds one there). When inotify's limits are hit, log which sysctl to raise and fall
+        back to polling. Raises OSError when a root that is there cannot be watched at all."""
         if self._overflow is not None:
             for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
                 logging.getLogger(name).addHandler(self._overflow)
@@ -212,24 +220,26 @@ class Detector:
         self.polling = True
 
     def _start(self) -> None:
-        """Build and start a new observer, then publish it (it is nobody else's until then)."""
+        """Build and start a new observer watching every root that is a directory now, then publish it (it
+        is nobody else's until then). Raises OSError when a root that is there cannot be watched."""
         observer = self.observer_factory()
+        roots = RootWatches(observer, self._handler, self.roots, EVENTS)
         try:
-            watches = [observer.schedule(self._handler, os.fspath(root), recursive=False, event_filter=EVENTS)
-                       for root in self.roots]
+            observer.add_handler_for_watch(self._handler, self._beat_watch)
+            roots.start()
             observer.start()
         except BaseException:
             with contextlib.suppress(Exception):
                 observer.stop()
             raise
-        old = self._swap(observer, watches[0] if watches else None)
+        old = self._swap(observer, roots)
         if old is not None:
             _stop_observer(old, self.stop_seconds)
 
-    def _swap(self, observer: BaseObserver | None, root_watch: ObservedWatch | None) -> BaseObserver | None:
+    def _swap(self, observer: BaseObserver | None, roots: RootWatches | None) -> BaseObserver | None:
         """Make `observer` the current one (its folder watches start empty); return the previous one."""
         with self._lock:
-            old, self._observer, self._root_watch = self._observer, observer, root_watch
+            old, self._observer, self._roots = self._observer, observer, roots
             self._folder_watches.clear()
             self._stale.clear()
             self._beat = None
@@ -241,6 +251,19 @@ class Detector:
         if old is not None:
             _stop_observer(old, self.stop_seconds)
         self._start()
+
+    def check_roots(self) -> list[Path]:
+        """Main loop, every tick: watch the roots that came back or were replaced; drop the watches of those
+        that went away. Returns the roots watched anew (see `RootWatches.check`)."""
+        with self._lock:
+            roots = self._roots
+        return roots.check() if roots is not None else []
+
+    def missing(self) -> dict[Path, str]:
+        """The roots that are not watched now, and why; none while no observer runs."""
+        with self._lock:
+            roots = self._roots
+        return roots.missing() if roots is not None else {}
 
     def alive(self) -> bool:
         with self._lock:
@@ -326,8 +349,8 @@ class Detector:
         """Post a heartbeat through the observer's event queue, unless one is still on its way. The
         dispatcher hands it to our handler like any event, so an answer proves events get through."""
         with self._lock:
-            observer, watch = self._observer, self._root_watch
-            if observer is None or watch is None or self._beat is not None:
+            observer, watch = self._observer, self._beat_watch
+            if observer is None or self._beat is not None:
                 return
             self._beats += 1
             path = f"<heartbeat {self._beats}>"

@@ -1,8 +1,10 @@
 """All the observers of the daemon: one `detection.Detector` per observation mode, and their liveness.
 
 Local watched paths share one inotify observer; watched paths marked `polling: true` (NFS, SMB) get a
-polling observer per interval. The main loop starts, stops, restarts and reconfigures them and checks
-their heartbeats (`check_liveness`, see `watcher.daemon.detection`); workers ask for and drop folder watches. The
+polling observer per interval. The main loop starts, stops, restarts and reconfigures them, checks
+their heartbeats (`check_liveness`, see `watcher.daemon.detection`) and the watched paths that come and
+go (`check_paths`, see `watcher.daemon.roots`); workers ask for and drop folder watches. This is the one
+place that logs `watched_path_missing` (once per absence) and `watched_path_restored`. The
 lock rule of `watcher.daemon.detection` holds here too: `_lock` guards only the list of detectors and the
 root-to-detector map, and is never held while calling a detector or an observer.
 """
@@ -21,6 +23,8 @@ from watcher.config import WatchConfig
 from watcher.daemon import detection
 
 log = structlog.get_logger("watcher.daemon.detection")
+# A heartbeat is answered within milliseconds; one older than this means the dispatcher may be stuck.
+PATHS_WAIT_SECONDS = 2.0
 
 
 class Detectors:
@@ -44,6 +48,7 @@ class Detectors:
         self._by_root: dict[Path, detection.Detector] = {}
         self._detectors: list[detection.Detector] = []
         self._reported: set[detection.Detector] = set()   # wedged observers already logged (main loop only)
+        self._absent: set[Path] = set()   # watched paths logged as missing and not back yet (main loop only)
         self._build(watches)
 
     def _build(self, watches: Sequence[WatchConfig]) -> None:
@@ -62,6 +67,7 @@ class Detectors:
         with self._lock:
             self._detectors, self._by_root = detectors, by_root
         self._reported.clear()   # reconfigure() stopped the detectors reported before
+        self._absent &= set(by_root)   # a path still missing after a reload is not logged again
 
     def members(self) -> list[detection.Detector]:
         """The detectors now, one per observer."""
@@ -71,6 +77,7 @@ class Detectors:
     def start(self) -> None:
         for d in self.members():
             d.start()
+        self._log_paths([])
 
     def stop(self) -> None:
         for d in self.members():
@@ -92,11 +99,40 @@ class Detectors:
                 d.use_polling(detection.POLL_FALLBACK_SECONDS)
                 d.restart()
 
+    def check_paths(self) -> list[Path]:
+        """Called by the main loop on every tick: watch again the watched paths that are back (or are
+        another directory now), stop watching those that went away, and log each change once. Returns
+        the paths watched anew, for the caller to scan. An observer whose heartbeat has waited longer than
+        PATHS_WAIT_SECONDS is skipped: its dispatcher may hold the lock that a watch change needs, and the
+        main loop must not wait on it (check_liveness reports it; its paths are checked once it answers)."""
+        now = self.clock()
+        fresh = [root for d in self.members() if d.unanswered_for(now) <= PATHS_WAIT_SECONDS
+                 for root in d.check_roots()]
+        self._log_paths(fresh)
+        return fresh
+
+    def _log_paths(self, fresh: list[Path]) -> None:
+        missing = self.missing()
+        for path in sorted(set(missing) - self._absent):
+            self._absent.add(path)
+            log.error("watched_path_missing", path=str(path), problem=missing[path],
+                      hint="no folder there is tracked until a directory is back at this path; it is watched "
+                           "again within seconds (under systemd, list its parent in ReadWritePaths=)")
+        # Watched anew, or back in a new observer (a restart, a reload) without a check seeing it.
+        for path in sorted((self._absent - set(missing)) | set(fresh)):
+            replaced = path not in self._absent   # deleted and recreated between two checks
+            self._absent.discard(path)
+            log.info("watched_path_restored", path=str(path), replaced=replaced, action="watching and scanning it")
+
+    def missing(self) -> dict[Path, str]:
+        """The watched paths that are not watched now (missing, not a directory, a symlink), and why."""
+        return {path: why for d in self.members() for path, why in d.missing().items()}
+
     def reconfigure(self, watches: Sequence[WatchConfig]) -> None:
         """Replace the observers for a new set of watched paths (after a reload)."""
         self.stop()
         self._build(watches)
-        self.start()
+        self.start()   # logs the paths that are missing and were not already
 
     def check_liveness(self) -> None:
         """Called by the main loop on every tick: send each observer a heartbeat (when the last one was

@@ -81,6 +81,7 @@ class Gate:
         self._lock = threading.Lock()
         self._paused: dict[str, Pause] = {}
         self._failures = 0
+        self._last_failure = ""
         self._upload_failures = 0
         self._upload_refusals = 0   # how many of the failed PUTs in a row were 403 refusals
 
@@ -96,6 +97,12 @@ class Gate:
     def is_paused(self) -> bool:
         with self._lock:
             return bool(self._paused)
+
+    def failing(self) -> tuple[int, str] | None:
+        """How many API requests failed in a row (transiently) and the last one ("uploadurl: no response"),
+        or None when the last one succeeded."""
+        with self._lock:
+            return (self._failures, self._last_failure) if self._failures else None
 
     def pauses(self) -> dict[str, Pause]:
         with self._lock:
@@ -132,10 +139,11 @@ class Gate:
             return
         if not issubclass(outcome.error, TransientError):
             return
+        message = f"{outcome.endpoint}: {outcome.status or 'no response'}"
         with self._lock:
             self._failures += 1
+            self._last_failure = message
             tripped = self._failures >= self.failure_threshold
-        message = f"{outcome.endpoint}: {outcome.status or 'no response'}"
         if tripped and self._close(GLOBAL, "unreachable", message):
             log.error("api_paused", reason="unreachable", endpoint=outcome.endpoint, status=outcome.status,
                       hint="every recent request failed; work resumes by itself when the API answers")

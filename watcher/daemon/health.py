@@ -82,16 +82,24 @@ class Health:
             "incomplete": len(incomplete),
             "incomplete_too_long": sum(1 for since in incomplete.values() if now - since > warn),
             "watched": [str(w.path) for w in config.watch],
+            # Watched paths not watched now (gone, not a directory, a symlink), and why.
+            "watched_missing": self._missing() if self.watching else None,
         }
 
+    def _missing(self) -> dict[str, str]:
+        return {str(path): why for path, why in sorted(self.detectors.missing().items())}
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while observers run and answer, workers are alive and the API is not paused for too long."""
+        """Healthy while observers run and answer, every watched path is watched, workers are alive and the
+        API is not paused for too long."""
         reasons = []
         if self.watching and not self.detectors.alive():
             reasons.append("observer not running")
         wedged = self.detectors.wedged() if self.watching else {}
         if wedged:
             reasons.append(f"observer not answering for {round(max(wedged.values()))} s: {', '.join(sorted(wedged))}")
+        if self.watching:
+            reasons.extend(f"watched path {path} {why}" for path, why in self._missing().items())
         if not self.workers_alive():
             reasons.append("a worker thread died")
         now = self.clock()
@@ -105,12 +113,15 @@ class Health:
         f = self.index.counts()
         c = self.outcomes.totals()
         paused = f", {f['parked']} parked (API paused)" if self.gate.is_paused() else ""
+        missing = self._missing() if self.watching else {}
+        gone = f", watched path missing: {', '.join(missing)}" if missing else ""
         return (f"queue {f['queued']}, in flight {f['in_flight']}, waiting {f['retry_wait']}, "
-                f"tracked {c['tracked']}, failed {c['failed']}{paused}")
+                f"tracked {c['tracked']}, failed {c['failed']}{paused}{gone}")
 
     def watchdog_ok(self) -> tuple[bool, bool]:
         """(ok, stalled): WATCHDOG=1 only while observers run and answer heartbeats (at once when one stops
-        answering: see Detectors.check_liveness) and workers are alive and not wedged."""
+        answering: see Detectors.check_liveness) and workers are alive and not wedged. A missing watched path
+        does not withhold it: a restart would not bring the path back (/healthz reports it)."""
         stalled = bool(self.index.in_flight()) and time.monotonic() - self.progress_at > STALL_SECONDS
         observers_ok = not self.watching or (self.detectors.alive() and not self.detectors.wedged())
         ok = not stalled and observers_ok and self.workers_alive()

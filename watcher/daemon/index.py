@@ -230,6 +230,15 @@ class FolderIndex(WorkQueue):
             return sorted((f, e.detail) for f, e in self._entries.items()
                           if e.stage is Stage.RETRY_WAIT and e.reason == reason)
 
+    def waiting_reasons(self) -> dict[str, int]:
+        """How many folders wait to be retried, by reason ("backoff" when the attempt named none)."""
+        result: dict[str, int] = {}
+        with self._cond:
+            for e in self._entries.values():
+                if e.stage is Stage.RETRY_WAIT:
+                    result[e.reason or "backoff"] = result.get(e.reason or "backoff", 0) + 1
+        return result
+
     def parked_scopes(self) -> set[str]:
         """The pauses some folder is parked behind."""
         with self._cond:

@@ -1,11 +1,11 @@
 """The daemon's two listeners, started, moved on a reload and stopped together.
 
 The control socket (`control_socket`: `nextmv-watcher status`, `retry`) and the metrics/health HTTP
-listener (`metrics.listen`). At start-up a control socket that cannot be made is a warning (`status`
-falls back to scanning) and a metrics address that cannot be bound stops the start. On a reload that
-moves either, the new one is bound first (`prepare`); if it cannot be, the reload is refused whole
-(`ReloadRefused`, naming the key and the address) and the running ones stay; otherwise `switch`
-closes the old ones.
+listener (`metrics.listen`). Each is bound one way (`_bind`): a listener that cannot be bound raises
+`ListenerError` naming the key and the address (`metrics.listen 127.0.0.1:9464: address already in
+use`). At start-up that stops the start (the daemon exits 2, which the unit does not restart). On a
+reload that moves either, the new one is bound first (`prepare`); if it cannot be, the reload is
+refused whole and the running ones stay; otherwise `switch` closes the old ones.
 """
 
 from __future__ import annotations
@@ -13,26 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from watcher.config import Config
-from watcher.daemon.control_socket import ControlServer
+from watcher.daemon.control_socket import ControlServer, Identify
 from watcher.daemon.metrics import HealthServer, Metrics
+from watcher.errors import ListenerError
 
 log = structlog.get_logger("watcher.daemon.listeners")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
-
-
-class ReloadRefused(Exception):
-    """A new listener could not be bound: the reload is refused and the running listeners stay."""
-
-    def __init__(self, key: str, address: str, error: str) -> None:
-        self.key, self.address, self.error = key, address, error
-        super().__init__(f"{key}: cannot listen on {address}: {error}")
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,38 +40,38 @@ class Prepared:
 
 
 class Listeners:
-    def __init__(self, handle_control: Handler, metrics: Metrics, health: Health) -> None:
+    def __init__(self, handle_control: Handler, metrics: Metrics, health: Health,
+                 identify: Identify | None = None) -> None:
         self._handle = handle_control
+        self._identify = identify
         self._metrics = metrics
         self._health = health
         self.control: ControlServer | None = None
         self.health_server: HealthServer | None = None
 
     def start(self, config: Config) -> None:
-        """Listen as `config` says. Raises OSError when the metrics address cannot be bound."""
+        """Listen as `config` says. Raises ListenerError (having closed whatever it had bound)."""
+        self.control = self._control(config)
         try:
-            self.control = self._control(config)
-        except OSError as exc:
-            log.warning("control_socket_failed", path=str(config.control_socket), error=str(exc),
-                        hint="`nextmv-watcher status` will fall back to scanning")
-        self.health_server = self._health_server(config)
+            self.health_server = self._health_server(config)
+        except ListenerError:
+            self.control.stop()
+            self.control = None
+            raise
 
     def prepare(self, old: Config, new: Config) -> Prepared:
-        """Bind what `new` moves. Raises ReloadRefused (having closed whatever it had bound)."""
+        """Bind what `new` moves. Raises ListenerError (having closed whatever it had bound)."""
         prepared = Prepared(control_moves=_socket(old) != _socket(new),
                             health_moves=old.metrics.listen != new.metrics.listen)
-        try:
-            if prepared.control_moves:
-                prepared.control = self._control(new)
-        except OSError as exc:
-            raise ReloadRefused("control_socket", str(_socket(new)), exc.strerror or str(exc)) from None
+        if prepared.control_moves:
+            prepared.control = self._control(new)
         try:
             if prepared.health_moves:
                 prepared.health = self._health_server(new)
-        except OSError as exc:
+        except ListenerError:
             if prepared.control is not None:
                 prepared.control.stop()
-            raise ReloadRefused("metrics.listen", str(new.metrics.listen), exc.strerror or str(exc)) from None
+            raise
         return prepared
 
     def switch(self, prepared: Prepared) -> None:
@@ -98,17 +92,26 @@ class Listeners:
             self.health_server.stop()
 
     def _control(self, config: Config) -> ControlServer:
-        server = ControlServer(_socket(config), self._handle)
-        server.start()
-        return server
+        server = ControlServer(_socket(config), self._handle, identify=self._identify)
+        return _bind("control_socket", str(_socket(config)), server.start, server)
 
     def _health_server(self, config: Config) -> HealthServer | None:
         if not config.metrics.listen:
             return None
         server = HealthServer(config.metrics.listen, self._metrics, self._health)
-        server.start()
+        _bind("metrics.listen", config.metrics.listen, server.start, server)
         log.info("metrics_listening", listen=config.metrics.listen, port=server.port)
         return server
+
+
+def _bind(key: str, address: str, start: Callable[[], None], server: T) -> T:
+    """`start()` the listener `server`; an OSError becomes ListenerError naming `key` and `address`."""
+    try:
+        start()
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+        raise ListenerError(key, address, error[:1].lower() + error[1:]) from None
+    return server
 
 
 def _socket(config: Config) -> Path:

@@ -23,6 +23,7 @@ Series (all prefixed ``nextmv_watcher_``):
 
     folders_total{application_id, outcome, reason}      counter; outcome tracked | failed | retried
                                                         (reason "manual": an operator's `retry`)
+    build_info{version}                                 always 1: the running version
     upload_bytes_total                                  counter
     request_duration_seconds{endpoint, status}          histogram; status "none" when no response
     folders_pending{state}                              gauge, every state always exported: queued
@@ -33,6 +34,9 @@ Series (all prefixed ``nextmv_watcher_``):
     api_paused{scope}                                   1 per paused scope ("all" for the global
                                                         pause); a single {scope="all"} 0 when none
     observer_restarts_total                             counter
+    watched_path_present{path}                          gauge, one per watched path: 1 while it is
+                                                        watched, 0 while it is missing (status's
+                                                        watched and watched_missing)
     metrics_connections_refused_total                   counter: connections to this listener closed
                                                         unserved because MAX_CONNECTIONS were open
     incomplete_too_long                                 gauge: folders incomplete for longer than
@@ -57,10 +61,11 @@ from types import TracebackType
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from watcher import __version__
 from watcher.cloud.client import RequestOutcome
 from watcher.config import parse_listen
 from watcher.daemon.gate import GLOBAL
@@ -84,13 +89,11 @@ Health = Callable[[], tuple[bool, Mapping[str, Any]]]
 class Metrics:
     """The daemon's metrics. Thread-safe: workers report events from any thread.
 
-    `status` is called on every scrape (from the HTTP thread) and must return the daemon's
-    snapshot: folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds
-    (float or None), paused
-    (scope -> {reason, message, since}), observer_restarts, incomplete_too_long, uptime_seconds.
-    A missing key reads as zero/empty, so an older or partial snapshot never breaks a scrape.
-    `outcomes` returns the folder outcome counts by (application_id, outcome, reason).
-    """
+    `status` is called on every scrape (from the HTTP thread) and must return the daemon's snapshot:
+    folders (state -> count), queue_depth, in_flight (list), oldest_pending_age_seconds (float or None),
+    paused (scope -> {reason, message, since}), observer_restarts, watched (paths), watched_missing (path
+    -> why), incomplete_too_long, uptime_seconds; a missing key reads as zero/empty, so an older or partial
+    snapshot never breaks a scrape. `outcomes`: the folder outcome counts by (application_id, outcome, reason)."""
 
     def __init__(self, status: Status, outcomes: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
         self.registry = CollectorRegistry()
@@ -102,6 +105,7 @@ class Metrics:
         self._refused = Counter(f"{PREFIX}metrics_connections_refused",
                                 "Connections to the metrics listener closed unserved: too many were open.",
                                 registry=self.registry)
+        Info(f"{PREFIX}build", "The running version (always 1).", registry=self.registry).info({"version": __version__})
         self.registry.register(_StatusCollector(status))
         self.registry.register(_OutcomesCollector(outcomes))
         ProcessCollector(registry=self.registry)
@@ -109,6 +113,10 @@ class Metrics:
     def upload_bytes(self, n: int) -> None:
         """Count `n` uploaded bytes (n >= 0, else ValueError)."""
         self._upload_bytes.inc(n)
+
+    def uploaded_bytes(self) -> int:
+        """The bytes counted so far."""
+        return int(self.registry.get_sample_value(f"{PREFIX}upload_bytes_total") or 0)
 
     def request(self, outcome: RequestOutcome) -> None:
         """Observe one HTTP attempt; fits `NextmvClient(observer=...)`."""
@@ -170,6 +178,12 @@ class _StatusCollector:
                 paused.add_metric([scope], 1)
             if not scopes:
                 paused.add_metric([ALL_SCOPES], 0)
+        present = GaugeMetricFamily(f"{PREFIX}watched_path_present",
+                                    "1 while the watched path is watched, 0 while it is missing.", labels=["path"])
+        if not describe:
+            missing = s.get("watched_missing") or {}
+            for path in s.get("watched") or ():
+                present.add_metric([str(path)], 0 if path in missing else 1)
         pending = GaugeMetricFamily(f"{PREFIX}folders_pending",
                                     "Complete folders not tracked yet, by state (queued: due now).", labels=["state"])
         if not describe:
@@ -185,6 +199,7 @@ class _StatusCollector:
                   0.0 if age is None else age),
             paused,
             restarts,
+            present,
             gauge("incomplete_too_long", "Folders incomplete for longer than metrics.incomplete_warn_seconds.",
                   s.get("incomplete_too_long", 0)),
             gauge("up", "1 while the daemon runs.", 1),
@@ -233,7 +248,6 @@ class HealthServer:
             self._thread = threading.Thread(target=server.serve_until_woken, name="nextmv-watcher-http", daemon=True)
             self._thread.start()
             self._state = _State.RUNNING
-        log.info("metrics_listening", host=self.host, port=self.port)
 
     def stop(self) -> None:
         """Stop serving and free the port; idempotent, and a no-op before `start()`."""

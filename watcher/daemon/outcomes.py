@@ -27,6 +27,7 @@ class Outcomes:
         self._lock = threading.Lock()
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._recent: collections.OrderedDict[Path, dict[str, Any]] = collections.OrderedDict()
+        self._last_retry: tuple[str, str] | None = None
 
     def record(self, folder: Path, application_id: str, outcome: str, reason: str, error: str = "") -> None:
         """Count one outcome of `folder`. Raises ValueError for an unknown outcome."""
@@ -42,6 +43,13 @@ class Outcomes:
                     self._recent.popitem(last=False)
             elif outcome == "tracked" or reason == "manual":
                 self._recent.pop(folder, None)
+            if outcome == "retried" and reason != "manual":
+                self._last_retry = (reason, error)
+
+    def last_retry(self) -> tuple[str, str] | None:
+        """The reason and error of the latest attempt that is to be retried (not an operator's), or None."""
+        with self._lock:
+            return self._last_retry
 
     def retried_manually(self, folders: Iterable[tuple[Path, str]]) -> int:
         """An operator reset these (folder, application) failures (`nextmv-watcher retry`). Returns how many."""

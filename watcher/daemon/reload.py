@@ -18,7 +18,7 @@ from watcher.config import API_CONNECTION, Config
 # The HTTP client's connection settings and the state store are built once: a change takes effect at
 # the next start. Every other key (the api limits included) applies at once.
 RESTART_ONLY = (*(f"api.{k}" for k in API_CONNECTION), "state_dir")
-NOT_KEYS = ("source",)                # where it was read from, not a setting
+NOT_KEYS = ("source", "file", "state_dir_from")   # where it was read from, not settings
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from watcher import __version__
 from watcher.cloud.client import NextmvClient, RequestOutcome, Transport, build_verify
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
@@ -40,16 +41,17 @@ from watcher.daemon.detection import ObserverFactory
 from watcher.daemon.detectors import Detectors
 from watcher.daemon.gate import Gate
 from watcher.daemon.health import Health
+from watcher.daemon.identity import describe
 from watcher.daemon.index import FolderIndex
 from watcher.daemon.lease import LeaseKeeper
-from watcher.daemon.listeners import Listeners, Prepared, ReloadRefused
+from watcher.daemon.listeners import Listeners, Prepared
 from watcher.daemon.metrics import Metrics
 from watcher.daemon.notify import Notifier
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
 from watcher.daemon.worker import FolderProcessor
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import ConfigError, ListenerError, WatcherError
 from watcher.runfolder.claims import Claims
 from watcher.runfolder.dirhandle import DirHandle
 from watcher.runfolder.markers import StateStore, trusted_owners
@@ -78,7 +80,7 @@ class Service:
                  observer_factory: ObserverFactory | None = None,
                  transport: Transport | None = None, watch: bool = True,
                  recheck_incomplete: bool = True, notifier: Notifier | None = None,
-                 on_reload: Callable[[Config], None] | None = None) -> None:
+                 on_reload: Callable[[Config], None] | None = None, announce: bool = True) -> None:
         self.config = config
         self.clock = clock
         self.state = State.STARTING
@@ -91,6 +93,7 @@ class Service:
         self.ready = threading.Event()
         self.watching = watch
         self.on_reload = on_reload
+        self._announce = announce   # log daemon_started/_stopping/_stopped (`sync` logs its own events)
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
         current = self.current_config
 
@@ -121,7 +124,7 @@ class Service:
             current, self.index, self.store, self.attempts, self.gate, self.outcomes,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
             recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
-        self.listeners = Listeners(self.handle_control, self.metrics, self.health)
+        self.listeners = Listeners(self.handle_control, self.metrics, self.health, self.identity)
         self._workers: list[threading.Thread] = []
         self._target_workers = config.workers
         self._scanner: threading.Thread | None = None
@@ -147,7 +150,8 @@ class Service:
 
     def start(self) -> None:
         """Start observers, the start-up scan, the workers and the listeners.
-        Raises OSError if a watched path cannot be watched at all."""
+        Raises OSError if a watched path cannot be watched at all, ListenerError (naming the key and
+        the address) if a listener cannot be bound."""
         if self.state is not State.STARTING:
             raise RuntimeError(f"cannot start a service that is {self.state.value}")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -163,8 +167,9 @@ class Service:
         self._scanner.start()
         self._resize_workers(self.config.workers)
         self._transition(State.RUNNING)
-        log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
-                 workers=self.config.workers, api=self.config.api.url, pid=os.getpid())
+        if self._announce:
+            log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
+                     workers=self.config.workers, api=self.config.api.url, pid=os.getpid(), version=__version__)
 
     def request_stop(self) -> None:
         """First stop request: drain. A second one aborts. Safe to call from a signal handler."""
@@ -221,7 +226,8 @@ class Service:
             self._transition(State.DRAINING)
         self._stop.set()
         self.notifier.stopping()
-        log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
+        if self._announce:
+            log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
         self.index.close()
         deadline = time.monotonic() + self.config.drain_timeout_seconds
         for t in self._workers:
@@ -239,7 +245,8 @@ class Service:
             self.client.close()
         self.notifier.close()
         self._transition(State.STOPPED)
-        log.info("daemon_stopped")
+        if self._announce:
+            log.info("daemon_stopped")
 
     # -- what the outside sees -------------------------------------------------------------
 
@@ -249,8 +256,14 @@ class Service:
     def health(self) -> tuple[bool, dict[str, Any]]:
         return self.health_view.health()
 
+    def identity(self) -> dict[str, Any]:
+        """Which daemon this is (see `watcher.daemon.identity`): carried by every control-socket answer."""
+        return describe(self.config, os.getpid())
+
     def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
+        if command == "identify":   # the answer's "daemon" says it all
+            return {"ok": True}
         if command == "status":
             return {"ok": True, "status": self.status()}
         if command == "rescan":
@@ -359,8 +372,8 @@ class Service:
             new = load_config(Path(old.source))
             changes = diff(old, new)
             prepared = self.listeners.prepare(old, new) if self.watching else Prepared()
-        except (ConfigError, ReloadRefused) as exc:
-            fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ReloadRefused) else {}
+        except (ConfigError, ListenerError) as exc:
+            fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ListenerError) else {}
             log.error("reload_failed", error=str(exc), action="keeping the running configuration", **fields)
             self.notifier.ready(self._status_line())
             return

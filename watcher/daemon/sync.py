@@ -9,9 +9,11 @@ the service's log events are the progress. The summary goes to `out`: a table on
 plain aligned text otherwise.
 
 A sync gives up early when waiting cannot help: at once when the API rejects the key or an
-application does not exist, when the API has been unreachable for longer than
-`give_up_after` seconds (default `metrics.unhealthy_pause_seconds`), and when every folder left
-waits after an inconclusive run look-up (it is never posted again on its own).
+application does not exist, or when every folder left waits after an inconclusive run look-up (it
+is never posted again on its own); and after `timeout` seconds without progress (no folder
+finished, no byte uploaded: the API unreachable or paused, folders claimed by another process),
+naming what it waited for. A backfill that keeps making progress is never cut off. Its events are
+`sync_started` and `sync_finished` (the service's `daemon_*` events are not logged).
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from watcher import __version__
 from watcher.config import Config
 from watcher.daemon.gate import GLOBAL
 from watcher.daemon.service import Service
 from watcher.errors import EXIT_FAILED, EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, parse_iso
-from watcher.runfolder.scan import classify, iter_folders
+from watcher.runfolder.scan import classify, iter_folders, missing_paths
 
 log = structlog.get_logger("watcher.daemon.sync")
 
 OK, FAILED = EXIT_OK, EXIT_FAILED
 SLICE_SECONDS = 0.2   # how often the progress bar and the give-up rules are looked at
+DEFAULT_TIMEOUT = 300.0   # `sync --timeout`: the longest wait without progress (0: no limit)
+WAIT_SHOWN_AFTER = 2.0    # on a terminal, what the sync waits for is shown after this long without progress
 
 
 @dataclass(frozen=True)
@@ -70,15 +75,15 @@ class SyncSummary:
                 ("already failed", self.already_failed), ("not tracked yet", len(self.left))]
 
 
-def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, give_up_after: float | None = None,
+def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, timeout: float = DEFAULT_TIMEOUT,
              service_factory: Callable[[Config, str], Service] | None = None) -> int:
     """Track every complete folder under the watched paths once; print the summary on `out`.
 
-    Returns 0 when nothing failed, 1 when a folder failed, the sync gave up, or the service could not
-    start. `service_factory` builds the service (tests); by default a Service that watches nothing and
-    leaves incomplete folders alone."""
-    patience = config.metrics.unhealthy_pause_seconds if give_up_after is None else give_up_after
-    make = service_factory or (lambda c, k: Service(c, k, watch=False, recheck_incomplete=False))
+    Returns 0 when nothing failed, 1 when a folder failed, the sync gave up (`timeout` seconds without
+    progress; 0: no limit), or the service could not start. `service_factory` builds the service
+    (tests); by default a Service that watches nothing, leaves incomplete folders alone and logs no
+    `daemon_*` events."""
+    make = service_factory or (lambda c, k: Service(c, k, watch=False, recheck_incomplete=False, announce=False))
     started = math.floor(time.time() * 1000) / 1000   # markers carry milliseconds
     service = make(config, key)
     try:
@@ -87,15 +92,25 @@ def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, give_up_afte
         service.shutdown()
         print(f"nextmv-watcher: cannot start: {exc}", file=err)
         return FAILED
+    log.info("sync_started", watched=[str(w.path) for w in config.watch], workers=config.workers,
+             api=config.api.url, version=__version__, timeout=timeout)
+    for gone in missing_paths(config):
+        log.warning("watched_path_missing", path=str(gone.path), problem=gone.problem, hint="skipped by this sync")
+        print(f"nextmv-watcher: watched path {gone.path} {gone.problem}: skipped", file=err)
     stopped: str | None = None
+    stall = Stall(time.monotonic())
     try:
         with _progress_for(err) as progress:
             while not service.run_until_idle(timeout=SLICE_SECONDS):
-                progress.update(service)
-                stopped = give_up_reason(service, patience)
+                idle = stall.idle_for(progress_mark(service), time.monotonic())
+                progress.update(service, waiting_for(service) if idle >= WAIT_SHOWN_AFTER else "")
+                stopped = give_up_reason(service)
+                if stopped is None and 0 < timeout <= idle:
+                    stopped = (f"no progress for {round(idle)} s (--timeout {timeout:g}); "
+                               f"waited for: {waiting_for(service)}")
                 if stopped is not None:
                     break
-            progress.update(service)
+            progress.update(service, "")
     finally:
         service.shutdown()
     summary = summarize(config, service.store, started, service.outcomes.totals()["tracked"])
@@ -108,19 +123,62 @@ def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, give_up_afte
     return summary.exit_code
 
 
-def give_up_reason(service: Service, patience: float) -> str | None:
-    """Why waiting any longer cannot help, or None."""
+class Stall:
+    """How long the sync has gone without progress: `idle_for(mark, now)` with the latest progress mark."""
+
+    def __init__(self, now: float) -> None:
+        self._mark: tuple[int, ...] | None = None
+        self._since = now
+
+    def idle_for(self, mark: tuple[int, ...], now: float) -> float:
+        if mark != self._mark:
+            self._mark, self._since = mark, now
+        return now - self._since
+
+
+def progress_mark(service: Service) -> tuple[int, ...]:
+    """What changes when the sync makes progress: folders found by the start-up scan, folders finished
+    (tracked or failed), bytes uploaded."""
+    c = service.outcomes.totals()
+    return service.index.size(), c["tracked"], c["failed"], service.metrics.uploaded_bytes()
+
+
+def waiting_for(service: Service) -> str:
+    """What the sync is waiting for, in words: pauses first, then why folders wait, then what is in flight."""
     now = service.clock()
+    parts = []
+    for scope, pause in sorted(service.gate.pauses().items()):
+        what = "the API" if scope == GLOBAL else f"application {scope}"
+        state = {"upload_refused": "had every upload refused", "uploads_failing": "had every upload fail",
+                 "auth": "rejected the key", "application_not_found": "was not found"
+                 }.get(pause.reason, "has been unreachable")
+        parts.append(f"{what} {state} for {round(now - pause.since)} s: {pause.message}")
+    for reason, n in sorted(service.index.waiting_reasons().items()):
+        if reason == "claimed_elsewhere":
+            parts.append(f"{n} folder(s) claimed by another process")
+        else:
+            parts.append(f"{n} folder(s) waiting to be retried ({reason})")
+    failing = service.gate.failing()
+    if failing is not None and not service.gate.pauses():
+        parts.append(f"the API: {failing[0]} request(s) failed in a row, the last: {failing[1]}")
+    last = service.outcomes.last_retry()
+    if last is not None and service.index.waiting_reasons():
+        parts.append(f"the last attempt: {last[0]}: {last[1]}")
+    counts = service.index.counts()
+    if counts["parked"]:
+        parts.append(f"{counts['parked']} folder(s) held until the pause ends")
+    if counts["in_flight"]:
+        parts.append(f"{counts['in_flight']} folder(s) in flight")
+    return "; ".join(parts) or "the start-up scan"
+
+
+def give_up_reason(service: Service) -> str | None:
+    """Why waiting any longer cannot help, whatever the timeout, or None."""
     for scope, pause in service.gate.pauses().items():
         if pause.reason == "auth":
             return f"the API rejected the key: {pause.message}"
         if pause.reason == "application_not_found":
             return f"application {scope} not found: {pause.message}"
-        if now - pause.since > patience:
-            what = "the API" if scope == GLOBAL else f"application {scope}"
-            state = {"upload_refused": "had every upload refused", "uploads_failing": "had every upload fail"
-                     }.get(pause.reason, "has been unreachable")
-            return f"{what} {state} for {round(now - pause.since)} s: {pause.message}"
     # Folders whose run look-up could not see the whole list are never posted again on their own.
     inconclusive = service.index.waiting_for("lookup_inconclusive")
     if inconclusive and len(inconclusive) == len(service.index) and not service.index.in_flight():
@@ -223,7 +281,7 @@ class _NoProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def update(self, service: Service) -> None:
+    def update(self, service: Service, waiting: str) -> None:
         return None
 
 
@@ -248,13 +306,14 @@ class _BarProgress(_NoProgress):
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def update(self, service: Service) -> None:
+    def update(self, service: Service, waiting: str) -> None:
+        """`waiting`: what the sync waits for when it has not progressed for a while ("" otherwise)."""
         assert self._task is not None
         c = service.outcomes.totals()
         done = c["tracked"] + c["failed"]
         total = done + len(service.index) + len(service.index.in_flight())
-        self._progress.update(self._task, completed=done, total=total,
-                              detail=f"{c['failed']} failed, {c['retried']} retried")
+        detail = f"{c['failed']} failed, {c['retried']} retried" + (f"; waiting: {waiting}" if waiting else "")
+        self._progress.update(self._task, completed=done, total=total, detail=detail)
 
 
 def _progress_for(err: TextIO) -> _NoProgress:

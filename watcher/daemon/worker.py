@@ -157,7 +157,8 @@ class FolderProcessor:
             with self.attempts.claimed(d) as held:
                 if held is None:
                     log.debug("folder_claimed_elsewhere", holder=self.attempts.claims.holder(d))
-                    return Next(Stage.RETRY_WAIT, at=self.clock() + CLAIM_BUSY_SECONDS), False
+                    return Next(Stage.RETRY_WAIT, at=self.clock() + CLAIM_BUSY_SECONDS,
+                                reason="claimed_elsewhere"), False
                 try:
                     return self._track(folder, d, held, job, found)
                 except WatcherError as exc:

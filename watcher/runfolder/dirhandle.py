@@ -174,14 +174,21 @@ class DirHandle:
         finally:
             os.close(fd)
 
-    def write_atomic(self, name: str, data: bytes, mode: int = FILE_MODE) -> None:
+    def write_atomic(self, name: str, data: bytes, mode: int = FILE_MODE, *, keep_owner: Collection[int] = ()) -> None:
         """Replace `name` with `data` atomically and durably: a reader sees the old file or the new
         one, even after a power cut. Whatever `name` was (a symlink, a FIFO) is replaced, never
-        followed or opened. Raises OSError (the temporary file is removed)."""
+        followed or opened. Run as root (an admin's command), a regular file owned by one of
+        `keep_owner` (trusted uids) is replaced by one with its owner, group and mode (without execute or
+        special bits), so that the daemon can still read what it wrote. Raises OSError (the temporary
+        file is removed)."""
+        old = self._kept(name, keep_owner)
         tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
         fd = os.open(tmp, O_CREATE, mode, dir_fd=self.fileno())
         try:
             try:
+                if old is not None:
+                    os.fchown(fd, old.st_uid, old.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(old.st_mode) & 0o666)
                 _write_all(fd, data)
                 os.fsync(fd)
             finally:
@@ -192,6 +199,17 @@ class DirHandle:
                 os.unlink(tmp, dir_fd=self.fileno())
             raise
         self.sync()
+
+    def _kept(self, name: str, owners: Collection[int]) -> os.stat_result | None:
+        """The file `name` whose owner and mode a rewrite keeps (see `write_atomic`), if any."""
+        if not owners or os.geteuid() != 0:
+            return None
+        try:
+            st = self.lstat(name)
+        except OSError:
+            return None
+        return st if st is not None and stat.S_ISREG(st.st_mode) and st.st_uid in owners and st.st_uid != 0 \
+            else None
 
     # -- state files ------------------------------------------------------------------------
 

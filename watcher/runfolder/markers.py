@@ -246,14 +246,14 @@ class StateStore:
         payload = json.dumps(data, indent=1, sort_keys=True).encode()
         with opened(folder) as d:
             try:
-                _replace(d, name, payload)
+                _replace(d, name, payload, self.owners)
                 return d.path / name
             except OSError as exc:
                 if exc.errno not in UNWRITABLE:
                     raise StateError(f"{d.label}: cannot write {name}: {exc.strerror}") from None
             with self._places(d, create=True) as places:
                 try:
-                    _replace(places[-1], name, payload)
+                    _replace(places[-1], name, payload, self.owners)
                 except OSError as exc:
                     raise StateError(f"{d.label} is not writable and neither is {places[-1].path}: "
                                      f"{exc.strerror}") from None
@@ -366,10 +366,11 @@ class StateStore:
         self.remove(folder, JOURNAL, durable=False)
 
 
-def _replace(d: DirHandle, name: str, payload: bytes) -> None:
-    """Write `name` in `d`; a directory a producer made under our name is removed first."""
+def _replace(d: DirHandle, name: str, payload: bytes, owners: Collection[int]) -> None:
+    """Write `name` in `d`; a directory a producer made under our name is removed first. Run as root (an
+    admin's command), a file of one of `owners` keeps its owner and mode."""
     try:
-        d.write_atomic(name, payload)
+        d.write_atomic(name, payload, keep_owner=owners)
     except IsADirectoryError:
         d.unlink(name)
         d.write_atomic(name, payload)

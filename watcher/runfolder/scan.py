@@ -1,16 +1,19 @@
 """Walk watched paths and classify run folders, uploading nothing.
 
 `iter_folders` lists candidate run folders with one os.scandir per watched path (no stat
-per entry). `quick_state` looks only at the markers (lstat), so a start-up scan of 100,000
-folders costs two stats per folder; it is a hint, checked again by a worker through the open
-folder. `classify` is the full verdict used by `nextmv-watcher scan`: it opens the folder once
-and reads everything through that descriptor, so a hostile producer cannot make it block or
-read outside the folder.
+per entry). A watched path is used only while it is a directory: `probe` says what is there (by
+lstat: a symlink put in its place is never followed), and the listing opens it with O_NOFOLLOW, so
+a path that is missing, a file or a symlink has no folders. `quick_state` looks only at the
+markers (lstat), so a start-up scan of 100,000 folders costs two stats per folder; it is a hint,
+checked again by a worker through the open folder. `classify` is the full verdict used by
+`nextmv-watcher scan`: it opens the folder once and reads everything through that descriptor, so
+a hostile producer cannot make it block or read outside the folder.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 from watcher.config import Config, WatchConfig
 from watcher.errors import FolderError, StateError
 from watcher.runfolder.completion import check_completion
+from watcher.runfolder.dirhandle import O_DIR
 from watcher.runfolder.folder import inspect_folder
 from watcher.runfolder.markers import StateStore
 from watcher.runfolder.rundir import RunDir
@@ -42,22 +46,55 @@ class FolderReport:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class WatchedDir:
+    """What is at a watched path now: the directory's (device, inode), or why there is none."""
+
+    path: Path
+    identity: tuple[int, int] | None
+    problem: str = ""   # "does not exist", "is a symlink (not followed)", ... when identity is None
+
+
+def probe(path: Path) -> WatchedDir:
+    """One lstat of the watched path: a directory is usable; a symlink in its place is not followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return WatchedDir(path, None, "does not exist")
+    except OSError as exc:
+        return WatchedDir(path, None, f"cannot be read: {exc.strerror or exc}")
+    if stat.S_ISDIR(st.st_mode):
+        return WatchedDir(path, (st.st_dev, st.st_ino))
+    if stat.S_ISLNK(st.st_mode):
+        return WatchedDir(path, None, "is a symlink (not followed)")
+    return WatchedDir(path, None, "is not a directory")
+
+
+def missing_paths(config: Config) -> list[WatchedDir]:
+    """The watched paths that are not usable directories now (see `probe`), in configuration order."""
+    return [found for w in config.watch if (found := probe(w.path)).identity is None]
+
+
 def iter_entries(root: Path) -> Iterator[tuple[Path, int]]:
     """(path, inode) of each direct child directory of `root` that is a run folder: not a dot-folder,
-    not a symlink. The inode comes with the directory listing, at no extra cost."""
+    not a symlink. The inode comes with the directory listing, at no extra cost. Nothing when `root`
+    is not a directory (missing, or a symlink: not followed)."""
     try:
-        it = os.scandir(root)
+        fd = os.open(root, O_DIR)   # O_NOFOLLOW: a symlink in place of a watched path is not followed
     except OSError:
         return
-    with it:
-        for entry in it:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    yield Path(entry.path), entry.inode()
-            except OSError:
-                continue
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        yield root / entry.name, entry.inode()
+                except OSError:
+                    continue
+    finally:
+        os.close(fd)
 
 
 def iter_folders(root: Path) -> Iterator[Path]:
