@@ -48,15 +48,18 @@ class Container:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, env=env)
         self.pid = wait_for(self._init_pid, timeout, f"the container's systemd (console: {self.log})", interval=0.1)
-        # PID 1 may still be setting up its namespaces: until then, nothing runs in there at all
-        booted = wait_for(lambda: self._system_state(timeout), timeout, "systemctl inside", interval=0.1)
+        booted = wait_for(lambda: self._system_state(timeout), timeout, "systemd to boot in the container",
+                          interval=0.1)
         if booted != "running":
             failed = self.run("systemctl", "--failed", "--no-legend", check=False).out
             raise AssertionError(f"the container booted {booted!r}, not 'running'; failed units:\n{failed}")
 
     def _system_state(self, timeout: float) -> str:
-        """`systemctl is-system-running --wait`: running, degraded... or "" when it could not run."""
-        return self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout).out.strip()
+        """`systemctl is-system-running --wait` once the boot is over (running, degraded...), or "" while
+        it cannot tell: until PID 1 has set up its namespaces nothing runs in there, and until it has
+        made /run/systemd/system systemctl says "offline"."""
+        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout).out.strip()
+        return "" if state == "offline" else state
 
     def _init_pid(self) -> int | None:
         """The host pid of systemd as PID 1 in a pid namespace below systemd-nspawn, once it runs."""
@@ -107,7 +110,7 @@ class Container:
         self.sh('mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1" && chown "$3:$3" "$1"',
                 path, mode, owner, input=text)
 
-    def poweroff(self, timeout: float = 60.0) -> None:
+    def poweroff(self, timeout: float = 30.0) -> None:
         """`systemctl poweroff` inside and wait for systemd-nspawn to exit; terminate it if it does not."""
         if self.proc is None:
             return

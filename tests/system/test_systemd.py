@@ -42,6 +42,15 @@ UNKNOWN = "/srv/nextmv/unknown"    # bound to an application the emulator does n
 DENIALS = ("EPERM", "EROFS", "EACCES", "Permission denied", "Operation not permitted", "Read-only file system")
 
 
+# No question asked, and the admin's edited config.yaml kept, as `apt install` does it by hand.
+APT_OPTIONS = ("-o", "Dpkg::Options::=--force-confold")
+
+
+def deb_inside(box: Container) -> str:
+    """The package's path in the container (dist/ is bound read-only at /mnt/dist)."""
+    return box.run("sh", "-c", f"ls /mnt/dist/nextmv-watcher_{watcher.__version__}_*.deb").out.strip()
+
+
 @pytest.fixture
 def journal(container: Container) -> Journal:
     return Journal(container)
@@ -253,3 +262,34 @@ def test_every_folder_was_tracked_once_and_the_sandbox_denied_nothing(container:
     assert fallback == "", fallback
     denied = [e["MESSAGE"] for e in journal.entries() if any(d in e["MESSAGE"] for d in DENIALS)]
     assert denied == [], "the sandbox denied something:\n" + "\n".join(denied)
+
+
+# The package's maintainer scripts, last: they end with the package purged.
+
+def test_upgrading_restarts_a_running_daemon(container: Container, journal: Journal) -> None:
+    box = container
+    start(box)
+    before = show(box, "MainPID")["MainPID"]
+    cursor = journal.cursor()
+    # a reinstall runs the upgrade path (postinst configure <the installed version>); the edited
+    # config.yaml is kept
+    box.run("apt-get", "install", "--yes", "--quiet", "--reinstall", *APT_OPTIONS, deb_inside(box), timeout=180)
+    after = show(box, "MainPID", "ActiveState")
+    assert after["ActiveState"] == "active" and after["MainPID"] != before, after
+    assert journal.messages(f"{EXIT_LINE} exited 0", after=cursor), "not stopped cleanly for the upgrade"
+    assert "127.0.0.1" in box.run("cat", "/etc/nextmv-watcher/config.yaml").out
+
+
+def test_removing_stops_it_and_purging_removes_config_and_state(container: Container, journal: Journal) -> None:
+    box = container
+    start(box)
+    cursor = journal.cursor()
+    box.run("apt-get", "remove", "--yes", "--quiet", "nextmv-watcher", timeout=180)
+    assert box.run("systemctl", "is-active", UNIT, check=False).out.strip() == "inactive"
+    assert journal.messages(f"{EXIT_LINE} exited 0", after=cursor), "not stopped cleanly on removal"
+    assert box.run("test", "-e", "/opt/nextmv-watcher", check=False).code != 0, "the venv is left behind"
+    box.run("test", "-f", "/etc/nextmv-watcher/config.yaml")   # kept until a purge
+    box.run("test", "-d", "/var/lib/nextmv-watcher")
+    box.run("apt-get", "purge", "--yes", "--quiet", "nextmv-watcher", timeout=180)
+    left = box.run("ls", "-d", "/etc/nextmv-watcher", "/var/lib/nextmv-watcher", check=False)
+    assert left.out == "", f"left after a purge: {left.out}"
