@@ -1,7 +1,7 @@
 """The Debian package under a real systemd (issue 12), checked through systemctl and journalctl: the
 unit's sandbox (ProtectSystem=strict, the syscall filter, LoadCredential=, StateDirectory=,
 RuntimeDirectory=), Type=notify, reload, `status` from an admin shell, the journal's error channel,
-the watchdog and the drain on stop.
+the watchdog, the drain on stop, and the package's install, upgrade, remove and purge.
 
 One container serves the session (conftest.py). The tests are one scenario and run in this order:
 each says what it starts from, and each folder is dropped under its own name, so that "tracked
@@ -11,6 +11,7 @@ exactly once" can be checked across all of them at the end.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -34,14 +35,16 @@ from systemd_helpers import (
 
 import watcher
 
+if not os.environ.get("NEXTMV_SYSTEMD_ROOTFS"):
+    pytest.skip("boots a real systemd in a container (root, systemd-nspawn): run `make systemd-test`",
+                allow_module_level=True)
+
 pytestmark = pytest.mark.timeout(300)
 
 DROP_INS = "/etc/systemd/system/nextmv-watcher.service.d"
 MORE = "/srv/nextmv/more"          # a watched path added by a reload, under ReadWritePaths=-/srv/nextmv
 UNKNOWN = "/srv/nextmv/unknown"    # bound to an application the emulator does not know
 DENIALS = ("EPERM", "EROFS", "EACCES", "Permission denied", "Operation not permitted", "Read-only file system")
-
-
 # No question asked, and the admin's edited config.yaml kept, as `apt install` does it by hand.
 APT_OPTIONS = ("-o", "Dpkg::Options::=--force-confold")
 
