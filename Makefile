@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean deb systemd-test
 
 $(BIN)/nextmv-watcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,15 @@ bench: setup
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# The Debian 12 package (issue 12): dist/nextmv-watcher_<version>_<arch>.deb, its venv built with Debian's
+# python3 in a debootstrap tree cached in $(ROOTFS) (packaging/deb/). Needs root, debootstrap, systemd-nspawn.
+ROOTFS ?= .cache/rootfs-bookworm
+deb: setup
+	packaging/deb/build.sh $(ROOTFS)
+
+# The package under a real systemd: that tree booted with systemd-nspawn (tests/system; a few minutes).
+systemd-test: deb
+	NEXTMV_SYSTEMD_ROOTFS=$(ROOTFS) $(BIN)/python -m pytest -p no:cacheprovider tests/system
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -36,8 +36,10 @@ class Result:
 Run = Callable[..., Result]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `condition` until it returns a truthy value; fail the test after `timeout` seconds."""
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+             interval: float = 0.02) -> Any:
+    """Poll `condition` every `interval` seconds until it returns a truthy value; fail the test after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -45,7 +47,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # sleep-ok: the polling interval of wait_for itself, bounded by its timeout
+        time.sleep(interval)  # sleep-ok: the polling interval of wait_for itself, bounded by its timeout
 
 
 def write_folder(root: Path, name: str, files: dict[str, str | bytes], *, marker: str | None = "DONE",

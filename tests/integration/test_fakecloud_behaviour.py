@@ -275,3 +275,22 @@ def test_fake_cloud_flags_set_the_behaviour_and_the_faults() -> None:
     assert {k: faults[k] for k in ("error_rate", "endpoints", "put_slow_down_rate", "seed")} == {
         "error_rate": 0.5, "endpoints": ["put"], "put_slow_down_rate": 0.25, "seed": 3}
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(("flags", "answers"), [
+    (["--application", "a1", "--application", "a2"], {"a1": 200, "a2": 200, "other": 404}),
+    ([], {"a1": 200, "other": 200}),
+])
+def test_fake_cloud_application_flag_limits_the_known_applications(flags: list[str], answers: dict[str, int]) -> None:
+    argv = [sys.executable, "-m", "watcher", "fake-cloud", "--port", "0", "--api-key", "k", *flags]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            match = re.fullmatch(r"fake-cloud listening on (http://127\.0\.0\.1:\d+)\n", proc.stdout.readline())
+            assert match
+            with httpx.Client(base_url=match.group(1), headers={"Authorization": "Bearer k"}, timeout=5) as api:
+                seen = {app: api.get(f"/v1/applications/{app}").status_code for app in answers}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+    assert seen == answers

@@ -145,7 +145,7 @@ def test_a_dead_observer_is_restarted_and_folders_created_after_are_tracked(
 
     assert len(named(events, "observer_died")) == 1
     assert named(events, "observer_died")[0]["log_level"] == "error"
-    assert [e["reason"] for e in named(events, "rescanning")] == ["observer restarted"]
+    assert [(e["reason"], e["log_level"]) for e in named(events, "rescanning")] == [("observer restarted", "warning")]
     assert service.detectors.restarts == 1
     assert service.status()["observer_restarts"] == 1
     assert service.detectors.alive()
@@ -176,6 +176,7 @@ def test_a_queue_overflow_rescans_and_finds_the_folder_whose_events_were_lost(
 
     rescans = named(events, "rescanning")
     assert len(rescans) == 1 and "overflow" in rescans[0]["reason"]
+    assert rescans[0]["log_level"] == "warning"   # events were lost: worth a look
     assert [e["folders"] for e in named(events, "reconcile_queued")] == [1]
     assert [r.body["name"] for r in cloud.runs()] == ["lost-events"]
     assert service.detectors.restarts == 0

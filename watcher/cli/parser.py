@@ -94,6 +94,8 @@ def _seconds(text: str) -> float:
 def _fake_cloud(c: argparse.ArgumentParser) -> None:
     c.add_argument("--port", type=int, default=8765)
     c.add_argument("--api-key", default="demo-key", help="the API key it accepts (default: demo-key)")
+    c.add_argument("--application", dest="applications", action="append", metavar="ID",
+                   help="a known application id (repeatable); others answer 404 (default: any id)")
     b = c.add_argument_group("service behaviour (defaults: the real service's, as far as known)")
     unset = argparse.SUPPRESS  # flags not given leave the field to its default
     b.add_argument("--list-order", choices=("newest", "oldest"), default=unset,

@@ -63,7 +63,7 @@ def cmd_fake_cloud(args: argparse.Namespace) -> int:
         faults = Faults(**checked_changes(_fault_changes(args)))  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
         raise CommandError(USAGE, f"fake-cloud: {exc}") from None
-    serve(args.port, [args.api_key], None, faults, behaviour=behaviour)
+    serve(args.port, [args.api_key], args.applications, faults, behaviour=behaviour)
     return OK
 
 

@@ -54,16 +54,18 @@ class Chores:
         self.stopping = stopping
         self._rescan_now = threading.Event()
         self._rescan_reason = ""
+        self._rescan_lost = False
         self._full_rescan = False
         self._reconciles = 0
         now = clock()
         self._next = {"reconcile": now + config().reconcile_seconds, "status": 0.0, "watchdog": 0.0,
                       "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
 
-    def rescan(self, reason: str, *, full: bool = False) -> None:
-        """Ask for a reconcile at the next tick (`full`: re-read the markers of finished folders too).
-        Safe from any thread."""
+    def rescan(self, reason: str, *, full: bool = False, lost: bool = False) -> None:
+        """Ask for a reconcile at the next tick (`full`: re-read the markers of finished folders too;
+        `lost`: events were lost, logged as a warning; an asked-for rescan is info). Safe from any thread."""
         self._rescan_reason = reason
+        self._rescan_lost = self._rescan_lost or lost
         self._full_rescan = self._full_rescan or full
         self._rescan_now.set()
 
@@ -98,7 +100,8 @@ class Chores:
         self._check_observer()
         if self._rescan_now.is_set():
             self._rescan_now.clear()
-            log.warning("rescanning", reason=self._rescan_reason)
+            (log.warning if self._rescan_lost else log.info)("rescanning", reason=self._rescan_reason)
+            self._rescan_lost = False
             self._reconcile()
         elif self._due("reconcile", config.reconcile_seconds):
             self._reconcile()
@@ -137,7 +140,7 @@ class Chores:
         if not self.detectors.alive():
             log.error("observer_died", restarts=self.detectors.restarts + 1, action="restarting it and rescanning")
             self.detectors.restart()
-            self.rescan("observer restarted")
+            self.rescan("observer restarted", lost=True)
         self.detectors.check_liveness()
         if self.detectors.check_paths() and not self._rescan_now.is_set():
             self._reconcile()   # a watched path is back: its folders are offered now, not at the next reconcile

@@ -344,10 +344,10 @@ class Service:
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
-        self._rescan("inotify queue overflowed: events were lost")
+        self._rescan("inotify queue overflowed: events were lost", lost=True)
 
-    def _rescan(self, reason: str, *, full: bool = False) -> None:
-        self.chores.rescan(reason, full=full)
+    def _rescan(self, reason: str, *, full: bool = False, lost: bool = False) -> None:
+        self.chores.rescan(reason, full=full, lost=lost)
         self._wake.set()
 
     # -- the main thread --------------------------------------------------------------------
