@@ -34,8 +34,8 @@ import watcher.runfolder.archive
 import watcher.runfolder.markers
 import watcher.runfolder.prepare
 from watcher.config import load_config
-from watcher.daemon.detection import ObserverFactory
 from watcher.daemon.index import Next, Stage
+from watcher.daemon.observers import ObserverFactory
 from watcher.daemon.service import Service, State
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.dirhandle import DirHandle

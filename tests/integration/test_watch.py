@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from watcher.daemon.detection import Detector, polling_factory, run_folder_of
+from watcher.daemon.detection import Detector, run_folder_of
+from watcher.daemon.observers import polling_factory
 from watcher.runfolder.markers import atomic_write
 
 

@@ -10,7 +10,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.config import CompletionConfig, FilesConfig
 from watcher.errors import FolderChanged
-from watcher.runfolder.completion import Completion, check_completion
+from watcher.runfolder.completion import Activity, Completion, check_completion
 
 FILES = FilesConfig(
     input=("input.json", "input.*", "input/"),
@@ -24,7 +24,7 @@ ROOT = Path("/watch/run-1")
 T0 = 1_700_000_000.0
 
 
-def write(fs: FakeFilesystem, rel: str, mtime: float = T0, content: str = "x") -> Path:
+def write(fs: FakeFilesystem, rel: str, mtime: float = T0, content: str = "{}") -> Path:
     """Create `rel` under ROOT with `mtime`; directories created on the way get `mtime` too."""
     path = ROOT / rel
     new_dirs = [p for p in path.parents if ROOT in p.parents and not p.exists()]
@@ -169,3 +169,75 @@ def test_a_fifo_is_looked_at_never_opened(tmp_path: Path) -> None:
     for name in ("input.json", "output.json"):
         os.utime(root / name, (T0, T0))
     assert check_completion(root, FILES, SETTLE, T0 + 5).complete
+
+
+# --- settle mode: a writer caught mid-file (issue 11) --------------------------------------------
+
+
+def test_a_file_open_holds_the_folder_however_old(fs: FakeFilesystem) -> None:
+    write(fs, "input.json", T0 - 3600)
+    write(fs, "output.csv", T0 - 3600, content="a,b\n1,")
+    busy = Activity(open_files=("output.csv",))
+    result = check_completion(ROOT, FILES, SETTLE, T0, busy)
+    assert (result.complete, result.reason, result.poll) == \
+        (False, "output.csv is open (not closed since it was opened)", True)
+    two = check_completion(ROOT, FILES, SETTLE, T0, Activity(open_files=("logs.txt", "output.csv")))
+    assert two.reason == "logs.txt is open (not closed since it was opened), and 1 more"
+    assert check_completion(ROOT, FILES, SETTLE, T0, Activity()).complete
+
+
+def test_a_file_closed_after_writing_restarts_the_settle_time(fs: FakeFilesystem) -> None:
+    # A writer that kept the file's modification time (cp -p, a restored mtime) still counts, by its close.
+    write(fs, "input.json", T0 - 3600)
+    write(fs, "output.json", T0 - 3600)
+    closed = Activity(last_write=T0 - 1)
+    assert check_completion(ROOT, FILES, SETTLE, T0, closed) == Completion(False, "settling (changed 1.0 s ago)",
+                                                                           T0 + 4)
+    assert check_completion(ROOT, FILES, SETTLE, T0 + 4, closed).complete
+
+
+def test_a_marker_ignores_open_files(fs: FakeFilesystem) -> None:
+    write(fs, "input.json", T0)
+    write(fs, "DONE", T0, content="")
+    assert check_completion(ROOT, FILES, MARKER, T0, Activity(open_files=("output.csv",))).complete
+
+
+@pytest.mark.parametrize(("name", "files"), [
+    ("output.json", FILES), ("input.json", FILES), ("status.json", FILES), ("metrics.json", FILES),
+    ("statistics.json", FILES), ("assets.json", FILES), ("plan.JSON", FilesConfig(output=("plan.*",)))])
+def test_a_settled_json_file_that_is_not_complete_json_is_still_being_written(
+        fs: FakeFilesystem, name: str, files: FilesConfig) -> None:
+    others = {"input.json": "{}", "output.json": "{}"} if files is FILES else {"input.json": "{}"}
+    for rel, content in {**others, name: '{"solutions": ['}.items():
+        write(fs, rel, T0 - 100, content=content)
+    result = check_completion(ROOT, files, SETTLE, T0)
+    assert result == Completion(False, f"{name} is not complete JSON", None, poll=True)
+    (ROOT / name).write_text('{"solutions": [1]}\n')
+    os.utime(ROOT / name, (T0 - 100, T0 - 100))
+    assert check_completion(ROOT, files, SETTLE, T0).complete
+
+
+def test_json_is_judged_only_once_settled(fs: FakeFilesystem) -> None:
+    write(fs, "input.json", T0)
+    write(fs, "output.json", T0, content="{")
+    assert check(T0 + 1).reason == "settling (changed 1.0 s ago)"
+    assert check(T0 + 5).reason == "output.json is not complete JSON"
+
+
+@pytest.mark.parametrize(("cut", "others"), [
+    ("output.csv", ["input.json"]), ("output.txt", ["input.json"]), ("logs.txt", ["input.json", "output.json"]),
+    ("input.jsonl", ["output.json"])])
+def test_files_that_are_not_json_are_not_judged_by_their_content(fs: FakeFilesystem, cut: str,
+                                                                 others: list[str]) -> None:
+    for rel in others:
+        write(fs, rel, T0 - 100)
+    write(fs, cut, T0 - 100, content='{"cut": [')
+    assert check(T0).complete
+
+
+def test_files_inside_input_and_output_directories_are_not_parsed(fs: FakeFilesystem) -> None:
+    write(fs, "input/a.json", T0 - 100, content='{"cut": [')
+    write(fs, "output/b.json", T0 - 100, content="[")
+    result = check(T0)
+    assert result.complete
+    assert result.dirs == ("input", "output"), "the directories a watch should cover"

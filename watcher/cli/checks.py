@@ -48,6 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"warning: watch[{i}].path {watch.path} is not writable by this user: markers would go to "
                   f"{config.state_dir}/folders; under systemd add it to ReadWritePaths= with a drop-in "
                   f"(systemctl edit nextmv-watcher) and restart", file=sys.stderr)
+    _warn_settle_mode(config)
     for sysctl, risk in disabled_link_protections():
         log.warning("link_protection_disabled", sysctl=sysctl, risk=risk,
                     hint=f"sysctl -w {sysctl}=1, and set it in /etc/sysctl.d/ to keep it")
@@ -89,6 +90,20 @@ def _offline_key_note(config: Config) -> str:
     except ConfigError as exc:
         return f"API key: not checked (--offline; {'; '.join(exc.problems)}; `run` needs one)"
     return f"API key: found in {source}, not checked (--offline)"
+
+
+def _warn_settle_mode(config: Config) -> None:
+    """Settle mode guesses when a producer is done; say so, and what is safer (a warning: exit 0)."""
+    if config.completion.marker is not None:
+        return
+    paths = ", ".join(str(w.path) for w in config.watch)
+    print(f"warning: completion.marker is not set, so {paths} use(s) settle mode: a folder counts as complete "
+          f"once nothing in it changed for {config.completion.settle_seconds:g} s (completion.settle_seconds) "
+          "and none of its files is seen open. The daemon cannot see a file opened before it watched the "
+          "folder, nor any open on a `polling: true` path, and it judges only .json files by their content, so "
+          "a producer that pauses mid-file may get a partial file tracked. Marker mode is safer: set "
+          "completion.marker: DONE and have producers write DONE after closing every file (or write a "
+          "dot-folder and rename it into place)", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

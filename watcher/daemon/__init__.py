@@ -12,9 +12,12 @@
     chores.py          the main loop's periodic chores
     detection.py       the watchdog adapter: events -> the index; folder watches; heartbeats
     detectors.py       all the observers (inotify, polling) and their liveness
+    observers.py       watchdog's observers made, unscheduled and stopped safely; overflow signal
+    openfiles.py       which files of watched incomplete folders are open (settle mode)
     roots.py           the watches on the watched paths themselves, while the paths come and go
     lease.py           the thread that renews held claims
     aftercare.py       keep, move or delete tracked folders; retention
+    aftercheck.py      a second look at the uploaded files 120 s after tracking
     health.py          status, /healthz, systemd STATUS= and the watchdog decision
     metrics.py         Prometheus metrics and the /healthz listener
     collectors.py      the series read at scrape time: status gauges, folders_total, healthy

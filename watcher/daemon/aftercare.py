@@ -33,7 +33,7 @@ from pathlib import Path
 import structlog
 
 from watcher.config import DAEMON_PREFIX, Config
-from watcher.errors import FolderError, StateError
+from watcher.errors import FolderError, StateError, WatcherError
 from watcher.runfolder.dirhandle import O_CREATE, O_DIR, O_READ, DirHandle, kind, remove_tree
 from watcher.runfolder.markers import StateStore, opened, parse_iso
 from watcher.runfolder.rundir import RunDir
@@ -50,6 +50,20 @@ PERMISSION_BITS = 0o777
 REMOVING = f"{DAEMON_PREFIX}removing-"   # a folder being removed is first renamed to this prefix plus a random id
 
 Identity = tuple[int, int]
+
+
+def after_tracked_logged(folder: Path, config: Config, d: DirHandle | None = None) -> bool:
+    """`after_tracked`, its outcome logged (`folder_moved`, `folder_deleted`; a failure as
+    `after_tracking_failed`, the folder staying tracked where it is). True when the folder is gone."""
+    if config.after_tracking == "keep":
+        return False
+    try:
+        action = after_tracked(folder, config, d)
+    except WatcherError as exc:
+        log.error("after_tracking_failed", folder=str(folder), error=str(exc))
+        return False
+    log.info("folder_" + action, folder=str(folder))
+    return True
 
 
 def after_tracked(folder: Path, config: Config, d: DirHandle | None = None) -> str:

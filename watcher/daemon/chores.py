@@ -123,8 +123,11 @@ class Chores:
 
     def _warn_incomplete(self, config: Config) -> None:
         for folder, since in self.index.incomplete_too_long(config.metrics.incomplete_warn_seconds):
+            entry = self.index.entry(folder)
             log.warning("folder_incomplete_too_long", folder=str(folder), seconds=round(self.clock() - since),
-                        hint="its producer never finished it (no marker, or no input/output)")
+                        reason=entry.reason if entry is not None else None,
+                        hint="its producer never finished it (no marker, no input/output, a file still open "
+                             "or not complete JSON); `nextmv-watcher track FOLDER` tracks it as it is")
 
     def _check_observer(self) -> None:
         """A dead observer is replaced and the watched paths rescanned, so no folder is missed. Every

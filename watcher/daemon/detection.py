@@ -7,7 +7,10 @@ Finished folders are unwatched. Beyond `max_folder_watches`, incomplete folders 
 the caller's periodic re-check instead (`watch_folder` returns False).
 
 The handler runs on watchdog's single dispatcher thread, so it only maps a path to its run
-folder and enqueues it; all I/O happens in the workers.
+folder and enqueues it; all I/O happens in the workers. File opens and closes (and deletions and
+renames) also go to `on_file` (`watcher.daemon.openfiles.OpenFiles.record`): settle mode does not take
+a folder with a file open for a finished one. An open, or a close after reading, enqueues nothing:
+the daemon's own reads would wake the folder up again.
 
 Locks. The codebase's rule is that a lock is never held while calling into another component,
 and here it matters most: watchdog's dispatcher holds its observer's lock while it calls our
@@ -52,28 +55,34 @@ from watchdog.events import (
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileMovedEvent,
+    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
 
+from watcher.daemon.observers import ObserverFactory, OverflowSignal, polling_factory, stop_observer, unschedule
+from watcher.daemon.openfiles import CLOSED, CLOSED_WRITE, GONE, OPENED
 from watcher.daemon.roots import RootWatches
 from watcher.runfolder.markers import PREFIX
 
 log = structlog.get_logger("watcher.daemon.detection")
 
-# Only events that can make a folder appear, complete or vanish. Not opened/closed-no-write:
-# our own reads of a folder would otherwise wake it up again.
+# Events that can make a folder appear, complete or vanish, and the opens and closes that tell a file
+# is being written (QUIET: recorded, never enqueued: our own reads of a folder would wake it up again).
 EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent,
-    FileDeletedEvent, DirDeletedEvent,
+    FileDeletedEvent, DirDeletedEvent, FileOpenedEvent, FileClosedNoWriteEvent,
 ]
-ObserverFactory = Callable[[], BaseObserver]
+QUIET = (FileOpenedEvent, FileClosedNoWriteEvent)
+_FILE_EVENTS = {FileOpenedEvent: OPENED, FileClosedEvent: CLOSED_WRITE, FileClosedNoWriteEvent: CLOSED,
+                FileDeletedEvent: GONE, FileMovedEvent: GONE}
+FileCallback = Callable[[Path, str, str, str | None], None]   # (run folder, relative path, what, renamed to)
 
 
 def run_folder_of(path: str, roots: list[str]) -> Path | None:
@@ -110,8 +119,13 @@ class _Handler(FileSystemEventHandler):
         roots = self.detector.root_strings
         if event.is_directory and event.event_type in ("deleted", "moved"):
             gone = run_folder_of(os.fsdecode(event.src_path), roots)
-            if gone is not None and str(gone) == os.fsdecode(event.src_path):
-                self.detector.mark_stale(gone)   # its inotify watch died with it
+            if gone is not None:   # a watched run folder, or its watched input/ or output/ directory
+                self.detector.mark_stale(Path(os.fsdecode(event.src_path)))   # its inotify watch died with it
+        what = _FILE_EVENTS.get(type(event))
+        if what is not None:
+            self.detector.file_event(os.fsdecode(event.src_path), what, os.fsdecode(getattr(event, "dest_path", "")))
+            if isinstance(event, QUIET):
+                return
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if not raw:
                 continue
@@ -119,10 +133,6 @@ class _Handler(FileSystemEventHandler):
             folder = run_folder_of(path, roots)
             if folder is not None:
                 self.detector.enqueue(folder)
-
-
-def polling_factory(interval: float) -> ObserverFactory:
-    return lambda: PollingObserver(timeout=interval)
 
 
 INOTIFY_LIMITS = {
@@ -136,36 +146,6 @@ WEDGED_SECONDS = 15.0
 STOP_SECONDS = 5.0
 
 
-def _unschedule(observer: BaseObserver, watch: ObservedWatch) -> None:
-    """Remove `watch`; one whose emitter is already gone (a stopped observer) is no error."""
-    with contextlib.suppress(KeyError, OSError):
-        observer.unschedule(watch)
-
-
-def _stop_observer(observer: BaseObserver, seconds: float) -> None:
-    """Stop and join `observer`, giving up after `seconds`: `stop()` needs the observer's lock, which a
-    stuck dispatcher never releases. Its threads are daemon threads and end with the process."""
-    stopper = threading.Thread(target=observer.stop, name="observer-stop", daemon=True)
-    stopper.start()
-    stopper.join(seconds)
-    if stopper.is_alive():
-        log.error("observer_stop_timeout", seconds=seconds, hint="its dispatcher is stuck; it is left behind")
-        return
-    observer.join(timeout=seconds)
-
-
-class _OverflowSignal(logging.Handler):
-    """watchdog reports a kernel queue overflow only as a log record; turn it into a callback."""
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        super().__init__(logging.WARNING)
-        self.callback = callback
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.callback()
-
-
 class Detector:
     """Owns one observer and its watches.
 
@@ -175,8 +155,10 @@ class Detector:
 
     def __init__(self, roots: list[Path], enqueue: Callable[[Path], None], *,
                  observer_factory: ObserverFactory = Observer, max_folder_watches: int = 1024,
-                 on_overflow: Callable[[], None] | None = None, stop_seconds: float = STOP_SECONDS) -> None:
+                 on_overflow: Callable[[], None] | None = None, stop_seconds: float = STOP_SECONDS,
+                 on_file: FileCallback | None = None) -> None:
         self.roots = list(roots)
+        self.on_file = on_file
         self.root_strings = [os.fspath(r) for r in self.roots]
         self.enqueue = enqueue
         self.observer_factory = observer_factory
@@ -184,7 +166,7 @@ class Detector:
         self.stop_seconds = stop_seconds
         self._handler = _Handler(self)
         self.polling = False
-        self._overflow = _OverflowSignal(on_overflow) if on_overflow is not None else None
+        self._overflow = OverflowSignal(on_overflow) if on_overflow is not None else None
         self._lock = threading.Lock()
         # Guarded by _lock, and nothing else is:
         self._observer: BaseObserver | None = None
@@ -234,7 +216,7 @@ class Detector:
             raise
         old = self._swap(observer, roots)
         if old is not None:
-            _stop_observer(old, self.stop_seconds)
+            stop_observer(old, self.stop_seconds)
 
     def _swap(self, observer: BaseObserver | None, roots: RootWatches | None) -> BaseObserver | None:
         """Make `observer` the current one (its folder watches start empty); return the previous one."""
@@ -249,7 +231,7 @@ class Detector:
         """Replace a dead observer with a new one (folder watches are dropped; the caller rescans)."""
         old = self._swap(None, None)
         if old is not None:
-            _stop_observer(old, self.stop_seconds)
+            stop_observer(old, self.stop_seconds)
         self._start()
 
     def check_roots(self) -> list[Path]:
@@ -294,7 +276,7 @@ class Detector:
             self._busy.add(folder)
         try:
             if known is not None:   # first: a watch on the same path would share the old one's emitter
-                _unschedule(observer, known[0])
+                unschedule(observer, known[0])
             if not room:
                 return False
             try:
@@ -308,12 +290,29 @@ class Detector:
                 if kept:
                     self._folder_watches[folder] = (watch, inode)
             if not kept:   # unwatched, stopped or restarted meanwhile
-                _unschedule(observer, watch)
+                unschedule(observer, watch)
             return kept
         finally:
             with self._lock:
                 self._busy.discard(folder)
                 self._unwanted.discard(folder)
+
+    def file_event(self, path: str, what: str, dest: str) -> None:
+        """A file was opened, closed, deleted or renamed: tell `on_file`, relative to its run folder.
+        Called on watchdog's dispatcher thread."""
+        folder = run_folder_of(path, self.root_strings) if self.on_file is not None else None
+        if folder is None or self.on_file is None:
+            return
+        top = os.fspath(folder) + os.sep
+        if not path.startswith(top):
+            return   # the run folder entry itself (a plain file in the watched path)
+        moved_to = dest[len(top):] if dest.startswith(top) else None
+        self.on_file(folder, path[len(top):], what, moved_to)
+
+    def watched_under(self, folder: Path) -> list[Path]:
+        """The watched directories inside `folder` (its input/ and output/ directories)."""
+        with self._lock:
+            return [p for p in (*self._folder_watches, *self._busy) if folder in p.parents]
 
     def mark_stale(self, folder: Path) -> None:
         """The watched folder was deleted or renamed away: its watch must be made anew if asked again.
@@ -334,7 +333,7 @@ class Detector:
                 return
             self._busy.add(folder)
         try:
-            _unschedule(observer, known[0])
+            unschedule(observer, known[0])
         finally:
             with self._lock:
                 self._busy.discard(folder)
@@ -372,7 +371,7 @@ class Detector:
     def stop(self) -> None:
         observer = self._swap(None, None)
         if observer is not None:
-            _stop_observer(observer, self.stop_seconds)
+            stop_observer(observer, self.stop_seconds)
         if self._overflow is not None:
             for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
                 logging.getLogger(name).removeHandler(self._overflow)

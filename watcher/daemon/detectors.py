@@ -3,8 +3,10 @@
 Local watched paths share one inotify observer; watched paths marked `polling: true` (NFS, SMB) get a
 polling observer per interval. The main loop starts, stops, restarts and reconfigures them, checks
 their heartbeats (`check_liveness`, see `watcher.daemon.detection`) and the watched paths that come and
-go (`check_paths`, see `watcher.daemon.roots`); workers ask for and drop folder watches. This is the one
-place that logs `watched_path_missing` (once per absence) and `watched_path_restored`. The
+go (`check_paths`, see `watcher.daemon.roots`); workers ask for and drop folder watches (a run folder's,
+and in settle mode its input/ and output/ directories'; the open files of a watched folder are recorded
+in `watcher.daemon.openfiles.OpenFiles`). This is the one place that logs `watched_path_missing` (once
+per absence) and `watched_path_restored`. The
 lock rule of `watcher.daemon.detection` holds here too: `_lock` guards only the list of detectors and the
 root-to-detector map, and is never held while calling a detector or an observer.
 """
@@ -21,6 +23,8 @@ from watchdog.observers import Observer
 
 from watcher.config import WatchConfig
 from watcher.daemon import detection
+from watcher.daemon.observers import ObserverFactory, polling_factory
+from watcher.daemon.openfiles import OpenFiles
 
 log = structlog.get_logger("watcher.daemon.detection")
 # A heartbeat is answered within milliseconds; one older than this means the dispatcher may be stuck.
@@ -36,10 +40,11 @@ class Detectors:
     alive/wedged/polling, which anyone may call. `clock` (monotonic seconds) times the heartbeats."""
 
     def __init__(self, watches: Sequence[WatchConfig], enqueue: Callable[[Path], None], *,
-                 observer_factory: detection.ObserverFactory | None = None,
+                 observer_factory: ObserverFactory | None = None,
                  on_overflow: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, open_files: OpenFiles | None = None) -> None:
         self.enqueue = enqueue
+        self.open_files = open_files if open_files is not None else OpenFiles()
         self.observer_factory = observer_factory
         self.on_overflow = on_overflow
         self.clock = clock
@@ -59,8 +64,9 @@ class Detectors:
         detectors: list[detection.Detector] = []
         by_root: dict[Path, detection.Detector] = {}
         for (polling, interval), roots in groups.items():
-            factory = detection.polling_factory(interval) if polling else (self.observer_factory or Observer)
-            d = detection.Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self.on_overflow)
+            factory = polling_factory(interval) if polling else (self.observer_factory or Observer)
+            d = detection.Detector(roots, self.enqueue, observer_factory=factory, on_overflow=self._overflowed,
+                                   on_file=self.open_files.record)
             d.polling = polling
             detectors.append(d)
             by_root.update(dict.fromkeys(roots, d))
@@ -68,6 +74,12 @@ class Detectors:
             self._detectors, self._by_root = detectors, by_root
         self._reported.clear()   # reconfigure() stopped the detectors reported before
         self._absent &= set(by_root)   # a path still missing after a reload is not logged again
+
+    def _overflowed(self) -> None:
+        """The kernel's event queue overflowed (on watchdog's thread): a close may be among the lost events."""
+        self.open_files.clear()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     def members(self) -> list[detection.Detector]:
         """The detectors now, one per observer."""
@@ -92,6 +104,7 @@ class Detectors:
             if d.alive():
                 continue
             self.restarts += 1
+            self.open_files.clear()   # events may have been lost with it
             try:
                 d.restart()
             except OSError as exc:
@@ -131,6 +144,7 @@ class Detectors:
     def reconfigure(self, watches: Sequence[WatchConfig]) -> None:
         """Replace the observers for a new set of watched paths (after a reload)."""
         self.stop()
+        self.open_files.reset()
         self._build(watches)
         self.start()   # logs the paths that are missing and were not already
 
@@ -163,18 +177,38 @@ class Detectors:
                 out.update(dict.fromkeys(d.root_strings, round(waited, 1)))
         return out
 
-    def watch_folder(self, folder: Path) -> bool:
+    def watch_folder(self, path: Path) -> bool:
+        """Watch a run folder (its open files recorded from now on), or a directory right inside one (its
+        input/ or output/ directory). False when it is not watched (polling, the watch limit, gone)."""
         with self._lock:
-            d = self._by_root.get(folder.parent)
+            d = self._by_root.get(path.parent)
+            inside = d is None and path.parent.parent in self._by_root
+            if inside:
+                d = self._by_root[path.parent.parent]
         if d is None or d.polling:
             return False
-        return d.watch_folder(folder)
+        if inside:
+            return d.watch_folder(path)
+        self.open_files.start(path)   # first: an open right after the watch is made must be recorded
+        watched = d.watch_folder(path)
+        if not watched:
+            self.open_files.stop(path)
+        return watched
 
-    def unwatch_folder(self, folder: Path) -> None:
+    def unwatch_folder(self, path: Path) -> None:
+        """Drop the watch of a run folder and of the directories inside it (or of one such directory)."""
         with self._lock:
-            d = self._by_root.get(folder.parent)
-        if d is not None:
-            d.unwatch_folder(folder)
+            d = self._by_root.get(path.parent)
+            inside = d is None and path.parent.parent in self._by_root
+            if inside:
+                d = self._by_root[path.parent.parent]
+        if d is None:
+            return
+        if not inside:
+            for sub in d.watched_under(path):
+                d.unwatch_folder(sub)
+            self.open_files.stop(path)
+        d.unwatch_folder(path)
 
     @property
     def polling(self) -> bool:

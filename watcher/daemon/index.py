@@ -45,7 +45,8 @@ PENDING = ("queued", "in_flight", "retry_wait", "parked")
 class Next:
     """What a worker found, for `settle`: the folder's stage, when to look again (`at`), the pause it
     waits for (`scope`, PARKED), its directory's inode (FINISHED), why it waits (`reason`, RETRY_WAIT:
-    the failure table's, e.g. "lookup_inconclusive")."""
+    the failure table's, e.g. "lookup_inconclusive"; INCOMPLETE: the completion rules', e.g. "output.json
+    is not complete JSON")."""
 
     stage: Stage
     at: float | None = None
@@ -65,7 +66,7 @@ class Entry:
     inode: int | None = None
     warned: bool = False                    # logged as incomplete for too long
     seen: bool = False                      # a worker has looked at it (folder_detected was logged)
-    reason: str | None = None               # why it waits to be retried (RETRY_WAIT)
+    reason: str | None = None               # why it waits to be retried (RETRY_WAIT), or is incomplete
 
 
 class FolderIndex(WorkQueue):
@@ -108,7 +109,7 @@ class FolderIndex(WorkQueue):
             elif nxt.stage is Stage.INCOMPLETE:
                 since = entry.incomplete_since if entry.incomplete_since is not None else now
                 self._entries[folder] = Entry(Stage.INCOMPLETE, incomplete_since=since, warned=entry.warned,
-                                              seen=True)
+                                              seen=True, reason=nxt.reason)
             else:
                 since = entry.complete_since if entry.complete_since is not None else now
                 stage = Stage.QUEUED if nxt.stage is Stage.RETRY_WAIT and (nxt.at or now) <= now else nxt.stage

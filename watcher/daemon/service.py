@@ -35,9 +35,9 @@ from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, load_config
 from watcher.daemon import aftercare
+from watcher.daemon.aftercheck import LateChecks
 from watcher.daemon.attempt import Attempts
 from watcher.daemon.chores import Chores
-from watcher.daemon.detection import ObserverFactory
 from watcher.daemon.detectors import Detectors
 from watcher.daemon.gate import Gate
 from watcher.daemon.health import Health
@@ -47,11 +47,13 @@ from watcher.daemon.lease import LeaseKeeper
 from watcher.daemon.listeners import Listeners, Prepared
 from watcher.daemon.metrics import Metrics
 from watcher.daemon.notify import Notifier
+from watcher.daemon.observers import ObserverFactory
+from watcher.daemon.openfiles import OpenFiles
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
 from watcher.daemon.worker import FolderProcessor
-from watcher.errors import ConfigError, ListenerError, WatcherError
+from watcher.errors import ConfigError, ListenerError
 from watcher.runfolder.claims import Claims
 from watcher.runfolder.dirhandle import DirHandle
 from watcher.runfolder.markers import StateStore, trusted_owners
@@ -118,12 +120,15 @@ class Service:
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
         self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker)
+        self.open_files = OpenFiles(clock)
+        self.late_checks = LateChecks(clock)
         self.detectors = Detectors(config.watch, self.index.offer, observer_factory=observer_factory,
-                                   on_overflow=self._on_overflow)
+                                   on_overflow=self._on_overflow, open_files=self.open_files)
         self.processor = FolderProcessor(
             current, self.index, self.store, self.attempts, self.gate, self.outcomes,
             watch_folder=self._watch_folder, unwatch_folder=self.detectors.unwatch_folder, clock=clock,
-            recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely)
+            recheck_incomplete=recheck_incomplete, after_tracked=self._after_tracked_safely,
+            activity=self.open_files.activity, late_checks=self.late_checks)
         self.listeners = Listeners(self.handle_control, self.metrics, self.health, self.identity)
         self._workers: list[threading.Thread] = []
         self._target_workers = config.workers
@@ -291,7 +296,7 @@ class Service:
             return
         self.ready.set()
         log.info("startup_scan_done", queued=scanned.queued, finished=scanned.finished, seconds=scanned.seconds)
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.health_view.status_line())
 
     def _resize_workers(self, count: int) -> None:
         self._target_workers = count
@@ -329,19 +334,11 @@ class Service:
         self.gate.observe(outcome)
 
     def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> bool:
-        """Keep, move or delete a tracked folder (`d`: the tracked folder, open); a failure is logged,
-        the folder stays tracked. True when the folder is gone from its watched path."""
-        config = self.config
-        if config.after_tracking == "keep":
-            return False
-        try:
-            action = aftercare.after_tracked(folder, config, d)
-        except WatcherError as exc:
-            log.error("after_tracking_failed", folder=str(folder), error=str(exc))
-            return False
-        self.index.forget(folder)
-        log.info("folder_" + action, folder=str(folder))
-        return True
+        """Keep, move or delete a tracked folder (see `aftercare.after_tracked_logged`); True when it is gone."""
+        gone = aftercare.after_tracked_logged(folder, self.config, d)
+        if gone:
+            self.index.forget(folder)
+        return gone
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
@@ -358,9 +355,7 @@ class Service:
             self._reload.clear()
             self._apply_reload()
         self.chores.tick()
-
-    def _status_line(self) -> str:
-        return self.health_view.status_line()
+        self.late_checks.run_due()
 
     def _apply_reload(self) -> None:
         """SIGHUP: validate the file and bind any new listener first; if either fails, keep running as
@@ -375,7 +370,7 @@ class Service:
         except (ConfigError, ListenerError) as exc:
             fields = {"key": exc.key, "address": exc.address} if isinstance(exc, ListenerError) else {}
             log.error("reload_failed", error=str(exc), action="keeping the running configuration", **fields)
-            self.notifier.ready(self._status_line())
+            self.notifier.ready(self.health_view.status_line())
             return
         self.config = new
         self.listeners.switch(prepared)
@@ -396,5 +391,5 @@ class Service:
                  restart_required=changes.restart_required, workers=new.workers, level=new.logging.level)
         if self.on_reload is not None:
             self.on_reload(new)   # after the event above, so that a quieter level does not hide it
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.health_view.status_line())
         self._rescan("configuration reloaded")

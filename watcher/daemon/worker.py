@@ -19,13 +19,14 @@ import structlog
 
 from watcher.cloud.backoff import Backoff
 from watcher.config import Config, WatchConfig
+from watcher.daemon.aftercheck import LateChecks
 from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.gate import Gate
 from watcher.daemon.index import FolderIndex, Next, Stage
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.verdict import CLAIM_BUSY_SECONDS, STATE_ERROR_ATTEMPT, Action, Policy, Verdict, verdict
 from watcher.errors import FolderChanged, InvalidFolder, LookupInconclusive, StateError, UnsafeStateFile, WatcherError
-from watcher.runfolder.completion import check_completion
+from watcher.runfolder.completion import Activity, Completion, check_completion
 from watcher.runfolder.dirhandle import DirHandle
 from watcher.runfolder.markers import Journal, StateStore
 from watcher.runfolder.rundir import RunDir
@@ -45,7 +46,9 @@ class FolderProcessor:
                  gate: Gate, outcomes: Outcomes, *, watch_folder: Callable[[Path], bool],
                  unwatch_folder: Callable[[Path], None], clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None, recheck_incomplete: bool = True,
-                 after_tracked: AfterTracked | None = None) -> None:
+                 after_tracked: AfterTracked | None = None,
+                 activity: Callable[[Path], Activity | None] = lambda _: None,
+                 late_checks: LateChecks | None = None) -> None:
         self.config = config
         self.index = index
         self.store = store
@@ -58,6 +61,8 @@ class FolderProcessor:
         self.rng = rng or random.Random()
         self.recheck_incomplete = recheck_incomplete
         self.after_tracked = after_tracked
+        self.activity = activity          # what events told about a folder's open files (settle mode)
+        self.late_checks = late_checks    # a second look at the uploaded files after tracking
 
     def process(self, folder: Path) -> Next:
         """Handle `folder` once; return what was found (for `FolderIndex.settle`). Never raises."""
@@ -97,6 +102,8 @@ class FolderProcessor:
                 # After the claim is gone (the claim never travels with the folder), on this very
                 # directory (device and inode), never on whatever the name leads to now.
                 if tracked and self.after_tracked is not None and self.after_tracked(folder, d):
+                    if self.late_checks is not None:
+                        self.late_checks.cancel(folder)
                     return Next(Stage.GONE)
         return nxt
 
@@ -112,7 +119,7 @@ class FolderProcessor:
         if first_look:
             log.info("folder_detected")
         try:
-            completion = check_completion(d, watch.files, config.completion, self.clock())
+            completion = check_completion(d, watch.files, config.completion, self.clock(), self.activity(folder))
         except FolderChanged:
             self.unwatch_folder(folder)
             return Next(Stage.GONE), False
@@ -121,15 +128,29 @@ class FolderProcessor:
         if not completion.complete:
             if not self.recheck_incomplete:
                 return Next(Stage.INCOMPLETE), False   # sync: left for the daemon or the next sync
-            watched = self.watch_folder(folder)
-            at = completion.recheck_at
-            if at is None and not watched:
-                at = self._poll_later(folder)
-            return Next(Stage.INCOMPLETE, at=at), False
+            return self._incomplete(folder, completion), False
+        for sub in completion.dirs:   # our own reads of them while tracking are no news
+            self.unwatch_folder(folder / sub)
         scope = self.gate.blocked(watch.application_id)
         if scope is not None:
             return Next(Stage.PARKED, scope=scope), False
         return self._attempt(folder, d, watch, config)
+
+    def _incomplete(self, folder: Path, completion: Completion) -> Next:
+        """Watch the incomplete folder (in settle mode its input/ and output/ directories too: their files'
+        opens and closes); look again when it settles, or by polling where events cannot tell."""
+        watched = self.watch_folder(folder)
+        for sub in completion.dirs:
+            self.watch_folder(folder / sub)
+        at = completion.recheck_at
+        if at is None and (not watched or completion.poll):
+            at = self._poll_later(folder)
+        entry = self.index.entry(folder)
+        if entry is None or entry.reason != completion.reason:
+            # A file open or not complete JSON is news to an operator; "settling" and the like are not.
+            log.log(_LEVELS["info" if completion.poll else "debug"], "folder_incomplete", reason=completion.reason,
+                    watched=watched)
+        return Next(Stage.INCOMPLETE, at=at, reason=completion.reason)
 
     def _poll_later(self, folder: Path) -> float:
         """When to look again at a folder no watch tells us about: after 2 s at first, then after as long
@@ -177,6 +198,8 @@ class FolderProcessor:
         for warning in outcome.warnings:
             log.warning("folder_warning", warning=warning, run_id=outcome.run_id)
         log.info("run_tracked", run_id=outcome.run_id, adopted=outcome.adopted)
+        if self.late_checks is not None:
+            self.late_checks.schedule(run, (d.dev, d.ino), outcome.run_id, job.application_id)
         self.outcomes.record(folder, job.application_id, "tracked", "adopted" if outcome.adopted else "posted")
         return Next(Stage.FINISHED, inode=d.ino), True
 

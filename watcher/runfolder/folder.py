@@ -240,23 +240,28 @@ def verify_fingerprint(folder: RunFolder, before: Fingerprint) -> None:
     differs, "<rel> vanished during upload" for a missing one, "<rel> appeared during upload" for a
     new file in an input/output directory; also when a directory no longer passes validation.
     """
-    where = str(folder.path)
-    d = folder.handle
+    problem = fingerprint_changes(folder, before, "during upload")
+    if problem is not None:
+        raise FolderChanged(str(folder.path), problem)
+
+
+def fingerprint_changes(folder: RunFolder, before: Fingerprint, when: str) -> str | None:
+    """What differs now from `before` (see `verify_fingerprint`), e.g. "output.json changed <when>", or
+    None. Raises `FolderChanged`/`OSError` only when the folder itself cannot be read."""
     now: Fingerprint = {}
     try:
         with translate_oserror(folder.path, "verification"):
-            for rel, ident in _current(folder, d):
+            for rel, ident in _current(folder, folder.handle):
                 now[rel] = ident
     except InvalidFolder as e:
-        raise FolderChanged(where, f"changed during upload: {e.problem}") from None
+        return f"changed {when}: {e.problem}"
     for rel in before:
         if rel not in now:
-            raise FolderChanged(where, f"{rel} vanished during upload")
+            return f"{rel} vanished {when}"
         if now[rel] != before[rel]:
-            raise FolderChanged(where, f"{rel} changed during upload")
+            return f"{rel} changed {when}"
     appeared = sorted(set(now) - set(before))
-    if appeared:
-        raise FolderChanged(where, f"{appeared[0]} appeared during upload")
+    return f"{appeared[0]} appeared {when}" if appeared else None
 
 
 def _members(folder: RunFolder) -> Iterator[tuple[str, tuple[int, int, int]]]:
