@@ -12,7 +12,9 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
     │   └── FolderChanged      a file changed or vanished while we worked: retry later from the start
     │       └── FolderUnreadable an I/O error that is no change (EIO, a name too long): retried, but
     │                          the same one 3 times in a row makes the folder invalid
-    ├── StateError             a marker, journal or spool file could not be written (disk full, EROFS)
+    ├── StateError             a claim, marker, journal or spool file could not be written (disk full,
+    │   │                      EROFS): not the folder's fault; retried with a backoff of its own
+    │   └── SpoolFull          the spool has no room for an archive: says how many bytes it needs
     ├── StateDirInUse          another daemon holds the state directory's lock: `run` exits 2
     ├── ListenerError          a listener cannot bind its address (names the key and the address):
     │                          `run` exits 2 at start-up; a reload is refused
@@ -93,6 +95,17 @@ class FolderUnreadable(FolderChanged):
 
 class StateError(WatcherError):
     """Our own state (marker, journal, claim, spool file) could not be read or written."""
+
+
+class SpoolFull(StateError):
+    """A spool file could not be written for lack of space (ENOSPC, EDQUOT): `needed` is how many bytes the
+    artifact can take at most, `free` how many the spool's filesystem had free afterwards (None: unknown)."""
+
+    def __init__(self, directory: str, strerror: str, what: str, needed: int, free: int | None) -> None:
+        self.needed = needed
+        self.free = free
+        room = "" if free is None else f", {free:,} free"
+        super().__init__(f"spool directory {directory}: {strerror}: {what} needs up to {needed:,} bytes{room}")
 
 
 class StateDirInUse(WatcherError):

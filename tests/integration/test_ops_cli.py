@@ -30,6 +30,7 @@ from watcher.daemon.identity import describe
 from watcher.daemon.sync import run_sync
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
+from watcher.runfolder.prepare import SPOOL_PREFIX
 
 pytestmark = pytest.mark.usefixtures("cli_env", "sysctl_fs")
 
@@ -554,3 +555,20 @@ def test_sync_says_which_watched_path_it_skips_because_it_is_missing(
 
     assert marker(folder) is not None
     assert f"watched path {gone} does not exist: skipped" in err.getvalue()
+
+
+def test_sync_keeps_the_spool_files_of_a_daemon_beside_it(run: Run, config: Path, watched: Path,
+                                                          state_dir: Path) -> None:
+    """Only the state directory's daemon cleans the spool at start: a sync beside it must not remove a
+    file that daemon is uploading (it did)."""
+    spool = state_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    uploading = spool / f"{SPOOL_PREFIX}being-uploaded"
+    uploading.write_bytes(b"half an archive")
+    folder = write_folder(watched, "run-1", FILES)
+
+    result = run("sync", "--config", config)
+
+    assert result.code == 0, result.err
+    assert marker(folder) is not None
+    assert uploading.read_bytes() == b"half an archive"

@@ -233,12 +233,14 @@ def test_disk_full_writing_the_tracked_marker_is_retried_and_the_run_adopted_not
     with structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         folder = write_folder(watched, "run-1", FILES)
-        wait_for(lambda: marker(folder), 10, "the folder tracked once the disk has room")
+        # Our own state errors back off 5 s, then 10 s.
+        wait_for(lambda: marker(folder), 40, "the folder tracked once the disk has room")
         wait_for(lambda: settled(service), 10, "the queue to settle")
 
     assert len(refused) == 2
     errors = named(events, "state_error")
     assert len(errors) == 2
+    assert [(e["log_level"], e["retry_in"]) for e in errors] == [("warning", 5.0), ("warning", 10.0)]
     assert all("No space left on device" in e["error"] and TRACKED in e["error"] for e in errors)
     assert marker(folder, FAILED) is None
     assert named(events, "folder_failed") == []
@@ -297,6 +299,8 @@ def test_disk_full_writing_the_failed_marker_is_logged_as_a_state_error(
     assert [e["error"] for e in named(events, "folder_error")] == []
     errors = named(events, "state_error")
     assert len(errors) == 1 and "No space left on device" in errors[0]["error"]
+    assert (errors[0]["log_level"], errors[0]["pending"], errors[0]["retry_in"]) == ("warning", "failed marker", 5.0)
+    assert [e for e in events if "exc_info" in e] == []
 
 
 def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
@@ -324,6 +328,8 @@ def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
     errors = named(events, "state_error")
     assert len(errors) == 1
     assert "spool directory" in errors[0]["error"] and "No space left on device" in errors[0]["error"]
+    assert "input (as an archive) needs up to" in errors[0]["error"]
+    assert errors[0]["log_level"] == "warning" and [e for e in events if "exc_info" in e] == []
     assert marker(folder, FAILED) is None
     assert [len(files) for files in spooled] == [1, 1], "one spool file at a time: the failed one was removed"
     assert spooled[0] != spooled[1]
@@ -344,9 +350,11 @@ def test_disk_full_on_a_spool_file_is_retried_and_leaves_no_spool_file(
 @contextmanager
 def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Iterator[tuple[list[str], list[str]]]:
     """Make `folder` behave like a directory on a read-only mount: opening anything inside it for
-    writing fails with EROFS, and access(W_OK) says no. Yields (refused, written elsewhere) paths."""
+    writing, and unlinking one of the daemon's `.nextmv-*` names in it (whether it exists or not, as
+    unlink(2) does there; a producer removes its files through a writable mount of its own), fails
+    with EROFS, and access(W_OK) says no. Yields (refused, written elsewhere) paths."""
     inside = os.fspath(folder) + os.sep
-    real_open, real_access = os.open, os.access
+    real_open, real_access, real_unlink = os.open, os.access, os.unlink
     refused: list[str] = []
     written: list[str] = []
 
@@ -364,9 +372,17 @@ def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Iterator[tuple[l
             return False
         return real_access(path, mode, **kwargs)
 
+    def ro_unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        name = opened_path(path, dir_fd)
+        if name.startswith(inside) and Path(name).name.startswith(".nextmv-"):
+            refused.append(name)
+            raise oserror(errno.EROFS, name)
+        real_unlink(path, dir_fd=dir_fd)
+
     with monkeypatch.context() as m:
         m.setattr(os, "open", ro_open)
         m.setattr(os, "access", ro_access)
+        m.setattr(os, "unlink", ro_unlink)
         yield refused, written
 
 
@@ -376,12 +392,14 @@ def test_a_read_only_run_folder_keeps_its_state_in_the_state_dir_keyed_by_inode(
     name = "ro-run"
     folder = watched / name
     store = StateStore(state_dir)
-    with read_only(monkeypatch, folder) as (refused, written):
+    with read_only(monkeypatch, folder) as (refused, written), structlog.testing.capture_logs() as events:
         service = make_service([(watched, "app-1")])
         write_folder(watched, name, FILES)
         wait_for(lambda: store.finished(folder) == "tracked", 10, "the read-only folder tracked")
         wait_for(lambda: settled(service), 10, "the queue to settle")
         service.shutdown()
+        assert [e for e in events if e["log_level"] in ("error", "critical") or "exc_info" in e] == [], \
+            "the supported read-only set-up logs no error"
 
         fallback = store.fallback_dir(folder)
         assert fallback.parent == state_dir / "folders"

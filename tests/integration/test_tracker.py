@@ -26,7 +26,15 @@ from watcher.cloud.client import NextmvClient
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import UPLOAD_TRIES, Limits, Tracker
 from watcher.config import FilesConfig, FormatConfig
-from watcher.errors import ClaimLost, FolderChanged, LookupInconclusive, RejectedError, RetryLater, UploadExpired
+from watcher.errors import (
+    ClaimLost,
+    FolderChanged,
+    LookupInconclusive,
+    RejectedError,
+    RetryLater,
+    StateError,
+    UploadExpired,
+)
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.folder import RunFolder, inspect_folder
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
@@ -449,3 +457,36 @@ def test_a_page_the_api_fails_to_serve_makes_the_look_up_inconclusive_never_a_ne
         tracker.track(run, APP, None)
     assert env.count("create_run") == 1
     assert env.cloud.runs() == []
+
+
+@pytest.mark.parametrize("declared", [5, 50])
+def test_a_put_body_of_another_length_than_declared_is_a_changed_folder_over_http(env: Env, tmp_path: Path,
+                                                                                 declared: int) -> None:
+    """Over the real HTTP stack (h11 would raise its own LocalProtocolError "Too much data" / "Too little
+    data for declared Content-Length", a traceback in the daemon's log): the folder changed, retried later."""
+    path = tmp_path / "spooled.tar.gz"
+    path.write_bytes(b"x" * 20)
+    target = env.client.new_upload("app-1")
+
+    with pytest.raises(FolderChanged, match="while being uploaded"):
+        env.client.put_file(target, lambda: path.open("rb"), declared, folder=str(path.parent), label="input")
+
+    assert env.cloud.upload(target.upload_id) is None, "nothing stored"
+
+
+def test_an_intent_that_cannot_be_written_is_not_kept_and_nothing_is_posted(env: Env, tmp_path: Path) -> None:
+    class FullWhenPosting(StateStore):
+        def save_journal(self, folder: object, journal: Journal) -> None:
+            if journal.intents:
+                raise StateError(f"{folder}: cannot write {JOURNAL}: No space left on device")
+            super().save_journal(folder, journal)  # type: ignore[arg-type]
+
+    env.store = FullWhenPosting(tmp_path / "state")
+    run = env.folder()
+    journal = Journal()
+
+    with pytest.raises(StateError, match="No space left on device"):
+        env.tracker().track(run, "app-1", None, journal=journal)
+
+    assert journal.intents == [], "a worker saving this journal later must not find an intent never posted"
+    assert env.count("create_run") == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pyfakefs import helpers
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.daemon.lease import LeaseKeeper
-from watcher.errors import ClaimLost
+from watcher.errors import ClaimLost, StateError
 from watcher.runfolder.claims import CLAIM, Claims
 from watcher.runfolder.markers import StateStore
 
@@ -107,13 +108,69 @@ def test_a_dead_pid_on_another_host_is_not_judged_from_here(clock: Clock, dead_p
     assert on_disk()["id"] == first.claim_id
 
 
-def test_a_corrupt_claim_file_is_taken_over(clock: Clock, fs: FakeFilesystem) -> None:
+def test_a_corrupt_claim_file_older_than_the_lease_is_taken_over(clock: Clock, fs: FakeFilesystem) -> None:
     fs.create_file(FOLDER / CLAIM, contents="{half")
+    os.utime(FOLDER / CLAIM, (clock.now - LEASE - 1, clock.now - LEASE - 1))
 
     new = claims(clock).acquire(FOLDER)
 
     assert new is not None
     assert on_disk()["id"] == new.claim_id
+
+
+@pytest.mark.parametrize("contents", ["", '{"host": "host-b", "pi'])
+def test_an_empty_or_partial_claim_younger_than_the_lease_is_held_not_corrupt(clock: Clock, fs: FakeFilesystem,
+                                                                             contents: str) -> None:
+    # What a competitor on a filesystem without hard links leaves while it writes its claim.
+    fs.create_file(FOLDER / CLAIM, contents=contents)
+    os.utime(FOLDER / CLAIM, (clock.now - LEASE / 2, clock.now - LEASE / 2))
+
+    assert claims(clock).acquire(FOLDER) is None
+    assert (FOLDER / CLAIM).read_text() == contents, "a claim being written is left alone"
+    clock.now += LEASE
+    assert claims(clock).acquire(FOLDER) is not None, "once older than the lease it is stale"
+
+
+def test_a_claim_that_cannot_be_written_leaves_no_file_behind(clock: Clock, fs: FakeFilesystem) -> None:
+    fs.set_disk_usage(fs.get_disk_usage("/").used + 10, "/")   # room for 10 bytes: a claim needs ~100
+
+    with pytest.raises(StateError, match="cannot create claim: No space left on device"):
+        claims(clock).acquire(FOLDER)
+
+    assert os.listdir(FOLDER) == []
+
+
+def test_a_claim_appears_whole_through_a_hard_link(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+    real_link = os.link
+
+    def link(src: str, dst: str, **kwargs: object) -> None:
+        # The source is complete before it gets the claim's name.
+        seen.append(os.read(fd := os.open(src, os.O_RDONLY, dir_fd=kwargs["src_dir_fd"]), 4096))
+        os.close(fd)
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", link)
+    claim = claims(clock, pid=4242).acquire(FOLDER)
+
+    assert claim is not None
+    assert [json.loads(b)["id"] for b in seen] == [claim.claim_id]
+    assert os.listdir(FOLDER) == [CLAIM], "the temporary file is gone"
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EOPNOTSUPP])
+def test_without_hard_links_the_claim_is_created_exclusively(clock: Clock, monkeypatch: pytest.MonkeyPatch,
+                                                             refusal: int) -> None:
+    def no_links(*args: object, **kwargs: object) -> None:   # SMB and vfat refuse link(2)
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = claims(clock, host="host-a").acquire(FOLDER)
+
+    assert first is not None
+    assert on_disk()["id"] == first.claim_id
+    assert os.listdir(FOLDER) == [CLAIM]
+    assert claims(clock, host="host-b").acquire(FOLDER) is None, "O_EXCL: a second claim is refused"
 
 
 def test_verify_accepts_our_live_claim_and_refuses_an_expired_one(clock: Clock) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import h11
 import httpx
 import pytest
 import s3bodies
@@ -18,6 +19,7 @@ from watcher.errors import (
     ApiError,
     ApplicationNotFound,
     AuthError,
+    FolderChanged,
     RejectedError,
     TransientError,
     UncertainError,
@@ -711,3 +713,44 @@ def test_an_api_answer_larger_than_the_bound_is_not_read_in_full(
     assert type(excinfo.value) is expected
     assert sum(served) <= 9 * 2**20
     assert len(server.requests) == 1 and cancel.waits == []
+
+
+# --- a source that changed while it was uploaded --------------------------------------------------
+
+
+@pytest.mark.parametrize(("on_disk", "declared", "what"), [(b"0123456789ab", 10, "grew"), (b"0123", 10, "shrank")])
+def test_a_put_source_of_another_length_than_declared_is_a_changed_folder(
+        tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]], on_disk: bytes,
+        declared: int, what: str) -> None:
+    path = tmp_path / "output.json"
+    path.write_bytes(on_disk)
+    server = Server(httpx.Response(200))
+    client, _ = make_client(server)
+
+    with pytest.raises(FolderChanged) as caught:
+        client.put_file(target(), opener(path), declared, folder="/runs/r1", label="output output.json")
+
+    assert caught.value.folder == "/runs/r1"
+    assert caught.value.problem == (f"output output.json {what} while being uploaded "
+                                    f"({declared:,} bytes declared, {len(on_disk):,} now)")
+    assert all(len(body) <= declared for body in server.bodies), "never a byte more than declared"
+
+
+def test_the_http_librarys_length_mismatch_is_a_changed_folder_when_the_file_changed(
+        tmp_path: Path, make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """Whichever layer notices: h11's own error (httpx lets it through untranslated) checked by fstat."""
+    path = tmp_path / "output.json"
+    path.write_bytes(b"0123456789")
+
+    def grows_meanwhile(request: httpx.Request) -> httpx.Response:
+        path.write_bytes(b"0123456789abc")
+        raise h11.LocalProtocolError("Too much data for declared Content-Length")
+
+    client, _ = make_client(Server(grows_meanwhile))
+    with pytest.raises(FolderChanged, match=r"output.json grew while being uploaded \(10 bytes declared, 13 now\)"):
+        client.put_file(target(), opener(path), 10, folder="/runs/r1", label="output.json")
+
+    # The same error with the file as declared is no change: a bug, raised as it is (with its trace).
+    client, _ = make_client(Server(h11.LocalProtocolError("Too little data for declared Content-Length")))
+    with pytest.raises(h11.LocalProtocolError):
+        client.put_file(target(), opener(path), 13, folder="/runs/r1", label="output.json")

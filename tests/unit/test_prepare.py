@@ -15,7 +15,7 @@ from pyfakefs import helpers
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from watcher.config import FilesConfig, FormatConfig
-from watcher.errors import FolderChanged, InvalidFolder, StateError
+from watcher.errors import FolderChanged, InvalidFolder, SpoolFull, StateError
 from watcher.runfolder.folder import RunFolder, inspect_folder
 from watcher.runfolder.prepare import Upload, clean_spool, prepare
 
@@ -196,13 +196,18 @@ def test_a_json_file_vanishing_is_folder_changed(fs: FakeFilesystem) -> None:
             prepared.open(upload)
 
 
-def test_a_full_spool_disk_is_a_state_error_and_leaves_nothing(fs: FakeFilesystem) -> None:
+def test_a_full_spool_disk_says_how_many_bytes_it_needs_and_leaves_nothing(fs: FakeFilesystem) -> None:
     fs.add_mount_point("/state", total_size=600)
     big = random.Random(3).randbytes(16384)  # gzip cannot shrink it below 600 bytes
     run = make(fs, {"input/a.bin": big, "output.json": "{}"})
-    with pytest.raises(StateError, match=r"spool directory /state/spool: No space left on device"):
+    with pytest.raises(SpoolFull, match=r"spool directory /state/spool: No space left on device: "
+                                        r"input \(as an archive\) needs up to [\d,]+ bytes") as caught:
         prepare(run, SPOOL)
     assert spool_files() == []
+    with prepare(run, Path("/elsewhere")) as prepared:   # what it took where there was room
+        upload = prepared.upload("input")
+        assert upload is not None
+    assert upload.size <= caught.value.needed <= 2 * upload.size
 
 
 @pytest.mark.usefixtures("unprivileged")

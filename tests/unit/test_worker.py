@@ -27,12 +27,14 @@ from watcher.errors import (
     LookupInconclusive,
     RejectedError,
     RetryLater,
+    SpoolFull,
     StateError,
     TransientError,
     UncertainError,
     UploadFailed,
     UploadRefused,
 )
+from watcher.runfolder.claims import Claim, Claims
 from watcher.runfolder.markers import JOURNAL, Intent, Journal, StateStore
 
 FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"value": 7}'}
@@ -241,15 +243,49 @@ def test_waits_are_not_retries(h: Harness, watched: Path, error: Exception, reas
     assert journal_of(h, folder).attempts == 0
 
 
-def test_our_own_state_error_waits_and_is_logged_as_an_error_without_a_trace(h: Harness, watched: Path) -> None:
+def test_our_own_state_error_is_a_warning_with_its_own_backoff_from_5_s_to_5_min(h: Harness, watched: Path) -> None:
     folder = write_folder(watched, "disk-full", FILES)
-    h.tracker.error = StateError(f"{folder}: cannot write {JOURNAL}: No space left on device")
+    problem = "spool directory /state/spool: No space left on device: input (as an archive) needs up to 9,000 bytes"
+    h.tracker.error = SpoolFull("/state/spool", "No space left on device", "input (as an archive)", 9000, 100)
+    delays = []
     with structlog.testing.capture_logs() as events:
-        found = h.step(folder)
-    assert found.stage is Stage.RETRY_WAIT and found.at is not None and found.at > T0
-    (error,) = [e for e in events if e["event"] == "state_error"]
-    assert error["log_level"] == "error" and "exc_info" not in error
-    assert marker(folder, FAILED) is None and journal_of(h, folder).attempts == 0
+        for _ in range(9):
+            found = h.step(folder)
+            assert found.stage is Stage.RETRY_WAIT and found.reason == "state_error" and found.at is not None
+            delays.append(found.at - h.clock.now)
+            assert h.index.waiting_with("state_error") == [(folder, f"{problem}, 100 free")]
+            h.clock.now = found.at
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    logged = [e for e in events if e["event"] == "state_error"]
+    assert len(logged) == 9 and {e["log_level"] for e in logged} == {"warning"}
+    assert not [e for e in events if e["log_level"] in ("error", "critical") or "exc_info" in e]
+    assert marker(folder, FAILED) is None and journal_of(h, folder).attempts == 0, "never an attempt"
+    assert h.outcomes.totals() == {"tracked": 0, "failed": 0, "retried": 0}
+    assert journal_of(h, folder).state_error == f"{problem}, 100 free", "kept for scan"
+
+    h.tracker.error = None   # space was freed: tracked, and the next state error starts at 5 s again
+    assert h.step(folder).stage is Stage.FINISHED
+    assert h.index.waiting_with("state_error") == []
+
+
+def test_a_claim_that_cannot_be_written_is_a_state_error_warning_leaving_nothing(h: Harness, watched: Path) -> None:
+    folder = write_folder(watched, "full", FILES)
+
+    class DiskFull(Claims):
+        def acquire(self, folder: object) -> Claim | None:
+            raise StateError(f"{folder}: cannot create claim: No space left on device")
+
+    h.processor.attempts.claims = DiskFull(clock=h.clock, store=h.store)
+    with structlog.testing.capture_logs() as events:
+        first = h.step(folder)
+        h.clock.now = first.at or 0.0
+        second = h.step(folder)
+    assert (first.stage, first.reason, first.at) == (Stage.RETRY_WAIT, "state_error", T0 + 5.0)
+    assert (second.stage, second.at) == (Stage.RETRY_WAIT, T0 + 5.0 + 10.0)
+    logged = [e for e in events if e["event"] == "state_error"]
+    assert [(e["log_level"], e["pending"]) for e in logged] == [("warning", "claim")] * 2
+    assert not [e for e in events if e["log_level"] in ("error", "critical") or "exc_info" in e]
+    assert sorted(os.listdir(folder)) == ["DONE", "input.json", "output.json"]
 
 
 def test_a_claim_held_by_another_process_is_looked_at_again_later(h: Harness, watched: Path) -> None:
@@ -488,5 +524,6 @@ def test_disk_full_saving_the_journal_after_an_api_error_is_a_state_error_and_th
         found = h.step(folder)
     names = [e["event"] for e in events]
     assert "folder_error" not in names and "state_error" in names
+    assert [(e["log_level"], e["pending"]) for e in events if e["event"] == "state_error"] == [("warning", "journal")]
     assert found.stage is Stage.RETRY_WAIT and found.at is not None and found.at > T0
     assert sorted(os.listdir(folder)) == ["DONE", "input.json", "output.json"]

@@ -11,7 +11,7 @@ from watcher.config import Config
 from watcher.daemon.gate import GLOBAL
 from watcher.errors import EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, utc_iso
-from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATES, missing_paths, scan_all
+from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATE_ERROR, STATES, missing_paths, scan_all
 
 OK = EXIT_OK
 
@@ -38,6 +38,13 @@ def format_status(st: dict[str, Any]) -> str:
                      "`nextmv-watcher track FOLDER --repost` posts anyway, a duplicate is possible):")
         lines.extend(f"    {folder}" for folder in inconclusive.get("folders") or [])
         if inconclusive["count"] > len(inconclusive.get("folders") or []):
+            lines.append("    ... (`nextmv-watcher scan` lists them all)")
+    state_errors = st.get("state_error") or {}
+    if state_errors.get("count"):
+        lines.append(f"  {state_errors['count']} waiting because the daemon could not write its own files "
+                     "(disk full, read-only state directory; retried from 5 s, doubling to 5 min):")
+        lines.extend(f"    {f.get('folder')}: {f.get('error')}" for f in state_errors.get("folders") or [])
+        if state_errors["count"] > len(state_errors.get("folders") or []):
             lines.append("    ... (`nextmv-watcher scan` lists them all)")
     paused = st.get("paused") or {}
     if not paused:
@@ -74,10 +81,13 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
     counts = dict.fromkeys(STATES, 0)
     failed: list[dict[str, Any]] = []
     inconclusive: list[str] = []
+    state_errors: list[dict[str, str]] = []
     for report in scan_all(config, store, time.time()):
         counts[report.state] += 1
         if report.state == "pending" and report.reason.startswith(LOOKUP_INCONCLUSIVE):
             inconclusive.append(report.folder)
+        if report.state == "pending" and report.reason.startswith(STATE_ERROR):
+            state_errors.append({"folder": report.folder, "error": report.reason.removeprefix(f"{STATE_ERROR}: ")})
         if report.state == "failed":
             try:
                 marker = store.failed(Path(report.folder)) or {}
@@ -88,7 +98,7 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
                            "at": marker.get("failed_at")})
     if json_output:
         print(json.dumps({"state": "not running", "counts": counts, "failed": failed,
-                          "lookup_inconclusive": inconclusive,
+                          "lookup_inconclusive": inconclusive, "state_error": state_errors,
                           "watched_missing": {str(g.path): g.problem for g in missing_paths(config)}}, indent=1))
         return OK
     print("daemon: not running")
@@ -99,6 +109,10 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
         print(f"  {len(inconclusive)} pending after an inconclusive run look-up (`nextmv-watcher scan` says why):")
         for folder in inconclusive:
             print(f"    {folder}")
+    if state_errors:
+        print(f"  {len(state_errors)} pending after the daemon could not write its own files:")
+        for f in state_errors:
+            print(f"    {f['folder']}: {f['error']}")
     for f in failed:
         print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
     return OK

@@ -3,6 +3,7 @@
     client.py    the runs API over one pooled httpx client; bounded retries; request outcomes
     answers.py   every answer read with a bound (API: 8 MiB success, 4 KiB error; a PUT's head)
     s3error.py   a failed upload's S3 error: its code and message only (never signing material)
+    putbody.py   a PUT's body, exactly its declared length; a source that changed is `FolderChanged`
     backoff.py   bounded exponential delays with jitter
     lookup.py    find a run by the token in its description
     tracker.py   the upload-and-track sequence for one folder, resumable from its journal

@@ -33,7 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from watcher import __version__
-from watcher.cloud import s3error
+from watcher.cloud import putbody, s3error
 from watcher.cloud.answers import AnswerTooLarge, read_answer, read_head
 from watcher.cloud.backoff import Backoff
 from watcher.errors import (
@@ -46,7 +46,6 @@ from watcher.errors import (
     UploadFailed,
 )
 
-CHUNK = 1 << 20
 USER_AGENT = f"nextmv-watcher/{__version__}"
 RETRY_AFTER_CAP = 120.0
 # Errors raised before a single byte of the request could reach the server.
@@ -151,28 +150,30 @@ class NextmvClient:
         return UploadTarget(upload_id, url, self.clock())
 
     def put_file(self, target: UploadTarget, source: Callable[[], BinaryIO], size: int,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, *, folder: str = "", label: str = "upload") -> None:
         """Stream the bytes of `source()` (a reader of exactly `size` bytes) to the presigned URL with a
         Content-Length (presigned PUTs refuse chunked bodies) and neither Authorization nor Content-Type.
         Tried once (the same URL is never tried again): UploadExpired (403 AccessDenied "Request has
         expired", or a 403 without an S3 body), UploadRefused (another 403 code), UploadTooLarge (400
         EntityTooLarge), else UploadFailed (any other answer, a reset, a timeout), each with S3's code
-        when the body had one. Whatever opening or reading the source raises (the folder's errors,
-        OSError) propagates unchanged."""
+        when the body had one. A source that gives more or fewer than `size` bytes raises FolderChanged
+        (`folder`, naming `label`; see `putbody`), whichever layer notices. Whatever opening or reading
+        the source raises (the folder's errors, OSError) propagates unchanged."""
 
         # Opened before anything is sent, so that a file we may not read fails here and not in the
         # middle of a request.
         with source() as f:
-            def body() -> Iterator[bytes]:
-                f.seek(0)
-                while chunk := f.read(CHUNK):
-                    if progress is not None:
-                        progress(len(chunk))
-                    yield chunk
-
+            src = putbody.Source(f, size, folder, label)
             headers = {"Content-Length": str(size)}
-            self._call("put", "PUT", target.upload_url, headers=headers, content=body, authorize=False,
-                       attempts=1, body_limit=s3error.MAX_BYTES)
+            try:
+                self._call("put", "PUT", target.upload_url, headers=headers,
+                           content=lambda: putbody.counted(src, progress), authorize=False, attempts=1,
+                           body_limit=s3error.MAX_BYTES)
+            except putbody.LENGTH_MISMATCH as exc:
+                changed = putbody.library_noticed(src, exc)
+                if changed is None:
+                    raise
+                raise changed from None
 
     def try_upload(self, application_id: str) -> None:
         """Upload `{}` once with a fresh URL, without retries: the probe that tells whether uploads work.

@@ -39,6 +39,7 @@ from watcher.errors import (
     FolderChanged,
     InvalidFolder,
     RetryLater,
+    StateError,
     TransientError,
     UncertainError,
     UploadExpired,
@@ -177,7 +178,11 @@ class Tracker:
             check_claim()
             token = uuid.uuid4().hex
             journal.intents.append(Intent(token=token, created_at=self.clock()))
-            self.store.save_journal(run.handle, journal)
+            try:
+                self.store.save_journal(run.handle, journal)
+            except StateError:
+                journal.intents.pop()   # not durable, so not posted: no intent to look up later
+                raise
             log.debug("posting_run", token=token)
             limits = self.limits()
             _warn_if_cut(run, limits)
@@ -299,7 +304,8 @@ class Tracker:
         for attempt in range(1, UPLOAD_TRIES + 1):
             target = self.client.new_upload(application_id)
             try:
-                self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress)
+                self.client.put_file(target, lambda: prepared.open(upload), upload.size, progress=self.progress,
+                                     folder=str(run.path), label=label)
             except PermissionError:
                 raise InvalidFolder(str(run.path), f"{label}: permission denied") from None
             except OSError as exc:

@@ -62,6 +62,9 @@ class Held:
         """The folder's journal, read once per attempt (the tracker updates this very object)."""
         if self._journal is None:
             self._journal = self._store.journal(self.d)
+            # The last attempt's state error is history now: this attempt's saves drop it (the worker
+            # saves a new one when this attempt meets one too).
+            self._journal.state_error = None
         return self._journal
 
     @property

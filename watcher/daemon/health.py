@@ -56,6 +56,7 @@ class Health:
         incomplete = self.index.incomplete()
         warn = config.metrics.incomplete_warn_seconds
         inconclusive = self.index.waiting_for("lookup_inconclusive")
+        state_errors = self.index.waiting_with("state_error")
         return {
             "state": self.state(),
             "pid": os.getpid(),
@@ -66,6 +67,9 @@ class Health:
             # Among retry_wait: folders whose run look-up could not see the whole list (never re-posted).
             "lookup_inconclusive": {"count": len(inconclusive),
                                     "folders": [str(p) for p in inconclusive[:LISTED_FOLDERS]]},
+            # Among retry_wait: folders whose claim, marker, journal or spool file could not be written.
+            "state_error": {"count": len(state_errors),
+                            "folders": [{"folder": str(p), "error": e} for p, e in state_errors[:LISTED_FOLDERS]]},
             "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
             "paused": {scope: {"reason": p.reason, "message": p.message, "since": p.since}
                        for scope, p in self.gate.pauses().items()},

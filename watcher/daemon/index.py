@@ -46,13 +46,14 @@ class Next:
     """What a worker found, for `settle`: the folder's stage, when to look again (`at`), the pause it
     waits for (`scope`, PARKED), its directory's inode (FINISHED), why it waits (`reason`, RETRY_WAIT:
     the failure table's, e.g. "lookup_inconclusive"; INCOMPLETE: the completion rules', e.g. "output.json
-    is not complete JSON")."""
+    is not complete JSON"), `detail`: the error, for status)."""
 
     stage: Stage
     at: float | None = None
     scope: str | None = None
     inode: int | None = None
     reason: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Entry:
     warned: bool = False                    # logged as incomplete for too long
     seen: bool = False                      # a worker has looked at it (folder_detected was logged)
     reason: str | None = None               # why it waits to be retried (RETRY_WAIT), or is incomplete
+    detail: str | None = None               # ... and the error that made it wait
+    state_errors: int = 0                   # state errors in a row (their backoff grows with them)
 
 
 class FolderIndex(WorkQueue):
@@ -113,8 +116,12 @@ class FolderIndex(WorkQueue):
             else:
                 since = entry.complete_since if entry.complete_since is not None else now
                 stage = Stage.QUEUED if nxt.stage is Stage.RETRY_WAIT and (nxt.at or now) <= now else nxt.stage
+                waits = nxt.stage is Stage.RETRY_WAIT
                 self._entries[folder] = Entry(stage, complete_since=since, scope=nxt.scope, seen=True,
-                                              reason=nxt.reason if nxt.stage is Stage.RETRY_WAIT else None)
+                                              reason=nxt.reason if waits else None,
+                                              detail=nxt.detail if waits else None,
+                                              state_errors=entry.state_errors + 1
+                                              if waits and nxt.reason == "state_error" else 0)
         again = nxt.at if nxt.stage in (Stage.INCOMPLETE, Stage.RETRY_WAIT, Stage.QUEUED) else None
         if nxt.stage is Stage.QUEUED and again is None:
             again = now
@@ -217,6 +224,12 @@ class FolderIndex(WorkQueue):
         """The folders waiting to be retried because of `reason` (e.g. "lookup_inconclusive"), sorted."""
         with self._cond:
             return sorted(f for f, e in self._entries.items() if e.stage is Stage.RETRY_WAIT and e.reason == reason)
+
+    def waiting_with(self, reason: str) -> list[tuple[Path, str | None]]:
+        """(folder, error) of the folders waiting to be retried because of `reason`, sorted."""
+        with self._cond:
+            return sorted((f, e.detail) for f, e in self._entries.items()
+                          if e.stage is Stage.RETRY_WAIT and e.reason == reason)
 
     def waiting_reasons(self) -> dict[str, int]:
         """How many folders wait to be retried, by reason ("backoff" when the attempt named none)."""

@@ -82,7 +82,7 @@ class Service:
                  observer_factory: ObserverFactory | None = None,
                  transport: Transport | None = None, watch: bool = True,
                  recheck_incomplete: bool = True, notifier: Notifier | None = None,
-                 on_reload: Callable[[Config], None] | None = None, announce: bool = True) -> None:
+                 on_reload: Callable[[Config], None] | None = None, daemon: bool = True) -> None:
         self.config = config
         self.clock = clock
         self.state = State.STARTING
@@ -95,7 +95,9 @@ class Service:
         self.ready = threading.Event()
         self.watching = watch
         self.on_reload = on_reload
-        self._announce = announce   # log daemon_started/_stopping/_stopped (`sync` logs its own events)
+        # The state directory's daemon (`run`, holding its lock) cleans the spool and logs daemon_*; a `sync`
+        # beside it must not remove the spool files it is uploading, and logs its own events.
+        self._daemon = daemon
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
         current = self.current_config
 
@@ -160,7 +162,7 @@ class Service:
         if self.state is not State.STARTING:
             raise RuntimeError(f"cannot start a service that is {self.state.value}")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        removed = clean_spool(self.spool_dir)
+        removed = clean_spool(self.spool_dir) if self._daemon else 0
         if removed:
             log.info("spool_cleaned", files=removed)
         if self.watching:
@@ -172,7 +174,7 @@ class Service:
         self._scanner.start()
         self._resize_workers(self.config.workers)
         self._transition(State.RUNNING)
-        if self._announce:
+        if self._daemon:
             log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
                      workers=self.config.workers, api=self.config.api.url, pid=os.getpid(), version=__version__)
 
@@ -231,7 +233,7 @@ class Service:
             self._transition(State.DRAINING)
         self._stop.set()
         self.notifier.stopping()
-        if self._announce:
+        if self._daemon:
             log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
         self.index.close()
         deadline = time.monotonic() + self.config.drain_timeout_seconds
@@ -250,7 +252,7 @@ class Service:
             self.client.close()
         self.notifier.close()
         self._transition(State.STOPPED)
-        if self._announce:
+        if self._daemon:
             log.info("daemon_stopped")
 
     # -- what the outside sees -------------------------------------------------------------

@@ -81,9 +81,9 @@ def run_sync(config: Config, key: str, *, out: TextIO, err: TextIO, timeout: flo
 
     Returns 0 when nothing failed, 1 when a folder failed, the sync gave up (`timeout` seconds without
     progress; 0: no limit), or the service could not start. `service_factory` builds the service
-    (tests); by default a Service that watches nothing, leaves incomplete folders alone and logs no
-    `daemon_*` events."""
-    make = service_factory or (lambda c, k: Service(c, k, watch=False, recheck_incomplete=False, announce=False))
+    (tests); by default a Service that watches nothing, leaves incomplete folders alone, keeps the
+    spool files of a daemon beside it and logs no `daemon_*` events."""
+    make = service_factory or (lambda c, k: Service(c, k, watch=False, recheck_incomplete=False, daemon=False))
     started = math.floor(time.time() * 1000) / 1000   # markers carry milliseconds
     service = make(config, key)
     try:
@@ -156,6 +156,9 @@ def waiting_for(service: Service) -> str:
     for reason, n in sorted(service.index.waiting_reasons().items()):
         if reason == "claimed_elsewhere":
             parts.append(f"{n} folder(s) claimed by another process")
+        elif reason == "state_error":   # our own files: say which error, e.g. the spool's bytes needed
+            errors = [e for _, e in service.index.waiting_with(reason) if e]
+            parts.append(f"{n} folder(s) whose state could not be written" + (f" ({errors[0]})" if errors else ""))
         else:
             parts.append(f"{n} folder(s) waiting to be retried ({reason})")
     failing = service.gate.failing()

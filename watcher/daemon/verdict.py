@@ -35,7 +35,9 @@ gate, the journal, the failed marker, the log, the index). Nothing here does I/O
 |   4xx on uploadurl or the listing, a 404   |        |                       |         |                        |
 |   there with the application present)      |        |                       |         |                        |
 | ... the last of `retry.max_attempts`       | fail   | exhausted             | used    | at once                |
-| our own state cannot be written            | wait   | state_error           | -       | backoff(3)             |
+| our own state cannot be written (a claim,  | wait   | state_error (warning) | -       | 5 s, doubling with the |
+|   marker, journal or spool file: disk full,|        |                       |         | state errors in a row, |
+|   EROFS; `SpoolFull` says the bytes needed)|        |                       |         | at most 5 min          |
 
 The tracker turns the upload-limit and EntityTooLarge cases into `InvalidFolder` (it knows the artifact);
 the client confirms a 404 with `GET /v1/applications/{id}` before it says `ApplicationNotFound`.
@@ -70,7 +72,9 @@ from watcher.runfolder.markers import Journal
 CHANGED_SECONDS = 2.0       # a folder changed under us: look again after at least this
 CLAIM_BUSY_SECONDS = 15.0   # another process holds (or took) the claim: look again after this
 SAME_ERROR_LIMIT = 3        # the same I/O error this many times in a row: the folder is invalid
-STATE_ERROR_ATTEMPT = 3     # our own state failed: wait as a third retry would
+STATE_ERROR_ATTEMPT = 3     # a bug (an unexpected exception): wait as a third retry would
+STATE_ERROR_FIRST_SECONDS = 5.0    # our own state could not be written: look again after this,
+STATE_ERROR_MAX_SECONDS = 300.0    # ... doubling with each state error in a row, up to this
 
 
 class Action(enum.Enum):
@@ -109,10 +113,26 @@ class Policy:
     settle_seconds: float
 
 
+def state_error_delay(in_a_row: int) -> float:
+    """How long a folder waits after its `in_a_row`-th state error in a row (1, 2, ...): 5 s, 10 s, 20 s,
+    ... at most 5 minutes. No jitter: a full disk is not a stampede on a server."""
+    return min(STATE_ERROR_MAX_SECONDS, STATE_ERROR_FIRST_SECONDS * 2.0 ** min(max(0, in_a_row - 1), 16))
+
+
+def state_error(error: StateError, journal: Journal | None, *, in_a_row: int) -> Verdict:
+    """Our own state could not be written (`in_a_row`: this one included): not the folder's fault, no
+    attempt used; the error is kept in the journal for `scan` when `journal` is given (the attempt
+    holds the claim), and the folder waits with a backoff of its own."""
+    return Verdict(Action.WAIT, "state_error", str(error), "state_error", "warning",
+                   journal=None if journal is None else replace(journal, state_error=str(error)),
+                   delay=state_error_delay(in_a_row))
+
+
 def verdict(error: WatcherError, journal: Journal, *, policy: Policy, application_id: str,
-            blocked_by: str | None, rng: random.Random) -> Verdict:
+            blocked_by: str | None, rng: random.Random, state_errors: int = 0) -> Verdict:
     """The decision for an attempt of `application_id`'s folder that raised `error`, given its journal
-    (as the attempt left it) and the pause that blocks the application now (`blocked_by`, or None).
+    (as the attempt left it), the pause that blocks the application now (`blocked_by`, or None) and
+    the state errors in a row before this attempt (`state_errors`).
     Raises TypeError for an error this table does not know (a bug: the caller logs it with its trace)."""
     if isinstance(error, UnsafeStateFile):
         return Verdict(Action.FAIL, "invalid", f"invalid folder: {error.problem}", "folder_failed", "error",
@@ -147,8 +167,7 @@ def verdict(error: WatcherError, journal: Journal, *, policy: Policy, applicatio
     if isinstance(error, TransientError):
         return _transient(error, journal, policy=policy, blocked_by=blocked_by, rng=rng)
     if isinstance(error, StateError):
-        return Verdict(Action.WAIT, "state_error", str(error), "state_error", "error",
-                       delay=policy.backoff.delay(STATE_ERROR_ATTEMPT, rng))
+        return state_error(error, journal, in_a_row=state_errors + 1)
     raise TypeError(f"no verdict for {type(error).__name__}: {error}")
 
 

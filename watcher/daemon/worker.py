@@ -10,6 +10,7 @@ The current configuration is read through one reference (`config()`) each time, 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -24,7 +25,15 @@ from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.gate import Gate
 from watcher.daemon.index import FolderIndex, Next, Stage
 from watcher.daemon.outcomes import Outcomes
-from watcher.daemon.verdict import CLAIM_BUSY_SECONDS, STATE_ERROR_ATTEMPT, Action, Policy, Verdict, verdict
+from watcher.daemon.verdict import (
+    CLAIM_BUSY_SECONDS,
+    STATE_ERROR_ATTEMPT,
+    Action,
+    Policy,
+    Verdict,
+    state_error,
+    verdict,
+)
 from watcher.errors import FolderChanged, InvalidFolder, LookupInconclusive, StateError, UnsafeStateFile, WatcherError
 from watcher.runfolder.completion import Activity, Completion, check_completion
 from watcher.runfolder.dirhandle import DirHandle
@@ -175,9 +184,9 @@ class FolderProcessor:
                     return self._track(folder, d, held, job, found)
                 except WatcherError as exc:
                     return self._apply(folder, d, job.application_id, exc, held.journal_read, config), False
-        except StateError as exc:   # the claim itself could not be written
-            log.error("state_error", error=str(exc))
-            return self._later(config, STATE_ERROR_ATTEMPT), False
+        except StateError as exc:   # the claim itself could not be written: nothing else may be either
+            return self._waits_for_state(folder, state_error(exc, None, in_a_row=self._state_errors(folder) + 1),
+                                         pending="claim"), False
 
     def _track(self, folder: Path, d: RunDir, held: Held, job: Job,
                found: InvalidFolder | None) -> tuple[Next, bool]:
@@ -211,7 +220,7 @@ class FolderProcessor:
         policy = Policy(retry.max_attempts, Backoff(retry.backoff_initial_seconds, retry.backoff_max_seconds),
                         config.completion.settle_seconds)
         v = verdict(error, journal or Journal(), policy=policy, application_id=app,
-                    blocked_by=self.gate.blocked(app), rng=self.rng)
+                    blocked_by=self.gate.blocked(app), rng=self.rng, state_errors=self._state_errors(folder))
         if v.untrusted and isinstance(error, UnsafeStateFile):
             log.warning("state_file_untrusted", file=error.name, owner_uid=error.uid,
                         hint="a .nextmv-* file the daemon did not write; list its owner in state_owners "
@@ -220,13 +229,20 @@ class FolderProcessor:
             return self._fail(folder, d, app, v, journal if v.trust_journal else None, config)
         if v.action is Action.PARK:
             return self._park(app, v)
+        if v.reason == "state_error":
+            # Kept for `scan` when the journal was read (never over one that could not be), best effort:
+            # the same full disk may refuse it too, and that is already being said.
+            if journal is not None and v.journal is not None:
+                with contextlib.suppress(StateError, InvalidFolder):
+                    self.store.save_journal(d, v.journal)
+            return self._waits_for_state(folder, v)
         at = v.at if v.at is not None else self.clock() + (v.delay or 0.0)
         if v.journal is not None:
             try:
                 v.journal.next_attempt_at = at if v.action is Action.RETRY else v.journal.next_attempt_at
                 self.store.save_journal(d, v.journal)
             except (StateError, InvalidFolder) as exc:
-                log.error("state_error", error=str(exc))
+                log.warning("state_error", error=str(exc), pending="journal")
         fields: dict[str, object] = {"reason": v.reason, "error": v.error}
         if v.event == "folder_waiting":
             fields = {"reason": v.error}
@@ -236,12 +252,25 @@ class FolderProcessor:
                 fields["hint"] = LOOKUP_INCONCLUSIVE_HINT
         elif v.level == "warning" and v.journal is not None:
             fields.update(attempt=v.journal.attempts, retry_in=round(at - self.clock(), 2))
-        elif v.event in ("folder_claim_lost", "state_error"):
+        elif v.event == "folder_claim_lost":
             fields = {"error": v.error}
         log.log(_LEVELS[v.level], v.event, **fields)
         if v.action is Action.RETRY:
             self.outcomes.record(folder, app, "retried", v.reason, v.error)
         return Next(Stage.RETRY_WAIT, at=at, reason=v.reason)
+
+    def _state_errors(self, folder: Path) -> int:
+        """The state errors in a row this folder met before (the index keeps the count)."""
+        entry = self.index.entry(folder)
+        return entry.state_errors if entry is not None else 0
+
+    def _waits_for_state(self, folder: Path, v: Verdict, pending: str | None = None) -> Next:
+        """Our own state could not be written: a warning (an operator frees space or fixes a mount; the
+        folder is not at fault), and the folder waits in `retry_wait` with the reason and the error."""
+        delay = v.delay or 0.0
+        fields = {"pending": pending} if pending else {}
+        log.warning("state_error", error=v.error, retry_in=round(delay, 2), **fields)
+        return Next(Stage.RETRY_WAIT, at=self.clock() + delay, reason=v.reason, detail=v.error)
 
     def _park(self, app: str, v: Verdict) -> Next:
         if v.pause == "auth":
@@ -262,7 +291,10 @@ class FolderProcessor:
                 self.store.save_journal(d, Journal(intents=journal.intents, uploads=journal.uploads))
             elif v.trust_journal:
                 self.store.clear_journal(d)
-        except (StateError, InvalidFolder) as exc:
+        except StateError as exc:
+            return self._waits_for_state(folder, state_error(exc, None, in_a_row=self._state_errors(folder) + 1),
+                                         pending="failed marker")
+        except InvalidFolder as exc:
             log.error("state_error", error=str(exc), pending="failed marker")
             return self._later(config, STATE_ERROR_ATTEMPT)
         self.outcomes.record(folder, app, "failed", v.reason, v.error)

@@ -1,10 +1,15 @@
 """One process at a time per folder: an exclusive claim file with a lease.
 
-`.nextmv-claim` is created with O_EXCL|O_NOFOLLOW relative to the open run folder and holds
-`{"host", "pid", "id", "lease_until"}`. A claim is taken over when its lease has expired, when it
-belongs to a process on this host that no longer exists, or when the file is not one of ours at all
-(a FIFO, a symlink, a stranger's file: `Claim.replaced` then says what it was, and the folder is
-invalid). A holder renews its lease while it works (`watcher.daemon.lease.LeaseKeeper` does it) and checks
+`.nextmv-claim` holds `{"host", "pid", "id", "lease_until"}` and appears with its full content or not
+at all: it is written to a temporary file that is then hard-linked into place relative to the open
+run folder (`DirHandle.create_complete`; `link(2)` fails when a claim exists). Where the filesystem
+refuses hard links (SMB) it is created O_EXCL and written in place, so a competitor may read it empty
+or partial: a claim file that is not a complete record and is younger than the lease (by its mtime)
+is held by someone, never taken for corrupt; an older one is stale. A claim is taken over when its
+lease has expired, when it belongs to a process on this host that no longer exists, or when the file
+is not one of ours at all (a FIFO, a symlink, a stranger's file: `Claim.replaced` then says what it
+was, and the folder is invalid). A claim that cannot be written (disk full) leaves nothing behind.
+A holder renews its lease while it works (`watcher.daemon.lease.LeaseKeeper` does it) and checks
 with `verify()` that the claim is still its own right before the one step that must never run twice
 (POST runs).
 
@@ -136,13 +141,15 @@ class Claims:
         try:
             for _ in range(3):
                 try:
-                    place.create_exclusive(CLAIM, self._record(claim_id))
+                    place.create_complete(CLAIM, self._record(claim_id))
                 except FileExistsError:
                     try:
                         current = self._read(place)
                     except UnsafeStateFile as exc:
                         replaced, current = exc.reason, None
                     except StateError:
+                        if self._being_written(place):
+                            return None
                         current = {"id": "corrupt"}
                     if current is not None and not self._is_stale(current):
                         return None
@@ -162,6 +169,16 @@ class Claims:
         finally:
             if place is not d and (claim is None or owns):
                 (place if claim is None else d).close()
+
+    def _being_written(self, place: DirHandle) -> bool:
+        """Whether a claim file that is not a complete record may still be being written by its creator
+        (on a filesystem without hard links): it was modified less than a lease ago (either way, for
+        clocks that differ between hosts). Such a claim is held, never corrupt."""
+        try:
+            st = place.lstat(CLAIM)
+        except OSError:
+            return True   # cannot tell: wait rather than take a live claim
+        return st is not None and abs(self.clock() - st.st_mtime) < self.lease_seconds
 
     def _fallback(self, d: DirHandle) -> DirHandle:
         assert self.store is not None

@@ -6,6 +6,8 @@ state directory's fallback) and what the daemon does in it without ever acting b
 - writes: a temporary file with a random name, created `O_CREAT|O_EXCL|O_NOFOLLOW` mode 0640,
   fsynced, renamed over the target with `os.replace(..., src_dir_fd=, dst_dir_fd=)`, then the
   directory fsynced (`write_atomic`); a symlink or FIFO at the target is replaced, never followed;
+  an exclusive file that must not exist yet (a claim) is a written temporary file hard-linked into
+  place (`create_complete`), so that it appears whole or not at all;
 - state files (`.nextmv-*`) are ours or nothing: `read_state` takes only a regular file of at most
   `limit` bytes owned by a trusted uid (opened `O_NOFOLLOW|O_NONBLOCK`, checked with `fstat`), and
   says what is wrong with anything else (`UnsafeStateFile`);
@@ -36,6 +38,8 @@ O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_MODE = 0o640
 TMP_PREFIX = f"{DAEMON_PREFIX}tmp-"
+# What link(2) answers on filesystems without hard links (SMB/CIFS, vfat, some FUSE).
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 def kind(mode: int) -> str:
@@ -132,11 +136,41 @@ class DirHandle:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def create_exclusive(self, name: str, data: bytes, mode: int = FILE_MODE) -> None:
-        """Create `name`, which must not exist (FileExistsError), and write `data`; no fsync."""
+    def create_complete(self, name: str, data: bytes, mode: int = FILE_MODE) -> bool:
+        """Create `name`, which must not exist (FileExistsError), holding `data`: a reader sees the whole
+        file or none. A temporary file is written, then hard-linked into place (`link(2)` refuses an
+        existing name) and removed. Where the filesystem refuses hard links (SMB, vfat: EPERM,
+        EOPNOTSUPP) `name` is created `O_EXCL` and written in place, so a reader may briefly see it
+        empty or partial: returns False then (True after a link). No fsync. Raises OSError (ENOSPC,
+        EROFS, ...) after removing whatever it created."""
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        self._create_written(tmp, data, mode)
+        try:
+            os.link(tmp, name, src_dir_fd=self.fileno(), dst_dir_fd=self.fileno(), follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+        else:
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.fileno())
+        self._create_written(name, data, mode)
+        return False
+
+    def _create_written(self, name: str, data: bytes, mode: int) -> None:
+        """Create `name` O_EXCL and write `data`; when the write fails, remove it again (only if the name
+        still leads to the file we created) and raise."""
         fd = os.open(name, O_CREATE, mode, dir_fd=self.fileno())
         try:
             _write_all(fd, data)
+        except OSError:
+            mine = os.fstat(fd)
+            with contextlib.suppress(OSError):
+                st = self.lstat(name)
+                if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(name, dir_fd=self.fileno())
+            raise
         finally:
             os.close(fd)
 

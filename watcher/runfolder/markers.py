@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,7 +125,8 @@ class Journal:
     lists every POST that may have created the run; while it is non-empty the run must be looked up
     before anything is posted again. `lookups_inconclusive` counts the look-ups in a row that could
     not see every run that could match (`last_error` says why); it sets their backoff and is reset by
-    a conclusive one (absent from older journals: 0).
+    a conclusive one (absent from older journals: 0). `state_error`: why the last attempt could not
+    write our own state (disk full), for `scan`; the next attempt's saves drop it.
     """
 
     attempts: int = 0
@@ -136,9 +137,10 @@ class Journal:
     uploads: dict[str, UploadRecord] = field(default_factory=dict)
     intents: list[Intent] = field(default_factory=list)
     lookups_inconclusive: int = 0
+    state_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "state_error" or v is not None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Journal:
@@ -152,6 +154,7 @@ class Journal:
                 uploads={role: UploadRecord(**rec) for role, rec in data.get("uploads", {}).items()},
                 intents=[Intent(**i) for i in data.get("intents", [])],
                 lookups_inconclusive=int(data.get("lookups_inconclusive", 0)),
+                state_error=data.get("state_error"),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"journal has an unexpected shape: {exc}") from None
@@ -159,7 +162,7 @@ class Journal:
     @property
     def is_empty(self) -> bool:
         """Nothing worth keeping: no attempts, uploads or intents (whatever application it names)."""
-        return self == Journal(application_id=self.application_id)
+        return replace(self, state_error=None) == Journal(application_id=self.application_id)
 
 
 class StateStore:
@@ -258,7 +261,9 @@ class StateStore:
 
     def remove(self, folder: Folder, name: str, *, durable: bool = True) -> bool:
         """Remove a state file wherever it is; True when one was removed. `durable=False` skips the
-        directory fsync, for removals that may safely be undone by a power cut."""
+        directory fsync, for removals that may safely be undone by a power cut. A read-only folder
+        that does not hold the file is no error (unlink(2) says EROFS before it looks for the name).
+        Raises StateError when a file that is there cannot be removed."""
         removed = False
         with opened(folder) as d, self._places(d) as places:
             for place in places:
@@ -268,6 +273,8 @@ class StateStore:
                         if durable:
                             place.sync()
                 except OSError as exc:
+                    if exc.errno in UNWRITABLE and _absent(place, name):
+                        continue
                     raise StateError(f"{place.label}: cannot remove {name}: {exc.strerror}") from None
         return removed
 
@@ -367,6 +374,13 @@ def _replace(d: DirHandle, name: str, payload: bytes, owners: Collection[int]) -
     except IsADirectoryError:
         d.unlink(name)
         d.write_atomic(name, payload)
+
+
+def _absent(place: DirHandle, name: str) -> bool:
+    """Whether `place` holds no entry `name` (False when that cannot be told)."""
+    with contextlib.suppress(OSError):
+        return place.lstat(name) is None
+    return False
 
 
 @contextlib.contextmanager

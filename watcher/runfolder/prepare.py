@@ -13,15 +13,16 @@ Spool files live in one directory the daemon owns, are named `spool-*`, and belo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from watcher.errors import StateError
+from watcher.errors import SpoolFull, StateError
 from watcher.runfolder.archive import copy_utf8, is_utf8, open_member, write_archive, write_wrapped
 from watcher.runfolder.folder import Artifact, Member, RunFolder
 from watcher.runfolder.rundir import RunDir
@@ -85,7 +86,8 @@ def prepare(folder: RunFolder, spool_dir: Path) -> PreparedRun:
     Out: a `PreparedRun` (uploads in artifact order; warnings such as
     "logs.txt: 3 invalid UTF-8 sequences replaced").
     Raises: `StateError("spool directory <dir>: <strerror>")` when a spool file cannot be created or
-    written (ENOSPC, EDQUOT, EROFS, EACCES, ...); `FolderChanged` when a file vanished or changed
+    written (EROFS, EACCES, ...), `SpoolFull` (a `StateError` saying how many bytes the artifact needs at
+    most and how many are free) for ENOSPC and EDQUOT; `FolderChanged` when a file vanished or changed
     while read; `InvalidFolder` for a file we may not read or invalid JSON. On any error, every
     spool file created so far is deleted before the error propagates.
     """
@@ -118,14 +120,15 @@ def clean_spool(spool_dir: Path) -> int:
     except FileNotFoundError:
         return removed
     except OSError as e:
-        raise _state_error(spool_dir, e) from e
+        raise StateError(f"spool directory {spool_dir}: {e.strerror or e}") from e
     return removed
 
 
 def _prepare_artifact(artifact: Artifact, d: RunDir, spool: _Spool, warnings: list[str]) -> Upload:
     role, path = artifact.role, artifact.path
     if role in ("input", "output") and artifact.format == "multi-file":
-        return spool.write(role, ".tar.gz", lambda dest: write_archive(d, artifact.members, dest))
+        return spool.write(role, ".tar.gz", lambda dest: write_archive(d, artifact.members, dest),
+                           archive_bound(artifact.members), f"{role} (as an archive)")
     member = artifact.members[0]
     if role == "logs":
         with open_member(d, member) as src:
@@ -137,7 +140,7 @@ def _prepare_artifact(artifact: Artifact, d: RunDir, spool: _Spool, warnings: li
                 with open_member(d, member) as src:
                     replaced.append(copy_utf8(src, dest))
 
-            upload = spool.write(role, ".txt", fill)
+            upload = spool.write(role, ".txt", fill, 3 * member.ident.size, role)   # U+FFFD is 3 bytes
             warnings.append(f"{path.name}: {replaced[0]} invalid UTF-8 sequences replaced")
             return upload
     if artifact.wrap is not None:
@@ -147,7 +150,7 @@ def _prepare_artifact(artifact: Artifact, d: RunDir, spool: _Spool, warnings: li
             with open_member(d, member) as src:
                 write_wrapped(src, key, dest)
 
-        return spool.write(role, ".json", wrapped)
+        return spool.write(role, ".json", wrapped, member.ident.size + len(key) + 16, role)
     return Upload(role=role, path=path, size=member.ident.size, spooled=False, member=member)
 
 
@@ -158,14 +161,16 @@ class _Spool:
         self.directory = directory
         self.files: list[Path] = []
 
-    def write(self, role: str, suffix: str, fill: Callable[[BinaryIO], object]) -> Upload:
-        """Create a spool file and let `fill` write it. Source-file problems arrive as `FolderError`
-        (see `archive.py`), so an `OSError` here is the spool's own: it becomes `StateError`."""
+    def write(self, role: str, suffix: str, fill: Callable[[BinaryIO], object], needed: int, what: str) -> Upload:
+        """Create a spool file and let `fill` write it (at most `needed` bytes, for `what`). Source-file
+        problems arrive as `FolderError` (see `archive.py`), so an `OSError` here is the spool's own: it
+        becomes `StateError`, `SpoolFull` (with `needed` and the space left) when space ran out; the
+        partial file is removed first."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.directory, prefix=SPOOL_PREFIX, suffix=suffix)
         except OSError as e:
-            raise _state_error(self.directory, e) from e
+            raise _state_error(self.directory, e, what, needed) from e
         path = self.directory / Path(name).name  # keeps the caller's Path type
         self.files.append(path)
         try:
@@ -174,12 +179,32 @@ class _Spool:
                 dest.flush()
                 size = os.fstat(dest.fileno()).st_size
         except OSError as e:
-            raise _state_error(self.directory, e) from e
+            _remove([path])
+            raise _state_error(self.directory, e, what, needed) from e
         return Upload(role=role, path=path, size=size, spooled=True)
 
 
-def _state_error(directory: Path, e: OSError) -> StateError:
+def archive_bound(members: Sequence[Member]) -> int:
+    """The most bytes the gzip'd tar of `members` can take: each file rounded up to tar's 512-byte
+    blocks with its (pax) header, the end of the archive, and gzip's worst-case growth."""
+    entries = sum(-(-m.ident.size // 512) * 512 + 1536 + len(m.arcname.encode()) for m in members)
+    tar = -(-(entries + 1024) // 10240) * 10240   # two zero blocks end it; padded to a 10 KiB record
+    return tar + tar // 3000 + 64
+
+
+def _state_error(directory: Path, e: OSError, what: str, needed: int) -> StateError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolFull(str(directory), e.strerror or str(e), what, needed, _free(directory))
     return StateError(f"spool directory {directory}: {e.strerror or e}")
+
+
+def _free(directory: Path) -> int | None:
+    """Bytes an unprivileged process may still write on `directory`'s filesystem (None: unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _remove(paths: tuple[Path, ...] | list[Path]) -> None:

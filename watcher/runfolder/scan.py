@@ -30,6 +30,8 @@ from watcher.runfolder.rundir import RunDir
 STATES = ("tracked", "failed", "pending", "incomplete", "invalid")
 # How a pending folder's reason starts when its last run look-up could not see the whole list.
 LOOKUP_INCONCLUSIVE = "lookup_inconclusive"
+# ... when its last attempt could not write the daemon's own files (disk full, a spool too small).
+STATE_ERROR = "state_error"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore
                                  "look-up; `nextmv-watcher track FOLDER --repost` posts anyway (may duplicate)")
     if journal.intents:
         return report("pending", "a POST may have created the run; it will be looked up before posting again")
+    if journal.state_error:
+        return report("pending", f"{STATE_ERROR}: {journal.state_error} (retried from 5 s, doubling to 5 min)")
     if journal.attempts:
         return report("pending", f"retrying: {journal.attempts} failed attempt(s), last: {journal.last_error}")
     return report("pending", "complete; waiting to be tracked")
