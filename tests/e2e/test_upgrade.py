@@ -72,8 +72,8 @@ def test_folders_written_by_a_newer_version_are_never_tracked_claimed_or_changed
         assert status.returncode == 0, status.stderr
         left_alone = json.loads(status.stdout)["newer"]
         assert left_alone["count"] == 2
-        assert {(f["folder"], f["file"], f["schema"]) for f in left_alone["folders"]} == {
-            (str(journal_99), JOURNAL, 99), (str(staged), TRACKED, 99)}
+        assert {(f["folder"], f["problem"]) for f in left_alone["folders"]} == {
+            (str(journal_99), f"{JOURNAL} {NEWER}"), (str(staged), f"{TRACKED} {NEWER}")}
         text = cli("status", "--config", str(daemon.config)).stdout
         assert f"{journal_99}: {JOURNAL} {NEWER}" in text
 

@@ -8,7 +8,7 @@ unknown keys inside `intents` and `uploads`, so those keep their shape).
 
 A file whose schema is newer than `SCHEMA` was written by a newer nextmv-watcher: nothing in it is
 trusted (`check` raises `NewerState`), and its folder is never tracked, claimed or changed by this
-version. `first_newer` finds such a file among a folder's state files.
+version. `first_newer` finds such a file among a folder's state files; `refuse_newer` raises for it.
 """
 
 from __future__ import annotations
@@ -51,3 +51,11 @@ def first_newer(read: Callable[[str], object], names: Iterable[str]) -> NewerSta
         except (StateError, InvalidFolder):
             continue
     return None
+
+
+def refuse_newer(read: Callable[[str], object], names: Iterable[str]) -> None:
+    """Raise the `NewerState` of the first of `names` written by a newer nextmv-watcher (see `first_newer`),
+    before anything is changed in its folder."""
+    newer = first_newer(read, names)
+    if newer is not None:
+        raise newer
