@@ -1,3 +1,3 @@
 """nextmv-watcher: track run folders in Nextmv Cloud, exactly once."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -19,6 +19,9 @@ ever sees an httpx exception and nothing outside `state.py` guesses at errno.
     ├── ListenerError          a listener cannot bind its address (names the key and the address):
     │                          `run` exits 2 at start-up; a reload is refused
     ├── ClaimLost              another process holds or took over the folder's claim
+    ├── NewerState             a marker or journal written by a newer nextmv-watcher (its `schema`):
+    │                          nothing in it is trusted; the folder is left alone (never tracked,
+    │                          claimed or changed), logged once as `state_newer`
     ├── RetryLater             not a failure: come back at `at` (the run listing may lag)
     ├── LookupInconclusive     the run look-up could not see every run that could match (page limit,
     │                          a page that failed): never post again on it; look again with backoff
@@ -128,6 +131,16 @@ class ListenerError(WatcherError):
 
 class ClaimLost(WatcherError):
     """Another process holds the folder's claim, or took it over while we worked."""
+
+
+class NewerState(WatcherError):
+    """The state file `name` of `folder` was written by a newer nextmv-watcher (`schema` is newer than this
+    version's): this version leaves the folder alone, whatever the file says."""
+
+    def __init__(self, folder: str, name: str, schema: int) -> None:
+        self.folder, self.name, self.schema = folder, name, schema
+        self.problem = f"{name} written by a newer nextmv-watcher (schema {schema})"
+        super().__init__(f"{folder}: {self.problem}; left alone")
 
 
 class ApiError(WatcherError):

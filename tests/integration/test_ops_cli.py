@@ -255,7 +255,8 @@ def test_status_without_a_daemon_falls_back_to_a_scan(run: Run, config: Path, wa
     assert as_json.code == 0
     data = json.loads(as_json.out)
     assert data["state"] == "not running"
-    assert data["counts"] == {"tracked": 1, "failed": 1, "pending": 1, "incomplete": 1, "invalid": 0}
+    assert data["counts"] == {"tracked": 1, "failed": 1, "pending": 1, "incomplete": 1, "invalid": 0,
+                              "newer": 0}
     assert data["failed"] == [{"folder": str(bad), "application_id": "app-1", "reason": "invalid",
                                "error": "invalid folder: no input", "at": "2023-11-14T22:13:20.000Z"}]
     assert [r for r in cloud.requests() if r.endpoint != "control"] == []

@@ -100,9 +100,10 @@ def test_markers_are_written_in_the_folder_and_read_back(store: StateStore, fold
 
     assert json.loads((folder / TRACKED).read_text()) == {
         "run_id": "run-9", "application_id": "app", "tracked_at": "2023-11-14T22:13:20.000Z",
-        "name": "n", "token": "t"}
+        "name": "n", "token": "t", "schema": 1}
     assert store.tracked(folder) == json.loads((folder / TRACKED).read_text())
-    assert store.failed(folder) == {"error": "bad input", "attempts": 3, "failed_at": "2023-11-14T22:14:20.000Z"}
+    assert store.failed(folder) == {"error": "bad input", "attempts": 3, "failed_at": "2023-11-14T22:14:20.000Z",
+                                    "schema": 1}
     assert sorted(os.listdir(folder)) == [FAILED, TRACKED]
 
 
@@ -177,7 +178,7 @@ def test_a_read_only_folder_keeps_its_state_in_the_state_dir(
     assert where.parent.parent == STATE / "folders"
     assert where == store.fallback_dir(folder) / TRACKED
     assert os.listdir(folder) == []
-    assert store.tracked(folder) == {"run_id": "r1"}
+    assert store.tracked(folder) == {"run_id": "r1", "schema": 1}
     assert os.listdir(where.parent) == [TRACKED]  # no temporary file left beside it
 
 
@@ -196,7 +197,7 @@ def test_a_new_folder_reusing_the_name_does_not_see_the_old_fallback_marker(
         store: StateStore, folder: Path, fs: FakeFilesystem) -> None:
     with as_user():
         old_marker = store.write(folder, TRACKED, {"run_id": "old"})
-    assert store.tracked(folder) == {"run_id": "old"}
+    assert store.tracked(folder) == {"run_id": "old", "schema": 1}
     old_inode = folder.stat().st_ino
     os.rmdir(folder)
     fs.create_dir(folder)
@@ -212,7 +213,7 @@ def test_a_marker_in_the_folder_wins_over_a_fallback_one(
         store.write(folder, TRACKED, {"run_id": "fallback"})
     store.write(folder, TRACKED, {"run_id": "in-folder"})
 
-    assert store.tracked(folder) == {"run_id": "in-folder"}
+    assert store.tracked(folder) == {"run_id": "in-folder", "schema": 1}
     assert store.remove(folder, TRACKED) is True
     assert store.tracked(folder) is None  # both copies were removed
 

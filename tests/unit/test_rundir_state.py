@@ -279,7 +279,7 @@ def test_a_strangers_marker_is_untrusted_unless_its_owner_is_listed(run: Path, t
         with pytest.raises(UnsafeStateFile, match=f"owned by uid {FOREIGN}"):
             strict.tracked(d)
         assert sharing.finished(d) == "tracked"
-        assert sharing.tracked(d) == {"run_id": "forged"}
+        assert sharing.tracked(d) == {"run_id": "forged", "schema": 1}
     assert strict.quick_state(run) is None
     assert sharing.quick_state(run) == "tracked"
 

@@ -43,13 +43,14 @@ from watcher.config import (
 from watcher.daemon import identity
 from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.lease import LeaseKeeper
-from watcher.errors import ConfigError, FolderError, LookupInconclusive, WatcherError
+from watcher.errors import ConfigError, FolderError, LookupInconclusive, NewerState, WatcherError
 from watcher.runfolder.claims import Claims
 from watcher.runfolder.markers import FAILED as FAILED_MARKER
+from watcher.runfolder.markers import STATE_FILES, StateStore
 from watcher.runfolder.markers import TRACKED as TRACKED_MARKER
-from watcher.runfolder.markers import StateStore
 from watcher.runfolder.rundir import RunDir
 from watcher.runfolder.scan import iter_folders, missing_paths, quick_state, scan_all, table
+from watcher.runfolder.schema import refuse_newer
 
 log = structlog.get_logger("watcher.cli.folders")
 
@@ -71,6 +72,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     with d:
         if tracked is not None:
             raise CommandError(FAILED, f"{folder} is already tracked as run {tracked.get('run_id')}")
+        try:   # a newer version's journal or failed marker: not ours to read, post or remove
+            refuse_newer(lambda name: store.read(d, name), STATE_FILES)
+        except NewerState as exc:
+            raise CommandError(FAILED, str(exc)) from None
         if args.repost:
             _confirm_repost(store, d, app, yes=args.yes)
         elif args.yes:
@@ -107,7 +112,7 @@ def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str
         return d, store.tracked(d)
     except WatcherError as exc:
         d.close()
-        raise CommandError(FAILED, f"{folder}: {exc}") from None
+        raise CommandError(FAILED, str(exc) if isinstance(exc, NewerState) else f"{folder}: {exc}") from None
 
 
 def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repost: bool = False) -> str:
@@ -195,7 +200,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     try:
         cleared = store.clear_failure(folder)
     except WatcherError as exc:
-        raise CommandError(FAILED, f"{folder}: {exc}") from None
+        raise CommandError(FAILED, str(exc) if isinstance(exc, NewerState) else f"{folder}: {exc}") from None
     if not cleared:
         raise CommandError(FAILED, f"{folder} has no failed marker")
     print(f"{folder}: failed marker removed; it will be tracked again")

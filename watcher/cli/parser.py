@@ -76,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
         description="Run a local emulator of the Nextmv runs API and of S3's presigned uploads, "
                     "behaving like the real services by default.",
         epilog=FAKE_CLOUD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter))
+    c = cmd("example", "print the example configuration or the systemd unit that came with this version")
+    c.add_argument("what", choices=("config", "unit"),
+                   help="config: the example /etc/nextmv-watcher/config.yaml; "
+                        "unit: the systemd unit (nextmv-watcher.service)")
     c = cmd("demo", "run the emulator and the daemon on sample folders in a temporary directory")
     c.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p

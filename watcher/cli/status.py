@@ -11,7 +11,7 @@ from watcher.config import Config
 from watcher.daemon.gate import GLOBAL
 from watcher.errors import EXIT_OK, FolderError, StateError
 from watcher.runfolder.markers import StateStore, utc_iso
-from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATE_ERROR, STATES, missing_paths, scan_all
+from watcher.runfolder.scan import LOOKUP_INCONCLUSIVE, STATE_ERROR, STATES, counts_line, missing_paths, scan_all
 
 OK = EXIT_OK
 
@@ -46,6 +46,7 @@ def format_status(st: dict[str, Any]) -> str:
         lines.extend(f"    {f.get('folder')}: {f.get('error')}" for f in state_errors.get("folders") or [])
         if state_errors["count"] > len(state_errors.get("folders") or []):
             lines.append("    ... (`nextmv-watcher scan` lists them all)")
+    lines.extend(_newer(st.get("newer") or {}))
     paused = st.get("paused") or {}
     if not paused:
         lines.append("paused: no")
@@ -75,6 +76,17 @@ def format_status(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _newer(newer: dict[str, Any]) -> list[str]:
+    """The lines of the folders left alone because a newer nextmv-watcher wrote their state (none: none)."""
+    if not newer.get("count"):
+        return []
+    listed = newer.get("folders") or []
+    return [f"  {newer['count']} left alone, written by a newer nextmv-watcher (never tracked, claimed or "
+            "changed by this version; upgrade it):",
+            *(f"    {f.get('folder')}: {f.get('problem')}" for f in listed),
+            *(["    ... (`nextmv-watcher scan` lists them all)"] if newer["count"] > len(listed) else [])]
+
+
 def print_scan_status(config: Config, *, json_output: bool) -> int:
     """No daemon: counts by state from a scan, and the failed folders with their reasons."""
     store = StateStore.of(config)
@@ -82,12 +94,15 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
     failed: list[dict[str, Any]] = []
     inconclusive: list[str] = []
     state_errors: list[dict[str, str]] = []
+    newer: list[dict[str, str]] = []
     for report in scan_all(config, store, time.time()):
         counts[report.state] += 1
         if report.state == "pending" and report.reason.startswith(LOOKUP_INCONCLUSIVE):
             inconclusive.append(report.folder)
         if report.state == "pending" and report.reason.startswith(STATE_ERROR):
             state_errors.append({"folder": report.folder, "error": report.reason.removeprefix(f"{STATE_ERROR}: ")})
+        if report.state == "newer":
+            newer.append({"folder": report.folder, "problem": report.reason})
         if report.state == "failed":
             try:
                 marker = store.failed(Path(report.folder)) or {}
@@ -99,12 +114,13 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
     if json_output:
         print(json.dumps({"state": "not running", "counts": counts, "failed": failed,
                           "lookup_inconclusive": inconclusive, "state_error": state_errors,
+                          "newer": {"count": len(newer), "folders": newer},
                           "watched_missing": {str(g.path): g.problem for g in missing_paths(config)}}, indent=1))
         return OK
     print("daemon: not running")
     for gone in missing_paths(config):
         print(f"watched path MISSING: {gone.path} {gone.problem}")
-    print("folders: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    print("folders: " + counts_line(counts))
     if inconclusive:
         print(f"  {len(inconclusive)} pending after an inconclusive run look-up (`nextmv-watcher scan` says why):")
         for folder in inconclusive:
@@ -113,6 +129,10 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
         print(f"  {len(state_errors)} pending after the daemon could not write its own files:")
         for f in state_errors:
             print(f"    {f['folder']}: {f['error']}")
+    if newer:
+        print(f"  {len(newer)} left alone, written by a newer nextmv-watcher:")
+        for f in newer:
+            print(f"    {f['folder']}: {f['problem']}")
     for f in failed:
         print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
     return OK

@@ -1,9 +1,12 @@
-"""`fake-cloud` and `demo`: the local emulator of the runs API, and the daemon on sample folders."""
+"""`fake-cloud` and `demo`: the local emulator of the runs API, and the daemon on sample folders;
+`example`: the example configuration and the systemd unit that the package carries."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from importlib import resources
 from typing import Any
 
 from watcher.cli.common import OK, USAGE, CommandError
@@ -80,6 +83,20 @@ def _fault_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes.update(loaded)
     changes.update({name[len("fault_"):]: value for name, value in vars(args).items() if name.startswith("fault_")})
     return changes
+
+
+# `example WHAT` -> the file in watcher/data (symlinks, in the repository, to config.example.yaml and
+# systemd/nextmv-watcher.service; the wheel stores the files themselves).
+EXAMPLES = {"config": "config.example.yaml", "unit": "nextmv-watcher.service"}
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    """Print the example configuration or the systemd unit byte for byte, as installed with the package."""
+    data = (resources.files("watcher") / "data" / EXAMPLES[args.what]).read_bytes()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

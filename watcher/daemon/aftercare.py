@@ -33,11 +33,12 @@ from pathlib import Path
 import structlog
 
 from watcher.config import DAEMON_PREFIX, Config
-from watcher.errors import FolderError, StateError, WatcherError
+from watcher.errors import FolderError, NewerState, StateError, WatcherError
 from watcher.runfolder.dirhandle import O_CREATE, O_DIR, O_READ, DirHandle, kind, remove_tree
-from watcher.runfolder.markers import StateStore, opened, parse_iso
+from watcher.runfolder.markers import TRACKED, StateStore, opened, parse_iso
 from watcher.runfolder.rundir import RunDir
 from watcher.runfolder.scan import iter_folders
+from watcher.runfolder.schema import refuse_newer
 
 log = structlog.get_logger("watcher.daemon.aftercare")
 
@@ -59,6 +60,10 @@ def after_tracked_logged(folder: Path, config: Config, d: DirHandle | None = Non
         return False
     try:
         action = after_tracked(folder, config, d)
+    except NewerState as exc:   # tracked by a newer version: not ours to move or delete
+        log.warning("state_newer", folder=str(folder), file=exc.name, schema=exc.schema,
+                    hint="tracked by a newer nextmv-watcher: after_tracking leaves it where it is")
+        return False
     except WatcherError as exc:
         log.error("after_tracking_failed", folder=str(folder), error=str(exc))
         return False
@@ -138,7 +143,7 @@ def _expire(store: StateStore, parent: DirHandle, folder: Path, cutoff: float) -
 def _tracked_at(store: StateStore, d: DirHandle) -> float | None:
     try:
         marker = store.tracked(d)
-    except (StateError, FolderError):
+    except (StateError, FolderError, NewerState):   # a newer version's marker: left alone
         return None
     if marker is None or not isinstance(marker.get("tracked_at"), str):
         return None
@@ -162,6 +167,8 @@ def _open_tracked(folder: Path, d: DirHandle | None, config: Config) -> Iterator
             raise StateError(f"{folder}: not tracked: {exc.problem}") from None
         if finished != "tracked":
             raise StateError(f"{folder}: not tracked (any more); left alone")
+        store = StateStore.of(config)
+        refuse_newer(lambda name: store.read(now, name), [TRACKED])   # a newer version's marker: NewerState
         yield now
 
 

@@ -57,6 +57,7 @@ class Health:
         warn = config.metrics.incomplete_warn_seconds
         inconclusive = self.index.waiting_for("lookup_inconclusive")
         state_errors = self.index.waiting_with("state_error")
+        newer = self.index.left_alone()
         return {
             "state": self.state(),
             "pid": os.getpid(),
@@ -70,6 +71,9 @@ class Health:
             # Among retry_wait: folders whose claim, marker, journal or spool file could not be written.
             "state_error": {"count": len(state_errors),
                             "folders": [{"folder": str(p), "error": e} for p, e in state_errors[:LISTED_FOLDERS]]},
+            # Finished for this version: a newer nextmv-watcher wrote their marker or journal.
+            "newer": {"count": len(newer),
+                      "folders": [{"folder": str(p), "problem": e} for p, e in newer[:LISTED_FOLDERS]]},
             "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
             "paused": {scope: {"reason": p.reason, "message": p.message, "since": p.since}
                        for scope, p in self.gate.pauses().items()},

@@ -39,6 +39,8 @@ class Stage(enum.Enum):
 
 
 PENDING = ("queued", "in_flight", "retry_wait", "parked")
+# A FINISHED folder's reason when a newer nextmv-watcher wrote its marker or journal: left alone.
+NEWER_SCHEMA = "newer_schema"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Next:
     """What a worker found, for `settle`: the folder's stage, when to look again (`at`), the pause it
     waits for (`scope`, PARKED), its directory's inode (FINISHED), why it waits (`reason`, RETRY_WAIT:
     the failure table's, e.g. "lookup_inconclusive"; INCOMPLETE: the completion rules', e.g. "output.json
-    is not complete JSON"), `detail`: the error, for status)."""
+    is not complete JSON"; FINISHED: why it is left alone, `NEWER_SCHEMA`), `detail`: the error, for status)."""
 
     stage: Stage
     at: float | None = None
@@ -67,7 +69,8 @@ class Entry:
     inode: int | None = None
     warned: bool = False                    # logged as incomplete for too long
     seen: bool = False                      # a worker has looked at it (folder_detected was logged)
-    reason: str | None = None               # why it waits to be retried (RETRY_WAIT), or is incomplete
+    reason: str | None = None               # why it waits to be retried (RETRY_WAIT), is incomplete, or is
+                                            # left alone (FINISHED: NEWER_SCHEMA; kept when offered again)
     detail: str | None = None               # ... and the error that made it wait
     state_errors: int = 0                   # state errors in a row (their backoff grows with them)
 
@@ -88,7 +91,9 @@ class FolderIndex(WorkQueue):
             if entry is not None and entry.stage is Stage.PARKED:
                 return
             if entry is None or entry.stage is Stage.FINISHED:
-                self._entries[folder] = Entry(Stage.NEW)
+                # A folder left alone keeps why, so that finding it so again is not said again.
+                kept = entry if entry is not None and entry.reason == NEWER_SCHEMA else Entry(Stage.NEW)
+                self._entries[folder] = Entry(Stage.NEW, reason=kept.reason, detail=kept.detail)
         self.put(folder, at)
 
     def take(self, timeout: float | None = None) -> Path | None:
@@ -108,7 +113,7 @@ class FolderIndex(WorkQueue):
             if nxt.stage is Stage.GONE:
                 self._entries.pop(folder, None)
             elif nxt.stage is Stage.FINISHED:
-                self._entries[folder] = Entry(Stage.FINISHED, inode=nxt.inode)
+                self._entries[folder] = Entry(Stage.FINISHED, inode=nxt.inode, reason=nxt.reason, detail=nxt.detail)
             elif nxt.stage is Stage.INCOMPLETE:
                 since = entry.incomplete_since if entry.incomplete_since is not None else now
                 self._entries[folder] = Entry(Stage.INCOMPLETE, incomplete_since=since, warned=entry.warned,
@@ -230,6 +235,12 @@ class FolderIndex(WorkQueue):
         with self._cond:
             return sorted((f, e.detail) for f, e in self._entries.items()
                           if e.stage is Stage.RETRY_WAIT and e.reason == reason)
+
+    def left_alone(self) -> list[tuple[Path, str | None]]:
+        """(folder, why) of the finished folders left alone because a newer version wrote their state, sorted."""
+        with self._cond:
+            return sorted((f, e.detail) for f, e in self._entries.items()
+                          if e.stage is Stage.FINISHED and e.reason == NEWER_SCHEMA)
 
     def waiting_reasons(self) -> dict[str, int]:
         """How many folders wait to be retried, by reason ("backoff" when the attempt named none)."""

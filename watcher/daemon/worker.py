@@ -14,6 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -23,7 +24,7 @@ from watcher.config import Config, WatchConfig
 from watcher.daemon.aftercheck import LateChecks
 from watcher.daemon.attempt import Attempts, Held, Job
 from watcher.daemon.gate import Gate
-from watcher.daemon.index import FolderIndex, Next, Stage
+from watcher.daemon.index import NEWER_SCHEMA, FolderIndex, Next, Stage
 from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.verdict import (
     CLAIM_BUSY_SECONDS,
@@ -34,11 +35,20 @@ from watcher.daemon.verdict import (
     state_error,
     verdict,
 )
-from watcher.errors import FolderChanged, InvalidFolder, LookupInconclusive, StateError, UnsafeStateFile, WatcherError
+from watcher.errors import (
+    FolderChanged,
+    InvalidFolder,
+    LookupInconclusive,
+    NewerState,
+    StateError,
+    UnsafeStateFile,
+    WatcherError,
+)
 from watcher.runfolder.completion import Activity, Completion, check_completion
 from watcher.runfolder.dirhandle import DirHandle
-from watcher.runfolder.markers import Journal, StateStore
+from watcher.runfolder.markers import STATE_FILES, Journal, StateStore
 from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.schema import first_newer
 
 log = structlog.get_logger("watcher.daemon.worker")
 
@@ -46,6 +56,8 @@ POLL_SECONDS = 2.0          # re-check of an incomplete folder that could not be
 POLL_MAX_SECONDS = 120.0    # ... then after its age, at most this long
 LOOKUP_INCONCLUSIVE_HINT = ("the run may exist: nothing is posted again on an inconclusive look-up; "
                             "`nextmv-watcher track FOLDER --repost` posts anyway (a duplicate is possible)")
+NEWER_HINT = ("a newer nextmv-watcher (another host, or before a rollback) works on this folder: this version "
+              "never tracks, claims or changes it; upgrade this host")
 
 AfterTracked = Callable[[Path, DirHandle], bool]   # keep, move or delete; True when the folder is gone
 
@@ -123,6 +135,9 @@ class FolderProcessor:
             finished = self.store.finished(d)
         except UnsafeStateFile as exc:
             return self._attempt(folder, d, watch, config, found=exc)   # fails it under the claim
+        newer = first_newer(partial(self.store.read, d), STATE_FILES)
+        if newer is not None:
+            return self._left_alone(folder, d, newer), False
         if finished is not None:
             return Next(Stage.FINISHED, inode=d.ino), finished == "tracked"
         if first_look:
@@ -144,6 +159,14 @@ class FolderProcessor:
         if scope is not None:
             return Next(Stage.PARKED, scope=scope), False
         return self._attempt(folder, d, watch, config)
+
+    def _left_alone(self, folder: Path, d: RunDir, newer: NewerState) -> Next:
+        """A newer nextmv-watcher wrote one of the folder's state files: the folder is finished for this
+        version (never tracked, claimed or changed); said once per folder (the index remembers why)."""
+        entry = self.index.entry(folder)
+        if entry is None or entry.reason != NEWER_SCHEMA:
+            log.warning("state_newer", file=newer.name, schema=newer.schema, hint=NEWER_HINT)
+        return Next(Stage.FINISHED, inode=d.ino, reason=NEWER_SCHEMA, detail=newer.problem)
 
     def _incomplete(self, folder: Path, completion: Completion) -> Next:
         """Watch the incomplete folder (in settle mode its input/ and output/ directories too: their files'
@@ -182,6 +205,8 @@ class FolderProcessor:
                                 reason="claimed_elsewhere"), False
                 try:
                     return self._track(folder, d, held, job, found)
+                except NewerState as exc:   # written since we looked: our claim goes, nothing else is touched
+                    return self._left_alone(folder, d, exc), False
                 except WatcherError as exc:
                     return self._apply(folder, d, job.application_id, exc, held.journal_read, config), False
         except StateError as exc:   # the claim itself could not be written: nothing else may be either
@@ -192,7 +217,11 @@ class FolderProcessor:
                found: InvalidFolder | None) -> tuple[Next, bool]:
         if found is not None:
             raise found
-        # Another process may have finished the folder between our marker check and our claim.
+        # Another process may have finished the folder between our marker check and our claim (a newer
+        # version too: then its files are not ours to read or act on).
+        newer = first_newer(partial(self.store.read, d), STATE_FILES)
+        if newer is not None:
+            raise newer
         finished = held.recheck()
         if finished is not None:
             return Next(Stage.FINISHED, inode=d.ino), finished == "tracked"

@@ -10,6 +10,7 @@ no HTTP; every operation inside a folder goes through its open directory descrip
     archive.py     deterministic tar.gz, UTF-8 repair, statistics/assets wrapping (streaming)
     prepare.py     artifacts -> uploads, spool files and their clean-up
     markers.py     the tracked and failed markers and the journal; the read-only fallback
+    schema.py      the state files' layout version; files written by a newer version are left alone
     claims.py      the exclusive claim file with a lease
     scan.py        listing watched paths; classifying folders (`nextmv-watcher scan`)
 """

@@ -35,6 +35,7 @@ from watcher.config import DAEMON_PREFIX
 from watcher.errors import FolderError, StateError, UnsafeStateFile
 from watcher.runfolder.dirhandle import DirHandle, state_problem
 from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.schema import SCHEMA, check, refuse_newer
 
 if TYPE_CHECKING:
     from watcher.config import Config
@@ -226,7 +227,7 @@ class StateStore:
 
     def read(self, folder: Folder, name: str) -> dict[str, Any] | None:
         """The state file `name` of `folder`, wherever it lives, or None.
-        Raises UnsafeStateFile (not ours), StateError (unreadable, not JSON)."""
+        Raises UnsafeStateFile (not ours), NewerState (a newer version's), StateError (unreadable, not JSON)."""
         with opened(folder) as d, self._places(d) as places:
             for place in places:
                 try:
@@ -236,14 +237,14 @@ class StateStore:
                 except OSError as exc:
                     raise StateError(f"{d.label}: cannot read {name}: {exc.strerror}") from None
                 if data is not None:
-                    return decode_state(data, f"{d.label}/{name}")
+                    return check(decode_state(data, f"{d.label}/{name}"), d.label, name)
         return None
 
     def write(self, folder: Folder, name: str, data: dict[str, Any]) -> Path:
-        """Write a state file atomically; fall back to the state directory when the folder is read-only.
-        Whatever else holds the name (a directory, a FIFO a producer made) is replaced. Returns where it
-        was written. Raises StateError (disk full, both places unwritable)."""
-        payload = json.dumps(data, indent=1, sort_keys=True).encode()
+        """Write a state file, with our `schema`, atomically; fall back to the state directory when the folder
+        is read-only. Whatever else holds the name (a directory, a FIFO a producer made) is replaced. Returns
+        where it was written. Raises StateError (disk full, both places unwritable)."""
+        payload = json.dumps({**data, "schema": SCHEMA}, indent=1, sort_keys=True).encode()
         with opened(folder) as d:
             try:
                 _replace(d, name, payload, self.owners)
@@ -322,8 +323,9 @@ class StateStore:
         """Forget a failure (`nextmv-watcher retry`): remove the failed marker and reset the attempt count.
         Open intents stay, so that a run a POST may have created is looked up before anything is posted
         again. False when there was no failed marker. A journal that is not ours is left alone (the
-        daemon finds it again and says so). Raises StateError, FolderError."""
+        daemon finds it again and says so). Raises NewerState (a newer version's folder), StateError, FolderError."""
         with opened(folder) as d:
+            refuse_newer(lambda name: self.read(d, name), STATE_FILES)
             if not self.remove(d, FAILED):
                 return False
             try:

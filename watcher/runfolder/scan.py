@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ from watcher.errors import FolderError, StateError
 from watcher.runfolder.completion import check_completion
 from watcher.runfolder.dirhandle import O_DIR
 from watcher.runfolder.folder import inspect_folder
-from watcher.runfolder.markers import StateStore
+from watcher.runfolder.markers import STATE_FILES, StateStore
 from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.schema import first_newer
 
-STATES = ("tracked", "failed", "pending", "incomplete", "invalid")
+STATES = ("tracked", "failed", "pending", "incomplete", "invalid", "newer")   # newer: a newer version's state
 # How a pending folder's reason starts when its last run look-up could not see the whole list.
 LOOKUP_INCONCLUSIVE = "lookup_inconclusive"
 # ... when its last attempt could not write the daemon's own files (disk full, a spool too small).
@@ -117,6 +119,9 @@ def classify(folder: Path, watch: WatchConfig, config: Config, store: StateStore
     try:
         with RunDir.open(folder) as d:
             state = store.finished(d)   # a marker name taken by something not ours: UnsafeStateFile
+            newer = first_newer(partial(store.read, d), STATE_FILES)
+            if newer is not None:
+                return report("newer", f"{newer.problem}; left alone by this version")
             if state == "tracked":
                 tracked = store.tracked(d) or {}
                 return report("tracked", f"tracked at {tracked.get('tracked_at')}", str(tracked.get("run_id")))
@@ -152,9 +157,13 @@ def table(reports: list[FolderReport]) -> list[str]:
     for r in reports:
         reason = f"run {r.run_id}" if r.state == "tracked" else r.reason
         lines.append(f"{r.state:<11} {r.folder:<{width}}  {reason}")
-    counts = {s: sum(1 for r in reports if r.state == s) for s in STATES}
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    lines.append(counts_line({s: sum(1 for r in reports if r.state == s) for s in STATES}))
     return lines
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """"3 tracked, 0 failed, ...": every state, but "newer" only when there is such a folder."""
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "newer")
 
 
 def scan_all(config: Config, store: StateStore, now: float) -> Iterator[FolderReport]:
