@@ -32,6 +32,11 @@ def format_status(st: dict[str, Any]) -> str:
                  f"{f.get('retry_wait', 0)} waiting to retry, {f.get('parked', 0)} parked"
                  + (f"; oldest pending {_duration(oldest)}" if oldest is not None else ""))
     lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
+    conc = st.get("concurrency")
+    if conc:
+        lines.append(f"concurrency: {conc.get('limit')} folders at once ({conc.get('mode')}, workers "
+                     f"{conc.get('workers')})" + (f"; API calls held {st['api_held_seconds']:g} s more (429 "
+                                                  "Retry-After)" if st.get("api_held_seconds") else ""))
     inconclusive = st.get("lookup_inconclusive") or {}
     if inconclusive.get("count"):
         lines.append(f"  {inconclusive['count']} waiting after an inconclusive run look-up (never posted again; "
