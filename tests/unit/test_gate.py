@@ -417,3 +417,15 @@ def test_a_hold_is_capped(config: Config) -> None:
     gate, _ = make(config, Clock())
     gate.observe(throttled(86400))
     assert gate.held_for() == 120
+
+
+def test_throttling_is_no_outage_and_never_trips_the_breaker(config: Config) -> None:
+    """A throttled API answers: 429s in a row (as many folders throttled at once after a burst) hold the
+    calls; they do not pause all work as unreachable (an error-level `api_paused`)."""
+    gate, _ = make(config, Clock(), threshold=3)
+    with structlog.testing.capture_logs() as logs:
+        for retry_after in (1, None, 1, None, 1, None):
+            gate.observe(throttled(retry_after))
+    assert not gate.is_paused()
+    assert gate.failing() is None
+    assert not events(logs, "api_paused")

@@ -6,7 +6,8 @@ These things pause work, and this module alone decides, probes and logs them (`a
 - the API rejects the key (401/403): all work pauses (scope "*"), reason `auth`;
 - an application does not exist (404): that application's work pauses (scope = its id);
 - every recent API request failed (the circuit breaker: `failure_threshold` transient failures in a
-  row, seen through the client's request outcomes): all work pauses, reason `unreachable`;
+  row, seen through the client's request outcomes; a 429 is an answer, not a failure): all work pauses,
+  reason `unreachable`;
 - every recent upload failed (the uploads' own breaker: `upload_failure_threshold` failed presigned
   PUTs in a row, across folders; every PUT follows a successful upload-URL call, so the API's count
   cannot see them): all work pauses, reason `upload_refused` when each was a 403 refusal
@@ -149,8 +150,10 @@ class Gate:
             with self._lock:
                 self._failures = 0
             return
-        if outcome.status == 429 and outcome.retry_after is not None:
-            self._hold(outcome)
+        if outcome.status == 429:   # throttled: the API answers, so it is no outage for the breaker
+            if outcome.retry_after is not None:
+                self._hold(outcome)
+            return
         if not issubclass(outcome.error, TransientError):
             return
         message = f"{outcome.endpoint}: {outcome.status or 'no response'}"
