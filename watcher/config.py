@@ -50,6 +50,7 @@ FORMATS = ("auto", "json", "multi-file", "text")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = tuple(LEVELS)   # debug, info, warning, error: in order of severity
 AFTER_TRACKING = ("keep", "move", "delete")
+CONCURRENCY = ("adaptive", "fixed")   # see watcher/daemon/concurrency.py
 DAEMON_PREFIX = ".nextmv-"   # names in a run folder that are the daemon's own (markers, journal, claim)
 # Every run's description ends with a blank line and this prefix + 32 hex digits (see cloud/tracker.py).
 RUN_TOKEN_PREFIX = "nextmv-watcher:"  # noqa: S105 - a label, not a secret
@@ -175,7 +176,10 @@ class Config:
     files: FilesConfig = setting(FilesConfig(), doc="candidate names per role, for every watched path")
     watch: tuple[WatchConfig, ...] = setting((), doc="the watched paths (read by parse_config itself)")
     completion: CompletionConfig = setting(CompletionConfig(), doc="when a folder is complete")
-    workers: int = setting(8, check=at_least(1), doc="folders tracked in parallel")
+    workers: int = setting(32, check=at_least(1), doc="the most folders tracked in parallel")
+    concurrency: str = setting("adaptive", check=choice(CONCURRENCY),
+                               doc="adaptive: the folders in flight follow the API's answers, up to workers; "
+                                   "fixed: always workers")
     retry: RetryConfig = setting(RetryConfig(), doc="attempts and delays")
     logging: LoggingConfig = setting(LoggingConfig(), doc="log events")
     reconcile_seconds: float = setting(300.0, check=positive, doc="how often the watched paths are rescanned")

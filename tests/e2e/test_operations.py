@@ -7,6 +7,7 @@ The real daemon process against the emulator, except where the test needs to rea
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -127,6 +128,9 @@ def test_metrics_are_scraped_and_status_answers_from_the_daemon(cloud: FakeCloud
     durations = [s for s in families["nextmv_watcher_request_duration_seconds"].samples
                  if s.name.endswith("_count") and s.labels["endpoint"] == "create_run"]
     assert durations and durations[0].value == 1
+    # The adaptive limit of folders in flight: within workers (4 here), at least one.
+    (limit,) = [s.value for s in families["nextmv_watcher_concurrency_limit"].samples]
+    assert 1 <= limit <= 4
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     # The version, for dashboards and logs; the listener announced once.
     assert [s.labels for s in families["nextmv_watcher_build_info"].samples] == [{"version": __version__}]
@@ -140,6 +144,11 @@ def test_metrics_are_scraped_and_status_answers_from_the_daemon(cloud: FakeCloud
     assert status["counters"]["failed"] == 1
     assert status["recent_failures"][0]["folder"].endswith("/bad")
     assert status["observer_alive"] is True
+    assert status["concurrency"]["mode"] == "adaptive" and status["concurrency"]["workers"] == 4
+    assert 1 <= status["concurrency"]["limit"] <= 4
+    text_status = subprocess.run([sys.executable, "-m", "watcher", "status", "--config", str(daemon.config)],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+    assert re.search(r"^concurrency: \d+ folders at once \(adaptive, workers 4\)", text_status, re.MULTILINE)
     assert daemon.stop() == 0
 
 

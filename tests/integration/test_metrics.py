@@ -134,8 +134,10 @@ def test_gauges_follow_the_status_snapshot(daemon: Daemon, http: httpx.Client) -
         queue_depth=7, in_flight=["/runs/a", "/runs/b"], oldest_pending_age_seconds=42.5,
         paused={"app-b": {"reason": "application_not_found", "message": "no such app", "since": 1.0}},
         observer_restarts=2, incomplete_too_long=3, uptime_seconds=600.0,
+        concurrency={"mode": "adaptive", "limit": 13, "workers": 32, "in_flight": 2},
     )
     s = scrape(http)
+    assert value(s, "nextmv_watcher_concurrency_limit") == 13
     assert value(s, "nextmv_watcher_queue_depth") == 7
     assert value(s, "nextmv_watcher_in_flight") == 2
     assert value(s, "nextmv_watcher_oldest_pending_age_seconds") == 42.5

@@ -671,6 +671,52 @@ def test_the_observer_sees_every_attempt(
     assert all(o.seconds >= 0 for o in outcomes)
 
 
+def test_outcomes_carry_a_put_s_size_and_a_429_s_retry_after(
+        tmp_path: Path, outcomes: list[RequestOutcome],
+        make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    """What the concurrency limit judges PUTs by (seconds per MiB) and what the gate holds for."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 3000)
+    server = Server(httpx.Response(429, json={"error": "slow down"}, headers={"Retry-After": "7"}),
+                    ok({"id": "app"}))
+    client, _ = make_client(server)
+    client.get_application("app")
+    server.answers = [httpx.Response(200)]
+    client.put_file(target(), opener(path), 3000)
+
+    assert [(o.endpoint, o.status, o.size, o.retry_after) for o in outcomes] == [
+        ("get_application", 429, 0, 7.0), ("get_application", 200, 0, None), ("put", 200, 3000, None)]
+
+
+def test_api_calls_wait_out_the_hold_and_uploads_do_not(
+        tmp_path: Path, outcomes: list[RequestOutcome]) -> None:
+    """A 429's Retry-After holds every API call (the gate's hold, asked before each one); a presigned PUT
+    goes to the storage and never asks."""
+    path = tmp_path / "f"
+    path.write_bytes(b"{}")
+    holds = [3.0, 1.0, 0.0]   # what the hold says each time it is asked
+    asked: list[str] = []
+    server = Server(ok({"id": "app"}))
+    cancel = RecordingEvent()
+
+    def hold() -> float:
+        asked.append(f"hold {holds[0]}")
+        return holds.pop(0) if len(holds) > 1 else holds[0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(f"sent {request.method}")
+        return server(request)
+
+    client = NextmvClient(BASE, KEY, transport=httpx.MockTransport(handler), cancel=cancel,
+                          observer=outcomes.append, hold=hold)
+    client.get_application("app")
+    client.put_file(target(), opener(path), 2)
+    client.close()
+
+    assert asked == ["hold 3.0", "hold 1.0", "hold 0.0", "sent GET", "sent PUT"]
+    assert cancel.waits == [3.0, 1.0]
+
+
 # --- every read bounded ----------------------------------------------------------------------------
 
 

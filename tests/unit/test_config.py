@@ -155,7 +155,7 @@ def test_only_watch_is_required_and_the_rest_takes_defaults(tmp_path: Path, runs
     assert (watch.format.input, watch.format.output) == ("auto", "auto")
     assert watch.files == config.files
     assert (config.completion.marker, config.completion.settle_seconds) == (None, 5.0)
-    assert config.workers == 8
+    assert (config.workers, config.concurrency) == (32, "adaptive")
     assert (config.retry.max_attempts, config.retry.backoff_initial_seconds,
             config.retry.backoff_max_seconds) == (10, 1.0, 600.0)
     assert (config.logging.format, config.logging.level) == ("auto", "info")
@@ -214,6 +214,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
           read_timeout_seconds: true
           connect_timeout_seconds: -2
         workers: "8"
+        concurrency: sometimes
         reconcile_seconds: false
         drain_timeout_seconds: -1
         completion: {{settle_seconds: -0.5}}
@@ -235,7 +236,8 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
     found = problems(path)
 
     assert problem_at(found, "wokers") == (
-        "wokers: unknown key (known: after_tracking, api, completion, control_socket, done_path, drain_timeout_seconds,"
+        "wokers: unknown key (known: after_tracking, api, completion, concurrency, control_socket, done_path,"
+        " drain_timeout_seconds,"
         " files, logging, metrics, reconcile_seconds, retention_days, retry, state_dir, state_owners, watch, workers)")
     assert "unknown key" in problem_at(found, "api.urll")
     assert problem_at(found, "watch[0].formatt") == (
@@ -244,6 +246,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
     assert "boolean" in problem_at(found, "api.read_timeout_seconds")
     assert "boolean" in problem_at(found, "reconcile_seconds")
     assert problem_at(found, "workers") == "workers: must be an integer, got str"
+    assert problem_at(found, "concurrency") == "concurrency: must be one of adaptive, fixed, got 'sometimes'"
     assert "greater than 0" in problem_at(found, "api.connect_timeout_seconds")
     assert "negative" in problem_at(found, "drain_timeout_seconds")
     assert "negative" in problem_at(found, "completion.settle_seconds")
@@ -255,7 +258,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
     assert not [p for p in found if p.startswith("watch[2].")], "a missing watched path is no configuration error"
     overlap = problem_at(found, "watch[3].path")
     assert "overlaps watch[0].path" in overlap
-    assert len(found) == 15
+    assert len(found) == 16
 
 
 def test_booleans_are_refused_where_numbers_or_strings_are_expected(tmp_path: Path, runs: Path) -> None:

@@ -379,3 +379,53 @@ def test_health_turns_unhealthy_once_uploads_have_been_paused_too_long(config: C
     healthy, detail = health.health()
     assert not healthy
     assert detail["reasons"] == [f"API paused (upload_refused) for {round(clock.now - 1000.0)} s: *"]
+
+
+# --- 429 holds (issue 13, item 2) ----------------------------------------------------------------------
+
+
+def throttled(retry_after: float | None, endpoint: str = "uploadurl", status: int = 429) -> RequestOutcome:
+    return RequestOutcome(endpoint, status, 0.01, TransientError, retry_after=retry_after)
+
+
+def test_a_429_with_retry_after_holds_every_api_call_until_then_without_pausing(config: Config) -> None:
+    clock = Clock()
+    gate, released = make(config, clock)
+    assert gate.held_for() == 0
+    with structlog.testing.capture_logs() as logs:
+        gate.observe(throttled(3))
+        clock.now += 1
+        gate.observe(throttled(1))    # ends earlier than the hold: changes nothing
+        gate.observe(throttled(4))    # ends later: extends it, without a second event
+    assert gate.held_for() == 4
+    assert [(e["log_level"], e["seconds"]) for e in events(logs, "api_held")] == [("info", 3)]
+    assert not gate.is_paused() and gate.blocked("app-a") is None and gate.blocked("app-b") is None
+    clock.now += 4
+    assert gate.held_for() == 0
+    assert released == []
+
+
+def test_only_a_429_with_retry_after_holds(config: Config) -> None:
+    gate, _ = make(config, Clock())
+    gate.observe(throttled(None))
+    gate.observe(throttled(5, status=503))
+    gate.observe(throttled(5, endpoint="put"))   # the storage's answer, not the API's
+    assert gate.held_for() == 0
+
+
+def test_a_hold_is_capped(config: Config) -> None:
+    gate, _ = make(config, Clock())
+    gate.observe(throttled(86400))
+    assert gate.held_for() == 120
+
+
+def test_throttling_is_no_outage_and_never_trips_the_breaker(config: Config) -> None:
+    """A throttled API answers: 429s in a row (as many folders throttled at once after a burst) hold the
+    calls; they do not pause all work as unreachable (an error-level `api_paused`)."""
+    gate, _ = make(config, Clock(), threshold=3)
+    with structlog.testing.capture_logs() as logs:
+        for retry_after in (1, None, 1, None, 1, None):
+            gate.observe(throttled(retry_after))
+    assert not gate.is_paused()
+    assert gate.failing() is None
+    assert not events(logs, "api_paused")

@@ -32,6 +32,11 @@ def format_status(st: dict[str, Any]) -> str:
                  f"{f.get('retry_wait', 0)} waiting to retry, {f.get('parked', 0)} parked"
                  + (f"; oldest pending {_duration(oldest)}" if oldest is not None else ""))
     lines.extend(f"  in flight: {folder}" for folder in st.get("in_flight") or [])
+    conc = st.get("concurrency")
+    if conc:
+        lines.append(f"concurrency: {conc.get('limit')} folders at once ({conc.get('mode')}, workers "
+                     f"{conc.get('workers')})" + (f"; API calls held {st['api_held_seconds']:g} s more (429 "
+                                                  "Retry-After)" if st.get("api_held_seconds") else ""))
     inconclusive = st.get("lookup_inconclusive") or {}
     if inconclusive.get("count"):
         lines.append(f"  {inconclusive['count']} waiting after an inconclusive run look-up (never posted again; "
@@ -56,7 +61,16 @@ def format_status(st: dict[str, Any]) -> str:
     c = st.get("counters") or {}
     lines.append(f"counters: {c.get('tracked', 0)} tracked, {c.get('failed', 0)} failed, "
                  f"{c.get('retried', 0)} retried")
-    health = []
+    lines.extend(_health(st))
+    failures = st.get("recent_failures") or []
+    lines.append(f"recent failures: {len(failures) or 'none'}")
+    lines.extend(f"  {_when(f.get('at'))}  {f.get('folder')}  {f.get('reason')}: {f.get('error')}" for f in failures)
+    return "\n".join(lines)
+
+
+def _health(st: dict[str, Any]) -> list[str]:
+    """The health line (observers, workers, folders incomplete for too long), or none."""
+    health: list[str] = []
     if st.get("observer_wedged"):
         health.append(f"observer WEDGED (delivers no events) for {', '.join(st['observer_wedged'])}")
     elif st.get("observer_alive") is not None:
@@ -68,12 +82,7 @@ def format_status(st: dict[str, Any]) -> str:
         health.append(f"{workers} worker(s) alive")
     if st.get("incomplete_too_long"):
         health.append(f"{st['incomplete_too_long']} folder(s) incomplete for too long")
-    if health:
-        lines.append("health: " + ", ".join(health))
-    failures = st.get("recent_failures") or []
-    lines.append(f"recent failures: {len(failures) or 'none'}")
-    lines.extend(f"  {_when(f.get('at'))}  {f.get('folder')}  {f.get('reason')}: {f.get('error')}" for f in failures)
-    return "\n".join(lines)
+    return ["health: " + ", ".join(health)] if health else []
 
 
 def _newer(newer: dict[str, Any]) -> list[str]:

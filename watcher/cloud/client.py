@@ -72,9 +72,12 @@ class RequestOutcome:
     seconds: float
     error: type[ApiError] | None   # None for a success, else the error's type (UploadExpired, AuthError, ...)
     code: str | None = None        # S3's error code of a failed PUT (RequestTimeout, SignatureDoesNotMatch, ...)
+    size: int = 0                  # the request body's bytes (a PUT's Content-Length): PUT time is judged per MB
+    retry_after: float | None = None   # the answer's Retry-After, in seconds (a 429's: see the gate's hold)
 
 
 Observer = Callable[[RequestOutcome], None]
+Hold = Callable[[], float]   # seconds every API call must still wait (a 429's Retry-After, for the whole key)
 Transport = httpx.BaseTransport   # what tests hand in (httpx.MockTransport), so that no caller needs httpx
 
 
@@ -105,6 +108,7 @@ class NextmvClient:
         cancel: threading.Event | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        hold: Hold | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -113,6 +117,7 @@ class NextmvClient:
         self.cancel = cancel or threading.Event()
         self.observer = observer
         self.clock = clock
+        self.hold = hold
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
         self._timeout = timeout.as_dict()
         self._base_headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
@@ -168,7 +173,7 @@ class NextmvClient:
             try:
                 self._call("put", "PUT", target.upload_url, headers=headers,
                            content=lambda: putbody.counted(src, progress), authorize=False, attempts=1,
-                           body_limit=s3error.MAX_BYTES)
+                           body_limit=s3error.MAX_BYTES, size=size)
             except putbody.LENGTH_MISMATCH as exc:
                 changed = putbody.library_noticed(src, exc)
                 if changed is None:
@@ -241,7 +246,7 @@ class NextmvClient:
               json_body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
               headers: dict[str, str] | None = None, content: Callable[[], Iterator[bytes]] | None = None,
               authorize: bool = True, uncertain_after_send: bool = False,
-              attempts: int | None = None, body_limit: int | None = None) -> httpx.Response:
+              attempts: int | None = None, body_limit: int | None = None, size: int = 0) -> httpx.Response:
         hdrs = dict(headers or {})
         if authorize:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
@@ -255,6 +260,8 @@ class NextmvClient:
         attempt = 0
         while True:
             attempt += 1
+            if authorize:
+                self._wait_for_hold()
             started = time.monotonic()
             status: int | None = None
             try:
@@ -270,10 +277,11 @@ class NextmvClient:
                 status = resp.status_code
                 err_or_none = _status_error(endpoint, resp, app, uncertain_after_send)
                 if err_or_none is None:
-                    self._observe(endpoint, status, started, None)
+                    self._observe(endpoint, status, started, None, size=size)
                     return resp
                 err = err_or_none
-            self._observe(endpoint, status, started, type(err), getattr(err, "code", None))
+            self._observe(endpoint, status, started, type(err), getattr(err, "code", None), size=size,
+                          retry_after=getattr(err, "retry_after", None))
             if not _retryable(err) or attempt >= (attempts or self.attempts) or self.cancel.is_set():
                 raise err
             retry_after = err.retry_after if isinstance(err, TransientError) else None
@@ -306,10 +314,20 @@ class NextmvClient:
             return UncertainError(f"{endpoint}: {kind} after the request was sent; outcome unknown")
         return TransientError(f"{endpoint}: {kind}")
 
+    def _wait_for_hold(self) -> None:
+        """An API call waits while the key is held (a 429's Retry-After, for every application: the gate's
+        hold), unless the client is cancelled. Presigned PUTs go to the storage and never wait."""
+        if self.hold is None:
+            return
+        wait = self.hold()
+        while wait > 0 and not self.cancel.wait(min(wait, RETRY_AFTER_CAP)):
+            wait = self.hold()
+
     def _observe(self, endpoint: str, status: int | None, started: float, error: type[ApiError] | None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, *, size: int = 0, retry_after: float | None = None) -> None:
         if self.observer is not None:
-            self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error, code))
+            self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error, code, size,
+                                         retry_after))
 
 
 class _NotFound(ApiError):

@@ -6,7 +6,8 @@
     worker.py          one folder's turn: open, look, attempt, apply the verdict
     attempt.py         one attempt under the claim (shared with `track`)
     verdict.py         the failure table as a pure function
-    gate.py            pauses and resuming: key rejected, application missing, circuit breaker
+    gate.py            pauses and resuming: key rejected, application missing, circuit breaker; 429 holds
+    concurrency.py     how many folders may be in flight: the adaptive (AIMD) limit within `workers`
     outcomes.py        outcome counts and recent failures
     scanning.py        the start-up scan and the reconcile
     chores.py          the main loop's periodic chores

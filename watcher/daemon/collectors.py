@@ -87,6 +87,8 @@ class StatusCollector:
             pending,
             gauge("queue_depth", "Folders due now, waiting for a worker.", s.get("queue_depth", 0)),
             gauge("in_flight", "Folders a worker is processing.", len(s.get("in_flight") or ())),
+            gauge("concurrency_limit", "Folders that may be in flight now: the adaptive limit (at most workers), "
+                  "or workers with concurrency: fixed.", (s.get("concurrency") or {}).get("limit", 0)),
             gauge("oldest_pending_age_seconds",
                   "Seconds since the oldest pending folder was first seen complete (0 when none).",
                   0.0 if age is None else age),

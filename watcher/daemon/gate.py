@@ -6,12 +6,18 @@ These things pause work, and this module alone decides, probes and logs them (`a
 - the API rejects the key (401/403): all work pauses (scope "*"), reason `auth`;
 - an application does not exist (404): that application's work pauses (scope = its id);
 - every recent API request failed (the circuit breaker: `failure_threshold` transient failures in a
-  row, seen through the client's request outcomes): all work pauses, reason `unreachable`;
+  row, seen through the client's request outcomes; a 429 is an answer, not a failure): all work pauses,
+  reason `unreachable`;
 - every recent upload failed (the uploads' own breaker: `upload_failure_threshold` failed presigned
   PUTs in a row, across folders; every PUT follows a successful upload-URL call, so the API's count
   cannot see them): all work pauses, reason `upload_refused` when each was a 403 refusal
   (SignatureDoesNotMatch, ...: a proxy or clock skew), else `uploads_failing`. Folders that fail
   meanwhile are parked without using up attempts (see `verdict`).
+
+It also holds: a 429 with `Retry-After` on an API call holds every API call of every application (the
+limit's scope is undocumented, so it is taken to be the key's) until then, capped at RETRY_AFTER_CAP
+(`held_for`, which the client asks before each API call; logged as `api_held` when a hold begins). A
+hold is no pause: nothing is parked or probed, no attempt is used, it simply ends.
 
 A paused scope is probed from the main loop (`probe`): one `GET /v1/applications/{id}` without
 retries, with a growing interval (for an upload pause: a fresh upload URL and a PUT of `{}`, so
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 import structlog
 
 from watcher.cloud.backoff import Backoff
-from watcher.cloud.client import NextmvClient, RequestOutcome
+from watcher.cloud.client import RETRY_AFTER_CAP, NextmvClient, RequestOutcome
 from watcher.config import Config, resolve_api_key
 from watcher.errors import (
     ApiError,
@@ -84,6 +90,7 @@ class Gate:
         self._last_failure = ""
         self._upload_failures = 0
         self._upload_refusals = 0   # how many of the failed PUTs in a row were 403 refusals
+        self._held_until = 0.0      # a 429's Retry-After: no API call before then (clock time)
 
     # -- what workers and observers see ----------------------------------------------------
 
@@ -103,6 +110,12 @@ class Gate:
         or None when the last one succeeded."""
         with self._lock:
             return (self._failures, self._last_failure) if self._failures else None
+
+    def held_for(self) -> float:
+        """Seconds every API call must still wait (a 429's Retry-After), 0 when none: fits the client's `hold`."""
+        with self._lock:
+            until = self._held_until
+        return max(0.0, until - self.clock())
 
     def pauses(self) -> dict[str, Pause]:
         with self._lock:
@@ -137,6 +150,10 @@ class Gate:
             with self._lock:
                 self._failures = 0
             return
+        if outcome.status == 429:   # throttled: the API answers, so it is no outage for the breaker
+            if outcome.retry_after is not None:
+                self._hold(outcome)
+            return
         if not issubclass(outcome.error, TransientError):
             return
         message = f"{outcome.endpoint}: {outcome.status or 'no response'}"
@@ -147,6 +164,18 @@ class Gate:
         if tripped and self._close(GLOBAL, "unreachable", message):
             log.error("api_paused", reason="unreachable", endpoint=outcome.endpoint, status=outcome.status,
                       hint="every recent request failed; work resumes by itself when the API answers")
+
+    def _hold(self, outcome: RequestOutcome) -> None:
+        """Hold every API call until the 429's Retry-After has passed (a later end extends the hold)."""
+        assert outcome.retry_after is not None
+        now = self.clock()
+        until = now + min(outcome.retry_after, RETRY_AFTER_CAP)
+        with self._lock:
+            began = self._held_until <= now
+            self._held_until = max(self._held_until, until)
+        if began:
+            log.info("api_held", endpoint=outcome.endpoint, seconds=round(until - now, 3),
+                     hint="the API asked to slow down (429 with Retry-After): every application's API calls wait")
 
     def _observe_upload(self, outcome: RequestOutcome) -> None:
         """A PUT's outcome: a success resets the uploads' count; a failed upload counts (a refused size

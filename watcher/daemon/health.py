@@ -27,7 +27,8 @@ LISTED_FOLDERS = 20   # folders named in the status per list (the count says how
 class Health:
     def __init__(self, *, config: Callable[[], Config], index: FolderIndex, gate: Gate, outcomes: Outcomes,
                  detectors: Detectors, watching: bool, workers: Callable[[], list[threading.Thread]],
-                 state: Callable[[], str], clock: Callable[[], float]) -> None:
+                 state: Callable[[], str], clock: Callable[[], float],
+                 concurrency: Callable[[], dict[str, Any]] | None = None) -> None:
         self.config = config
         self.index = index
         self.gate = gate
@@ -37,6 +38,7 @@ class Health:
         self.workers = workers
         self.state = state
         self.clock = clock
+        self.concurrency = concurrency   # the limit's snapshot (`Concurrency.snapshot`)
         self.started_at = clock()
         self.progress_at = time.monotonic()
 
@@ -77,6 +79,9 @@ class Health:
             "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
             "paused": {scope: {"reason": p.reason, "message": p.message, "since": p.since}
                        for scope, p in self.gate.pauses().items()},
+            # Folders that may be in flight now (mode, limit, workers, in_flight); a 429's hold, in seconds.
+            "concurrency": self.concurrency() if self.concurrency is not None else None,
+            "api_held_seconds": round(self.gate.held_for(), 3),
             "counters": self.outcomes.totals(),
             "recent_failures": self.outcomes.recent_failures(),
             "observer_alive": self.detectors.alive() if self.watching else None,

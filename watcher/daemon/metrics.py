@@ -32,6 +32,9 @@ Series (all prefixed ``nextmv_watcher_``):
     folders_pending{state}                              gauge, every state always exported: queued
                                                         (due now), in_flight, retry_wait, parked
     queue_depth, in_flight                              gauges: folders_pending queued, in_flight
+    concurrency_limit                                   gauge: folders that may be in flight now (the
+                                                        adaptive limit, at most `workers`; `workers`
+                                                        with concurrency: fixed)
     oldest_pending_age_seconds                          gauge: since the oldest pending folder was
                                                         first seen complete (0 when none is)
     api_paused{scope}                                   1 per paused scope ("all" for the global

@@ -9,9 +9,9 @@ control socket and metrics listeners, and the caller's thread running `run()`: r
 a paused API, observer health, reconciliation scans, systemd notifications and nothing else.
 
 Runtime state has one owner each: the folder index (`watcher.daemon.index`: what is known about each
-folder, and the queue), the gate (`watcher.daemon.gate`: pauses), the outcome counts (`watcher.daemon.outcomes`),
-and the configuration, one reference (`self.config`) that every component reads through a callable
-each time it needs it, so that a reload is one assignment.
+folder, and the queue), the gate (`watcher.daemon.gate`: pauses and holds), the outcome counts
+(`watcher.daemon.outcomes`), the concurrency limit (`watcher.daemon.concurrency`), and the configuration,
+one reference (`self.config`) that every component reads through a callable each time it needs it.
 Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload,
 which set flags.
 """
@@ -38,6 +38,7 @@ from watcher.daemon import aftercare
 from watcher.daemon.aftercheck import LateChecks
 from watcher.daemon.attempt import Attempts
 from watcher.daemon.chores import Chores
+from watcher.daemon.concurrency import Concurrency
 from watcher.daemon.detectors import Detectors
 from watcher.daemon.gate import Gate
 from watcher.daemon.health import Health
@@ -110,8 +111,9 @@ class Service:
             config.api.url, api_key, connect_timeout=config.api.connect_timeout_seconds,
             read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle),
             transport=transport, max_connections=config.workers * 3 + 2, observer=self._on_request,
-            clock=clock,
+            clock=clock, hold=lambda: self.gate.held_for(),   # noqa: PLW0108 - the gate is made after the client
         )
+        self.concurrency = Concurrency(current)
         self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
@@ -138,7 +140,7 @@ class Service:
         self.health_view = Health(
             config=current, index=self.index, gate=self.gate, outcomes=self.outcomes,
             detectors=self.detectors, watching=watch, workers=lambda: self._workers[: self._target_workers],
-            state=lambda: self.state.value, clock=clock)
+            state=lambda: self.state.value, clock=clock, concurrency=self.concurrency.snapshot)
         self.chores = Chores(config=current, clock=clock, index=self.index, store=self.store, gate=self.gate,
                              detectors=self.detectors, health=self.health_view, notifier=self.notifier,
                              watching=watch, stopping=self._stop)
@@ -236,6 +238,7 @@ class Service:
         if self._daemon:
             log.info("daemon_stopping", in_flight=len(self.index.in_flight()), queued=len(self.index))
         self.index.close()
+        self.concurrency.close()
         deadline = time.monotonic() + self.config.drain_timeout_seconds
         for t in self._workers:
             while t.is_alive() and not self._abort.is_set() and time.monotonic() < deadline:
@@ -318,13 +321,11 @@ class Service:
 
     def _work(self, number: int) -> None:
         while not self._stop.is_set() and number < self._target_workers:
-            # close() and wake() interrupt the wait; the timeout is only a safety net.
-            folder = self.index.take(timeout=5.0)
-            if folder is None:
-                continue
-            found = self.processor.process(folder)
-            self.health_view.progressed()
-            self.index.settle(folder, found)
+            with self.concurrency.slot(self.index.take, timeout=5.0) as folder:   # within the (adaptive) limit
+                if folder is not None:
+                    found = self.processor.process(folder)
+                    self.health_view.progressed()
+                    self.index.settle(folder, found)
 
     def _on_bytes(self, n: int) -> None:
         self.health_view.progressed()
@@ -334,6 +335,7 @@ class Service:
         self.health_view.progressed()
         self.metrics.request(outcome)
         self.gate.observe(outcome)
+        self.concurrency.observe(outcome)
 
     def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> bool:
         """Keep, move or delete a tracked folder (see `aftercare.after_tracked_logged`); True when it is gone."""
@@ -386,6 +388,7 @@ class Service:
         self.outcomes.drop_applications(applications)
         if new.workers != self._target_workers:
             self._resize_workers(new.workers)
+        self.concurrency.wake()   # workers or concurrency may have changed: the limit is read anew
         if changes.restart_required:
             log.warning("reload_partial", restart_required=changes.restart_required,
                         hint="the API connection settings and state_dir take effect at the next start")

@@ -1,0 +1,283 @@
+"""How many folders may be in flight: a limit that adapts to the API's answers (AIMD), within `workers`.
+
+The rule is Vector's adaptive request concurrency (ARC; vector.dev/docs/architecture/arc, and
+`src/sinks/util/adaptive_concurrency/controller.rs`), with its defaults: `ewma_alpha` 0.4,
+`decrease_ratio` 0.9, `rtt_deviation_scale` 2.5. Time is cut into windows, each as long as the mean
+API-call round trip so far (at least `min_window`, so that a window averages more than one call).
+At the end of a window:
+
+- **increase** by one (never above `workers`) when the limit was reached during the window (folders
+  waited for a slot, so there is evidence that more would be used), nothing pushed back, and the
+  window's mean API-call time is not above the moving average of the past windows' means;
+- **decrease** to `floor(limit * decrease_ratio)` (at least 1) when something pushed back (a 429, a
+  408, a 5xx, a timeout or a reset, on an API call or an upload), or the window's mean API-call time
+  rose above the moving average by more than `rtt_deviation_scale` times its moving deviation (an
+  exponentially weighted mean and variance, West's recurrence, as Vector's `EwmaVar`).
+
+Verdicts (400, 401, 403, 404, 409, 413, 422, a refused or expired upload URL) say nothing about load:
+they neither push back nor give a time. Presigned PUTs are judged on a track of their own, in seconds
+per MiB (a PUT of less than a MiB counts as one), so that a large upload does not read as a slower
+API; a PUT track that rises beyond its own deviation decreases the limit as well.
+
+Where Vector starts at one request, the limit starts at `INITIAL` (8, the fixed worker count of
+earlier releases) or `workers` if lower, so that a start-up backlog is not slower than before.
+With `concurrency: fixed` the limit is `workers`, always.
+
+`Aimd` is the rule, pure and clock-driven (tests step the clock); `Concurrency` makes it the slots the
+worker threads take (`slot`) and is fed every request outcome (`observe`).
+Its lock guards only its own counts, and is never held while calling anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from watcher.cloud.client import RequestOutcome
+from watcher.config import CONCURRENCY as MODES
+from watcher.config import Config
+from watcher.errors import TransientError, UploadExpired, UploadRefused
+
+ADAPTIVE, FIXED = MODES
+INITIAL = 8
+PUT = "put"   # the client's endpoint name for presigned uploads
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Vector's ARC defaults (`AdaptiveConcurrencySettings`), and our window floor."""
+
+    ewma_alpha: float = 0.4
+    decrease_ratio: float = 0.9
+    rtt_deviation_scale: float = 2.5
+    initial: int = INITIAL
+    min_window: float = 0.05
+
+
+class MeanVar:
+    """Exponentially weighted mean and variance (West's recurrence; Vector's `EwmaVar`)."""
+
+    def __init__(self, alpha: float, first: float) -> None:
+        self.alpha = alpha
+        self.mean = first
+        self.variance = 0.0
+
+    def update(self, x: float) -> None:
+        diff = x - self.mean
+        increment = self.alpha * diff
+        self.mean += increment
+        self.variance = (1 - self.alpha) * (self.variance + diff * increment)
+
+    def threshold(self, scale: float) -> float:
+        """Above this, a window's mean counts as risen."""
+        return self.mean + scale * math.sqrt(max(0.0, self.variance))
+
+
+class Track:
+    """One kind of time (API calls, or PUT seconds per MiB): this window's mean and the past windows'."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+        self.past: MeanVar | None = None
+
+    def add(self, seconds: float) -> None:
+        self.total += seconds
+        self.count += 1
+
+    def current(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    def risen(self, scale: float) -> bool:
+        now = self.current()
+        return now is not None and self.past is not None and now > self.past.threshold(scale)
+
+    def flat(self) -> bool:
+        """The window's mean is not above the past mean (Vector's condition to increase)."""
+        now = self.current()
+        return now is not None and self.past is not None and now <= self.past.mean
+
+    def close(self, alpha: float) -> None:
+        """The window ends: its mean joins the past's moving average."""
+        now = self.current()
+        if now is not None:
+            if self.past is None:
+                self.past = MeanVar(alpha, now)
+            else:
+                self.past.update(now)
+        self.total, self.count = 0.0, 0
+
+
+def pushes_back(outcome: RequestOutcome) -> bool:
+    """Throttled (429), a timeout (408), a server error (5xx), or no answer (a timeout, a reset). A PUT's
+    403 (expired or refused URL) is a verdict on the URL, not load."""
+    if outcome.error is None:
+        return False
+    if outcome.status is None:
+        return issubclass(outcome.error, TransientError) and not issubclass(outcome.error, (UploadExpired,
+                                                                                           UploadRefused))
+    return outcome.status in (408, 429) or outcome.status >= 500
+
+
+class Aimd:
+    """The limit and the evidence of the current window. Not thread-safe: `Concurrency` guards it."""
+
+    def __init__(self, ceiling: int, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.limit = max(1, min(self.settings.initial, ceiling))
+        self.busy = 0              # folders in flight (a slot that got a folder)
+        self.reached = False       # the limit was reached during this window
+        self.back_pressure = False
+        self.api = Track()
+        self.put = Track()
+        self.window_ends: float | None = None
+        self.changes = 0           # how many times the limit moved (for tests and status)
+
+    def clamp(self, ceiling: int) -> None:
+        """`workers` may have changed (a reload): the limit never exceeds it."""
+        self.limit = max(1, min(self.limit, ceiling))
+
+    def started(self) -> None:
+        self.busy += 1
+        if self.busy >= self.limit:
+            self.reached = True
+
+    def finished(self) -> None:
+        self.busy = max(0, self.busy - 1)
+
+    def observe(self, outcome: RequestOutcome, now: float, ceiling: int) -> None:
+        """One request's outcome; at the window's end, adjust the limit (within `ceiling`)."""
+        if pushes_back(outcome):
+            self.back_pressure = True
+        elif outcome.error is None:
+            if outcome.endpoint == PUT:
+                self.put.add(outcome.seconds / max(1.0, outcome.size / MIB))
+            else:
+                self.api.add(outcome.seconds)
+        if self.window_ends is None:
+            self.window_ends = now + self.settings.min_window
+        elif now >= self.window_ends:
+            self.adjust(now, ceiling)
+
+    def adjust(self, now: float, ceiling: int) -> None:
+        """The window is over: increase, decrease or keep the limit; then start the next window."""
+        s = self.settings
+        before = self.limit
+        rising = self.api.risen(s.rtt_deviation_scale) or self.put.risen(s.rtt_deviation_scale)
+        if self.back_pressure or rising:
+            self.limit = max(1, math.floor(self.limit * s.decrease_ratio))
+        elif self.reached and self.limit < ceiling and self.api.flat() and not self.put.risen(s.rtt_deviation_scale):
+            self.limit += 1
+        self.clamp(ceiling)
+        self.changes += self.limit != before
+        self.api.close(s.ewma_alpha)
+        self.put.close(s.ewma_alpha)
+        past = self.api.past.mean if self.api.past is not None else 0.0
+        self.window_ends = now + max(s.min_window, past)
+        self.back_pressure = False
+        self.reached = self.busy >= self.limit   # folders still in flight at the limit count for the next one
+
+
+class Concurrency:
+    """Thread-safe slots for the worker threads, `limit()` of them. `workers` (the ceiling) and
+    `concurrency` (the mode) are read from the configuration each time they matter, so a reload applies
+    at once (`wake` the waiting workers then)."""
+
+    def __init__(self, config: Callable[[], Config], *, clock: Callable[[], float] = time.monotonic,
+                 settings: Settings | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._aimd = Aimd(self.ceiling(), settings)
+        self._held = 0   # slots handed out (a worker waiting for a folder holds one too)
+        self._closed = False
+
+    def ceiling(self) -> int:
+        return self.config().workers
+
+    def mode(self) -> str:
+        return self.config().concurrency
+
+    def limit(self) -> int:
+        """Folders that may be in flight now: `workers` in fixed mode, else the adaptive limit."""
+        ceiling, mode = self.ceiling(), self.mode()
+        if mode == FIXED:
+            return ceiling
+        with self._cond:
+            self._aimd.clamp(ceiling)
+            return self._aimd.limit
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait until a slot is free (then hold it) for at most `timeout` seconds: False on timeout or once
+        closed. `slot` releases it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            limit = self.limit()   # read outside the lock: it reads the configuration
+            with self._cond:
+                if self._closed:
+                    return False
+                if self._held < limit:
+                    self._held += 1
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+
+    @contextmanager
+    def slot(self, take: Callable[[float], Path | None], *, timeout: float) -> Iterator[Path | None]:
+        """A slot within the limit, and a folder taken with it (`take(timeout)`, the folder index's): the
+        folder, in flight until the block ends and the slot is released; None when no slot was free or no
+        folder came within `timeout` (each), or once closed. `take` is called without the lock. `close` (here
+        and the index's) and `wake` interrupt the waits; the timeouts are only a safety net."""
+        if not self.acquire(timeout):
+            yield None
+            return
+        folder: Path | None = None
+        try:
+            folder = take(timeout)
+            if folder is not None:
+                with self._cond:
+                    self._aimd.started()
+            yield folder
+        finally:
+            with self._cond:
+                self._held = max(0, self._held - 1)
+                if folder is not None:
+                    self._aimd.finished()
+                self._cond.notify()
+
+    def observe(self, outcome: RequestOutcome) -> None:
+        """One HTTP attempt's outcome (the client's observer); in fixed mode it changes nothing."""
+        if self.mode() == FIXED:
+            return
+        ceiling = self.ceiling()
+        now = self.clock()
+        with self._cond:
+            before = self._aimd.limit
+            self._aimd.observe(outcome, now, ceiling)
+            if self._aimd.limit > before:
+                self._cond.notify_all()
+
+    def wake(self) -> None:
+        """`workers` or the mode changed (a reload): waiting workers look at the limit again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stopping: every waiting `acquire` returns False."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def snapshot(self) -> dict[str, object]:
+        """For status and the gauge: mode, the limit now, the ceiling (`workers`), folders in flight."""
+        mode, ceiling, limit = self.mode(), self.ceiling(), self.limit()
+        with self._cond:
+            return {"mode": mode, "limit": limit, "workers": ceiling, "in_flight": self._aimd.busy}
