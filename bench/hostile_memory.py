@@ -130,6 +130,7 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
             extra: dict[str, object] = {"watch": [
                 {"path": str(hostile_root), "application_id": APP},
                 {"path": str(backlog_root), "application_id": APP}]}
+            extra["concurrency"] = "fixed"   # the worst case: all W workers in flight at once
             if cap:
                 extra["files"] = {"max_json_bytes": json_bytes}
             return write_config(work / "config.yaml", url=emu.url, root=hostile_root, state_dir=work / "state",
