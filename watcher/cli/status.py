@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,12 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"concurrency: {conc.get('limit')} folders at once ({conc.get('mode')}, workers "
                      f"{conc.get('workers')})" + (f"; API calls held {st['api_held_seconds']:g} s more (429 "
                                                   "Retry-After)" if st.get("api_held_seconds") else ""))
-    inconclusive = st.get("lookup_inconclusive") or {}
-    if inconclusive.get("count"):
-        lines.append(f"  {inconclusive['count']} waiting after an inconclusive run look-up (never posted again; "
-                     "`nextmv-watcher track FOLDER --repost` posts anyway, a duplicate is possible):")
-        lines.extend(f"    {folder}" for folder in inconclusive.get("folders") or [])
-        if inconclusive["count"] > len(inconclusive.get("folders") or []):
-            lines.append("    ... (`nextmv-watcher scan` lists them all)")
-    state_errors = st.get("state_error") or {}
-    if state_errors.get("count"):
-        lines.append(f"  {state_errors['count']} waiting because the daemon could not write its own files "
-                     "(disk full, read-only state directory; retried from 5 s, doubling to 5 min):")
-        lines.extend(f"    {f.get('folder')}: {f.get('error')}" for f in state_errors.get("folders") or [])
-        if state_errors["count"] > len(state_errors.get("folders") or []):
-            lines.append("    ... (`nextmv-watcher scan` lists them all)")
+    lines.extend(_listed(st.get("lookup_inconclusive") or {}, "waiting after an inconclusive run look-up (never "
+                         "posted again; `nextmv-watcher track FOLDER --repost` posts anyway, a duplicate is possible)",
+                         str))
+    lines.extend(_listed(st.get("state_error") or {}, "waiting because the daemon could not write its own files "
+                         "(disk full, read-only state directory; retried from 5 s, doubling to 5 min)",
+                         lambda f: f"{f.get('folder')}: {f.get('error')}"))
     lines.extend(_newer(st.get("newer") or {}))
     paused = st.get("paused") or {}
     if not paused:
@@ -87,13 +80,18 @@ def _health(st: dict[str, Any]) -> list[str]:
 
 def _newer(newer: dict[str, Any]) -> list[str]:
     """The lines of the folders left alone because a newer nextmv-watcher wrote their state (none: none)."""
-    if not newer.get("count"):
+    return _listed(newer, "left alone, written by a newer nextmv-watcher (never tracked, claimed or changed by "
+                   "this version; upgrade it)", lambda f: f"{f.get('folder')}: {f.get('problem')}")
+
+
+def _listed(block: dict[str, Any], what: str, line: Callable[[Any], str]) -> list[str]:
+    """A `{"count", "folders"}` block of the status as lines: the count and `what`, then the folders
+    listed (the daemon names the first 20), each as `line` makes it (none when the count is 0)."""
+    if not block.get("count"):
         return []
-    listed = newer.get("folders") or []
-    return [f"  {newer['count']} left alone, written by a newer nextmv-watcher (never tracked, claimed or "
-            "changed by this version; upgrade it):",
-            *(f"    {f.get('folder')}: {f.get('problem')}" for f in listed),
-            *(["    ... (`nextmv-watcher scan` lists them all)"] if newer["count"] > len(listed) else [])]
+    listed = block.get("folders") or []
+    return [f"  {block['count']} {what}:", *(f"    {line(f)}" for f in listed),
+            *(["    ... (`nextmv-watcher scan` lists them all)"] if block["count"] > len(listed) else [])]
 
 
 def print_scan_status(config: Config, *, json_output: bool) -> int:
