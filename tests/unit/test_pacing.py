@@ -10,6 +10,7 @@ import httpx
 import pytest
 import structlog
 
+from watcher.cli.status import format_status
 from watcher.cloud.client import NextmvClient, RequestOutcome
 from watcher.daemon.pacing import Pacer, Pacing, Settings
 
@@ -229,3 +230,30 @@ def test_cancel_interrupts_a_wait_for_a_token() -> None:
     client.close()
     assert cancel.waits == pytest.approx([1 / rate])   # asked to wait, interrupted at once
     assert sent == [start]
+
+
+def test_status_shows_the_pace() -> None:
+    base = {"state": "running", "watched": []}
+    assert "API calls: paced at 27.9/s (after 429s)" in format_status({**base, "api_rate_limit": 27.9})
+    assert "API calls: not paced" in format_status({**base, "api_rate_limit": None})
+    assert "API calls" not in format_status(base)   # a daemon of an earlier version
+
+
+def test_429s_that_come_whatever_the_rate_do_not_push_it_to_nothing() -> None:
+    """One call in ten throttled at any rate (not a rate limit): at most one decrease per window, and
+    never below a quarter of the highest rate the API accepted when pacing began."""
+    pacer, now = throttled_at_20_per_second()
+    calls, decreases, lowest = 0, 0, pacer.rate
+    for _ in range(60):   # a minute of binding windows, every tenth call throttled
+        end = now + S.window
+        while now < end:
+            wait = pacer.delay(now)
+            if wait == 0.0:
+                calls += 1
+                answered(pacer, now, 429 if calls % 10 == 0 else 200, seconds=0.001, retry_after=0.05)
+                decreases += pacer.news == "decreased"
+                lowest = min(lowest or 0.0, pacer.rate or 0.0)
+                pacer.news = None
+            now += wait or 0.001
+    assert 0 < decreases <= 60
+    assert lowest == pytest.approx(S.floor_share * 20)   # it reached the floor, and stayed on it

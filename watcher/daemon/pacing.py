@@ -8,14 +8,18 @@ to be the key's, as the gate's Retry-After hold is).
 
 - **Unlimited** at first: no bucket, nothing waits, until the API answers 429.
 - **Decrease**, on a 429 to a call sent after the last decrease (the 429s of calls already in flight
-  then are the same event): the rate becomes `decrease_ratio` times the lower of the rate and the
-  accepted rate (calls answered other than 429) measured over the last `window`, from the end of the
-  last Retry-After hold and over at least `min_span` (so that the burst the API lets through at once
-  is not read as a rate).
-- **Increase**, at the end of each `window` without a 429 in which a call had to wait for a token
-  (evidence that the rate binds): by `start_growth` times the rate after the first decrease from
-  unlimited, until the next decrease (a slow start: the first estimate is rough); afterwards by
-  `probe_growth` times the rate (slow probing, so that 429s stay rare).
+  then are the same event), at most once per `window`: the rate becomes `decrease_ratio` times the
+  lower of the rate and the accepted rate (calls answered other than 429) measured over the last
+  `window`, from the end of the last Retry-After hold and over at least `min_span` (so that the burst
+  the API lets through at once is not read as a rate).
+- **Increase**, at the end of each `window` without a decrease in which a call had to wait for a
+  token (evidence that the rate binds; a 429 that lowered nothing does not stop it): by `start_growth`
+  times the rate after the first decrease from unlimited, until the next decrease (a slow start: the
+  first estimate is rough); afterwards by `probe_growth` times the rate (slow probing, so that 429s
+  stay rare).
+- **Never below** `floor_share` of the highest accepted rate measured at a decrease since pacing began
+  (nor below `floor`): 429s that come whatever the rate (one call in ten, say) would otherwise push it
+  down window after window; a real limit lower than that still has its Retry-After holds.
 - **Unlimited again** after `quiet` seconds without a 429.
 
 The bucket holds at most `burst` seconds of tokens (at least one). `Pacer` is the rule, pure: time is
@@ -53,7 +57,8 @@ class Settings:
     probe_growth: float = 0.01   # per window, afterwards
     quiet: float = 120.0         # seconds without a 429: unlimited again
     burst: float = 0.1           # seconds of tokens the bucket holds (at least one token)
-    floor: float = 0.5           # calls per second, the lowest rate
+    floor: float = 1.0           # calls per second, the lowest rate
+    floor_share: float = 0.25    # ... and never below this share of the highest accepted rate measured
 
 
 class Pacer:
@@ -70,6 +75,7 @@ class Pacer:
         self.held_until = float("-inf")     # the last 429's Retry-After ends (the gate holds every call)
         self.throttled_at = float("-inf")   # the last 429
         self.first_seen: float | None = None   # the first answer since unlimited
+        self.best = 0.0              # the highest accepted rate measured at a decrease since unlimited
         self.window_ends = 0.0
         self.waited = False          # a call waited for a token during this window
         self.changes = 0             # how many times the rate moved (for tests)
@@ -102,13 +108,14 @@ class Pacer:
         self.throttled_at = now
         if retry_after is not None:
             self.held_until = max(self.held_until, now + min(retry_after, RETRY_AFTER_CAP))
-        if now - seconds < self.decreased_at:
+        if now - seconds < self.decreased_at or now < self.decreased_at + self.settings.window:
             self.tick(now)
             return
         s = self.settings
         first = self.rate is None
-        self.rate = max(s.floor, s.decrease_ratio * (measured if first or self.rate is None
-                                                     else min(self.rate, measured)))
+        self.best = max(self.best, measured)
+        self.rate = max(s.floor, s.floor_share * self.best,
+                        s.decrease_ratio * (measured if first or self.rate is None else min(self.rate, measured)))
         self.starting = first
         self.decreased_at = now
         self.tokens, self.stamp = 0.0, now
@@ -133,11 +140,11 @@ class Pacer:
         if self.rate is None or now < self.window_ends:
             return
         if now - self.throttled_at >= s.quiet:
-            self.rate, self.starting, self.first_seen = None, False, None
+            self.rate, self.starting, self.first_seen, self.best = None, False, None, 0.0
             self.changes += 1
             self.news = "unlimited"
             return
-        if self.waited and self.throttled_at <= self.window_ends - s.window:
+        if self.waited and self.decreased_at <= self.window_ends - s.window:
             self._refill(now)
             self.rate *= 1.0 + (s.start_growth if self.starting else s.probe_growth)
             self.changes += 1
