@@ -131,6 +131,8 @@ def test_metrics_are_scraped_and_status_answers_from_the_daemon(cloud: FakeCloud
     # The adaptive limit of folders in flight: within workers (4 here), at least one.
     (limit,) = [s.value for s in families["nextmv_watcher_concurrency_limit"].samples]
     assert 1 <= limit <= 4
+    # No 429: API calls are not paced (the gauge's 0).
+    assert [s.value for s in families["nextmv_watcher_api_rate_limit"].samples] == [0]
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     # The version, for dashboards and logs; the listener announced once.
     assert [s.labels for s in families["nextmv_watcher_build_info"].samples] == [{"version": __version__}]
@@ -146,9 +148,11 @@ def test_metrics_are_scraped_and_status_answers_from_the_daemon(cloud: FakeCloud
     assert status["observer_alive"] is True
     assert status["concurrency"]["mode"] == "adaptive" and status["concurrency"]["workers"] == 4
     assert 1 <= status["concurrency"]["limit"] <= 4
+    assert status["api_rate_limit"] is None
     text_status = subprocess.run([sys.executable, "-m", "watcher", "status", "--config", str(daemon.config)],
                                  capture_output=True, text=True, timeout=30, check=True).stdout
     assert re.search(r"^concurrency: \d+ folders at once \(adaptive, workers 4\)", text_status, re.MULTILINE)
+    assert re.search(r"^API calls: not paced$", text_status, re.MULTILINE)
     assert daemon.stop() == 0
 
 

@@ -148,3 +148,28 @@ def test_a_reload_switches_between_adaptive_and_fixed(
     service.request_reload()
     service.run_until_idle(timeout=30)
     assert service.status()["concurrency"] == {"mode": "adaptive", "limit": 5, "workers": 5, "in_flight": 0}
+
+
+def test_paced_api_calls_keep_429s_rare_and_track_a_batch_exactly_once(
+        cloud: FakeCloud, watched: Path, make_service: Callable[..., Service]) -> None:
+    """Issue 13's rate-limit case at default workers: limiting folders in flight cannot keep under 30
+    calls/s at loopback latency; pacing the API calls does, so 429s stay rare (at most 10% of API calls)."""
+    cloud.set_behaviour(rate_limit_per_second=30, rate_limit_burst=10)
+    folders = [write_folder(watched, f"run-{i}", FILES) for i in range(150)]
+    service = make_service(cloud.url, watched, workers=32)
+    assert service.status()["api_rate_limit"] is None   # unlimited until the first 429
+
+    with structlog.testing.capture_logs() as logs:
+        service.start()
+        assert service.run_until_idle(timeout=300)
+
+    runs = cloud.runs("app")
+    assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders)   # each exactly once
+    assert all(marker(f) is not None and marker(f, FAILED) is None for f in folders)
+    calls, throttled = api_calls(cloud)
+    assert 0 < throttled <= 0.10 * calls
+    paced = [e for e in logs if e["event"] == "api_pacing" and e["log_level"] == "info"]
+    assert paced and all(e["reason"] == "throttled" and e["rate"] > 0 for e in paced)
+    assert len(paced) <= throttled                      # once per decrease, never per call
+    assert service.status()["api_rate_limit"] > 0       # still paced: no quiet period yet
+    assert not [e for e in logs if e["event"] in ("folder_failed", "api_paused")]

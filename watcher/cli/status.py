@@ -38,6 +38,9 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"concurrency: {conc.get('limit')} folders at once ({conc.get('mode')}, workers "
                      f"{conc.get('workers')})" + (f"; API calls held {st['api_held_seconds']:g} s more (429 "
                                                   "Retry-After)" if st.get("api_held_seconds") else ""))
+    if "api_rate_limit" in st:
+        rate = st["api_rate_limit"]
+        lines.append("API calls: not paced" if rate is None else f"API calls: paced at {rate:g}/s (after 429s)")
     lines.extend(_listed(st.get("lookup_inconclusive") or {}, "waiting after an inconclusive run look-up (never "
                          "posted again; `nextmv-watcher track FOLDER --repost` posts anyway, a duplicate is possible)",
                          str))

@@ -8,6 +8,7 @@
     verdict.py         the failure table as a pure function
     gate.py            pauses and resuming: key rejected, application missing, circuit breaker; 429 holds
     concurrency.py     how many folders may be in flight: the adaptive (AIMD) limit within `workers`
+    pacing.py          how fast API calls may go: a token bucket whose rate adapts to 429s (AIMD)
     outcomes.py        outcome counts and recent failures
     scanning.py        the start-up scan and the reconcile
     chores.py          the main loop's periodic chores

@@ -89,6 +89,8 @@ class StatusCollector:
             gauge("in_flight", "Folders a worker is processing.", len(s.get("in_flight") or ())),
             gauge("concurrency_limit", "Folders that may be in flight now: the adaptive limit (at most workers), "
                   "or workers with concurrency: fixed.", (s.get("concurrency") or {}).get("limit", 0)),
+            gauge("api_rate_limit", "API calls per second the daemon allows itself after the API answered 429 "
+                  "(adaptive pacing); 0 while not paced.", s.get("api_rate_limit") or 0),
             gauge("oldest_pending_age_seconds",
                   "Seconds since the oldest pending folder was first seen complete (0 when none).",
                   0.0 if age is None else age),

@@ -28,7 +28,8 @@ class Health:
     def __init__(self, *, config: Callable[[], Config], index: FolderIndex, gate: Gate, outcomes: Outcomes,
                  detectors: Detectors, watching: bool, workers: Callable[[], list[threading.Thread]],
                  state: Callable[[], str], clock: Callable[[], float],
-                 concurrency: Callable[[], dict[str, Any]] | None = None) -> None:
+                 concurrency: Callable[[], dict[str, Any]] | None = None,
+                 pacing: Callable[[], float | None] | None = None) -> None:
         self.config = config
         self.index = index
         self.gate = gate
@@ -39,6 +40,7 @@ class Health:
         self.state = state
         self.clock = clock
         self.concurrency = concurrency   # the limit's snapshot (`Concurrency.snapshot`)
+        self.pacing = pacing             # API calls per second allowed now, None when unlimited (`Pacing.rate`)
         self.started_at = clock()
         self.progress_at = time.monotonic()
 
@@ -82,6 +84,8 @@ class Health:
             # Folders that may be in flight now (mode, limit, workers, in_flight); a 429's hold, in seconds.
             "concurrency": self.concurrency() if self.concurrency is not None else None,
             "api_held_seconds": round(self.gate.held_for(), 3),
+            # API calls per second the daemon allows itself after 429s (`pacing`); None: not paced.
+            "api_rate_limit": self._rate(),
             "counters": self.outcomes.totals(),
             "recent_failures": self.outcomes.recent_failures(),
             "observer_alive": self.detectors.alive() if self.watching else None,
@@ -94,6 +98,10 @@ class Health:
             # Watched paths not watched now (gone, not a directory, a symlink), and why.
             "watched_missing": self._missing() if self.watching else None,
         }
+
+    def _rate(self) -> float | None:
+        rate = self.pacing() if self.pacing is not None else None
+        return None if rate is None else round(rate, 2)
 
     def _missing(self) -> dict[str, str]:
         return {str(path): why for path, why in sorted(self.detectors.missing().items())}

@@ -35,6 +35,8 @@ Series (all prefixed ``nextmv_watcher_``):
     concurrency_limit                                   gauge: folders that may be in flight now (the
                                                         adaptive limit, at most `workers`; `workers`
                                                         with concurrency: fixed)
+    api_rate_limit                                      gauge: API calls per second the daemon allows
+                                                        itself after 429s (pacing.py); 0: not paced
     oldest_pending_age_seconds                          gauge: since the oldest pending folder was
                                                         first seen complete (0 when none is)
     api_paused{scope}                                   1 per paused scope ("all" for the global

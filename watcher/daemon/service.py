@@ -10,10 +10,9 @@ a paused API, observer health, reconciliation scans, systemd notifications and n
 
 Runtime state has one owner each: the folder index (`watcher.daemon.index`: what is known about each
 folder, and the queue), the gate (`watcher.daemon.gate`: pauses and holds), the outcome counts
-(`watcher.daemon.outcomes`), the concurrency limit (`watcher.daemon.concurrency`), and the configuration,
-one reference (`self.config`) that every component reads through a callable each time it needs it.
-Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload,
-which set flags.
+(`watcher.daemon.outcomes`), the concurrency limit and the API calls' pace (`concurrency`, `pacing`), and
+the configuration, one reference (`self.config`) that every component reads through a callable each time.
+Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload, which set flags.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from watcher.daemon.notify import Notifier
 from watcher.daemon.observers import ObserverFactory
 from watcher.daemon.openfiles import OpenFiles
 from watcher.daemon.outcomes import Outcomes
+from watcher.daemon.pacing import Pacing
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
 from watcher.daemon.worker import FolderProcessor
@@ -111,9 +111,9 @@ class Service:
             config.api.url, api_key, connect_timeout=config.api.connect_timeout_seconds,
             read_timeout=config.api.read_timeout_seconds, verify=build_verify(config.api.ca_bundle),
             transport=transport, max_connections=config.workers * 3 + 2, observer=self._on_request,
-            clock=clock, hold=lambda: self.gate.held_for(),   # noqa: PLW0108 - the gate is made after the client
+            clock=clock, hold=lambda: self.gate.held_for() or self.pacing.delay(),   # the gate's hold, then the pace
         )
-        self.concurrency = Concurrency(current)
+        self.concurrency, self.pacing = Concurrency(current), Pacing()
         self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
@@ -138,7 +138,7 @@ class Service:
         self._target_workers = config.workers
         self._scanner: threading.Thread | None = None
         self.health_view = Health(
-            config=current, index=self.index, gate=self.gate, outcomes=self.outcomes,
+            config=current, index=self.index, gate=self.gate, outcomes=self.outcomes, pacing=self.pacing.rate,
             detectors=self.detectors, watching=watch, workers=lambda: self._workers[: self._target_workers],
             state=lambda: self.state.value, clock=clock, concurrency=self.concurrency.snapshot)
         self.chores = Chores(config=current, clock=clock, index=self.index, store=self.store, gate=self.gate,
@@ -334,8 +334,8 @@ class Service:
     def _on_request(self, outcome: RequestOutcome) -> None:
         self.health_view.progressed()
         self.metrics.request(outcome)
-        self.gate.observe(outcome)
-        self.concurrency.observe(outcome)
+        for observe in (self.gate.observe, self.concurrency.observe, self.pacing.observe):
+            observe(outcome)
 
     def _after_tracked_safely(self, folder: Path, d: DirHandle | None = None) -> bool:
         """Keep, move or delete a tracked folder (see `aftercare.after_tracked_logged`); True when it is gone."""
