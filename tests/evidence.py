@@ -20,6 +20,8 @@ from helpers import FAILED, TRACKED, Daemon
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from watcher.fakecloud import FakeCloud
+from watcher.runfolder.claims import CLAIM
+from watcher.runfolder.markers import JOURNAL
 
 SECRET = "nxmv-live-SECRET-9f4c2a7e1b8d3065a0"   # the API key, recognisable wherever it leaks to
 Snapshot = dict[str, tuple[Any, ...]]
@@ -147,6 +149,12 @@ def attempt_ended(daemon: Daemon, folder: Path, since: int) -> bool:
 
 def finished(folder: Path) -> bool:
     return os.path.lexists(folder / TRACKED) or os.path.lexists(folder / FAILED)
+
+
+def settled(folder: Path) -> bool:
+    """Finished, and the daemon is done with it: no journal left and its claim released (the claim goes
+    last, after the marker and the journal, so a snapshot taken before that would see it go)."""
+    return finished(folder) and not any(os.path.lexists(folder / name) for name in (JOURNAL, CLAIM))
 
 
 def no_leak(cloud: FakeCloud) -> None:

@@ -197,7 +197,7 @@ class Server:
         content."""
         changed = changes(before, snapshot(self.b.path))
         assert not os.path.lexists(victim / TRACKED), f"a tracked marker appeared in team B's folder b1: {changed}"
-        assert changed == [], "team B's files were changed"
+        assert changed == [], f"team B's files were changed: {changed}"
         self.finish(self.b, victim)
         run = wait_for(lambda: self.run_named(self.b, victim.name), 30, "team B's folder b1 tracked")
         for field, content in (("input", B_INPUT), ("output_upload_id", B_OUTPUT)):

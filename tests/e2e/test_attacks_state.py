@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from evidence import finished, no_leak, snapshot
+from evidence import finished, no_leak, settled, snapshot
 from helpers import FAILED, TRACKED, wait_for
 from hostile import A_INPUT, A_OUTPUT, B_INPUT, B_OUTPUT, TEAM_A_ID, Server
 
@@ -85,7 +85,7 @@ def test_forged_journal_cannot_reuse_another_folders_upload(server: Server) -> N
     daemon = server.start_daemon()
     b0_folder = server.put_folder(server.b, "b0", {"input.json": B_INPUT, "output.json": B_OUTPUT})
     b0 = wait_for(lambda: server.run_named(server.b, "b0"), 30, "team B's b0 tracked")
-    wait_for(lambda: finished(b0_folder) and not os.path.lexists(b0_folder / JOURNAL), 10, "b0's marker")
+    wait_for(lambda: settled(b0_folder), 10, "b0's marker, its journal gone and its claim released")
     before = snapshot(server.b.path)
     stolen = b0.body["upload_id"]
 
