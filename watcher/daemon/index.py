@@ -20,6 +20,7 @@ complete are not counted.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -227,29 +228,25 @@ class FolderIndex(WorkQueue):
 
     def waiting_for(self, reason: str) -> list[Path]:
         """The folders waiting to be retried because of `reason` (e.g. "lookup_inconclusive"), sorted."""
-        with self._cond:
-            return sorted(f for f, e in self._entries.items() if e.stage is Stage.RETRY_WAIT and e.reason == reason)
+        return [f for f, _ in self.waiting_with(reason)]
 
     def waiting_with(self, reason: str) -> list[tuple[Path, str | None]]:
         """(folder, error) of the folders waiting to be retried because of `reason`, sorted."""
-        with self._cond:
-            return sorted((f, e.detail) for f, e in self._entries.items()
-                          if e.stage is Stage.RETRY_WAIT and e.reason == reason)
+        return self._details(Stage.RETRY_WAIT, reason)
 
     def left_alone(self) -> list[tuple[Path, str | None]]:
         """(folder, why) of the finished folders left alone because a newer version wrote their state, sorted."""
+        return self._details(Stage.FINISHED, NEWER_SCHEMA)
+
+    def _details(self, stage: Stage, reason: str) -> list[tuple[Path, str | None]]:
+        """(folder, detail) of the folders in `stage` for `reason`, sorted by folder."""
         with self._cond:
-            return sorted((f, e.detail) for f, e in self._entries.items()
-                          if e.stage is Stage.FINISHED and e.reason == NEWER_SCHEMA)
+            return sorted((f, e.detail) for f, e in self._entries.items() if e.stage is stage and e.reason == reason)
 
     def waiting_reasons(self) -> dict[str, int]:
         """How many folders wait to be retried, by reason ("backoff" when the attempt named none)."""
-        result: dict[str, int] = {}
         with self._cond:
-            for e in self._entries.values():
-                if e.stage is Stage.RETRY_WAIT:
-                    result[e.reason or "backoff"] = result.get(e.reason or "backoff", 0) + 1
-        return result
+            return dict(Counter(e.reason or "backoff" for e in self._entries.values() if e.stage is Stage.RETRY_WAIT))
 
     def parked_scopes(self) -> set[str]:
         """The pauses some folder is parked behind."""

@@ -147,13 +147,14 @@ def waiting_for(service: Service) -> str:
     """What the sync is waiting for, in words: pauses first, then why folders wait, then what is in flight."""
     now = service.clock()
     parts = []
-    for scope, pause in sorted(service.gate.pauses().items()):
+    pauses, waiting = service.gate.pauses(), service.index.waiting_reasons()
+    for scope, pause in sorted(pauses.items()):
         what = "the API" if scope == GLOBAL else f"application {scope}"
         state = {"upload_refused": "had every upload refused", "uploads_failing": "had every upload fail",
                  "auth": "rejected the key", "application_not_found": "was not found"
                  }.get(pause.reason, "has been unreachable")
         parts.append(f"{what} {state} for {round(now - pause.since)} s: {pause.message}")
-    for reason, n in sorted(service.index.waiting_reasons().items()):
+    for reason, n in sorted(waiting.items()):
         if reason == "claimed_elsewhere":
             parts.append(f"{n} folder(s) claimed by another process")
         elif reason == "state_error":   # our own files: say which error, e.g. the spool's bytes needed
@@ -162,10 +163,10 @@ def waiting_for(service: Service) -> str:
         else:
             parts.append(f"{n} folder(s) waiting to be retried ({reason})")
     failing = service.gate.failing()
-    if failing is not None and not service.gate.pauses():
+    if failing is not None and not pauses:
         parts.append(f"the API: {failing[0]} request(s) failed in a row, the last: {failing[1]}")
     last = service.outcomes.last_retry()
-    if last is not None and service.index.waiting_reasons():
+    if last is not None and waiting:
         parts.append(f"the last attempt: {last[0]}: {last[1]}")
     counts = service.index.counts()
     if counts["parked"]:
