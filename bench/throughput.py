@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bench.certs import Tls
 from bench.common import API_KEY, PYTHON, REPO, WORK, BenchError, fresh_dir
@@ -40,12 +41,20 @@ class Throughput:
     emu_cpu: float            # CPU seconds of the emulator process
     check: str                # "ok" or what did not match
     startup: float | None = None   # seconds from spawn to startup_scan_done
+    after_startup: tuple[float, int] | None = None  # (CPU seconds, runs tracked) after startup_scan_done
     user_sys: tuple[float, float] | None = None
     profile: str | None = None
 
     @property
     def rate(self) -> float:
         return self.n / self.seconds
+
+    @property
+    def cpu_per_run_after_startup(self) -> float | None:
+        """The daemon's CPU seconds per run tracked after its start-up scan was done (issue 13)."""
+        if not self.after_startup or self.after_startup[1] <= 0:
+            return None
+        return self.after_startup[0] / self.after_startup[1]
 
     def limit(self) -> float | None:
         """W / (R x L): the most runs per second `workers` can do at this latency."""
@@ -73,7 +82,8 @@ def _check_runs(emu: Emulator, n: int) -> tuple[str, float | None]:
 
 
 def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int | None, *,
-               timeout: float, profile: Path | None = None, gil: bool = False) -> Throughput:
+               timeout: float, profile: Path | None = None, gil: bool = False,
+               extra: dict[str, Any] | None = None) -> Throughput:
     tag = f"tp-daemon-{int(latency * 1000)}ms-{'https' if tls else 'http'}-w{workers or 'default'}"
     if profile:
         tag += "-profiled"
@@ -82,18 +92,21 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
     folders = small_runs(root, n)
     with Emulator(latency=latency, cert=tls.server if tls else None, ca=ca) as emu:
         config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state",
-                              ca=tls.ca if tls else None, workers=workers)
+                              ca=tls.ca if tls else None, workers=workers, extra=extra)
         emu_cpu0 = emu.cpu()
         keep = {"daemon_started", "startup_scan_done", "folder_failed", "folder_retrying", "folder_error"}
         with DaemonProcess(config, work / "daemon.log") as daemon:
             profiler = Profiler(daemon.pid, profile, gil=gil) if profile else None
             try:
+                daemon.wait_count("startup_scan_done", 1, timeout, keep=keep, interval=0.002)
+                cpu_at_scan, tracked_at_scan = daemon.cpu(), daemon.counts["run_tracked"]
                 done = daemon.wait_count("run_tracked", n, timeout, keep=keep)
             finally:
                 summary = profiler.stop() if profiler else None
             seconds = done - daemon.started_at
             user_sys = daemon.cpu_split()
             own_cpu = sum(user_sys)
+            after_startup = (own_cpu - cpu_at_scan, n - tracked_at_scan)
             emu_cpu = emu.cpu() - emu_cpu0
             started = daemon.first("daemon_started") or {}
             scan = daemon.first("startup_scan_done")
@@ -108,7 +121,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         if retries:
             check += f" ({retries} folder_retrying events)"
     return Throughput("daemon", latency, tls is not None, started.get("workers"), n, seconds, steady, own_cpu,
-                      emu_cpu, check, startup, user_sys, summary)
+                      emu_cpu, check, startup, after_startup, user_sys, summary)
 
 
 def sdk_run(n: int, latency: float, tls: Tls | None, ca: Path, *, timeout: float) -> Throughput:

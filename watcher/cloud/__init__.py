@@ -1,6 +1,7 @@
 """The Nextmv API: the only code that knows httpx (its errors become `watcher.errors` here).
 
-    client.py    the runs API over one pooled httpx client; bounded retries; request outcomes
+    client.py    the runs API over pooled httpx clients; bounded retries; request outcomes
+    pools.py     one httpx client per calling thread (no thread waits on another's pool lock)
     answers.py   every answer read with a bound (API: 8 MiB success, 4 KiB error; a PUT's head)
     s3error.py   a failed upload's S3 error: its code and message only (never signing material)
     putbody.py   a PUT's body, exactly its declared length; a source that changed is `FolderChanged`

@@ -1,4 +1,4 @@
-"""The Nextmv runs API over one pooled keep-alive httpx client.
+"""The Nextmv runs API over keep-alive httpx clients, one per calling thread (`pools`).
 
 This is the only module that knows httpx: its exceptions and status codes become the errors
 of `watcher.errors` here and nowhere else. API requests that are safe to repeat are retried a
@@ -36,6 +36,7 @@ from watcher import __version__
 from watcher.cloud import putbody, s3error
 from watcher.cloud.answers import AnswerTooLarge, read_answer, read_head
 from watcher.cloud.backoff import Backoff
+from watcher.cloud.pools import ThreadClients
 from watcher.errors import (
     ApiError,
     ApplicationNotFound,
@@ -121,14 +122,11 @@ class NextmvClient:
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
         self._timeout = timeout.as_dict()
         self._base_headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
-        self._http = httpx.Client(
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
+        tls = httpx.create_ssl_context() if verify is True else verify   # made once, shared by every thread
+        self._http = ThreadClients(lambda: httpx.Client(
+            timeout=timeout, verify=tls, transport=transport, headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=False,
-        )
+            follow_redirects=False))
 
     def close(self) -> None:
         self._http.close()
@@ -300,7 +298,7 @@ class NextmvClient:
         TLS settings)."""
         request = httpx.Request(method, url, params=params, headers={**self._base_headers, **headers},
                                 content=content, extensions={"timeout": self._timeout})
-        transport = self._http._transport_for_url(request.url)  # private, see the docstring
+        transport = self._http.get()._transport_for_url(request.url)  # private, see the docstring
         response = transport.handle_request(request)
         response.request = request
         return read_answer(response) if body_limit is None else read_head(response, body_limit)
