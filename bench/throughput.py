@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.certs import Tls
 from bench.common import API_KEY, PYTHON, REPO, WORK, BenchError, fresh_dir
+from bench.concurrency import EVENTS, InFlight, in_flight
 from bench.daemon import DaemonProcess, write_config
 from bench.emulator import Emulator
 from bench.folders import small_runs, tracked_count
@@ -42,6 +43,7 @@ class Throughput:
     startup: float | None = None   # seconds from spawn to startup_scan_done
     user_sys: tuple[float, float] | None = None
     profile: str | None = None
+    flight: InFlight | None = None   # folders in flight at once, from the daemon's log (bench.concurrency)
 
     @property
     def rate(self) -> float:
@@ -84,7 +86,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state",
                               ca=tls.ca if tls else None, workers=workers)
         emu_cpu0 = emu.cpu()
-        keep = {"daemon_started", "startup_scan_done", "folder_failed", "folder_retrying", "folder_error"}
+        keep = {"daemon_started", "startup_scan_done", "folder_failed", "folder_retrying", "folder_error", *EVENTS}
         with DaemonProcess(config, work / "daemon.log") as daemon:
             profiler = Profiler(daemon.pid, profile, gil=gil) if profile else None
             try:
@@ -108,7 +110,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         if retries:
             check += f" ({retries} folder_retrying events)"
     return Throughput("daemon", latency, tls is not None, started.get("workers"), n, seconds, steady, own_cpu,
-                      emu_cpu, check, startup, user_sys, summary)
+                      emu_cpu, check, startup, user_sys, summary, in_flight(daemon.events))
 
 
 def sdk_run(n: int, latency: float, tls: Tls | None, ca: Path, *, timeout: float) -> Throughput:
