@@ -39,6 +39,7 @@ class InFlight:
     peak: int          # the most folders in flight at once
     mean: float        # time-weighted mean from the first attempt's start to the last attempt's end
     attempts: int      # attempts counted (started and ended)
+    timeline: str = ""  # "0s: 8, 2s: 13, ...": the most in flight in each `every`-second bucket from the first start
 
 
 def event_time(event: dict[str, Any]) -> float | None:
@@ -48,7 +49,7 @@ def event_time(event: dict[str, Any]) -> float | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def in_flight(events: Iterable[dict[str, Any]]) -> InFlight | None:
+def in_flight(events: Iterable[dict[str, Any]], every: float = 2.0) -> InFlight | None:
     """Folders in flight, from `folder_complete` to the event ending that folder's attempt; None if none."""
     opened: dict[str, float] = {}
     steps: list[tuple[float, int]] = []
@@ -65,14 +66,18 @@ def in_flight(events: Iterable[dict[str, Any]]) -> InFlight | None:
     steps.sort(key=lambda s: (s[0], s[1]))   # an end before a start at the same instant
     level = peak = 0
     area = 0.0
-    last = steps[0][0]
+    first = last = steps[0][0]
+    buckets: dict[int, int] = {}
     for at, delta in steps:
         area += level * (at - last)
         level += delta
         peak = max(peak, level)
         last = at
-    span = steps[-1][0] - steps[0][0]
-    return InFlight(peak, area / span if span > 0 else float(peak), len(steps) // 2)
+        bucket = int((at - first) / every)
+        buckets[bucket] = max(buckets.get(bucket, 0), level)
+    span = steps[-1][0] - first
+    timeline = ", ".join(f"{b * every:g}s: {v}" for b, v in sorted(buckets.items()))
+    return InFlight(peak, area / span if span > 0 else float(peak), len(steps) // 2, timeline)
 
 
 @dataclass

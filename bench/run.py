@@ -159,6 +159,9 @@ def run_latency(plan: Plan, report: Report) -> None:
         say(f"    daemon W={got.workers}: {got.rate:.1f} runs/s{times}, steady {got.steady_rate or 0:.1f} "
             f"({got.check}){flight}")
     throughput_rows(report, got, None, sdk, label, need=plan.slow_need)
+    if got and got.flight:
+        report.notes.append(f"Throughput {label}, defaults: folders in flight over time (the most in each 2 s from "
+                            f"the first attempt, from the daemon's log): {got.flight.timeline}.")
 
 
 def run_ratelimit(plan: Plan, report: Report) -> None:
@@ -266,7 +269,12 @@ def render(plan: Plan, report: Report, argv: list[str], quick: bool, seconds: fl
         "the start-up scan included) to the N-th `.nextmv-tracked.json`; *steady* is the rate between the first",
         "and the last run created at the emulator. The SDK loop is timed from its first `track_run` to its last",
         "(imports excluded) and reads input.json/output.json as a user's script would. W/(RxL) uses R = 3",
-        "round trips (upload URL, PUT with a run's artifacts in parallel, POST). Emulator CPU is the CPU time",
+        "round trips (upload URL, PUT with a run's artifacts in parallel, POST); W is `workers`, the bound, and the",
+        "folders actually in flight (those rows and the rate-limit rows) count from a folder's `folder_complete`",
+        "event to the event ending its attempt (`run_tracked`) in the daemon's log. At 100 ms the SDK loop tracks",
+        f"{plan.slow_sdk_n} runs, not N. Under the rate limit, API calls are the requests to /v1 (look-ups included),",
+        "not the presigned PUTs; its runs/s counts to the N-th attempt ended (tracked or failed).",
+        "Emulator CPU is the CPU time",
         "of the emulator process during the measurement (\"of a core\": divided by the wall time); the emulator",
         "is a threaded Python server, so near 100% of a core it would be the bottleneck. Every throughput run",
         "is checked: N markers on disk, exactly N runs at the emulator, N distinct names (`[check: ...]`",
