@@ -1,8 +1,10 @@
 """The emulator in its own process, with the options `nextmv-watcher fake-cloud` does not take.
 
 As a program (`python -m bench.emulator --latency 0.02 --cert server.pem`) it runs
-`watcher.fakecloud.FakeCloud` with injected per-request latency, optional TLS and a small
-`max_stored_bytes`, prints one JSON line `{"url": ..., "pid": ...}` and serves until SIGTERM.
+`watcher.fakecloud.FakeCloud` with injected per-request latency, optional TLS, a small
+`max_stored_bytes`, and optionally a token-bucket rate limit on API calls (`--rate-limit`) or another
+upload size limit (`--max-upload-bytes`; `Behaviour` fields, as `nextmv-watcher fake-cloud` sets them),
+prints one JSON line `{"url": ..., "pid": ...}` and serves until SIGTERM.
 `Emulator` starts such a process and reads its /_fake/ control endpoints.
 """
 
@@ -24,7 +26,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench.common import API_KEY, PYTHON, REPO, BenchError, stop_process
-from watcher.fakecloud import FakeCloud, Faults
+from watcher.fakecloud import Behaviour, FakeCloud, Faults
+from watcher.fakecloud.behaviour import checked_behaviour
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert", help="PEM file holding the server's key and certificate chain (enables HTTPS)")
     p.add_argument("--max-stored-bytes", type=int, default=1 << 20)
     p.add_argument("--api-key", default=API_KEY)
+    p.add_argument("--rate-limit", type=float, metavar="R",
+                   help="API calls (/v1/...) per second, token bucket of the emulator's default burst (10); "
+                        "429 with Retry-After beyond it (default: no limit)")
+    p.add_argument("--max-upload-bytes", type=int, metavar="N",
+                   help="largest presigned PUT accepted (default: the emulator's, 500000000)")
     args = p.parse_args(argv)
+    changes: dict[str, object] = {}
+    if args.rate_limit is not None:
+        changes["rate_limit_per_second"] = args.rate_limit
+    if args.max_upload_bytes is not None:
+        changes["max_upload_bytes"] = args.max_upload_bytes
+    behaviour = Behaviour(**checked_behaviour(changes))  # type: ignore[arg-type]
 
     ctx = None
     if args.cert:
@@ -47,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     cloud = FakeCloud(api_keys=[args.api_key], faults=Faults(latency_seconds=args.latency),
-                      max_stored_bytes=args.max_stored_bytes, ssl_context=ctx)
+                      max_stored_bytes=args.max_stored_bytes, ssl_context=ctx, behaviour=behaviour)
     with cloud:
         print(json.dumps({"url": cloud.url, "pid": os.getpid()}), flush=True)
         while not stop.wait(0.5):
@@ -59,8 +73,11 @@ class Emulator:
     """A `bench.emulator` process; `stats()`/`runs()` read its control endpoints. Use as a context manager."""
 
     def __init__(self, *, latency: float = 0.0, cert: Path | None = None, ca: Path | None = None,
-                 max_stored_bytes: int = 1 << 20) -> None:
+                 max_stored_bytes: int = 1 << 20, rate_limit: float | None = None,
+                 max_upload_bytes: int | None = None) -> None:
         self.latency = latency
+        self.rate_limit = rate_limit
+        self.max_upload_bytes = max_upload_bytes
         self.cert = cert
         self.ca = ca
         self.max_stored_bytes = max_stored_bytes
@@ -74,6 +91,10 @@ class Emulator:
                "--max-stored-bytes", str(self.max_stored_bytes)]
         if self.cert is not None:
             cmd += ["--cert", str(self.cert)]
+        if self.rate_limit is not None:
+            cmd += ["--rate-limit", str(self.rate_limit)]
+        if self.max_upload_bytes is not None:
+            cmd += ["--max-upload-bytes", str(self.max_upload_bytes)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE)  # noqa: S603 - our own argv
         try:
             assert self.proc.stdout is not None

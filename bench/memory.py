@@ -2,6 +2,9 @@
 directory; the SDK's peak RSS tracking the same file read into memory.
 
 The emulator keeps only the size and sha256 of anything above 1 MiB, so its own memory stays flat.
+A 1 GiB artifact is over the daemon's default `api.max_upload_bytes` and the emulator's default upload
+limit (both 500,000,000, Nextmv's documented 500 MB per file), so both are raised to `upload_limit(size)`
+here: the measurement is of memory while tracking, not of the refusal.
 The data is generated once (random bytes, incompressible) and hard-linked into each run folder.
 """
 
@@ -16,6 +19,12 @@ from bench.common import API_KEY, PYTHON, REPO, WORK, BenchError, fresh_dir
 from bench.daemon import DaemonProcess, write_config
 from bench.emulator import Emulator
 from bench.folders import big_dir_run, big_file_run, big_json, big_parts
+
+
+def upload_limit(size: int) -> int:
+    """An upload limit, for the daemon and the emulator, that lets `size` bytes of data (a file, or an
+    archive of parts adding up to it) through: never below the defaults, twice the data otherwise."""
+    return max(500_000_000, 2 * size)
 
 
 @dataclass
@@ -38,8 +47,10 @@ def daemon_peak(what: str, size: int, parts: int, *, timeout: float) -> Memory:
         big_file_run(root / "big-file", big_json(size))
     else:
         big_dir_run(root / "big-dir", big_parts(size, parts))
-    with Emulator(max_stored_bytes=1 << 20) as emu:
-        config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state")
+    limit = upload_limit(size)
+    with Emulator(max_stored_bytes=1 << 20, max_upload_bytes=limit) as emu:
+        config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state",
+                              extra={"api": {"url": emu.url, "max_upload_bytes": limit}})
         emu_cpu0 = emu.cpu()
         with DaemonProcess(config, work / "daemon.log") as daemon:
             done = daemon.wait_count("run_tracked", 1, timeout, keep=None, interval=0.1)
@@ -67,7 +78,7 @@ def daemon_peak(what: str, size: int, parts: int, *, timeout: float) -> Memory:
 
 def sdk_peak(size: int, *, timeout: float) -> Memory:
     path = big_json(size)
-    with Emulator(max_stored_bytes=1 << 20) as emu:
+    with Emulator(max_stored_bytes=1 << 20, max_upload_bytes=upload_limit(size)) as emu:
         env = {**os.environ, "NEXTMV_API_KEY": API_KEY, "NEXTMV_ENDPOINT": emu.url}
         emu_cpu0 = emu.cpu()
         proc = subprocess.run([PYTHON, "-m", "bench.sdk_loop", "big", "--file", str(path)],  # noqa: S603

@@ -11,8 +11,9 @@ from bench.detection import Detection
 from bench.floor import Floor
 from bench.hostile_memory import Hostile
 from bench.idle import Idle
-from bench.memory import Memory
-from bench.throughput import Throughput
+from bench.memory import Memory, upload_limit
+from bench.ratelimit import RateLimited
+from bench.throughput import ROUND_TRIPS, Throughput
 
 MET, MISSED, NO_TARGET, NOT_MEASURED = "met", "**MISSED**", "-", "n/a"
 KEEP_MARKER = "<!-- Everything below this line is hand-written and kept when the file is regenerated. -->"
@@ -76,15 +77,27 @@ def _rate(t: Throughput) -> str:
     return f"{t.rate:.1f} runs/s{steady}{flag}"
 
 
+def _flight(t: Throughput) -> str:
+    """The concurrency reached (folders in flight, from the daemon's log), and the share of its own bound."""
+    f = t.flight
+    if f is None:
+        return ""
+    reached = f.mean / (ROUND_TRIPS * t.latency)
+    steady = t.steady_rate or t.rate
+    return (f"; folders in flight: peak {f.peak} of W={t.workers}, mean {f.mean:.1f} (= {reached:.0f} runs/s at "
+            f"3x{t.latency * 1000:.0f} ms; steady is {100 * steady / reached:.0f}% of it)" if reached > 0 else "")
+
+
 def throughput_rows(report: Report, default: Throughput | None, best: Throughput | None,
-                    sdk: Throughput | None, label: str, tried: str = "") -> None:
-    """Rows for one latency/scheme: defaults vs SDK (target), W/(RxL) at 20 ms, best worker count."""
-    need = None
-    if default is not None:
+                    sdk: Throughput | None, label: str, tried: str = "", need: float | None = None) -> None:
+    """Rows for one latency/scheme: defaults vs SDK (target: `need` x, else issue 5's by latency and scheme),
+    W/(RxL) where there is latency, best worker count."""
+    if default is not None and need is None:
         need = 10.0 if default.latency > 0 else 4.0 if default.https else 2.0
     emu_sdk = f"; SDK run: {cpu(sdk.emu_cpu, sdk.seconds)}" if sdk else ""
-    sdk_cell = f"{sdk.rate:.1f} runs/s" + ("" if sdk.check == "ok" else f" [check: {sdk.check}]") if sdk else \
-        "ERROR (see notes)"
+    sdk_n = f" ({sdk.n} runs)" if sdk and default and sdk.n != default.n else ""
+    sdk_cell = f"{sdk.rate:.1f} runs/s{sdk_n}" + ("" if sdk.check == "ok" else f" [check: {sdk.check}]") if sdk \
+        else "ERROR (see notes)"
     best_is_default = best is not None and best is default
     if default is not None:
         ratio = default.rate / sdk.rate if sdk else None
@@ -99,7 +112,8 @@ def throughput_rows(report: Report, default: Throughput | None, best: Throughput
             frac = default.rate / limit
             report.add(Row(f"Throughput {label}, defaults: share of W/(RxL) = {default.workers}/(3x"
                            f"{default.latency * 1000:.0f} ms) = {limit:.0f} runs/s",
-                           f"**{100 * frac:.0f}%** (steady {100 * (default.steady_rate or 0) / limit:.0f}%)",
+                           f"**{100 * frac:.0f}%** (steady {100 * (default.steady_rate or 0) / limit:.0f}%)"
+                           + _flight(default),
                            "-", ">= 80%", verdict(frac >= 0.8), "-", "-"))
     if best is not None and not best_is_default:
         ratio = best.rate / sdk.rate if sdk else None
@@ -108,6 +122,21 @@ def throughput_rows(report: Report, default: Throughput | None, best: Throughput
         report.add(Row(f"Throughput {label}, best of W = {tried} (W={best.workers})",
                        _rate(best) + (f" = {ratio:.1f}x SDK" if ratio else "") + extra, sdk_cell, "-", NO_TARGET,
                        cpu(best.emu_cpu, best.seconds), per_run(best)))
+
+
+def cpu_row(report: Report, t: Throughput | None, f: Floor | None) -> None:
+    """The daemon's CPU per run after its start-up scan (at 20 ms) against the floor (issue 13: <= 2x)."""
+    per = t.cpu_per_run_after_startup if t else None
+    if t is None or per is None or f is None:
+        report.add(Row("CPU per tracked run, 20 ms HTTP, defaults, after start-up / floor", "ERROR (see notes)",
+                       "-", "<= 2x floor", NOT_MEASURED, "-", "-"))
+        return
+    ratio = per / f.cpu_per_run
+    assert t.after_startup is not None
+    report.add(Row(f"CPU per tracked run, {t.latency * 1000:.0f} ms HTTP, defaults, after start-up "
+                   f"({t.after_startup[1]} runs) / floor (one thread, 0 ms: {1000 * f.cpu_per_run:.2f} ms/run, "
+                   f"{f.rate:.0f} runs/s)", f"{1000 * per:.2f} ms/run = **{ratio:.2f}x** floor", "-",
+                   "<= 2x floor", verdict(ratio <= 2.0 and t.check == "ok"), "-", per_run(t)))
 
 
 def floor_row(report: Report, f: Floor) -> None:
@@ -146,6 +175,8 @@ def _gib(size: int) -> str:
 def memory_rows(report: Report, file_run: Memory | None, dir_run: Memory | None, sdk: Memory | None,
                 size: int, parts: int) -> None:
     sdk_cell = f"{sdk.peak_mb:.0f} MB ({sdk.seconds:.1f} s)" if sdk and sdk.peak_mb else "ERROR (see notes)"
+    raised = upload_limit(size)
+    limits = f" (api.max_upload_bytes and the emulator's limit raised to {raised:,})" if raised > 500_000_000 else ""
     for run, what in ((file_run, f"{_gib(size)} output file"), (dir_run, f"{_gib(size)} output dir ({parts} files)")):
         if run is None:
             continue
@@ -154,7 +185,7 @@ def memory_rows(report: Report, file_run: Memory | None, dir_run: Memory | None,
         emu = cpu(run.emu_cpu, run.seconds)
         if what.endswith("file") and sdk:
             emu += f"; SDK run: {sdk.emu_cpu:.1f} s"
-        report.add(Row(f"Peak RSS tracking a {what}", f"{run.peak_mb:.0f} MB (tracked in {run.seconds:.1f} s, "
+        report.add(Row(f"Peak RSS tracking a {what}{limits}", f"{run.peak_mb:.0f} MB (tracked in {run.seconds:.1f} s, "
                        f"{mbps:.0f} MiB/s){flag}", sdk_cell if what.endswith("file") else "-", "< 100 MB",
                        verdict((run.peak_mb or 1e9) < 100 and run.check == "ok"), emu,
                        cpu(run.own_cpu, run.seconds)))
@@ -219,3 +250,29 @@ def hostile_rows(report: Report, h: Hostile) -> None:
         target = f"< MemoryMax= {h.memory_max_mb:.0f} MB (systemd unit)"
         result = verdict((h.peak_mb or 1e9) < h.memory_max_mb and h.check == "ok")
     report.add(Row(label, daemon, "-", target, result, "-", f"{h.own_cpu:.1f} s"))
+
+
+def ratelimit_rows(report: Report, r: RateLimited, burst: int) -> None:
+    """Three targets under a token-bucket limit on API calls: runs/s, the share answered 429, none failed."""
+    label = f"Rate limit {r.limit:g} API calls/s (burst {burst}), defaults, {r.n} runs"
+    flag = "" if r.check == "ok" else f" [check: {r.check}]"
+    steady = f", steady {r.steady_rate:.1f}" if r.steady_rate else ""
+    need = r.target_rate()
+    retries = f"; {r.retrying} folder_retrying events" if r.retrying else ""
+    report.add(Row(f"{label}: runs/s", f"{r.rate:.1f} runs/s{steady}{flag}{retries}", "-", f">= {need:g} runs/s",
+                   verdict(r.rate >= need and r.check == "ok"), cpu(r.emu_cpu, r.seconds),
+                   cpu(r.own_cpu, r.seconds) + f", {1000 * r.own_cpu / r.n:.1f} ms/run"))
+    reached = []
+    if r.flight is not None:
+        reached.append(f"folders in flight: peak {r.flight.peak}, mean {r.flight.mean:.1f}")
+    if r.peak_limit is not None:
+        reached.append(f"concurrency limit: highest {r.peak_limit:g}")
+    extra = f"; {', '.join(reached)}" if reached else ""
+    report.add(Row(f"{label}: API calls (/v1, look-ups included, PUTs excluded) answered 429",
+                   f"**{100 * r.throttled_share:.1f}%** ({r.api.throttled} of {r.api.calls}; {r.api.puts} PUTs "
+                   f"not counted){extra}", "-", "<= 10%", verdict(r.throttled_share <= 0.10), "-", "-"))
+    report.add(Row(f"{label}: folders marked failed", f"{r.failed} ({r.failed_events} folder_failed events, "
+                   f"{r.failed_markers} failed markers)", "-", "0", verdict(r.failed == 0), "-", "-"))
+    report.notes.append(f"{label}: 429s over time: {r.timeline or 'none'}. The daemon's concurrency limit "
+                        f"(/metrics, every 0.5 s): {r.limit_series or 'no sample'}. Its api_pacing events: "
+                        f"{r.pacing}.")

@@ -23,24 +23,29 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import backlog, detection, floor, hostile_memory, idle, memory, throughput
+from bench import backlog, detection, floor, hostile_memory, idle, memory, ratelimit, throughput
 from bench.certs import make_tls
 from bench.common import REPO, WORK, machine
 from bench.report import (
     KEEP_MARKER,
     Report,
     backlog_rows,
+    cpu_row,
     detection_rows,
     floor_row,
     hostile_rows,
     idle_rows,
     kept_analysis,
     memory_rows,
+    ratelimit_rows,
     throughput_rows,
 )
+from watcher.fakecloud import Behaviour
 
-SECTIONS = ("throughput", "detection", "memory", "backlog", "idle", "hostile")
+CPU_LATENCY = 0.02   # CPU per run is judged at 20 ms (issue 13), against the floor at 0 ms
+SECTIONS = ("throughput", "latency", "ratelimit", "detection", "memory", "backlog", "idle", "hostile")
 T = TypeVar("T")
+RATE_BURST = Behaviour().rate_limit_burst   # the emulator's default token-bucket size, which the case keeps
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class Plan:
     profile: bool
     hostile_workers: int = 8            # = hostile folders tracked at once (the daemon's default worker count)
     hostile_json_bytes: int = 16 << 20  # each of statistics/assets/metrics.json: the cap of issue 8
+    slow_latency: float = 0.1           # "latency": the daemon (plan.n runs) against the SDK loop at 100 ms
+    slow_sdk_n: int = 50                # the SDK loop's runs at that latency (about 2 runs/s: enough for its rate)
+    slow_need: float = 50.0             # the target: at least this many times the SDK loop's rate (issue 13)
+    ratelimit_n: int = 400              # "ratelimit": runs tracked under the limit
+    rate_limit: float = 30.0            # API calls per second the emulator allows (burst: its default, 10)
 
 
 FULL = Plan(n=500, latencies=(0.0, 0.02), https=(False, True), worker_counts=(16, 32), detect_n=200,
@@ -68,7 +78,8 @@ FULL = Plan(n=500, latencies=(0.0, 0.02), https=(False, True), worker_counts=(16
             backlog_timeout=420, idle_folders=10_000, idle_window=60, profile=True)
 QUICK = Plan(n=100, latencies=(0.0, 0.02), https=(False, True), worker_counts=(), detect_n=50, detect_gap=0.05,
              mem_size=128 << 20, mem_parts=16, backlog_total=10_000, backlog_pending=1_000, backlog_timeout=120,
-             idle_folders=2_000, idle_window=15, profile=False, hostile_json_bytes=4 << 20)
+             idle_folders=2_000, idle_window=15, profile=False, hostile_json_bytes=4 << 20, slow_sdk_n=20,
+             ratelimit_n=100)
 
 
 def say(text: str) -> None:
@@ -91,6 +102,10 @@ def attempt(report: Report, label: str, fn: Callable[[], T]) -> T | None:
 def run_throughput(plan: Plan, report: Report) -> None:
     tls = make_tls()
     n = plan.n
+    cpu_floor = attempt(report, "floor: one thread, a run's five requests in turn, 0 ms HTTP",
+                        partial(floor.measure, n, 0.0, 1, timeout=60 + n * 0.5, sequential=True))
+    if cpu_floor:
+        say(f"    floor: {1000 * cpu_floor.cpu_per_run:.2f} ms of CPU per run")
     for latency in plan.latencies:
         for https in plan.https:
             label = f"{latency * 1000:.0f} ms {'HTTPS' if https else 'HTTP'}"
@@ -115,6 +130,8 @@ def run_throughput(plan: Plan, report: Report) -> None:
             best = max(runs, key=lambda r: r.rate) if len(runs) > 1 else None
             tried = "/".join(str(r.workers) for r in runs)
             throughput_rows(report, default, best, sdk, label, tried)
+            if latency == CPU_LATENCY and not https:
+                cpu_row(report, default, cpu_floor)
             if not https:
                 workers = default.workers if default and default.workers else 8
                 floor_run = attempt(report, f"reference bare httpx {label}",
@@ -131,6 +148,43 @@ def run_throughput(plan: Plan, report: Report) -> None:
             if profiled and profiled.profile:
                 report.profiles.append((f"{label}: {profiled.rate:.1f} runs/s while profiled; raw stacks in "
                                         f"{out.relative_to(REPO)}", profiled.profile))
+
+
+def run_latency(plan: Plan, report: Report) -> None:
+    """The daemon at its defaults against the SDK loop with `slow_latency` on every API call and PUT."""
+    tls = make_tls()
+    latency, n, sdk_n = plan.slow_latency, plan.n, plan.slow_sdk_n
+    label = f"{latency * 1000:.0f} ms HTTP"
+    sdk = attempt(report, f"SDK loop {label} ({sdk_n} runs)",
+                  partial(throughput.sdk_run, sdk_n, latency, None, tls.ca, timeout=60 + sdk_n * (8 * latency + 0.2)))
+    if sdk:
+        say(f"    SDK: {sdk.rate:.2f} runs/s over {sdk_n} runs ({sdk.check})")
+    got = attempt(report, f"daemon {label} workers=default",
+                  partial(throughput.daemon_run, n, latency, None, tls.ca, None, timeout=60 + n * 0.5))
+    if got:
+        flight = f", in flight peak {got.flight.peak} mean {got.flight.mean:.1f}" if got.flight else ""
+        times = f" = {got.rate / sdk.rate:.1f}x SDK" if sdk else ""
+        say(f"    daemon W={got.workers}: {got.rate:.1f} runs/s{times}, steady {got.steady_rate or 0:.1f} "
+            f"({got.check}){flight}")
+    throughput_rows(report, got, None, sdk, label, need=plan.slow_need)
+    if got and got.flight:
+        report.notes.append(f"Throughput {label}, defaults: folders in flight over time (the most in each 2 s from "
+                            f"the first attempt, from the daemon's log): {got.flight.timeline}.")
+
+
+def run_ratelimit(plan: Plan, report: Report) -> None:
+    """The daemon at its defaults under a token-bucket limit on API calls."""
+    n = plan.ratelimit_n
+    got = attempt(report, f"rate limit {plan.rate_limit:g}/s",
+                  partial(ratelimit.measure, n, plan.rate_limit, timeout=60 + 3 * n / plan.rate_limit * 4))
+    if got:
+        say(f"    {got.rate:.1f} runs/s, steady {got.steady_rate or 0:.1f} ({got.check}); {got.api.throttled} of "
+            f"{got.api.calls} API calls answered 429 ({100 * got.throttled_share:.1f}%); {got.failed} failed, "
+            f"{got.retrying} folder_retrying; concurrency limit highest {got.peak_limit}")
+        say(f"    429s: {got.timeline}")
+        say(f"    limit: {got.limit_series}")
+        say(f"    pacing: {got.pacing}")
+        ratelimit_rows(report, got, burst=RATE_BURST)
 
 
 def run_detection(plan: Plan, report: Report) -> None:
@@ -223,7 +277,12 @@ def render(plan: Plan, report: Report, argv: list[str], quick: bool, seconds: fl
         "the start-up scan included) to the N-th `.nextmv-tracked.json`; *steady* is the rate between the first",
         "and the last run created at the emulator. The SDK loop is timed from its first `track_run` to its last",
         "(imports excluded) and reads input.json/output.json as a user's script would. W/(RxL) uses R = 3",
-        "round trips (upload URL, PUT with a run's artifacts in parallel, POST). Emulator CPU is the CPU time",
+        "round trips (upload URL, PUT with a run's artifacts in parallel, POST); W is `workers`, the bound, and the",
+        "folders actually in flight (those rows and the rate-limit rows) count from a folder's `folder_complete`",
+        "event to the event ending its attempt (`run_tracked`) in the daemon's log. At 100 ms the SDK loop tracks",
+        f"{plan.slow_sdk_n} runs, not N. Under the rate limit, API calls are the requests to /v1 (look-ups included),",
+        "not the presigned PUTs; its runs/s counts to the N-th attempt ended (tracked or failed).",
+        "Emulator CPU is the CPU time",
         "of the emulator process during the measurement (\"of a core\": divided by the wall time); the emulator",
         "is a threaded Python server, so near 100% of a core it would be the bottleneck. Every throughput run",
         "is checked: N markers on disk, exactly N runs at the emulator, N distinct names (`[check: ...]`",
@@ -285,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report()
     started = time.monotonic()
-    steps = {"throughput": run_throughput, "detection": run_detection, "memory": run_memory,
+    steps = {"throughput": run_throughput, "latency": run_latency, "ratelimit": run_ratelimit,
+             "detection": run_detection, "memory": run_memory,
              "backlog": run_backlog, "idle": run_idle, "hostile": run_hostile}
     for name in sections:
         say(f"== {name} ({time.monotonic() - started:.0f} s elapsed)")

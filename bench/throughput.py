@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.certs import Tls
 from bench.common import API_KEY, PYTHON, REPO, WORK, BenchError, fresh_dir
+from bench.concurrency import EVENTS, InFlight, in_flight
 from bench.daemon import DaemonProcess, write_config
 from bench.emulator import Emulator
 from bench.folders import small_runs, tracked_count
@@ -44,6 +45,7 @@ class Throughput:
     after_startup: tuple[float, int] | None = None  # (CPU seconds, runs tracked) after startup_scan_done
     user_sys: tuple[float, float] | None = None
     profile: str | None = None
+    flight: InFlight | None = None   # folders in flight at once, from the daemon's log (bench.concurrency)
 
     @property
     def rate(self) -> float:
@@ -94,7 +96,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         config = write_config(work / "config.yaml", url=emu.url, root=root, state_dir=work / "state",
                               ca=tls.ca if tls else None, workers=workers, extra=extra)
         emu_cpu0 = emu.cpu()
-        keep = {"daemon_started", "startup_scan_done", "folder_failed", "folder_retrying", "folder_error"}
+        keep = {"daemon_started", "startup_scan_done", "folder_failed", "folder_retrying", "folder_error", *EVENTS}
         with DaemonProcess(config, work / "daemon.log") as daemon:
             profiler = Profiler(daemon.pid, profile, gil=gil) if profile else None
             try:
@@ -121,7 +123,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         if retries:
             check += f" ({retries} folder_retrying events)"
     return Throughput("daemon", latency, tls is not None, started.get("workers"), n, seconds, steady, own_cpu,
-                      emu_cpu, check, startup, after_startup, user_sys, summary)
+                      emu_cpu, check, startup, after_startup, user_sys, summary, in_flight(daemon.events))
 
 
 def sdk_run(n: int, latency: float, tls: Tls | None, ca: Path, *, timeout: float) -> Throughput:
