@@ -26,6 +26,7 @@ from watcher.errors import (
 )
 
 WINDOW = Settings().min_window   # the API calls below take less: every window is this long
+SLOW_START = Settings()          # the default: doubling until the first decrease
 
 
 class Clock:
@@ -50,11 +51,12 @@ def upload(seconds: float, size: int) -> RequestOutcome:
 
 class Driver:
     """An `Aimd` fed window by window: `window(outcomes, busy=...)` observes them with `busy` folders in
-    flight (at the limit by default), then closes the window; returns the limit."""
+    flight (at the limit by default), then closes the window; returns the limit. Without `settings`, past
+    slow start (one a window), which `SLOW_START` tests."""
 
     def __init__(self, ceiling: int = 32, settings: Settings | None = None) -> None:
         self.ceiling = ceiling
-        self.aimd = Aimd(ceiling, settings)
+        self.aimd = Aimd(ceiling, settings or Settings(slow_start=False))
         self.now = 0.0
         self.aimd.observe(ok(), self.now, ceiling)   # the first outcome starts the first window,
         self.window(ok(), busy=0)                      # which only sets the baseline
@@ -83,6 +85,22 @@ class Driver:
 def test_the_limit_starts_at_the_old_worker_count_or_workers_if_lower() -> None:
     assert Aimd(32).limit == INITIAL == 8
     assert Aimd(3).limit == 3
+
+
+def test_it_doubles_per_window_while_saturated_until_the_first_decrease() -> None:
+    d = Driver(ceiling=64, settings=SLOW_START)
+    assert d.flat(1) == 2 * INITIAL
+    assert d.flat(1) == 4 * INITIAL
+    assert d.window(ok(), failed(503)) == 28   # floor(32 * 0.9): slow start is over
+    assert d.flat(3) == 31                     # one a window from now on
+
+
+def test_slow_start_ends_when_latency_rises() -> None:
+    d = Driver(ceiling=64, settings=SLOW_START)
+    d.flat(3)                                  # a settled baseline of 20 ms calls
+    limit = d.aimd.limit
+    assert d.window(ok(0.5), ok(0.5)) < limit   # far beyond the deviation: a decrease, and slow start ends
+    assert not d.aimd.slow_start
 
 
 def test_it_grows_by_one_per_window_while_saturated_and_latency_stays_flat() -> None:
@@ -154,6 +172,16 @@ def test_rising_api_latency_shrinks_it_and_slightly_noisy_latency_does_not() -> 
     assert grown > INITIAL
     assert d.window(ok(0.025), ok(0.026)) == grown   # above the mean, within the deviation: kept
     assert d.window(ok(0.200), ok(0.250)) == int(grown * 0.9)   # risen beyond it: shrunk
+
+
+def test_jitter_within_a_tenth_of_a_steady_mean_does_not_shrink_it() -> None:
+    """A steady 100 ms service has no deviation to speak of: 5% of jitter is not load, 20% is."""
+    d = Driver(ceiling=64)
+    for _ in range(20):   # long enough for the deviation of the jump from 20 ms to fade
+        d.window(ok(0.100), ok(0.100))
+    grown = d.aimd.limit
+    assert d.window(ok(0.105), ok(0.105)) == grown
+    assert d.window(ok(0.125), ok(0.125)) == int(grown * 0.9)
 
 
 def test_a_large_upload_is_judged_per_mib_and_does_not_shrink_it() -> None:
@@ -256,7 +284,7 @@ def test_a_waiting_worker_gets_a_slot_when_the_limit_grows(config: Config) -> No
         c.observe(ok())
     waiter.join(timeout=30)
     assert got == [True]
-    assert c.limit() == INITIAL + 1
+    assert c.limit() == min(2 * INITIAL, config.workers)   # slow start: doubled, within workers
 
 
 def test_close_releases_every_waiting_worker(config: Config) -> None:

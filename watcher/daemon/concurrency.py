@@ -14,6 +14,16 @@ At the end of a window:
   rose above the moving average by more than `rtt_deviation_scale` times its moving deviation (an
   exponentially weighted mean and variance, West's recurrence, as Vector's `EwmaVar`).
 
+Before the first decrease the limit doubles instead (slow start, as TCP's; Vector has none, it starts at
+one and adds one): a window that reached the limit with nothing pushed back and no API-call or PUT time
+risen beyond its deviation doubles it, within `workers`. At 100 ms a round trip, +1 a window took the
+limit from 8 to 28 in 12 s, longer than a 500-folder backlog; doubling reaches 32 in three windows.
+The first decrease (a 429, an error, a risen time) ends slow start for good.
+
+A risen time must also be 10% above the moving average (`rise_tolerance`): against a steady service the
+deviation is near zero and a few milliseconds of jitter, or the connections a new worker thread opens,
+would otherwise read as load (measured at 100 ms: decreases every second or so, the limit stuck near 17).
+
 Verdicts (400, 401, 403, 404, 409, 413, 422, a refused or expired upload URL) say nothing about load:
 they neither push back nor give a time. Presigned PUTs are judged on a track of their own, in seconds
 per MiB (a PUT of less than a MiB counts as one), so that a large upload does not read as a slower
@@ -38,10 +48,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from watcher.cloud.client import RequestOutcome
 from watcher.config import CONCURRENCY as MODES
 from watcher.config import Config
 from watcher.errors import TransientError, UploadExpired, UploadRefused
+
+log = structlog.get_logger()
 
 ADAPTIVE, FIXED = MODES
 INITIAL = 8
@@ -58,6 +72,8 @@ class Settings:
     rtt_deviation_scale: float = 2.5
     initial: int = INITIAL
     min_window: float = 0.05
+    slow_start: bool = True
+    rise_tolerance: float = 0.1
 
 
 class MeanVar:
@@ -74,9 +90,10 @@ class MeanVar:
         self.mean += increment
         self.variance = (1 - self.alpha) * (self.variance + diff * increment)
 
-    def threshold(self, scale: float) -> float:
-        """Above this, a window's mean counts as risen."""
-        return self.mean + scale * math.sqrt(max(0.0, self.variance))
+    def threshold(self, scale: float, tolerance: float = 0.0) -> float:
+        """Above this, a window's mean counts as risen: `scale` deviations above the mean, and at least
+        `tolerance` (a fraction) of the mean above it."""
+        return self.mean + max(scale * math.sqrt(max(0.0, self.variance)), tolerance * self.mean)
 
 
 class Track:
@@ -94,9 +111,9 @@ class Track:
     def current(self) -> float | None:
         return self.total / self.count if self.count else None
 
-    def risen(self, scale: float) -> bool:
+    def risen(self, scale: float, tolerance: float = 0.0) -> bool:
         now = self.current()
-        return now is not None and self.past is not None and now > self.past.threshold(scale)
+        return now is not None and self.past is not None and now > self.past.threshold(scale, tolerance)
 
     def flat(self) -> bool:
         """The window's mean is not above the past mean (Vector's condition to increase)."""
@@ -138,6 +155,7 @@ class Aimd:
         self.put = Track()
         self.window_ends: float | None = None
         self.changes = 0           # how many times the limit moved (for tests and status)
+        self.slow_start = self.settings.slow_start   # doubling until the first decrease
 
     def clamp(self, ceiling: int) -> None:
         """`workers` may have changed (a reload): the limit never exceeds it."""
@@ -169,10 +187,15 @@ class Aimd:
         """The window is over: increase, decrease or keep the limit; then start the next window."""
         s = self.settings
         before = self.limit
-        rising = self.api.risen(s.rtt_deviation_scale) or self.put.risen(s.rtt_deviation_scale)
+        rising = self.api.risen(s.rtt_deviation_scale, s.rise_tolerance) or \
+            self.put.risen(s.rtt_deviation_scale, s.rise_tolerance)
         if self.back_pressure or rising:
             self.limit = max(1, math.floor(self.limit * s.decrease_ratio))
-        elif self.reached and self.limit < ceiling and self.api.flat() and not self.put.risen(s.rtt_deviation_scale):
+            self.slow_start = False
+        elif self.reached and self.limit < ceiling and self.slow_start and self.api.past is not None:
+            self.limit *= 2
+        elif self.reached and self.limit < ceiling and self.api.flat() and \
+                not self.put.risen(s.rtt_deviation_scale, s.rise_tolerance):
             self.limit += 1
         self.clamp(ceiling)
         self.changes += self.limit != before
@@ -262,8 +285,11 @@ class Concurrency:
         with self._cond:
             before = self._aimd.limit
             self._aimd.observe(outcome, now, ceiling)
-            if self._aimd.limit > before:
+            after, slow = self._aimd.limit, self._aimd.slow_start
+            if after > before:
                 self._cond.notify_all()
+        if after != before:
+            log.debug("concurrency_limit", limit=after, before=before, slow_start=slow)
 
     def wake(self) -> None:
         """`workers` or the mode changed (a reload): waiting workers look at the limit again."""
