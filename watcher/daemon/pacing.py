@@ -53,8 +53,8 @@ class Settings:
     window: float = 1.0          # seconds: the accepted rate's span, and how often the rate may rise
     min_span: float = 0.5        # the accepted rate is measured over at least this long
     decrease_ratio: float = 0.9
-    start_growth: float = 0.25   # per window, after the first decrease from unlimited (slow start)
-    probe_growth: float = 0.01   # per window, afterwards
+    start_growth: float = 1.0    # per window (doubling), after the first decrease from unlimited (slow start)
+    probe_growth: float = 0.005  # per window, afterwards
     quiet: float = 120.0         # seconds without a 429: unlimited again
     burst: float = 0.1           # seconds of tokens the bucket holds (at least one token)
     floor: float = 1.0           # calls per second, the lowest rate
