@@ -7,6 +7,7 @@ list of calls is final for everything that came before it in the same watch.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -310,3 +311,37 @@ def test_a_polled_root_deleted_and_recreated_is_watched_anew(root: Path, calls: 
         wait_for(lambda: root / "run-1" in calls.all(), 10, "run-1 enqueued by the new polling watch")
     finally:
         detector.stop()
+
+
+def _inotify_masks() -> dict[int, int]:
+    """The inotify watches of this process, inode -> event mask, as the kernel lists them (fdinfo)."""
+    masks: dict[int, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                lines = info.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("inotify "):
+                fields = dict(f.split(":", 1) for f in line.split()[1:])
+                masks[int(fields["ino"], 16)] = int(fields["mask"], 16)
+    return masks
+
+
+IN_OPEN, IN_CLOSE_NOWRITE = 0x20, 0x10
+
+
+def test_a_root_is_not_watched_for_opens_and_a_run_folder_is(detector: Detector, root: Path) -> None:
+    """Opening a run folder (the daemon does it about ten times per folder tracked) is an event in its
+    root: the root's watch must not ask for opens and closes, or each wakes the observer for nothing. A
+    run folder's own watch asks for them (open files tell a file is being written)."""
+    folder = root / "run-1"
+    folder.mkdir()
+    assert detector.watch_folder(folder)
+    wait_for(lambda: folder.stat().st_ino in _inotify_masks(), 10, "the run folder's watch")
+    masks = _inotify_masks()
+    assert masks[root.stat().st_ino] & (IN_OPEN | IN_CLOSE_NOWRITE) == 0
+    assert masks[folder.stat().st_ino] & IN_OPEN

@@ -109,6 +109,19 @@ def test_it_grows_by_one_per_window_while_saturated_and_latency_stays_flat() -> 
     assert d.flat(5) == start + 5
 
 
+def test_it_does_not_grow_while_the_daemon_uses_a_core_and_does_not_shrink_for_it() -> None:
+    """Python runs one thread at a time: at 0.9 of a core the daemon is the bottleneck, not the API."""
+    d = Driver(settings=SLOW_START)
+    limit, now = d.aimd.limit, d.now
+    for _ in range(5):   # each window as long in CPU seconds as in wall seconds: a whole core
+        d.aimd.observe(ok(), d.now, d.ceiling, cpu=d.now - now)
+        d.now += WINDOW + 0.001
+        d.aimd.observe(ok(), d.now, d.ceiling, cpu=d.now - now)
+    assert d.aimd.limit == limit
+    assert d.aimd.slow_start                    # nothing pushed back: slow start goes on afterwards
+    assert d.window(ok(), ok()) == 2 * limit    # CPU 0 again (the driver's default): it doubles
+
+
 def test_it_does_not_grow_unless_the_limit_was_reached() -> None:
     """Folders in flight below the limit are no evidence that more would be used."""
     d = Driver()

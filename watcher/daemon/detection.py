@@ -80,6 +80,12 @@ EVENTS: list[type[FileSystemEvent]] = [
     FileDeletedEvent, DirDeletedEvent, FileOpenedEvent, FileClosedNoWriteEvent,
 ]
 QUIET = (FileOpenedEvent, FileClosedNoWriteEvent)
+# A root's watch: folders appearing, renamed in or out, or deleted. Not opens and closes: in a root they
+# are the run folders' (directories', which watchdog drops anyway) opened by the daemon itself, about
+# ten per folder tracked, each a wake-up of the observer's two threads for nothing.
+ROOT_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent, DirDeletedEvent,
+]
 _FILE_EVENTS = {FileOpenedEvent: OPENED, FileClosedEvent: CLOSED_WRITE, FileClosedNoWriteEvent: CLOSED,
                 FileDeletedEvent: GONE, FileMovedEvent: GONE}
 FileCallback = Callable[[Path, str, str, str | None], None]   # (run folder, relative path, what, renamed to)
@@ -205,7 +211,7 @@ class Detector:
         """Build and start a new observer watching every root that is a directory now, then publish it (it
         is nobody else's until then). Raises OSError when a root that is there cannot be watched."""
         observer = self.observer_factory()
-        roots = RootWatches(observer, self._handler, self.roots, EVENTS)
+        roots = RootWatches(observer, self._handler, self.roots, ROOT_EVENTS)
         try:
             observer.add_handler_for_watch(self._handler, self._beat_watch)
             roots.start()

@@ -88,8 +88,9 @@ def _marker_mode(d: RunDir, marker: str) -> Completion:
 def _settle_mode(d: RunDir, files: FilesConfig, settle_seconds: float, now: float,
                  activity: Activity) -> Completion:
     exclude = reserved_names(files)
-    inputs = find_candidates(d, files.input, marker=None, exclude=exclude)
-    outputs = find_candidates(d, files.output, marker=None, exclude=exclude)
+    listing = d.entries()   # one snapshot for both roles
+    inputs = find_candidates(d, files.input, marker=None, exclude=exclude, listing=listing)
+    outputs = find_candidates(d, files.output, marker=None, exclude=exclude, listing=listing)
     dirs = tuple(n.rstrip("/") for n in (*inputs, *outputs) if n.endswith("/"))
     if not inputs:
         return Completion(False, "no input yet", dirs=dirs)

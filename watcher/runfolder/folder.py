@@ -31,6 +31,8 @@ from watcher.runfolder.dirhandle import kind, translate_oserror
 from watcher.runfolder.rundir import Ident, Limits, RunDir
 from watcher.runfolder.runjson import STATUS_MAX_BYTES, decide_status, json_turn, parse_json, parse_status
 
+Listing = list[tuple[str, os.stat_result]]   # a directory's entries with their lstat (`DirHandle.entries`)
+
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))
 
@@ -115,7 +117,8 @@ def reserved_names(files: FilesConfig) -> frozenset[str]:
 
 
 def find_candidates(
-    folder: RunDir, names: tuple[str, ...], *, marker: str | None, exclude: Collection[str] = ()
+    folder: RunDir, names: tuple[str, ...], *, marker: str | None, exclude: Collection[str] = (),
+    listing: Listing | None = None,
 ) -> list[str]:
     """The entries of the folder root that match one of `names` (a role's configured names).
 
@@ -123,11 +126,13 @@ def find_candidates(
     completion marker and further names to leave out. Out: sorted entry names, directories with a
     trailing '/'. A symlink counts as what it resolves to inside the folder (resolved by us, see
     `RunDir.resolve`). Ignored: dotfiles, `IGNORED_PATTERNS`, the marker, `exclude`.
+    `listing`: the folder's entries listed once for several roles (one snapshot for all of them, and
+    one listing instead of one per role); listed here when not given.
     Raises: `OSError` from listing the folder (PermissionError); a broken or escaping symlink is not
     an error here (a file candidate, refused later by name).
     """
     found: set[str] = set()
-    for name, lst in folder.entries():
+    for name, lst in folder.entries() if listing is None else listing:
         if _ignored(name, marker) or name in exclude:
             continue
         is_dir = stat.S_ISDIR(lst.st_mode)
@@ -180,8 +185,9 @@ def inspect_folder(
     with translate_oserror(path, "inspection"):
         exclude = reserved_names(files)
         chosen: dict[str, str] = {}
+        listing = d.entries()   # one snapshot of the folder's root for every role
         for role in ("input", "output", "logs"):
-            candidates = find_candidates(d, getattr(files, role), marker=marker, exclude=exclude)
+            candidates = find_candidates(d, getattr(files, role), marker=marker, exclude=exclude, listing=listing)
             if len(candidates) > 1:
                 raise InvalidFolder(d.label, f"ambiguous {role}: {', '.join(candidates)}")
             if candidates:
