@@ -149,6 +149,11 @@ def find_candidates(
     return sorted(found)
 
 
+def _listed(d: RunDir, present: set[str], name: str) -> bool:
+    """Whether the folder's root had `name` when it was listed (a name with a '/' is looked up now)."""
+    return name in present if "/" not in name else d.lstat(name) is not None
+
+
 def _link_is_dir(folder: RunDir, name: str) -> bool:
     """Whether the symlink `name` stands for a directory, for choosing candidates only (whatever it is
     gets refused later, by name, if it leaves the folder or is broken)."""
@@ -199,7 +204,8 @@ def inspect_folder(
             raise InvalidFolder(d.label, f"no input (expected one of: {', '.join(files.input)})")
         status_member: Member | None = None
         settings: dict[str, Any] = {}
-        if d.lstat(files.status) is not None:
+        present = {name for name, _ in listing}
+        if _listed(d, present, files.status):
             status_member, settings = _read_status(d, files.status)
 
         limits = Limits(max_files=files.max_archive_files, max_depth=files.max_archive_depth)
@@ -210,7 +216,7 @@ def inspect_folder(
         if "logs" in chosen:
             artifacts.append(_logs_artifact(d, chosen["logs"]))
         for role, name in EXTRA_FILES:
-            if d.lstat(name) is not None:
+            if _listed(d, present, name):
                 artifacts.append(_json_artifact(d, role, name, files.max_json_bytes))
 
     status = decide_status(settings, has_output="output" in chosen, folder=d.label)

@@ -84,12 +84,20 @@ class RunDir(DirHandle):
             raise FolderUnreadable(folder, f"run folder cannot be opened: {exc.strerror}") from None
         finally:
             os.close(parent)
-        # Absolute symlinks inside the folder may name it by either path; both mean "inside".
-        return cls(path, fd, roots=(folder, os.path.join(os.path.realpath(path.parent), path.name)))
+        return cls(path, fd)
 
-    def __init__(self, path: Path, fd: int, *, roots: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         super().__init__(path, fd)
-        self._roots = roots or (str(path),)
+        self._roots: tuple[str, ...] | None = None
+
+    def _root_names(self) -> tuple[str, ...]:
+        """The names an absolute symlink inside may give the folder: its path, and the same with the watched
+        path's symlinks resolved. Resolved on the first absolute symlink met (a realpath is a stat of every
+        ancestor; most folders have no such symlink), then kept."""
+        if self._roots is None:
+            folder = str(self.path)
+            self._roots = (folder, os.path.join(os.path.realpath(self.path.parent), self.path.name))
+        return self._roots
 
     def __enter__(self) -> RunDir:
         return self
@@ -169,7 +177,7 @@ class RunDir(DirHandle):
 
     def _inside(self, target: str, rel: str) -> str:
         """An absolute symlink target as a path relative to the run folder, if it lies inside."""
-        for root in self._roots:
+        for root in self._root_names():
             if target == root:
                 return ""
             if target.startswith(root.rstrip("/") + "/"):
