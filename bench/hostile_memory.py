@@ -1,7 +1,7 @@
 """6. Hostile memory: the daemon's peak RSS (VmHWM) in the worst case the file caps allow, the
 figure behind `MemoryMax=` in systemd/nextmv-watcher.service (issue 8).
 
-W run folders (W = the worker count, 8 by default) whose `statistics.json`, `assets.json` and
+W run folders (W = the worker count, 32 by default, all in flight: `concurrency: fixed`) whose `statistics.json`, `assets.json` and
 `metrics.json` are each a JSON document of exactly the cap (16 MiB, issue 8's
 `files.max_json_bytes`) built to cost Python the most memory per byte: `[{},{},...]` (an empty
 dict per 3 bytes, about 24 bytes of heap per byte of JSON) for statistics and assets, and

@@ -64,7 +64,7 @@ class Plan:
     idle_folders: int
     idle_window: float
     profile: bool
-    hostile_workers: int = 8            # = hostile folders tracked at once (the daemon's default worker count)
+    hostile_workers: int = 32           # = hostile folders tracked at once (the default `workers`, all in flight)
     hostile_json_bytes: int = 16 << 20  # each of statistics/assets/metrics.json: the cap of issue 8
     slow_latency: float = 0.1           # "latency": the daemon (plan.n runs) against the SDK loop at 100 ms
     slow_sdk_n: int = 50                # the SDK loop's runs at that latency (about 2 runs/s: enough for its rate)
