@@ -1,8 +1,8 @@
 """6. Hostile memory: the daemon's peak RSS (VmHWM) in the worst case the file caps allow, the
 figure behind `MemoryMax=` in systemd/nextmv-watcher.service (issue 8).
 
-W run folders (W = the worker count, 32 by default, all in flight: `concurrency: fixed`) whose `statistics.json`, `assets.json` and
-`metrics.json` are each a JSON document of exactly the cap (16 MiB, issue 8's
+W run folders (W = the worker count, 32 by default, all in flight: `concurrency: fixed`) whose
+`statistics.json`, `assets.json` and `metrics.json` are each a JSON document of exactly the cap (16 MiB, issue 8's
 `files.max_json_bytes`) built to cost Python the most memory per byte: `[{},{},...]` (an empty
 dict per 3 bytes, about 24 bytes of heap per byte of JSON) for statistics and assets, and
 `{"0":{},"1":{},...}` for metrics, which must be an object for the folder to be valid (so that
