@@ -97,3 +97,20 @@ def test_close_puts_back_the_handlers_and_the_wakeup_fd_and_ends_the_thread() ->
         signal.signal(signal.SIGUSR1, previous)
         os.close(read)
         os.close(write)
+
+
+def test_start_off_the_main_thread_raises_and_leaves_no_pipe_open() -> None:
+    fds = set(os.listdir("/proc/self/fd"))
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SignalRelay({signal.SIGUSR1: lambda: None}).start()
+        except ValueError as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    assert len(raised) == 1
+    assert set(os.listdir("/proc/self/fd")) == fds

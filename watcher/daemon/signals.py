@@ -51,11 +51,16 @@ class SignalRelay:
     def start(self) -> SignalRelay:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)   # set_wakeup_fd requires it: a full pipe drops, never blocks
+        try:
+            self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        except ValueError:   # not the main thread
+            os.close(self._read_fd)
+            os.close(self._write_fd)
+            raise
+        for signum in self.actions:   # a signal from here on waits in the pipe for the thread
+            self._previous[signum] = signal.signal(signum, _noted)
         self._thread = threading.Thread(target=self._relay, name="signals", daemon=True)
         self._thread.start()
-        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        for signum in self.actions:
-            self._previous[signum] = signal.signal(signum, _noted)
         return self
 
     def close(self) -> None:
