@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from types import FrameType
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 from watcher import config as configuration
 from watcher import logs
@@ -13,7 +13,11 @@ from watcher.cli.common import FAILED, OK, USAGE, api_key, load, log, require_a_
 from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, Config
 from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
 from watcher.daemon.identity import config_path
+from watcher.daemon.signals import SignalRelay
 from watcher.errors import ListenerError, StateDirInUse
+
+if TYPE_CHECKING:
+    from watcher.daemon.service import Service
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -44,8 +48,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(config: Config) -> int:
     """The daemon, its state directory locked. Exit code: 2 when a listener cannot bind (naming it)."""
-    import signal
-
     from watcher.daemon.service import Service
 
     # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
@@ -53,16 +55,19 @@ def _run(config: Config) -> int:
     sys.setswitchinterval(0.001)
     service = Service(config, api_key(config, scrub_env=True),
                       on_reload=lambda new: logs.configure(new.logging.level, new.logging.format))
+    with relay_signals(service):
+        return _serve(service)
 
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        service.request_stop()
 
-    def on_reload(signum: int, frame: FrameType | None) -> None:
-        service.request_reload()
+def relay_signals(service: Service) -> SignalRelay:
+    """SIGTERM and SIGINT drain (a second one aborts), SIGHUP reloads: called on the relay's thread, never in a
+    signal handler, which could run while the main loop holds the lock of the event it would set
+    (`watcher.daemon.signals`). Not started: use it as a context manager, on the main thread."""
+    return SignalRelay({signal.SIGTERM: service.request_stop, signal.SIGINT: service.request_stop,
+                        signal.SIGHUP: service.request_reload})
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
+
+def _serve(service: Service) -> int:
     try:
         service.start()
     except ListenerError as exc:   # another process holds the address: a restart would not help

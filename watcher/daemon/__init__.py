@@ -28,6 +28,7 @@
     identity.py        which daemon answers, and whether it runs the configuration a command was given
     daemonlock.py      one daemon per state directory: the flock on <state_dir>/daemon.lock
     notify.py          sd_notify over $NOTIFY_SOCKET
+    signals.py         signals relayed to a thread: no handler takes a lock (SIGTERM, SIGINT, SIGHUP)
     reload.py          what a reload changes: key paths, restart-only keys
     sync.py            `nextmv-watcher sync`: the daemon's work once, without watching
 """

@@ -12,7 +12,7 @@ Runtime state has one owner each: the folder index (`watcher.daemon.index`: what
 folder, and the queue), the gate (`watcher.daemon.gate`: pauses and holds), the outcome counts
 (`watcher.daemon.outcomes`), the concurrency limit and the API calls' pace (`concurrency`, `pacing`), and
 the configuration, one reference (`self.config`) that every component reads through a callable each time.
-Signal handlers (installed by the CLI) only call request_stop/request_abort/request_reload, which set flags.
+Signals call request_stop/request_abort/request_reload on a relay thread, never in a handler (`daemon.signals`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class Service:
                      workers=self.config.workers, api=self.config.api.url, pid=os.getpid(), version=__version__)
 
     def request_stop(self) -> None:
-        """First stop request: drain. A second one aborts. Safe to call from a signal handler."""
+        """First stop request: drain. A second one aborts. Any thread, never a signal handler (see above)."""
         if self._stop.is_set():
             self.request_abort()
             return
@@ -195,7 +195,7 @@ class Service:
         self._wake.set()
 
     def request_reload(self) -> None:
-        """Reload the configuration file (SIGHUP). Safe to call from a signal handler."""
+        """Reload the configuration file (SIGHUP). Any thread, never a signal handler (see above)."""
         self._reload.set()
         self._wake.set()
 
