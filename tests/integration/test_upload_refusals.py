@@ -120,10 +120,12 @@ def test_passing_s3_faults_leave_a_batch_tracked_exactly_once(
     storage = FlakyStorage()
     config = load_config(write_config(tmp_path / "config.yaml", cloud.url, [(watched, "app-1")], tmp_path / "state"))
     service = Service(config, API_KEY, transport=storage)
+    # Written before start: the start-up scan queues them all, and run_until_idle waits for that scan (folders
+    # written after start could still be on their way from inotify when it looks, and it would find nothing).
+    folders = [write_folder(watched, f"run-{i:02d}", FILES) for i in range(16)]
     try:
         with structlog.testing.capture_logs() as logs:
             service.start()
-            folders = [write_folder(watched, f"run-{i:02d}", FILES) for i in range(16)]
             assert service.run_until_idle(timeout=90)
     finally:
         service.shutdown()
