@@ -271,12 +271,16 @@ class Concurrency:
                 self._cond.wait(left)
 
     @contextmanager
-    def slot(self, take: Callable[[float], Path | None], *, timeout: float) -> Iterator[Path | None]:
+    def slot(self, take: Callable[[float], Path | None], *, timeout: float,
+             slot_timeout: float | None = None) -> Iterator[Path | None]:
         """A slot within the limit, and a folder taken with it (`take(timeout)`, the folder index's): the
-        folder, in flight until the block ends and the slot is released; None when no slot was free or no
-        folder came within `timeout` (each), or once closed. `take` is called without the lock. `close` (here
-        and the index's) and `wake` interrupt the waits; the timeouts are only a safety net."""
-        if not self.acquire(timeout):
+        folder, in flight until the block ends and the slot is released; None when no slot was free within
+        `slot_timeout` (default `timeout`) or no folder came within `timeout`, or once closed. Waiting for a
+        slot holds nothing and every change wakes it, so its timeout can be long: the workers beyond the
+        limit (24 of the default 32 at rest) then do not wake an idle daemon every few seconds. `take` is
+        called without the lock. `close` (here and the index's) and `wake` interrupt the waits; the timeouts
+        are only a safety net."""
+        if not self.acquire(timeout if slot_timeout is None else slot_timeout):
             yield None
             return
         folder: Path | None = None

@@ -321,7 +321,7 @@ class Service:
 
     def _work(self, number: int) -> None:
         while not self._stop.is_set() and number < self._target_workers:
-            with self.concurrency.slot(self.index.take, timeout=5.0) as folder:   # within the (adaptive) limit
+            with self.concurrency.slot(self.index.take, timeout=5.0, slot_timeout=60.0) as folder:  # see slot()
                 if folder is not None:
                     found = self.processor.process(folder)
                     self.health_view.progressed()
