@@ -35,6 +35,7 @@ log = structlog.get_logger("watcher.daemon.service")
 FULL_RECONCILE_EVERY = 12     # every Nth reconciliation also re-reads the markers of finished folders
 STATUS_EVERY_SECONDS = 5.0    # STATUS= lines to systemd
 HOUSEKEEPING_SECONDS = 30.0   # incomplete-too-long warnings
+UNPARK_EVERY_SECONDS = 5.0    # folders parked behind a pause that ended without unparking them (a race, a reload)
 RETENTION_EVERY_SECONDS = 3600.0
 
 
@@ -58,7 +59,7 @@ class Chores:
         self._full_rescan = False
         self._reconciles = 0
         now = clock()
-        self._next = {"reconcile": now + config().reconcile_seconds, "status": 0.0, "watchdog": 0.0,
+        self._next = {"reconcile": now + config().reconcile_seconds, "status": 0.0, "watchdog": 0.0, "unpark": 0.0,
                       "housekeeping": now + HOUSEKEEPING_SECONDS, "retention": now + 60.0}
 
     def rescan(self, reason: str, *, full: bool = False, lost: bool = False) -> None:
@@ -95,8 +96,9 @@ class Chores:
     def tick(self) -> None:
         config = self.config()
         self.gate.probe()
-        for scope in self.index.parked_scopes() - set(self.gate.pauses()):
-            self.index.unpark(scope)   # parked just as its pause ended (or a reload dropped it)
+        if self._due("unpark", UNPARK_EVERY_SECONDS):   # a scan of every folder the index holds: not each tick
+            for scope in self.index.parked_scopes() - set(self.gate.pauses()):
+                self.index.unpark(scope)   # parked just as its pause ended (or a reload dropped it)
         self._check_observer()
         if self._rescan_now.is_set():
             self._rescan_now.clear()
@@ -105,7 +107,7 @@ class Chores:
             self._reconcile()
         elif self._due("reconcile", config.reconcile_seconds):
             self._reconcile()
-        if self._due("status", STATUS_EVERY_SECONDS):
+        if self.notifier.enabled and self._due("status", STATUS_EVERY_SECONDS):   # it counts every folder
             self.notifier.status(self.health.status_line())
         if self.notifier.watchdog_interval and self._due("watchdog", self.notifier.watchdog_interval / 2):
             self._watchdog()
