@@ -15,9 +15,10 @@ At the end of a window:
   exponentially weighted mean and variance, West's recurrence, as Vector's `EwmaVar`).
 
 Before the first decrease the limit doubles instead (slow start, as TCP's; Vector has none, it starts at
-one and adds one): a window that reached the limit with nothing pushed back and no API-call or PUT time
-risen beyond its deviation doubles it, within `workers`. At 100 ms a round trip, +1 a window took the
-limit from 8 to 28 in 12 s, longer than a 500-folder backlog; doubling reaches 32 in three windows.
+one and adds one): a window that reached the limit with nothing pushed back and a mean API-call time not
+above the moving average (Vector's condition to add one) doubles it, within `workers`. At 100 ms a
+round trip, +1 a window took the limit from 8 to 28 in 12 s, longer than a 500-folder backlog; doubling
+reaches 32 in three windows.
 The first decrease (a 429, an error, a risen time) ends slow start for good.
 
 The limit never grows in a window in which the daemon's process used 0.9 of a core or more (`cpu_bound`):
@@ -61,7 +62,7 @@ from watcher.config import CONCURRENCY as MODES
 from watcher.config import Config
 from watcher.errors import TransientError, UploadExpired, UploadRefused
 
-log = structlog.get_logger()
+log = structlog.get_logger("watcher.daemon.concurrency")
 
 ADAPTIVE, FIXED = MODES
 INITIAL = 8
