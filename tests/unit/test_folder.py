@@ -71,7 +71,7 @@ def invalid(
 
 def candidates(names: tuple[str, ...], **kwargs: Any) -> list[str]:
     with RunDir.open(ROOT) as d:
-        return find_candidates(d, names, **kwargs)
+        return find_candidates(d, d.entries(), names, **kwargs)
 
 
 @pytest.fixture

@@ -89,8 +89,8 @@ def _settle_mode(d: RunDir, files: FilesConfig, settle_seconds: float, now: floa
                  activity: Activity) -> Completion:
     exclude = reserved_names(files)
     listing = d.entries()   # one snapshot for both roles
-    inputs = find_candidates(d, files.input, marker=None, exclude=exclude, listing=listing)
-    outputs = find_candidates(d, files.output, marker=None, exclude=exclude, listing=listing)
+    inputs = find_candidates(d, listing, files.input, marker=None, exclude=exclude)
+    outputs = find_candidates(d, listing, files.output, marker=None, exclude=exclude)
     dirs = tuple(n.rstrip("/") for n in (*inputs, *outputs) if n.endswith("/"))
     if not inputs:
         return Completion(False, "no input yet", dirs=dirs)

@@ -39,6 +39,7 @@ O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_MODE = 0o640
 TMP_PREFIX = f"{DAEMON_PREFIX}tmp-"
 # What link(2) answers on filesystems without hard links (SMB/CIFS, vfat, some FUSE).
+Listing = list[tuple[str, os.stat_result]]   # a directory's entries with their lstat (`DirHandle.entries`)
 NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
@@ -105,7 +106,7 @@ class DirHandle:
         except FileNotFoundError:
             return None
 
-    def entries(self) -> list[tuple[str, os.stat_result]]:
+    def entries(self) -> Listing:
         """Every entry of the directory with its lstat, in listing order; an entry that vanished
         while listed is left out. Raises OSError when the directory cannot be listed."""
         result = []

@@ -27,11 +27,9 @@ from typing import Any
 
 from watcher.config import FORMATS, FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, FolderError, InvalidFolder
-from watcher.runfolder.dirhandle import kind, translate_oserror
+from watcher.runfolder.dirhandle import Listing, kind, translate_oserror
 from watcher.runfolder.rundir import Ident, Limits, RunDir
 from watcher.runfolder.runjson import STATUS_MAX_BYTES, decide_status, json_turn, parse_json, parse_status
-
-Listing = list[tuple[str, os.stat_result]]   # a directory's entries with their lstat (`DirHandle.entries`)
 
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))
@@ -117,22 +115,20 @@ def reserved_names(files: FilesConfig) -> frozenset[str]:
 
 
 def find_candidates(
-    folder: RunDir, names: tuple[str, ...], *, marker: str | None, exclude: Collection[str] = (),
-    listing: Listing | None = None,
+    folder: RunDir, listing: Listing, names: tuple[str, ...], *, marker: str | None, exclude: Collection[str] = ()
 ) -> list[str]:
     """The entries of the folder root that match one of `names` (a role's configured names).
 
-    In: the open run folder, the role's names ('/'-suffixed: a directory; globs allowed), the
+    In: the open run folder, its root's entries listed once for every role (`RunDir.entries`: one
+    snapshot, one listing), the role's names ('/'-suffixed: a directory; globs allowed), the
     completion marker and further names to leave out. Out: sorted entry names, directories with a
     trailing '/'. A symlink counts as what it resolves to inside the folder (resolved by us, see
     `RunDir.resolve`). Ignored: dotfiles, `IGNORED_PATTERNS`, the marker, `exclude`.
-    `listing`: the folder's entries listed once for several roles (one snapshot for all of them, and
-    one listing instead of one per role); listed here when not given.
     Raises: `OSError` from listing the folder (PermissionError); a broken or escaping symlink is not
     an error here (a file candidate, refused later by name).
     """
     found: set[str] = set()
-    for name, lst in folder.entries() if listing is None else listing:
+    for name, lst in listing:
         if _ignored(name, marker) or name in exclude:
             continue
         is_dir = stat.S_ISDIR(lst.st_mode)
@@ -147,11 +143,6 @@ def find_candidates(
                 found.add(name)
                 break
     return sorted(found)
-
-
-def _listed(d: RunDir, present: set[str], name: str) -> bool:
-    """Whether the folder's root had `name` when it was listed (a name with a '/' is looked up now)."""
-    return name in present if "/" not in name else d.lstat(name) is not None
 
 
 def _link_is_dir(folder: RunDir, name: str) -> bool:
@@ -192,7 +183,7 @@ def inspect_folder(
         chosen: dict[str, str] = {}
         listing = d.entries()   # one snapshot of the folder's root for every role
         for role in ("input", "output", "logs"):
-            candidates = find_candidates(d, getattr(files, role), marker=marker, exclude=exclude, listing=listing)
+            candidates = find_candidates(d, listing, getattr(files, role), marker=marker, exclude=exclude)
             if len(candidates) > 1:
                 raise InvalidFolder(d.label, f"ambiguous {role}: {', '.join(candidates)}")
             if candidates:
@@ -205,7 +196,7 @@ def inspect_folder(
         status_member: Member | None = None
         settings: dict[str, Any] = {}
         present = {name for name, _ in listing}
-        if _listed(d, present, files.status):
+        if files.status in present:   # a plain name (the configuration refuses a '/')
             status_member, settings = _read_status(d, files.status)
 
         limits = Limits(max_files=files.max_archive_files, max_depth=files.max_archive_depth)
@@ -216,7 +207,7 @@ def inspect_folder(
         if "logs" in chosen:
             artifacts.append(_logs_artifact(d, chosen["logs"]))
         for role, name in EXTRA_FILES:
-            if _listed(d, present, name):
+            if name in present:
                 artifacts.append(_json_artifact(d, role, name, files.max_json_bytes))
 
     status = decide_status(settings, has_output="output" in chosen, folder=d.label)
