@@ -77,6 +77,13 @@ def api_calls(cloud: FakeCloud) -> tuple[int, int]:
     return calls, throttled
 
 
+def assert_tracked_exactly_once(cloud: FakeCloud, folders: list[Path]) -> None:
+    """One run per folder at the emulator, each folder with its tracked marker and none failed."""
+    runs = cloud.runs("app")
+    assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders)
+    assert all(marker(f) is not None and marker(f, FAILED) is None for f in folders)
+
+
 def test_a_rate_limited_batch_is_tracked_exactly_once_and_the_limit_shrinks(
         cloud: FakeCloud, watched: Path, make_service: Callable[..., Service]) -> None:
     cloud.set_behaviour(rate_limit_per_second=30, rate_limit_burst=10)
@@ -87,9 +94,7 @@ def test_a_rate_limited_batch_is_tracked_exactly_once_and_the_limit_shrinks(
         service.start()
         assert service.run_until_idle(timeout=120)
 
-    runs = cloud.runs("app")
-    assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders)   # each exactly once
-    assert all(marker(f) is not None and marker(f, FAILED) is None for f in folders)
+    assert_tracked_exactly_once(cloud, folders)
     calls, throttled = api_calls(cloud)
     assert throttled > 0, "the limit was reached"
     assert throttled / calls < 0.25
@@ -163,9 +168,7 @@ def test_paced_api_calls_keep_429s_rare_and_track_a_batch_exactly_once(
         service.start()
         assert service.run_until_idle(timeout=300)
 
-    runs = cloud.runs("app")
-    assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders)   # each exactly once
-    assert all(marker(f) is not None and marker(f, FAILED) is None for f in folders)
+    assert_tracked_exactly_once(cloud, folders)
     calls, throttled = api_calls(cloud)
     assert 0 < throttled <= 0.10 * calls
     paced = [e for e in logs if e["event"] == "api_pacing" and e["log_level"] == "info"]

@@ -77,10 +77,9 @@ NEWER_TRACKED = {"schema": 99, "run_id": "run-from-the-future", "tracked_at": "2
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    path = tmp_path / "runs" / "run-1"
-    path.mkdir(parents=True)
-    return path
+def folder(run: Path) -> Path:
+    """The conftest's empty run folder."""
+    return run
 
 
 @pytest.fixture
