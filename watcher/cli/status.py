@@ -131,18 +131,14 @@ def print_scan_status(config: Config, *, json_output: bool) -> int:
     for gone in missing_paths(config):
         print(f"watched path MISSING: {gone.path} {gone.problem}")
     print("folders: " + counts_line(counts))
-    if inconclusive:
-        print(f"  {len(inconclusive)} pending after an inconclusive run look-up (`nextmv-watcher scan` says why):")
-        for folder in inconclusive:
-            print(f"    {folder}")
-    if state_errors:
-        print(f"  {len(state_errors)} pending after the daemon could not write its own files:")
-        for f in state_errors:
-            print(f"    {f['folder']}: {f['error']}")
-    if newer:
-        print(f"  {len(newer)} left alone, written by a newer nextmv-watcher:")
-        for f in newer:
-            print(f"    {f['folder']}: {f['problem']}")
+    for line in [*_listed({"count": len(inconclusive), "folders": inconclusive},
+                          "pending after an inconclusive run look-up (`nextmv-watcher scan` says why)", str),
+                 *_listed({"count": len(state_errors), "folders": state_errors},
+                          "pending after the daemon could not write its own files",
+                          lambda f: f"{f['folder']}: {f['error']}"),
+                 *_listed({"count": len(newer), "folders": newer}, "left alone, written by a newer nextmv-watcher",
+                          lambda f: f"{f['folder']}: {f['problem']}")]:
+        print(line)
     for f in failed:
         print(f"  {f['at']}  {f['folder']}  {f['reason']}: {f['error']}")
     return OK
