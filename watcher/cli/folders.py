@@ -112,7 +112,12 @@ def _open_with_marker(store: StateStore, folder: Path) -> tuple[RunDir, dict[str
         return d, store.tracked(d)
     except WatcherError as exc:
         d.close()
-        raise CommandError(FAILED, str(exc) if isinstance(exc, NewerState) else f"{folder}: {exc}") from None
+        raise _failed(folder, exc) from None
+
+
+def _failed(folder: Path, exc: WatcherError) -> CommandError:
+    """The command's error for `folder`: a NewerState names the folder itself, others get it in front."""
+    return CommandError(FAILED, str(exc) if isinstance(exc, NewerState) else f"{folder}: {exc}")
 
 
 def _track_open(config: Config, store: StateStore, d: RunDir, job: Job, *, repost: bool = False) -> str:
@@ -200,7 +205,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     try:
         cleared = store.clear_failure(folder)
     except WatcherError as exc:
-        raise CommandError(FAILED, str(exc) if isinstance(exc, NewerState) else f"{folder}: {exc}") from None
+        raise _failed(folder, exc) from None
     if not cleared:
         raise CommandError(FAILED, f"{folder} has no failed marker")
     print(f"{folder}: failed marker removed; it will be tracked again")
