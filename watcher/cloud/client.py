@@ -49,6 +49,7 @@ from watcher.errors import (
 
 USER_AGENT = f"nextmv-watcher/{__version__}"
 RETRY_AFTER_CAP = 120.0
+PUT = "put"   # the endpoint name of presigned uploads in request outcomes (`RequestOutcome.endpoint`)
 # Errors raised before a single byte of the request could reach the server.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Refusals of `POST .../runs` that fail the folder (a 404 too, once the application is confirmed).
@@ -169,7 +170,7 @@ class NextmvClient:
             src = putbody.Source(f, size, folder, label)
             headers = {"Content-Length": str(size)}
             try:
-                self._call("put", "PUT", target.upload_url, headers=headers,
+                self._call(PUT, "PUT", target.upload_url, headers=headers,
                            content=lambda: putbody.counted(src, progress), authorize=False, attempts=1,
                            body_limit=s3error.MAX_BYTES, size=size)
             except putbody.LENGTH_MISMATCH as exc:
@@ -306,7 +307,7 @@ class NextmvClient:
     def _network_error(self, endpoint: str, exc: httpx.HTTPError, uncertain_after_send: bool) -> ApiError:
         # The message names the kind of failure only: httpx messages can carry URLs.
         kind = type(exc).__name__
-        if endpoint == "put":
+        if endpoint == PUT:
             return UploadFailed(f"{endpoint}: {kind}")
         if uncertain_after_send and not isinstance(exc, NOT_SENT):
             return UncertainError(f"{endpoint}: {kind} after the request was sent; outcome unknown")
@@ -344,7 +345,7 @@ def _status_error(endpoint: str, resp: httpx.Response, app: str | None,
     status = resp.status_code
     if 200 <= status < 300:
         return None
-    if endpoint == "put":
+    if endpoint == PUT:
         return s3error.put_error(status, resp.content, _retry_after(resp))
     message = f"{endpoint}: HTTP {status}: {_api_message(resp)}"
     if status == 429:

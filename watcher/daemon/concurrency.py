@@ -57,7 +57,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher.cloud.client import RequestOutcome
+from watcher.cloud.client import PUT, RequestOutcome
 from watcher.config import CONCURRENCY as MODES
 from watcher.config import Config
 from watcher.errors import TransientError, UploadExpired, UploadRefused
@@ -66,7 +66,6 @@ log = structlog.get_logger("watcher.daemon.concurrency")
 
 ADAPTIVE, FIXED = MODES
 INITIAL = 8
-PUT = "put"   # the client's endpoint name for presigned uploads
 MIB = 1 << 20
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import structlog
 
 from watcher.cloud.backoff import Backoff
-from watcher.cloud.client import RETRY_AFTER_CAP, NextmvClient, RequestOutcome
+from watcher.cloud.client import PUT, RETRY_AFTER_CAP, NextmvClient, RequestOutcome
 from watcher.config import Config, resolve_api_key
 from watcher.errors import (
     ApiError,
@@ -53,7 +53,6 @@ from watcher.logs import REDACTOR
 log = structlog.get_logger("watcher.daemon.gate")
 
 GLOBAL = "*"
-PUT = "put"   # the client's endpoint name for presigned uploads
 UPLOAD_REASONS = ("upload_refused", "uploads_failing")
 UPLOAD_HINTS = {
     "upload_refused": "every recent upload was refused by the storage: check the system clock (skew) and any "

@@ -39,11 +39,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from watcher.cloud.client import RETRY_AFTER_CAP, RequestOutcome
+from watcher.cloud.client import PUT, RETRY_AFTER_CAP, RequestOutcome
 
 log = structlog.get_logger("watcher.daemon.pacing")
 
-PUT = "put"   # the client's endpoint name for presigned uploads
 THROTTLED = 429
 EPSILON = 1e-9
 
