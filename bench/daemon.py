@@ -49,11 +49,13 @@ def config_accepted(config: Path) -> tuple[bool, str]:
 
 
 class DaemonProcess:
-    """One daemon process. `started_at` is the wall-clock time just before it was spawned."""
+    """One daemon process (`env`: variables added to ours). `started_at` is the wall-clock time just
+    before it was spawned."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.counts: Counter[str] = Counter()
@@ -64,7 +66,7 @@ class DaemonProcess:
 
     def __enter__(self) -> DaemonProcess:
         self._log = open(self.log_path, "wb")
-        env = {**os.environ, "NEXTMV_API_KEY": API_KEY}
+        env = {**os.environ, "NEXTMV_API_KEY": API_KEY, **self.env}
         self.started_at = time.time()
         self.proc = subprocess.Popen(  # noqa: S603 - our own argv
             [PYTHON, "-m", "watcher", "run", "--config", str(self.config)],

@@ -215,7 +215,9 @@ def backlog_rows(report: Report, b: Backlog) -> None:
 
 def idle_rows(report: Report, i: Idle) -> None:
     extra = "" if i.requests == 0 else f", {i.requests} API requests during the window"
-    report.add(Row(f"Idle, {i.folders:,} tracked folders", f"{i.per_minute:.3f} CPU s/min ({i.cpu:.2f} s over "
+    how = "" if i.notifications is None else (" under systemd ($NOTIFY_SOCKET: STATUS= every 5 s; WatchdogSec=300: "
+                                              f"WATCHDOG=1; {i.notifications} datagrams)")
+    report.add(Row(f"Idle{how}, {i.folders:,} tracked folders", f"{i.per_minute:.3f} CPU s/min ({i.cpu:.2f} s over "
                    f"{i.window:.0f} s{extra}; RSS peak {i.peak_mb:.0f} MB)", "-", "< 0.5 CPU s/min",
                    verdict(i.per_minute < 0.5), f"{i.emu_cpu:.2f} s", "-"))
 

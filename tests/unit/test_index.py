@@ -155,3 +155,40 @@ def test_incomplete_too_long_is_reported_once_per_folder() -> None:
     assert index.incomplete_too_long(limit=60) == [], "reported once"
     worked(index, A, Next(Stage.INCOMPLETE))
     assert index.incomplete_too_long(limit=60) == [], "still reported, across looks"
+
+
+def test_finished_folders_are_kept_apart_from_the_live_ones_through_every_move() -> None:
+    """The reads behind status, metrics and the main loop go over the live entries only (with 100,000
+    folders tracked, nearly all are finished): a folder is in exactly one half, whatever it goes through."""
+    index = FolderIndex(Clock())
+    entries = index._entries   # the split is what this test is about
+
+    def where(folder: Path) -> list[str]:
+        return [name for name, half in (("live", entries.live), ("finished", entries.finished)) if folder in half]
+
+    index.finished(A, 41)
+    assert where(A) == ["finished"]
+    index.offer(A)                                     # an event: looked at again
+    assert where(A) == ["live"]
+    worked(index, A, Next(Stage.FINISHED, inode=42))
+    assert where(A) == ["finished"] and index.size() == 1
+    index.offer(B)
+    worked(index, B, Next(Stage.RETRY_WAIT, at=NOW + 60))
+    assert where(B) == ["live"]
+    entry = index.entry(B)
+    assert entry is not None and entry.stage is Stage.RETRY_WAIT
+    assert index.counts() == {"queued": 0, "in_flight": 0, "retry_wait": 1, "parked": 0}
+    index.forget(A)
+    assert where(A) == [] and A not in index and index.size() == 1
+
+
+def test_many_finished_folders_leave_the_status_reads_alone() -> None:
+    index = FolderIndex(Clock())
+    for n in range(1000):
+        index.finished(Path(f"/runs/done-{n}"), n)
+    index.offer(A)
+    worked(index, A, Next(Stage.PARKED, scope="api"))
+    assert len(index._entries.live) == 1   # what the reads below go over
+    assert index.counts() == {"queued": 0, "in_flight": 0, "retry_wait": 0, "parked": 1}
+    assert index.parked_scopes() == {"api"} and index.oldest_pending_since() == NOW
+    assert index.size() == 1001 and index.left_alone() == []

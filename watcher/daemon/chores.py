@@ -96,7 +96,7 @@ class Chores:
     def tick(self) -> None:
         config = self.config()
         self.gate.probe()
-        if self._due("unpark", UNPARK_EVERY_SECONDS):   # a scan of every folder the index holds: not each tick
+        if self._due("unpark", UNPARK_EVERY_SECONDS):   # a scan of the index's live folders: not each tick
             for scope in self.index.parked_scopes() - set(self.gate.pauses()):
                 self.index.unpark(scope)   # parked just as its pause ended (or a reload dropped it)
         self._check_observer()
@@ -107,7 +107,7 @@ class Chores:
             self._reconcile()
         elif self._due("reconcile", config.reconcile_seconds):
             self._reconcile()
-        if self.notifier.enabled and self._due("status", STATUS_EVERY_SECONDS):   # it counts every folder
+        if self.notifier.enabled and self._due("status", STATUS_EVERY_SECONDS):   # it counts the live folders
             self.notifier.status(self.health.status_line())
         if self.notifier.watchdog_interval and self._due("watchdog", self.notifier.watchdog_interval / 2):
             self._watchdog()

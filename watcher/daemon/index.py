@@ -8,7 +8,8 @@ is done with it, `settle`s it with what it found (`Next`). Status, metrics and h
 `oldest_pending_since`, `incomplete` and `is_finished`; nothing else keeps a copy. Parked folders wait
 for their pause to end (`unpark(scope)`); finished ones keep only their inode, so that the reconcile
 skips them (a new folder reusing the name has another inode); an entry is removed when its folder is
-gone (`forget`, `prune`) or its watched path is no longer watched (`drop_under`).
+gone (`forget`, `prune`) or its watched path is no longer watched (`drop_under`). Finished entries are
+kept apart (`Entries`), so that those reads cost what is pending, not what was ever tracked.
 
 It is the work queue too (`WorkQueue`: each folder at most once, in order of its due time, never to two
 workers at once), under the queue's one lock, which is never held while calling anything else.
@@ -76,12 +77,58 @@ class Entry:
     state_errors: int = 0                   # state errors in a row (their backoff grows with them)
 
 
+class Entries:
+    """The index's entries, the finished ones kept apart (`live`, `finished`): with 100,000 folders tracked
+    nearly every entry is finished, and the reads behind status, metrics, health and the main loop's
+    chores go over the live ones only. Not thread-safe: the index's lock guards it."""
+
+    def __init__(self) -> None:
+        self.live: dict[Path, Entry] = {}
+        self.finished: dict[Path, Entry] = {}
+
+    def get(self, folder: Path) -> Entry | None:
+        entry = self.live.get(folder)
+        return entry if entry is not None else self.finished.get(folder)
+
+    def __getitem__(self, folder: Path) -> Entry:
+        entry = self.get(folder)
+        if entry is None:
+            raise KeyError(folder)
+        return entry
+
+    def __setitem__(self, folder: Path, entry: Entry) -> None:
+        if entry.stage is Stage.FINISHED:
+            self.live.pop(folder, None)
+            self.finished[folder] = entry
+        else:
+            self.finished.pop(folder, None)
+            self.live[folder] = entry
+
+    def pop(self, folder: Path) -> None:
+        self.live.pop(folder, None)
+        self.finished.pop(folder, None)
+
+    def of(self, stage: Stage) -> dict[Path, Entry]:
+        """The half that holds entries of `stage`."""
+        return self.finished if stage is Stage.FINISHED else self.live
+
+    def items(self) -> list[tuple[Path, Entry]]:
+        """Every entry, finished ones included (for the reconcile's rare prunes)."""
+        return [*self.live.items(), *self.finished.items()]
+
+    def __contains__(self, folder: object) -> bool:
+        return folder in self.live or folder in self.finished
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.finished)
+
+
 class FolderIndex(WorkQueue):
     """Thread-safe. `take` blocks until a folder is due (see `WorkQueue.get`)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__(clock)
-        self._entries: dict[Path, Entry] = {}
+        self._entries = Entries()
 
     # -- offering and taking work -----------------------------------------------------------
 
@@ -102,7 +149,7 @@ class FolderIndex(WorkQueue):
         folder = self.get(timeout)
         if folder is not None:
             with self._cond:
-                entry = self._entries.get(folder, Entry(Stage.NEW))
+                entry = self._entries.get(folder) or Entry(Stage.NEW)
                 self._entries[folder] = replace(entry, stage=Stage.IN_FLIGHT)
         return folder
 
@@ -110,9 +157,9 @@ class FolderIndex(WorkQueue):
         """The worker is done with `folder`: record what it found and when it is due again."""
         now = self._clock()
         with self._cond:
-            entry = self._entries.get(folder, Entry(Stage.NEW))
+            entry = self._entries.get(folder) or Entry(Stage.NEW)
             if nxt.stage is Stage.GONE:
-                self._entries.pop(folder, None)
+                self._entries.pop(folder)
             elif nxt.stage is Stage.FINISHED:
                 self._entries[folder] = Entry(Stage.FINISHED, inode=nxt.inode, reason=nxt.reason, detail=nxt.detail)
             elif nxt.stage is Stage.INCOMPLETE:
@@ -139,7 +186,7 @@ class FolderIndex(WorkQueue):
     def unpark(self, scope: str) -> int:
         """A pause ended: every folder parked behind `scope` is due now. Returns how many."""
         with self._cond:
-            parked = [f for f, e in self._entries.items() if e.stage is Stage.PARKED and e.scope == scope]
+            parked = [f for f, e in self._entries.live.items() if e.stage is Stage.PARKED and e.scope == scope]
             for folder in parked:
                 self._entries[folder] = replace(self._entries[folder], stage=Stage.QUEUED, scope=None)
         for folder in parked:
@@ -165,7 +212,7 @@ class FolderIndex(WorkQueue):
     def forget(self, folder: Path) -> None:
         """`folder` is gone (moved, deleted): drop it, and its place in the queue."""
         with self._cond:
-            self._entries.pop(folder, None)
+            self._entries.pop(folder)
             self._ready_at.pop(folder, None)
 
     def prune(self, present: Iterable[Path], roots: Iterable[Path]) -> int:
@@ -176,7 +223,7 @@ class FolderIndex(WorkQueue):
             stale = [f for f, e in self._entries.items() if f.parent in under and f not in keep
                      and e.stage in (Stage.FINISHED, Stage.INCOMPLETE)]
             for folder in stale:
-                del self._entries[folder]
+                self._entries.pop(folder)
         return len(stale)
 
     def drop_under(self, roots: Iterable[Path]) -> list[Path]:
@@ -186,7 +233,7 @@ class FolderIndex(WorkQueue):
         with self._cond:
             dropped = [f for f, e in self._entries.items() if f.parent in gone and e.stage is not Stage.IN_FLIGHT]
             for folder in dropped:
-                del self._entries[folder]
+                self._entries.pop(folder)
                 self._ready_at.pop(folder, None)
         return dropped
 
@@ -195,7 +242,7 @@ class FolderIndex(WorkQueue):
         now = self._clock()
         result = dict.fromkeys(PENDING, 0)
         with self._cond:
-            for folder, entry in self._entries.items():
+            for folder, entry in self._entries.live.items():
                 state = _pending_state(entry, self._ready_at.get(folder), now)
                 if state is not None:
                     result[state] += 1
@@ -204,14 +251,14 @@ class FolderIndex(WorkQueue):
     def oldest_pending_since(self) -> float | None:
         """When the oldest pending folder was first seen complete (None when none is)."""
         with self._cond:
-            times = [e.complete_since for e in self._entries.values()
+            times = [e.complete_since for e in self._entries.live.values()
                      if e.complete_since is not None and e.stage in _COMPLETE_PENDING]
         return min(times, default=None)
 
     def incomplete(self) -> dict[Path, float]:
         """Incomplete folders with the time each was first seen incomplete."""
         with self._cond:
-            return {f: e.incomplete_since for f, e in self._entries.items()
+            return {f: e.incomplete_since for f, e in self._entries.live.items()
                     if e.stage is Stage.INCOMPLETE and e.incomplete_since is not None}
 
     def incomplete_too_long(self, limit: float) -> list[tuple[Path, float]]:
@@ -219,7 +266,7 @@ class FolderIndex(WorkQueue):
         returned once, then marked reported)."""
         now = self._clock()
         with self._cond:
-            due = [(f, e.incomplete_since) for f, e in self._entries.items()
+            due = [(f, e.incomplete_since) for f, e in self._entries.live.items()
                    if e.stage is Stage.INCOMPLETE and not e.warned and e.incomplete_since is not None
                    and now - e.incomplete_since > limit]
             for folder, _ in due:
@@ -241,17 +288,19 @@ class FolderIndex(WorkQueue):
     def _details(self, stage: Stage, reason: str) -> list[tuple[Path, str | None]]:
         """(folder, detail) of the folders in `stage` for `reason`, sorted by folder."""
         with self._cond:
-            return sorted((f, e.detail) for f, e in self._entries.items() if e.stage is stage and e.reason == reason)
+            return sorted((f, e.detail) for f, e in self._entries.of(stage).items()
+                          if e.stage is stage and e.reason == reason)
 
     def waiting_reasons(self) -> dict[str, int]:
         """How many folders wait to be retried, by reason ("backoff" when the attempt named none)."""
         with self._cond:
-            return dict(Counter(e.reason or "backoff" for e in self._entries.values() if e.stage is Stage.RETRY_WAIT))
+            waiting = [e for e in self._entries.live.values() if e.stage is Stage.RETRY_WAIT]
+        return dict(Counter(e.reason or "backoff" for e in waiting))
 
     def parked_scopes(self) -> set[str]:
         """The pauses some folder is parked behind."""
         with self._cond:
-            return {e.scope for e in self._entries.values() if e.stage is Stage.PARKED and e.scope is not None}
+            return {e.scope for e in self._entries.live.values() if e.stage is Stage.PARKED and e.scope is not None}
 
     def __contains__(self, folder: object) -> bool:
         with self._cond:
