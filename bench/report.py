@@ -13,6 +13,7 @@ from bench.hostile_memory import Hostile
 from bench.idle import Idle
 from bench.memory import Memory, upload_limit
 from bench.ratelimit import RateLimited
+from bench.sidebyside import SideBySide
 from bench.throughput import ROUND_TRIPS, Throughput
 
 MET, MISSED, NO_TARGET, NOT_MEASURED = "met", "**MISSED**", "-", "n/a"
@@ -146,6 +147,19 @@ def floor_row(report: Report, f: Floor) -> None:
                    f"HTTP, W={f.workers} threads", f"{f.rate:.1f} runs/s{share}", "-", "-", NO_TARGET,
                    cpu(f.emu_cpu, f.seconds), f"{1000 * (f.user + f.sys) / f.n:.1f} ms/run (user "
                    f"{f.user:.1f} s + sys {f.sys:.1f} s)"))
+
+
+def side_by_side_row(report: Report, s: SideBySide, sdk: Throughput | None) -> None:
+    proto = "HTTPS" if s.https else "HTTP"
+    times = f" = {s.rate / sdk.rate:.1f}x SDK" if sdk and sdk.rate > 0 else ""
+    flag = "" if s.check == "ok" else f" [check: {s.check}]"
+    per = s.cpu_per_run
+    report.add(Row(f"Reference (not a configuration): {s.k} daemons side by side, each on {s.n // s.k} of the "
+                   f"{s.n} folders (its own watched path and state directory), {s.latency * 1000:.0f} ms {proto}: "
+                   f"what worker processes could give on this machine",
+                   f"{s.rate:.1f} runs/s, steady {s.steady_rate or 0:.0f}{times}{flag}", "-", "-", NO_TARGET,
+                   cpu(s.emu_cpu, s.seconds),
+                   "-" if per is None else f"{1000 * per:.1f} ms/run after start-up, summed over the {s.k}"))
 
 
 def detection_rows(report: Report, d: Detection) -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from bench import backlog, detection, floor, hostile_memory, idle, memory, ratelimit, throughput
-from bench.certs import make_tls
+from bench import backlog, detection, floor, hostile_memory, idle, memory, ratelimit, sidebyside, throughput
+from bench.certs import Tls, make_tls
 from bench.common import REPO, WORK, machine
 from bench.report import (
     KEEP_MARKER,
@@ -38,6 +38,7 @@ from bench.report import (
     kept_analysis,
     memory_rows,
     ratelimit_rows,
+    side_by_side_row,
     throughput_rows,
 )
 from watcher.fakecloud import Behaviour
@@ -71,6 +72,7 @@ class Plan:
     slow_need: float = 50.0             # the target: at least this many times the SDK loop's rate (issue 13)
     ratelimit_n: int = 400              # "ratelimit": runs tracked under the limit
     idle_systemd_folders: int = 100_000  # "idle" again as systemd runs it (notify socket, watchdog)
+    side_by_side: int = 2               # daemons side by side for the reference rows at 0 and 100 ms (0: none)
     rate_limit: float = 30.0            # API calls per second the emulator allows (burst: its default, 10)
 
 
@@ -133,6 +135,8 @@ def run_throughput(plan: Plan, report: Report) -> None:
             throughput_rows(report, default, best, sdk, label, tried)
             if latency == CPU_LATENCY and not https:
                 cpu_row(report, default, cpu_floor)
+            if latency == 0.0:
+                run_side_by_side(plan, report, latency, t, sdk)
             if not https:
                 workers = default.workers if default and default.workers else 8
                 floor_run = attempt(report, f"reference bare httpx {label}",
@@ -149,6 +153,20 @@ def run_throughput(plan: Plan, report: Report) -> None:
             if profiled and profiled.profile:
                 report.profiles.append((f"{label}: {profiled.rate:.1f} runs/s while profiled; raw stacks in "
                                         f"{out.relative_to(REPO)}", profiled.profile))
+
+
+def run_side_by_side(plan: Plan, report: Report, latency: float, tls: Tls | None,
+                     sdk: throughput.Throughput | None) -> None:
+    """The reference rows: `plan.side_by_side` daemons at once, each on its share of the N folders."""
+    if plan.side_by_side < 2:
+        return
+    label = f"{latency * 1000:.0f} ms {'HTTPS' if tls else 'HTTP'}"
+    got = attempt(report, f"reference {plan.side_by_side} daemons side by side {label}",
+                  partial(sidebyside.measure, plan.n, latency, tls, make_tls().ca, plan.side_by_side,
+                          timeout=60 + plan.n * 0.5))
+    if got:
+        say(f"    {got.k} daemons side by side: {got.rate:.1f} runs/s, steady {got.steady_rate or 0:.1f} ({got.check})")
+        side_by_side_row(report, got, sdk)
 
 
 def run_latency(plan: Plan, report: Report) -> None:
@@ -168,6 +186,7 @@ def run_latency(plan: Plan, report: Report) -> None:
         say(f"    daemon W={got.workers}: {got.rate:.1f} runs/s{times}, steady {got.steady_rate or 0:.1f} "
             f"({got.check}){flight}")
     throughput_rows(report, got, None, sdk, label, need=plan.slow_need)
+    run_side_by_side(plan, report, latency, None, sdk)
     if got and got.flight:
         report.notes.append(f"Throughput {label}, defaults: folders in flight over time (the most in each 2 s from "
                             f"the first attempt, from the daemon's log): {got.flight.timeline}.")
@@ -223,8 +242,7 @@ def run_backlog(plan: Plan, report: Report) -> None:
 
 def run_idle(plan: Plan, report: Report) -> None:
     for folders, systemd in ((plan.idle_folders, False), (plan.idle_systemd_folders, True)):
-        got = attempt(report, "idle", lambda n=folders, sd=systemd: idle.measure(n, plan.idle_window, systemd=sd,
-                                                                                  log=say))
+        got = attempt(report, "idle", partial(idle.measure, folders, plan.idle_window, systemd=systemd, log=say))
         if got:
             say(f"    {got.cpu:.2f} CPU s over {got.window:.0f} s = {got.per_minute:.3f} s/min, {got.requests} requests"
                 f"{'' if got.notifications is None else f', {got.notifications} notify datagrams'}")
