@@ -8,18 +8,32 @@ to be the key's, as the gate's Retry-After hold is).
 
 - **Unlimited** at first: no bucket, nothing waits, until the API answers 429.
 - **Decrease**, on a 429 to a call sent after the last decrease (the 429s of calls already in flight
-  then are the same event), at most once per `window`: the rate becomes `decrease_ratio` times the
-  lower of the rate and the accepted rate (calls answered other than 429) measured over the last
-  `window`, from the end of the last Retry-After hold and over at least `min_span` (so that the burst
-  the API lets through at once is not read as a rate).
+  then are the same event), at most once per `window`. The first from unlimited: to `decrease_ratio`
+  times the accepted rate (calls answered other than 429) measured over the last `window`, since the
+  first call and over at least `min_span` (a rough estimate: the burst the API let through is in it).
+  Afterwards: to the rate the API *sustained* (less `margin`, for timing noise; never up). A 429 says
+  that the API's token bucket is empty; between two of them it accepted its rate times the time
+  between, hold included (its bucket refilled during the hold), less what its bucket could not hold
+  then; and over any span that ends at a 429 it accepted at most what its bucket held at the span's
+  start plus its rate times the span. So its rate is at least the calls accepted since the last
+  decrease's 429 over the time since, and at least, over each span of at least `min_span` since then,
+  the calls accepted minus the burst (`burst_seen`: the calls accepted in the `window` before the
+  first 429, which a full bucket let through) over the span; the most either says is the estimate, a
+  lower bound, which is the limit itself when the daemon sent faster than the limit since the span
+  began. Decreasing from the accepted rate instead read the burst the API let through after each hold
+  as rate: at 30 calls/s with a burst of 10, three 429s in a row (34.2, 30.6, then 27.9 calls/s), each
+  holding every call for a second.
 - **Increase**, at the end of each `window` without a decrease in which a call had to wait for a
   token (evidence that the rate binds; a 429 that lowered nothing does not stop it): by `start_growth`
   times the rate after the first decrease from unlimited, until the next decrease (a slow start: the
-  first estimate is rough); afterwards by `probe_growth` times the rate (slow probing, so that 429s
-  stay rare).
-- **Never below** `floor_share` of the highest accepted rate measured at a decrease since pacing began
-  (nor below `floor`): 429s that come whatever the rate (one call in ten, say) would otherwise push it
-  down window after window; a real limit lower than that still has its Retry-After holds.
+  first estimate is rough); afterwards by `probe_growth` times the rate, a step that doubles every
+  `probe_doubling` rises (probing: the estimate is at the limit, so probing finds it again within
+  half a minute, and 429s stay rare; when the estimate was loose, as after a slow start's last step
+  that jumped far above the limit, the growing step finds the rest within a minute or so).
+- **Never below** `floor_share` of the highest rate the API accepted between two decreases' 429s since
+  pacing began (nor below `floor`): 429s that come whatever the rate (one call in ten, say) would
+  otherwise push it down window after window; a real limit lower than that still has its Retry-After
+  holds.
 - **Unlimited again** after `quiet` seconds without a 429.
 
 The bucket holds at most `burst` seconds of tokens (at least one). `Pacer` is the rule, pure: time is
@@ -50,14 +64,17 @@ EPSILON = 1e-9
 @dataclass(frozen=True)
 class Settings:
     window: float = 1.0          # seconds: the accepted rate's span, and how often the rate may rise
-    min_span: float = 0.5        # the accepted rate is measured over at least this long
-    decrease_ratio: float = 0.9
+    min_span: float = 0.5        # the accepted and sustained rates are measured over at least this long
+    decrease_ratio: float = 0.9  # the first decrease from unlimited: this times the accepted rate
+    margin: float = 0.02         # afterwards, this share below the rate the API sustained (timing noise)
     start_growth: float = 1.0    # per window (doubling), after the first decrease from unlimited (slow start)
-    probe_growth: float = 0.005  # per window, afterwards
+    probe_growth: float = 0.002  # per window, afterwards ...
+    probe_doubling: float = 20.0  # ... a step that doubles every this many rises
     quiet: float = 120.0         # seconds without a 429: unlimited again
     burst: float = 0.1           # seconds of tokens the bucket holds (at least one token)
     floor: float = 1.0           # calls per second, the lowest rate
-    floor_share: float = 0.25    # ... and never below this share of the highest accepted rate measured
+    floor_share: float = 0.25    # ... and never below this share of the highest rate accepted between 429s
+    history: int = 10_000        # accepted calls remembered for `sustained` (their count is kept whole)
 
 
 class Pacer:
@@ -74,11 +91,17 @@ class Pacer:
         self.held_until = float("-inf")     # the last 429's Retry-After ends (the gate holds every call)
         self.throttled_at = float("-inf")   # the last 429
         self.first_seen: float | None = None   # the first answer since unlimited
-        self.best = 0.0              # the highest accepted rate measured at a decrease since unlimited
+        self.best = 0.0              # the highest rate accepted between two decreases' 429s since unlimited
         self.window_ends = 0.0
         self.waited = False          # a call waited for a token during this window
         self.changes = 0             # how many times the rate moved (for tests)
+        self.probes = 0              # rises since the last decrease, while probing
         self.news: str | None = None  # how the rate last moved, until `Pacing` logs it
+        self.burst_ends: float | None = None     # when the first 429 since unlimited was sent
+        self.burst_sent: deque[float] = deque()  # when the calls accepted before it were sent, for `window`
+        self.event_at: float | None = None       # when the last decrease's 429 was sent
+        self.count_since = 0                     # how many accepted calls were sent after it
+        self.sent_since: deque[float] = deque(maxlen=self.settings.history)   # ... and when
 
     def delay(self, now: float) -> float:
         """Seconds to wait before an API call, 0 when it may go now (then it has taken a token)."""
@@ -95,33 +118,66 @@ class Pacer:
     def observe(self, now: float, *, status: int | None, seconds: float, retry_after: float | None) -> None:
         """One API call's answer (`seconds` after it was sent); a 429 may lower the rate (`news`
         "decreased")."""
+        sent = now - seconds
         if self.first_seen is None:
-            self.first_seen = now - seconds
+            self.first_seen = sent
         if status != THROTTLED:
             if status is not None:
                 self.accepted.append(now)
                 self._forget(now)
+                self._count(sent)
             self.tick(now)
             return
         measured = self.accepted_rate(now)
         self.throttled_at = now
         if retry_after is not None:
             self.held_until = max(self.held_until, now + min(retry_after, RETRY_AFTER_CAP))
-        if now - seconds < self.decreased_at or now < self.decreased_at + self.settings.window:
+        if self.burst_ends is None:
+            self.burst_ends = sent
+        if sent < self.decreased_at or now < self.decreased_at + self.settings.window:
             self.tick(now)
             return
         s = self.settings
         first = self.rate is None
-        self.best = max(self.best, measured)
-        self.rate = max(s.floor, s.floor_share * self.best,
-                        s.decrease_ratio * (measured if first or self.rate is None else min(self.rate, measured)))
+        if first or self.rate is None:
+            rate = s.decrease_ratio * measured
+        else:
+            self.best = max(self.best, self.between(sent))
+            rate = min(self.rate, (1.0 - s.margin) * self.sustained(sent))
+        self.rate = max(s.floor, s.floor_share * self.best, rate)
         self.starting = first
+        self.probes = 0
         self.decreased_at = now
+        self.event_at = sent
+        self.sent_since.clear()
+        self.count_since = 0
         self.tokens, self.stamp = 0.0, now
         self.window_ends = now + s.window
         self.waited = False
         self.changes += 1
         self.news = "decreased"
+
+    def between(self, now: float) -> float:
+        """The calls accepted between the last decrease's 429 and a 429 sent at `now`, per second (by the
+        times they were sent)."""
+        if self.event_at is None:
+            return 0.0
+        return self.count_since / max(EPSILON, now - self.event_at)
+
+    def sustained(self, now: float) -> float:
+        """The lowest rate the API's limit can have, from the calls it accepted since the last decrease's
+        429 until a 429 sent at `now`: over a span that ends at a 429 (its bucket empty), it accepted at
+        most what its bucket held at the span's start (none at the last decrease's 429, at most
+        `burst_seen` at any time) plus its rate times the span (a hold in the span included). The most
+        any span says, over spans of at least `min_span` (the send times are a thread's, a few
+        milliseconds off the API's)."""
+        rate = self.between(now)
+        burst = self.burst_seen
+        sent = sorted(t for t in self.sent_since if t <= now)
+        for i, t in enumerate(sent):   # the calls sent after `t`: len(sent) - i - 1
+            if now - t >= self.settings.min_span:
+                rate = max(rate, (len(sent) - i - 1 - burst) / (now - t))
+        return rate
 
     def accepted_rate(self, now: float) -> float:
         """Calls answered other than 429 per second, over the last `window` since the first call and since
@@ -140,12 +196,19 @@ class Pacer:
             return
         if now - self.throttled_at >= s.quiet:
             self.rate, self.starting, self.first_seen, self.best = None, False, None, 0.0
+            self.burst_ends, self.event_at, self.count_since = None, None, 0
+            self.burst_sent.clear()
+            self.sent_since.clear()
             self.changes += 1
             self.news = "unlimited"
             return
         if self.waited and self.decreased_at <= self.window_ends - s.window:
             self._refill(now)
-            self.rate *= 1.0 + (s.start_growth if self.starting else s.probe_growth)
+            if self.starting:
+                self.rate *= 1.0 + s.start_growth
+            else:
+                self.rate *= 1.0 + s.probe_growth * 2 ** (self.probes / s.probe_doubling)
+                self.probes += 1
             self.changes += 1
             self.news = "increased"
         self.window_ends = now + s.window
@@ -156,6 +219,29 @@ class Pacer:
         capacity = max(1.0, self.rate * self.settings.burst)
         self.tokens = min(capacity, self.tokens + max(0.0, now - self.stamp) * self.rate)
         self.stamp = now
+
+    def _count(self, sent: float) -> None:
+        """An accepted call, sent at `sent`: towards the burst (the calls sent within `window` before the
+        first 429 since unlimited) and the calls accepted since the last decrease's 429."""
+        if self.burst_ends is None or sent <= self.burst_ends:
+            self.burst_sent.append(sent)
+            start = (self.burst_ends if self.burst_ends is not None else sent) - self.settings.window
+            while self.burst_sent and self.burst_sent[0] < start:
+                self.burst_sent.popleft()
+        if self.event_at is not None and sent > self.event_at:
+            self.count_since += 1
+            self.sent_since.append(sent)
+
+    @property
+    def burst_seen(self) -> int:
+        """The most the API's bucket is taken to hold: the calls it accepted that were sent within `window`
+        before the first 429 since unlimited (what a full bucket let through, and what it refilled
+        meanwhile: more than it holds, unless another client of the key was using it up), until that
+        429 the calls of the last `window`."""
+        if self.burst_ends is None:
+            return len(self.burst_sent)
+        start = self.burst_ends - self.settings.window
+        return sum(1 for t in self.burst_sent if start <= t <= self.burst_ends)
 
     def _forget(self, now: float) -> None:
         while self.accepted and self.accepted[0] <= now - self.settings.window:
