@@ -177,6 +177,9 @@ class Config:
     watch: tuple[WatchConfig, ...] = setting((), doc="the watched paths (read by parse_config itself)")
     completion: CompletionConfig = setting(CompletionConfig(), doc="when a folder is complete")
     workers: int = setting(32, check=at_least(1), doc="the most folders tracked in parallel")
+    processes: int = setting(1, check=at_least(1),
+                             doc="processes sharing the work, each on its share of the folders and of workers "
+                                 "(at most workers; a restart applies it)")
     concurrency: str = setting("adaptive", check=choice(CONCURRENCY),
                                doc="adaptive: the folders in flight follow the API's answers, up to workers; "
                                    "fixed: always workers")
@@ -196,6 +199,10 @@ class Config:
     # ("state_dir" when set, else the default that applied: see default_state_dir).
     file: ConfigFile | None = None
     state_dir_from: str = "state_dir"
+    # Not a key either: this process's share of the folders, (index, count), from $NEXTMV_WATCHER_SHARD
+    # (set by the process that runs several: `processes`); its `workers` and `control_socket` are its own,
+    # and it has no metrics listener.
+    shard: tuple[int, int] = (0, 1)
 
     def watch_for(self, folder: Path) -> WatchConfig | None:
         """The watched path whose direct child `folder` is, if any."""
@@ -318,15 +325,39 @@ def parse_config(
     watches = _watches(p, values["watch"], values["files"])
     if values["after_tracking"] == "move":
         _done_path(p, values["done_path"], watches)
+    if values["processes"] > values["workers"]:
+        p.problem(f"processes: {values['processes']} is more than workers ({values['workers']}): each process "
+                  f"tracks at least one folder at a time")
     if p.problems:
         raise ConfigError(source, p.problems)
     state_dir, state_dir_from = (values["state_dir"], "state_dir") if values["state_dir"] \
         else state_dir_default(env, system=system)
-    return Config(**values | {
+    config = Config(**values | {
         "source": source, "watch": tuple(w for _, w in watches), "state_dir": state_dir,
         "control_socket": values["control_socket"] or default_control_socket(state_dir, env, system=system),
         "state_dir_from": state_dir_from,
     })
+    env = os.environ if env is None else env
+    return _as_shard(config, env.get(SHARD_ENV), source, env.get(SHARD_SOCKET_ENV))
+
+
+SHARD_ENV = "NEXTMV_WATCHER_SHARD"
+SHARD_SOCKET_ENV = "NEXTMV_WATCHER_SHARD_SOCKET"   # the supervisor's choice, fixed for the process's life
+
+
+def _as_shard(config: Config, shard: str | None, source: str, socket: str | None = None) -> Config:
+    """One of `processes` processes' configuration ($NEXTMV_WATCHER_SHARD `i/N`): its share of `workers`."""
+    if not shard:
+        return config
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count) <= config.workers):
+        raise ConfigError(source, [f"${SHARD_ENV}: {shard!r} is not INDEX/COUNT with COUNT at most workers"])
+    i, n = int(index), int(count)
+    workers = config.workers // n + (1 if i < config.workers % n else 0)
+    sock = Path(socket) if socket else \
+        config.control_socket.with_name(f"{config.control_socket.name}.{i}") if config.control_socket else None
+    metrics = replace(config.metrics, listen=None)   # the supervisor's: it serves the processes' metrics merged
+    return replace(config, shard=(i, n), workers=workers, control_socket=sock, metrics=metrics)
 
 
 def _watches(p: Parser, raw: object, files: FilesConfig) -> list[tuple[int, WatchConfig]]:

@@ -66,6 +66,18 @@ class Redactor:
 
 
 REDACTOR = Redactor()
+_STATIC: dict[str, str] = {}
+
+
+def bind_static(**fields: str) -> None:
+    """Fields every event of this process carries from now on, whatever its thread (e.g. its `shard`)."""
+    _STATIC.update(fields)
+
+
+def _static(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in _STATIC.items():
+        event.setdefault(key, value)
+    return event
 
 
 def _priority(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -97,6 +109,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _static,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -113,7 +126,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),   # a line and its newline in one write
         cache_logger_on_first_use=False,
     )
     # httpx logs every request URL at INFO; presigned URLs carry signatures. Keep them quiet.

@@ -41,7 +41,7 @@ def run_names(box: Container) -> list[str]:
     return [run["body"]["name"] for run in cloud(box, "runs")]
 
 
-def configure(box: Container, watch: list[tuple[str, str]], level: str | None = None) -> None:
+def configure(box: Container, watch: list[tuple[str, str]], level: str | None = None, **extra: Any) -> None:
     """Write /etc/nextmv-watcher/config.yaml: these (path, application) pairs, marker mode, the emulator;
     state_dir and control_socket left to their defaults, as the README says."""
     config: dict[str, Any] = {
@@ -51,6 +51,7 @@ def configure(box: Container, watch: list[tuple[str, str]], level: str | None = 
     }
     if level is not None:
         config["logging"] = {"level": level}
+    config.update(extra)
     box.write("/etc/nextmv-watcher/config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 

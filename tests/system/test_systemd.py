@@ -256,6 +256,41 @@ def test_stop_drains_a_folder_in_flight(container: Container, journal: Journal) 
     assert run_names(box).count("in-flight-at-stop") == 1
 
 
+def test_two_processes_are_one_unit_that_starts_reloads_and_drains_on_stop(container: Container,
+                                                                          journal: Journal) -> None:
+    """`processes: 2` under systemd: READY only once both are ready, one main PID, a reload reaches both,
+    and `systemctl stop` drains both (each gets one SIGTERM: KillMode=mixed), the folder in flight tracked."""
+    box = container
+    configure(box, [(RUNS, KNOWN_APP)], processes=2, workers=4)
+    cursor = journal.cursor()
+    box.run("systemctl", "restart", UNIT, timeout=120)
+    assert show(box, "ActiveState")["ActiveState"] == "active"
+    assert len(journal.events("processes_ready", after=cursor)) == 1
+    children = [e["pid"] for e in journal.events("process_started", after=cursor)]
+    assert len(children) == 2 and str(show(box, "MainPID")["MainPID"]) not in map(str, children)
+    folders = [drop(box, RUNS, f"two-processes-{n}") for n in range(6)]
+    for folder in folders:
+        wait_tracked(box, folder)
+
+    reloaded = journal.cursor()
+    box.run("systemctl", "reload", UNIT, timeout=120)
+    wait_for(lambda: len(journal.events("config_reloaded", after=reloaded)) == 2, 30, "both processes reloaded")
+
+    cloud(box, "faults", {"latency_seconds": 8, "endpoints": ["put"]})   # well under drain_timeout_seconds
+    stop = journal.cursor()
+    folder = drop(box, RUNS, "two-processes-in-flight-at-stop")
+    journal.wait_event("uploading", after=stop, folder=folder)
+    box.run("systemctl", "stop", UNIT, timeout=120)
+    assert show(box, "ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
+    assert sorted(e["shard"] for e in journal.events("daemon_stopped", after=stop)) == ["0/2", "1/2"]
+    assert tracked(box, folder), "drained, not aborted: the folder in flight was tracked before the stop ended"
+
+    cloud(box, "faults", {"latency_seconds": 0, "endpoints": None})
+    configure(box, [(RUNS, KNOWN_APP)])
+    box.run("systemctl", "start", UNIT, timeout=120)
+    assert run_names(box).count("two-processes-in-flight-at-stop") == 1
+
+
 def test_every_folder_was_tracked_once_and_the_sandbox_denied_nothing(container: Container,
                                                                      journal: Journal) -> None:
     names = Counter(run_names(container))

@@ -238,7 +238,8 @@ def test_every_problem_is_listed_at_once_with_its_key_path(tmp_path: Path, runs:
     assert problem_at(found, "wokers") == (
         "wokers: unknown key (known: after_tracking, api, completion, concurrency, control_socket, done_path,"
         " drain_timeout_seconds,"
-        " files, logging, metrics, reconcile_seconds, retention_days, retry, state_dir, state_owners, watch, workers)")
+        " files, logging, metrics, processes, reconcile_seconds, retention_days, retry, state_dir, state_owners, watch,"
+            " workers)")
     assert "unknown key" in problem_at(found, "api.urll")
     assert problem_at(found, "watch[0].formatt") == (
         "watch[0].formatt: unknown key (known: application_id, files, format, instance_id, path,"
@@ -696,3 +697,33 @@ def test_the_example_is_a_valid_configuration(tmp_path: Path, runs: Path) -> Non
 
     assert config.completion.marker == "DONE"
     assert config.files == config.watch[0].files == FilesConfig()
+
+
+def test_a_shard_gets_its_share_of_workers_and_a_control_socket_of_its_own(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "c.yaml", f"""
+        watch: [{{path: {runs}, application_id: app-1}}]
+        workers: 32
+        processes: 3
+        control_socket: {tmp_path}/control.sock
+    """)
+    shares = [load_config(path, env={**ENV, "NEXTMV_WATCHER_SHARD": f"{i}/3"}) for i in range(3)]
+    assert [c.workers for c in shares] == [11, 11, 10]
+    assert [c.shard for c in shares] == [(0, 3), (1, 3), (2, 3)]
+    assert [c.control_socket.name for c in shares] == ["control.sock.0", "control.sock.1", "control.sock.2"]
+    whole = load_config(path, env=ENV)
+    assert (whole.workers, whole.shard, whole.control_socket.name) == (32, (0, 1), "control.sock")
+    with pytest.raises(ConfigError, match="NEXTMV_WATCHER_SHARD"):
+        load_config(path, env={**ENV, "NEXTMV_WATCHER_SHARD": "3/3"})
+    # The supervisor names each process's socket once: a reload that moves control_socket moves neither.
+    fixed = load_config(path, env={**ENV, "NEXTMV_WATCHER_SHARD": "1/3",
+                                   "NEXTMV_WATCHER_SHARD_SOCKET": f"{tmp_path}/started.sock.1"})
+    assert fixed.control_socket == tmp_path / "started.sock.1"
+
+
+def test_more_processes_than_workers_is_refused(tmp_path: Path, runs: Path) -> None:
+    path = write(tmp_path / "c.yaml", f"""
+        watch: [{{path: {runs}, application_id: app-1}}]
+        workers: 2
+        processes: 3
+    """)
+    assert problem_at(problems(path), "processes").startswith("processes: 3 is more than workers (2)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from watcher.daemon.index import FolderIndex, Next, Stage
+from watcher.daemon.shard import Shard
 
 A, B, C, D = (Path(f"/runs/{n}") for n in "abcd")
 OTHER = Path("/elsewhere/x")
@@ -192,3 +193,15 @@ def test_many_finished_folders_leave_the_status_reads_alone() -> None:
     assert index.counts() == {"queued": 0, "in_flight": 0, "retry_wait": 0, "parked": 1}
     assert index.parked_scopes() == {"api"} and index.oldest_pending_since() == NOW
     assert index.size() == 1001 and index.left_alone() == []
+
+
+def test_a_shard_index_takes_only_its_own_folders() -> None:
+    shard = Shard(1, 2)
+    index = FolderIndex(Clock(), shard)
+    folders = [Path(f"/runs/run-{n}") for n in range(40)]
+    for folder in folders:
+        index.offer(folder)
+    own = [f for f in folders if shard.owns(f)]
+    assert 0 < len(own) < len(folders)
+    assert index.size() == len(own) and index.counts()["queued"] == len(own)
+    assert all(index.owns(f) == (f in own) for f in folders)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, TextIO, cast
 
 from watcher import config as configuration
 from watcher import logs
-from watcher.cli.common import FAILED, OK, USAGE, api_key, load, log, require_a_watched_path
-from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, Config
+from watcher.cli.common import (
+    FAILED,
+    OK,
+    USAGE,
+    api_key,
+    load,
+    locate_api_key,
+    log,
+    require_a_watched_path,
+)
+from watcher.cli.hardening import scrub_variable
+from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, SHARD_ENV, Config
 from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
 from watcher.daemon.identity import config_path
 from watcher.daemon.signals import SignalRelay
@@ -31,6 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     reason="state found here (read-only folders' markers, open intents) is kept, not moved",
                     hint=f"set state_dir: {config.state_dir} in {config.source} to keep it, or move it to "
                          f"{system} while the daemon is stopped")
+    if os.environ.get(SHARD_ENV):   # one of `processes`, started by the supervisor (which holds the lock)
+        return _run_shard(config)
     try:
         lock = DaemonLock.acquire(config.state_dir, config=config_path(config))
     except StateDirInUse as exc:
@@ -41,9 +54,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("start_failed", error=f"state_dir {config.state_dir}: cannot lock {LOCK_NAME}: {exc.strerror}")
         return FAILED
     try:
-        return _run(config)
+        return _supervise(config, lock) if config.processes > 1 else _run(config)
     finally:
         lock.release()
+
+
+def _supervise(config: Config, lock: DaemonLock) -> int:
+    """`processes` > 1: the children do the work (`watcher.daemon.supervisor`)."""
+    from watcher.daemon.supervisor import Supervisor
+
+    key, source = locate_api_key(config)
+    from_env = source == f"${config.api.key_env}"
+    if from_env:
+        scrub_variable(config.api.key_env)
+    supervisor = Supervisor(config, lock_fd=lock.fd, key_env={config.api.key_env: key} if from_env else {})
+    with supervisor.signals():
+        return supervisor.run()
+
+
+def _run_shard(config: Config) -> int:
+    """A child of the supervisor: its lock is the supervisor's, inherited (checked, never taken anew)."""
+    from watcher.daemon.supervisor import LOCK_FD_ENV
+
+    try:
+        DaemonLock.inherited(int(os.environ.get(LOCK_FD_ENV, "")))
+    except (ValueError, OSError):
+        log.error("start_failed", error=f"${SHARD_ENV} is set by nextmv-watcher for the processes it starts "
+                                        f"(processes: N); this one has no state directory lock of theirs")
+        return USAGE
+    logs.bind_static(shard=f"{config.shard[0]}/{config.shard[1]}")
+    return _run(config)
 
 
 def _run(config: Config) -> int:

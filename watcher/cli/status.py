@@ -20,6 +20,10 @@ OK = EXIT_OK
 def format_status(st: dict[str, Any]) -> str:
     """The daemon's status dict as text. Missing keys are left out, so an older daemon still shows."""
     lines = [f"daemon: {st.get('state', '?')} (pid {st.get('pid', '?')}), up {_duration(st.get('uptime_seconds'))}"]
+    if st.get("processes"):   # processes: N > 1, each on its share of the folders
+        lines.append("processes: " + ", ".join(f"{p['shard']} pid {p['pid']}" + ("" if p["answering"] else
+                                                                                 " NOT ANSWERING")
+                                               for p in st["processes"]))
     if st.get("reload_pending"):
         lines.append("config: reload pending (the file changed since the daemon loaded it; "
                      "`systemctl reload nextmv-watcher` or SIGHUP applies it)")

@@ -25,10 +25,16 @@
     collectors.py      the series read at scrape time: status gauges, folders_total, healthy
     listeners.py       the control socket and the metrics listener, moved by a reload
     control_socket.py  the local control socket (status, rescan, retried, identify)
+    commands.py        what the control socket's commands do (status, rescan, retried, metrics, health)
+    views.py           several processes' status, metrics and health merged into one daemon's
+    sharedhold.py      a 429's hold seen by every process (an 8-byte mapped file in the state directory)
+    sharedpace.py      one token bucket for every process; the pace's rule runs in the supervisor
     identity.py        which daemon answers, and whether it runs the configuration a command was given
     daemonlock.py      one daemon per state directory: the flock on <state_dir>/daemon.lock
     notify.py          sd_notify over $NOTIFY_SOCKET
     signals.py         signals relayed to a thread: no handler takes a lock (SIGTERM, SIGINT, SIGHUP)
+    shard.py           which folders a process takes when several share the work (`processes`)
+    supervisor.py      `processes` > 1: the processes started, watched, told of signals; one to systemd
     reload.py          what a reload changes: key paths, restart-only keys
     sync.py            `nextmv-watcher sync`: the daemon's work once, without watching
 """

@@ -53,6 +53,17 @@ class DaemonLock:
             raise
         return cls(path, fd)
 
+    @property
+    def fd(self) -> int:
+        """The locked descriptor (the supervisor hands it to its processes: `processes`)."""
+        return self._fd
+
+    @classmethod
+    def inherited(cls, fd: int) -> None:
+        """Check that `fd`, inherited from the supervisor, holds the lock (flock on the same open file
+        succeeds at once; on another process's lock it would fail). Raises OSError otherwise."""
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
     def release(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:

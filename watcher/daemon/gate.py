@@ -17,7 +17,8 @@ These things pause work, and this module alone decides, probes and logs them (`a
 It also holds: a 429 with `Retry-After` on an API call holds every API call of every application (the
 limit's scope is undocumented, so it is taken to be the key's) until then, capped at RETRY_AFTER_CAP
 (`held_for`, which the client asks before each API call; logged as `api_held` when a hold begins). A
-hold is no pause: nothing is parked or probed, no attempt is used, it simply ends.
+hold is no pause: nothing is parked or probed, no attempt is used, it simply ends. With `processes` > 1
+the hold is every process's (`shared`: see `watcher.daemon.sharedhold`).
 
 A paused scope is probed from the main loop (`probe`): one `GET /v1/applications/{id}` without
 retries, with a growing interval (for an upload pause: a fresh upload URL and a PUT of `{}`, so
@@ -39,6 +40,7 @@ import structlog
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import PUT, RETRY_AFTER_CAP, NextmvClient, RequestOutcome
 from watcher.config import Config, resolve_api_key
+from watcher.daemon.sharedhold import SharedHold
 from watcher.errors import (
     ApiError,
     ApplicationNotFound,
@@ -75,8 +77,9 @@ class Gate:
 
     def __init__(self, clock: Callable[[], float], *, config: Callable[[], Config], client: NextmvClient | None,
                  unpark: Callable[[str], int], failure_threshold: int = 5, upload_failure_threshold: int = 10,
-                 probe_backoff: Backoff | None = None) -> None:
+                 probe_backoff: Backoff | None = None, shared: SharedHold | None = None) -> None:
         self.clock = clock
+        self.shared = shared   # the other processes' holds too (`processes` > 1)
         self.config = config
         self.client = client
         self.unpark = unpark
@@ -114,6 +117,8 @@ class Gate:
         """Seconds every API call must still wait (a 429's Retry-After), 0 when none: fits the client's `hold`."""
         with self._lock:
             until = self._held_until
+        if self.shared is not None:
+            until = max(until, self.shared.until())
         return max(0.0, until - self.clock())
 
     def pauses(self) -> dict[str, Pause]:
@@ -172,6 +177,8 @@ class Gate:
         with self._lock:
             began = self._held_until <= now
             self._held_until = max(self._held_until, until)
+        if self.shared is not None:
+            self.shared.extend(until)
         if began:
             log.info("api_held", endpoint=outcome.endpoint, seconds=round(until - now, 3),
                      hint="the API asked to slow down (429 with Retry-After): every application's API calls wait")

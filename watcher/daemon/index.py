@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from watcher.daemon.queue import WorkQueue
+from watcher.daemon.shard import ALL, Shard
 
 
 class Stage(enum.Enum):
@@ -126,14 +127,22 @@ class Entries:
 class FolderIndex(WorkQueue):
     """Thread-safe. `take` blocks until a folder is due (see `WorkQueue.get`)."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], shard: Shard | tuple[int, int] = ALL) -> None:
         super().__init__(clock)
         self._entries = Entries()
+        self.shard = shard if isinstance(shard, Shard) else Shard(*shard)
+
+    def owns(self, folder: Path) -> bool:
+        """Whether `folder` is this process's to track (see `watcher.daemon.shard`); others are never offered."""
+        return self.shard.owns(folder)
 
     # -- offering and taking work -----------------------------------------------------------
 
     def offer(self, folder: Path, at: float | None = None) -> None:
-        """Queue `folder` (an event, a scan): due now, or at `at`. A parked folder stays parked."""
+        """Queue `folder` (an event, a scan): due now, or at `at`. A parked folder stays parked; another
+        shard's folder is ignored."""
+        if not self.shard.owns(folder):
+            return
         with self._cond:
             entry = self._entries.get(folder)
             if entry is not None and entry.stage is Stage.PARKED:

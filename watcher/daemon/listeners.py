@@ -19,7 +19,7 @@ import structlog
 
 from watcher.config import Config
 from watcher.daemon.control_socket import ControlServer, Identify
-from watcher.daemon.metrics import HealthServer, Metrics
+from watcher.daemon.metrics import Exposition, HealthServer
 from watcher.errors import ListenerError
 
 log = structlog.get_logger("watcher.daemon.listeners")
@@ -40,7 +40,7 @@ class Prepared:
 
 
 class Listeners:
-    def __init__(self, handle_control: Handler, metrics: Metrics, health: Health,
+    def __init__(self, handle_control: Handler, metrics: Exposition, health: Health,
                  identify: Identify | None = None) -> None:
         self._handle = handle_control
         self._identify = identify

@@ -66,7 +66,7 @@ import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, ProcessCollector
@@ -139,6 +139,14 @@ class Metrics:
         return _generate_latest(self.registry)
 
 
+class Exposition(Protocol):
+    """What the listener serves on /metrics: a `Metrics`, or the supervisor's merge of its processes'."""
+
+    def render(self) -> bytes: ...
+
+    def connection_refused(self) -> None: ...
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -156,7 +164,7 @@ class HealthServer:
     what clients can hold (see the module docstring); tests shorten them.
     """
 
-    def __init__(self, listen: str, metrics: Metrics, health: Health, *, max_connections: int = MAX_CONNECTIONS,
+    def __init__(self, listen: str, metrics: Exposition, health: Health, *, max_connections: int = MAX_CONNECTIONS,
                  connection_seconds: float = CONNECTION_SECONDS) -> None:
         if max_connections < 1 or connection_seconds <= 0:
             raise ValueError("max_connections must be >= 1 and connection_seconds > 0")

@@ -262,7 +262,7 @@ class Pacing:
         with self._lock:
             wait = self._pacer.delay(self.clock())
             news, rate = self._news()
-        self._log(news, rate)
+        log_change(news, rate)
         return wait
 
     def observe(self, outcome: RequestOutcome) -> None:
@@ -273,26 +273,27 @@ class Pacing:
             self._pacer.observe(self.clock(), status=outcome.status, seconds=outcome.seconds,
                                 retry_after=outcome.retry_after)
             news, rate = self._news()
-        self._log(news, rate, outcome.endpoint)
+        log_change(news, rate, outcome.endpoint)
 
     def rate(self) -> float | None:
         """API calls per second allowed now; None when unlimited."""
         with self._lock:
             self._pacer.tick(self.clock())
             news, rate = self._news()
-        self._log(news, rate)
+        log_change(news, rate)
         return rate
 
     def _news(self) -> tuple[str | None, float | None]:
         news, self._pacer.news = self._pacer.news, None
         return news, self._pacer.rate
 
-    @staticmethod
-    def _log(news: str | None, rate: float | None, endpoint: str | None = None) -> None:
-        if news == "decreased":
-            log.info("api_pacing", rate=round(rate or 0.0, 2), reason="throttled", endpoint=endpoint,
-                     hint="the API answered 429: API calls are paced below the rate it accepted")
-        elif news == "unlimited":
-            log.info("api_pacing", rate=None, reason="quiet", hint="no 429 for a while: API calls are not paced")
-        elif news == "increased":
-            log.debug("api_pacing", rate=round(rate or 0.0, 2), reason="probing")
+
+def log_change(news: str | None, rate: float | None, endpoint: str | None = None) -> None:
+    """Log how the rate moved (`Pacer.news`): a decrease or the return to unlimited at info, a rise at debug."""
+    if news == "decreased":
+        log.info("api_pacing", rate=round(rate or 0.0, 2), reason="throttled", endpoint=endpoint,
+                 hint="the API answered 429: API calls are paced below the rate it accepted")
+    elif news == "unlimited":
+        log.info("api_pacing", rate=None, reason="quiet", hint="no 429 for a while: API calls are not paced")
+    elif news == "increased":
+        log.debug("api_pacing", rate=round(rate or 0.0, 2), reason="probing")

@@ -3,7 +3,7 @@
 `diff(old, new)` walks the frozen configuration dataclasses and names every key whose value differs
 (`retry.backoff_initial_seconds`, `watch[/srv/runs].application_id`, ...), the watched paths added
 and removed, and which of the changes only take effect after a restart (the API's connection settings,
-`state_dir`).
+`state_dir`, `processes`).
 Pure: the service applies the new configuration (`Service._apply_reload`).
 """
 
@@ -17,8 +17,8 @@ from watcher.config import API_CONNECTION, Config
 
 # The HTTP client's connection settings and the state store are built once: a change takes effect at
 # the next start. Every other key (the api limits included) applies at once.
-RESTART_ONLY = (*(f"api.{k}" for k in API_CONNECTION), "state_dir")
-NOT_KEYS = ("source", "file", "state_dir_from")   # where it was read from, not settings
+RESTART_ONLY = (*(f"api.{k}" for k in API_CONNECTION), "state_dir", "processes")
+NOT_KEYS = ("source", "file", "state_dir_from", "shard")   # where it was read from, not settings
 
 
 @dataclass(frozen=True)

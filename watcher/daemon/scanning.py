@@ -40,6 +40,8 @@ def startup_scan(config: Config, store: StateStore, index: FolderIndex, *, stop:
         for folder, inode in iter_entries(watch.path):
             if stop.is_set():
                 return None
+            if not index.owns(folder):   # another process's (`processes`)
+                continue
             state = quick_state(store, folder)
             if state is None:
                 index.offer(folder)
@@ -60,7 +62,7 @@ def reconcile(config: Config, store: StateStore, index: FolderIndex, *, full: bo
     for watch in config.watch:
         for folder, inode in iter_entries(watch.path):
             present.append(folder)
-            if folder in busy:
+            if folder in busy or not index.owns(folder):
                 continue
             known_finished = index.is_finished(folder, inode)
             if known_finished and not full:

@@ -33,7 +33,7 @@ from watcher.cloud.client import NextmvClient, RequestOutcome, Transport, build_
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
 from watcher.config import Config, load_config
-from watcher.daemon import aftercare
+from watcher.daemon import aftercare, commands
 from watcher.daemon.aftercheck import LateChecks
 from watcher.daemon.attempt import Attempts
 from watcher.daemon.chores import Chores
@@ -53,6 +53,8 @@ from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.pacing import Pacing
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
+from watcher.daemon.sharedhold import SharedHold
+from watcher.daemon.sharedpace import SharedPacing
 from watcher.daemon.worker import FolderProcessor
 from watcher.errors import ConfigError, ListenerError
 from watcher.runfolder.claims import Claims
@@ -102,7 +104,7 @@ class Service:
         self.notifier = notifier or (Notifier() if watch else Notifier({}))
         current = self.current_config
 
-        self.index = FolderIndex(clock)
+        self.index = FolderIndex(clock, config.shard)
         self.outcomes = Outcomes(clock)
         self.metrics = Metrics(self.status, self.outcomes.series, self.health)
         self.store = StateStore.of(config)
@@ -113,8 +115,11 @@ class Service:
             transport=transport, max_connections=config.workers * 3 + 2, observer=self._on_request,
             clock=clock, hold=lambda: self.gate.held_for() or self.pacing.delay(),   # the gate's hold, then the pace
         )
-        self.concurrency, self.pacing = Concurrency(current), Pacing()
-        self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark)
+        self.concurrency = Concurrency(current)
+        self.pacing: Pacing | SharedPacing = SharedPacing(config.state_dir, self.notifier.send) \
+            if config.shard[1] > 1 else Pacing()   # `processes`: one pace for all, the supervisor's rule
+        shared = SharedHold(config.state_dir) if config.shard[1] > 1 else None   # `processes`: one hold for all
+        self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark, shared=shared)
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock, max_pages=lambda: self.config.api.lookup_max_pages)
@@ -271,23 +276,7 @@ class Service:
         return describe(self.config, os.getpid())
 
     def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        command = request.get("command")
-        if command == "identify":   # the answer's "daemon" says it all
-            return {"ok": True}
-        if command == "status":
-            return {"ok": True, "status": self.status()}
-        if command == "rescan":
-            self._rescan("requested over the control socket", full=True)
-            return {"ok": True}
-        if command == "retried":   # `nextmv-watcher retry` reset these folders' failures
-            config = self.config
-            folders = [Path(f) for f in request.get("folders") or () if isinstance(f, str)]
-            known = [(f, w.application_id) for f in folders if (w := config.watch_for(f)) is not None]
-            self.outcomes.retried_manually(known)
-            for folder, _ in known:
-                self.index.offer(folder)
-            return {"ok": True, "retried": len(known)}
-        return {"ok": False, "error": f"unknown command {command!r}"}
+        return commands.handle(self, request)
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -346,9 +335,9 @@ class Service:
 
     def _on_overflow(self) -> None:
         # Called on watchdog's thread: only set flags.
-        self._rescan("inotify queue overflowed: events were lost", lost=True)
+        self.rescan("inotify queue overflowed: events were lost", lost=True)
 
-    def _rescan(self, reason: str, *, full: bool = False, lost: bool = False) -> None:
+    def rescan(self, reason: str, *, full: bool = False, lost: bool = False) -> None:
         self.chores.rescan(reason, full=full, lost=lost)
         self._wake.set()
 
@@ -397,4 +386,4 @@ class Service:
         if self.on_reload is not None:
             self.on_reload(new)   # after the event above, so that a quieter level does not hide it
         self.notifier.ready(self.health_view.status_line())
-        self._rescan("configuration reloaded")
+        self.rescan("configuration reloaded")

@@ -1,0 +1,146 @@
+"""`processes: 2`: the real `nextmv-watcher run` supervising two daemon processes on one watched path and
+one state directory, against the emulator; systemd's end of $NOTIFY_SOCKET is a socket of the test's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from helpers import API_KEY, marker, wait_for, write_folder
+
+from watcher.daemon.shard import Shard
+from watcher.fakecloud import FakeCloud
+
+FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"solution": 7}'}
+
+
+class SystemdSocket:
+    """The receiving end of $NOTIFY_SOCKET: every line received, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.path = path
+        self.lines: list[str] = []
+
+    def received(self) -> list[str]:
+        while True:
+            try:
+                self.lines += self.sock.recv(65536).decode().splitlines()
+            except BlockingIOError:
+                return self.lines
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_processes_share_the_folders_and_answer_systemd_as_one(
+        cloud: FakeCloud, watched: Path, tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    early = [write_folder(watched, f"early-{n}", FILES) for n in range(16)]
+    systemd = SystemdSocket(tmp_path / "notify.sock")
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4,
+                            env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"}).start()
+    wait_for(lambda: "READY=1" in systemd.received(), 30, "READY=1 from the supervisor")
+    late = [write_folder(watched, f"late-{n}", FILES) for n in range(16)]
+    folders = early + late
+    wait_for(lambda: all(marker(f) is not None for f in folders), 30, "every folder tracked")
+    runs = cloud.runs("app-1")
+    assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders), "each folder once"
+
+    events = daemon.events()
+    started = sorted(e["shard"] for e in events if e["event"] == "daemon_started")
+    assert started == ["0/2", "1/2"]
+    by_shard = {e["folder"]: e["shard"] for e in events if e["event"] == "run_tracked"}
+    assert by_shard == {str(f): str(next(s for s in (Shard(0, 2), Shard(1, 2)) if s.owns(f))) for f in folders}
+    wait_for(lambda: "WATCHDOG=1" in systemd.received(), 10, "a watchdog ping relayed")
+    assert systemd.received().count("READY=1") == 1
+    children = [e["pid"] for e in events if e["event"] == "process_started"]
+    assert len(children) == 2 and all(alive(p) for p in children)
+
+    assert daemon.stop() == 0
+    assert "STOPPING=1" in systemd.received()
+    systemd.sock.close()
+    assert not any(alive(p) for p in children), "the processes stop with the supervisor"
+    assert "<unparsed>" not in daemon.names(), "two processes' lines were interleaved"
+
+
+def test_a_process_that_dies_is_started_again_and_tracks_its_folders(
+        cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()
+    wait_for(lambda: daemon.names().count("startup_scan_done") == 2, 30, "both processes' start-up scans")
+    first = next(e for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "1/2")
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(lambda: daemon.names().count("process_started") == 3, 30, "the process started again")
+    exited = next(e for e in daemon.events() if e["event"] == "process_exited")
+    assert (exited["shard"], exited["code"], exited["level"]) == ("1/2", -9, "error")
+    folders = [write_folder(watched, f"after-{n}", FILES) for n in range(12)]
+    assert any(Shard(1, 2).owns(f) for f in folders)
+    wait_for(lambda: all(marker(f) is not None for f in folders), 30, "every folder tracked")
+    assert len(cloud.runs("app-1")) == len(folders)
+    assert daemon.stop() == 0
+
+
+def test_a_second_daemon_on_the_state_directory_is_refused_while_the_processes_run(
+        watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()
+    wait_for(lambda: daemon.names().count("startup_scan_done") == 2, 30, "both processes' start-up scans")
+    second = daemon_factory([(watched, "app-1")]).start()
+    wait_for(lambda: not second.alive(), 20, "the second daemon to exit")
+    assert second.stop() == 2
+    assert "start_failed" in second.names()
+    assert daemon.stop() == 0
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "watcher", *argv], capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, "NEXTMV_API_KEY": API_KEY})
+
+
+def test_status_metrics_and_health_are_one_daemons(
+        cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    folders = [write_folder(watched, f"run-{n}", FILES) for n in range(10)]
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4,
+                            metrics={"listen": "127.0.0.1:0"}).start()
+    wait_for(lambda: all(marker(f) is not None for f in folders), 30, "every folder tracked")
+    wait_for(lambda: "metrics_listening" in daemon.names(), 10, "the supervisor's metrics listener")
+    port = next(e["port"] for e in daemon.events() if e["event"] == "metrics_listening")
+    assert sum(1 for e in daemon.events() if e["event"] == "metrics_listening") == 1, "only the supervisor listens"
+
+    out = cli("status", "--json", "--config", str(daemon.config))
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["counters"]["tracked"] == len(folders), "both processes' folders, counted once"
+    assert status["pid"] == daemon.pid
+    assert [(p["shard"], p["answering"]) for p in status["processes"]] == [("0/2", True), ("1/2", True)]
+    assert status["concurrency"]["workers"] == 4
+    text = cli("status", "--config", str(daemon.config)).stdout
+    assert f"daemon: running (pid {daemon.pid})" in text and "processes: 0/2 pid " in text, text
+
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    tracked = [line for line in metrics.splitlines() if line.startswith("nextmv_watcher_folders_total{")
+               and 'outcome="tracked"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in tracked) == len(folders)
+    assert "nextmv_watcher_healthy 1.0" in metrics
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+
+    victim = next(e["pid"] for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "0/2")
+    os.kill(victim, signal.SIGSTOP)   # not answering (its control socket times out): the daemon is not healthy
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        assert answer.status_code == 503
+        assert "process 0/2 not answering" in answer.json()["reasons"]
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    assert daemon.stop() == 0

@@ -1,0 +1,45 @@
+"""sharedpace: one token bucket for every process of the daemon; the rule's answers go to the supervisor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from watcher.cloud.client import RequestOutcome
+from watcher.daemon.sharedpace import MESSAGE, PaceFile, SharedPacing, parse
+from watcher.errors import TransientError
+
+
+def test_the_bucket_is_one_for_every_process(tmp_path: Path) -> None:
+    supervisor, a, b = PaceFile(tmp_path), PaceFile(tmp_path), PaceFile(tmp_path)
+    assert a.delay(100.0) == 0.0 and a.rate() is None, "unlimited until the rule sets a rate"
+    supervisor.set_rate(10.0, 100.0, empty=True)
+    assert b.rate() == 10.0
+    assert a.delay(100.0) == 0.1, "an empty bucket: a token in a tenth of a second"
+    assert b.delay(100.1) == 0.0, "the token came, and this process took it"
+    assert a.delay(100.1) == 0.1, "... so the other one waits"
+    assert supervisor.take_waits() == 2 and supervisor.take_waits() == 0
+    assert a.delay(105.0) == 0.0 and b.delay(105.0) == 0.1, \
+        "after 5 s idle the bucket holds a tenth of a second of tokens (at least one), not 50"
+    supervisor.set_rate(None, 106.0, empty=False)
+    assert a.delay(106.0) == 0.0 and b.rate() is None
+
+
+def test_a_clock_read_before_a_later_callers_gains_no_tokens(tmp_path: Path) -> None:
+    """A thread reads the clock, then waits for the lock behind one that read it later: the stamp must not
+    go back, or the time between is counted twice (30 tokens a second at a rate of 26, measured)."""
+    bucket = PaceFile(tmp_path)
+    bucket.set_rate(10.0, 100.0, empty=True)
+    assert bucket.delay(100.5) == 0.0           # a full token (of at most one), taken
+    assert bucket.delay(100.2) > 0.0            # read earlier, served later: nothing new
+    assert bucket.delay(100.5) > 0.0, "the 0.3 s between the two readings was counted again"
+
+
+def test_a_process_sends_each_api_answer_to_the_supervisor(tmp_path: Path) -> None:
+    sent: list[str] = []
+    pacing = SharedPacing(tmp_path, sent.append, clock=lambda: 500.25)
+    pacing.observe(RequestOutcome("uploadurl", 429, 0.0125, TransientError, retry_after=1.0))
+    pacing.observe(RequestOutcome("put", 200, 0.5, None))           # uploads are never paced: not sent
+    pacing.observe(RequestOutcome("create_run", None, 2.0, TransientError))
+    assert [line.split("=", 1)[0] for line in sent] == [MESSAGE, MESSAGE]
+    assert [parse(line.split("=", 1)[1]) for line in sent] == [(429, 0.0125, 1.0, 500.25), (None, 2.0, None, 500.25)]
+    assert parse("429 x 1 2") is None and parse("") is None

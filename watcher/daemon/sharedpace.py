@@ -1,0 +1,154 @@
+"""The API calls' pace shared by the processes of one daemon (`processes` > 1).
+
+The API limits the key, so one pace must hold for every process. The rule stays `pacing.Pacer`, run by
+the supervisor alone on every process's API-call answers (each process sends its answers to the
+supervisor, a datagram each on its notify socket: `X_API_CALL=<status> <seconds> <retry_after>`); the
+bucket is shared: the rate the rule set, the tokens, when they were counted and whether a call had to
+wait, in a small file of the state directory mapped by every process (`PaceFile`). A process takes a
+token under an flock of that file; while the pace is unlimited (rate 0) it reads the rate alone and
+takes no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watcher.cloud.client import PUT, RequestOutcome
+
+FILE_NAME = "api-pace"
+MESSAGE = "X_API_CALL"
+_FIELDS = struct.Struct("dddd")   # rate (0: unlimited), tokens, stamp (monotonic), waits since read
+BURST = 0.1                       # seconds of tokens the bucket holds (at least one): `pacing.Settings.burst`
+EPSILON = 1e-9
+
+
+class PaceFile:
+    """The shared bucket. Every method is safe across processes (an flock of the file) and threads (a
+    lock of this object's: an flock is per open file description, so it does not keep apart two threads
+    of one process that share the descriptor)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(state_dir / FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            if os.fstat(fd).st_size < _FIELDS.size:
+                os.ftruncate(fd, _FIELDS.size)
+            self._map = mmap.mmap(fd, _FIELDS.size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._threads = threading.Lock()
+
+    def rate(self) -> float | None:
+        rate = struct.unpack_from("d", self._map)[0]
+        return None if rate <= 0 else float(rate)
+
+    def delay(self, now: float) -> float:
+        """Seconds before the next API call may go (0: it may go now, and has taken its token)."""
+        if self.rate() is None:
+            return 0.0
+        with self._locked():
+            rate, tokens, stamp, waits = _FIELDS.unpack_from(self._map)
+            if rate <= 0:
+                return 0.0
+            # `now` was read before the lock: a caller that waited for it behind a later one must not move
+            # the stamp back, or the time between would be counted twice (measured: 30 tokens a second
+            # at a rate of 26 with 64 threads in two processes).
+            now = max(now, stamp)
+            tokens = min(max(1.0, rate * BURST), tokens + max(0.0, now - stamp) * rate)
+            if tokens >= 1.0 - EPSILON:
+                _FIELDS.pack_into(self._map, 0, rate, max(0.0, tokens - 1.0), now, waits)
+                return 0.0
+            _FIELDS.pack_into(self._map, 0, rate, tokens, now, waits + 1)
+            return float((1.0 - tokens) / rate)
+
+    def set_rate(self, rate: float | None, now: float, *, empty: bool) -> None:
+        """The rule's new rate (None: unlimited); `empty`: the bucket starts empty (after a decrease)."""
+        with self._locked():
+            _, tokens, stamp, waits = _FIELDS.unpack_from(self._map)
+            if empty:
+                tokens, stamp = 0.0, now
+            _FIELDS.pack_into(self._map, 0, rate or 0.0, tokens, stamp, waits)
+
+    def take_waits(self) -> int:
+        """How many calls had to wait for a token since the last time this was asked."""
+        with self._locked():
+            rate, tokens, stamp, waits = _FIELDS.unpack_from(self._map)
+            _FIELDS.pack_into(self._map, 0, rate, tokens, stamp, 0.0)
+        return int(waits)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+    def _locked(self) -> _Exclusive:
+        return _Exclusive(self._fd, self._threads)
+
+
+class _Exclusive:
+    """This process's lock, then the file's flock: one holder across threads and processes."""
+
+    def __init__(self, fd: int, threads: threading.Lock) -> None:
+        self.fd = fd
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        self.threads.acquire()
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.threads.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.threads.release()
+
+
+class SharedPacing:
+    """A process's side (what `Service` uses instead of `Pacing` when it is one of several): the shared
+    bucket's wait before each API call, and each answer sent to the supervisor."""
+
+    def __init__(self, state_dir: Path, send: Callable[[str], object],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.file = PaceFile(state_dir)
+        self.send = send
+        self.clock = clock
+
+    def delay(self) -> float:
+        return self.file.delay(self.clock())
+
+    def observe(self, outcome: RequestOutcome) -> None:
+        if outcome.endpoint == PUT:
+            return
+        retry_after = "-" if outcome.retry_after is None else f"{outcome.retry_after:.3f}"
+        status = "-" if outcome.status is None else str(outcome.status)
+        # When it was answered, on the clock every process shares (CLOCK_MONOTONIC): the supervisor reads
+        # the datagram a little later, and the rule's spans are from send and answer times.
+        self.send(f"{MESSAGE}={status} {outcome.seconds:.6f} {retry_after} {self.clock():.6f}")
+
+    def rate(self) -> float | None:
+        return self.file.rate()
+
+
+def parse(value: str) -> tuple[int | None, float, float | None, float] | None:
+    """An `X_API_CALL` value: (status, seconds, retry_after, answered at), or None when malformed."""
+    parts = value.split()
+    if len(parts) != 4:
+        return None
+    try:
+        status = None if parts[0] == "-" else int(parts[0])
+        retry_after = None if parts[2] == "-" else float(parts[2])
+        return status, float(parts[1]), retry_after, float(parts[3])
+    except ValueError:
+        return None
