@@ -220,3 +220,28 @@ def scrape_ok(port: int) -> bool:
             return client.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
     except httpx.TransportError:   # refused: the server closed the connection unserved
         return False
+
+
+class NotifySocket:
+    """The receiving end of $NOTIFY_SOCKET, as systemd has it: every line received, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.path = path
+        self.lines: list[str] = []
+        self._counted = 0
+
+    def received(self) -> list[str]:
+        while True:
+            try:
+                self.lines += self.sock.recv(65536).decode().splitlines()
+            except BlockingIOError:
+                return self.lines
+
+    def pings(self) -> int:
+        """WATCHDOG=1 lines received since the last call."""
+        lines = self.received()
+        new, self._counted = lines[self._counted:], len(lines)
+        return new.count("WATCHDOG=1")

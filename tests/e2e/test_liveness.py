@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import API_KEY, Daemon, marker, wait_for, write_config, write_folder
+from helpers import API_KEY, Daemon, NotifySocket, marker, wait_for, write_config, write_folder
 from structlog.testing import capture_logs
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -312,31 +311,11 @@ class _Blocker(FileSystemEventHandler):
         self.release.wait(60)
 
 
-class _NotifySocket:
-    """The receiving end of $NOTIFY_SOCKET, as systemd has it."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.path = path
-
-    def pings(self) -> int:
-        """WATCHDOG=1 datagrams received since the last call."""
-        n = 0
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                return n
-            n += data.decode().split("\n").count("WATCHDOG=1")
-
-
 def test_the_service_withholds_the_watchdog_ping_and_reports_a_wedged_observer(
         cloud: FakeCloud, watched: Path, tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1")], tmp_path / "state",
                                       metrics={"listen": "127.0.0.1:0"}, control_socket=str(tmp_path / "c.sock")))
-    systemd = _NotifySocket(tmp_path / "notify.sock")
+    systemd = NotifySocket(tmp_path / "notify.sock")
     observers: list[BaseObserver] = []
 
     def observer_factory() -> BaseObserver:

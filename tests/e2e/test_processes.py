@@ -6,36 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-from helpers import API_KEY, marker, wait_for, write_folder
+from helpers import API_KEY, NotifySocket, marker, wait_for, write_folder
 
 from watcher.daemon.shard import Shard
 from watcher.fakecloud import FakeCloud
 
 FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"solution": 7}'}
-
-
-class SystemdSocket:
-    """The receiving end of $NOTIFY_SOCKET: every line received, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.path = path
-        self.lines: list[str] = []
-
-    def received(self) -> list[str]:
-        while True:
-            try:
-                self.lines += self.sock.recv(65536).decode().splitlines()
-            except BlockingIOError:
-                return self.lines
 
 
 def alive(pid: int) -> bool:
@@ -49,7 +30,7 @@ def alive(pid: int) -> bool:
 def test_two_processes_share_the_folders_and_answer_systemd_as_one(
         cloud: FakeCloud, watched: Path, tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
     early = [write_folder(watched, f"early-{n}", FILES) for n in range(16)]
-    systemd = SystemdSocket(tmp_path / "notify.sock")
+    systemd = NotifySocket(tmp_path / "notify.sock")
     daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4,
                             env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"}).start()
     wait_for(lambda: "READY=1" in systemd.received(), 30, "READY=1 from the supervisor")

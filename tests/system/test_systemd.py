@@ -75,6 +75,18 @@ def reload(box: Container, journal: Journal, watch: list[tuple[str, str]], level
     return journal.wait_event("config_reloaded", after=cursor)
 
 
+def stop_while_uploading(box: Container, journal: Journal, name: str) -> tuple[str, str]:
+    """Drop a folder whose upload takes 8 s (well under drain_timeout_seconds) and `systemctl stop` the unit
+    while it uploads; the stop must succeed. Returns the folder and the journal cursor from before it."""
+    cloud(box, "faults", {"latency_seconds": 8, "endpoints": ["put"]})
+    cursor = journal.cursor()
+    folder = drop(box, RUNS, name)
+    journal.wait_event("uploading", after=cursor, folder=folder)
+    box.run("systemctl", "stop", UNIT, timeout=120)
+    assert show(box, "ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
+    return folder, cursor
+
+
 def test_installing_sets_it_up_without_starting_it(container: Container) -> None:
     box = container
     assert box.run("systemctl", "is-active", UNIT, check=False).out.strip() == "inactive"
@@ -236,12 +248,7 @@ def test_the_watchdog_restarts_a_frozen_daemon(container: Container, journal: Jo
 def test_stop_drains_a_folder_in_flight(container: Container, journal: Journal) -> None:
     box = container
     start(box)
-    cloud(box, "faults", {"latency_seconds": 8, "endpoints": ["put"]})   # well under drain_timeout_seconds
-    cursor = journal.cursor()
-    folder = drop(box, RUNS, "in-flight-at-stop")
-    journal.wait_event("uploading", after=cursor, folder=folder)
-    box.run("systemctl", "stop", UNIT, timeout=120)
-    assert show(box, "ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
+    folder, cursor = stop_while_uploading(box, journal, "in-flight-at-stop")
     ended = wait_for(lambda: journal.messages(EXIT_LINE, after=cursor), 10, "ExecStopPost= to say how it ended")
     assert ended == [f"{EXIT_LINE} exited 0"], ended
     stopping = journal.events("daemon_stopping", after=cursor)
@@ -276,12 +283,7 @@ def test_two_processes_are_one_unit_that_starts_reloads_and_drains_on_stop(conta
     box.run("systemctl", "reload", UNIT, timeout=120)
     wait_for(lambda: len(journal.events("config_reloaded", after=reloaded)) == 2, 30, "both processes reloaded")
 
-    cloud(box, "faults", {"latency_seconds": 8, "endpoints": ["put"]})   # well under drain_timeout_seconds
-    stop = journal.cursor()
-    folder = drop(box, RUNS, "two-processes-in-flight-at-stop")
-    journal.wait_event("uploading", after=stop, folder=folder)
-    box.run("systemctl", "stop", UNIT, timeout=120)
-    assert show(box, "ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
+    folder, stop = stop_while_uploading(box, journal, "two-processes-in-flight-at-stop")
     assert sorted(e["shard"] for e in journal.events("daemon_stopped", after=stop)) == ["0/2", "1/2"]
     assert tracked(box, folder), "drained, not aborted: the folder in flight was tracked before the stop ended"
 
