@@ -5,22 +5,19 @@ the supervisor alone on every process's API-call answers (each process sends its
 supervisor, a datagram each on its notify socket: `X_API_CALL=<status> <seconds> <retry_after>`); the
 bucket is shared: the rate the rule set, the tokens, when they were counted and whether a call had to
 wait, in a small file of the state directory mapped by every process (`PaceFile`). A process takes a
-token under an flock of that file; while the pace is unlimited (rate 0) it reads the rate alone and
+token under the file's `exclusive()`; while the pace is unlimited (rate 0) it reads the rate alone and
 takes no lock.
 """
 
 from __future__ import annotations
 
-import fcntl
-import mmap
-import os
 import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from watcher.cloud.client import PUT, RequestOutcome
+from watcher.daemon.sharedfile import SharedFile
 
 FILE_NAME = "api-pace"
 MESSAGE = "X_API_CALL"
@@ -30,22 +27,13 @@ EPSILON = 1e-9
 
 
 class PaceFile:
-    """The shared bucket. Every method is safe across processes (an flock of the file) and threads (a
-    lock of this object's: an flock is per open file description, so it does not keep apart two threads
-    of one process that share the descriptor)."""
+    """The shared bucket. Every method is safe across processes and threads (`SharedFile.exclusive`)."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(state_dir / FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-        try:
-            if os.fstat(fd).st_size < _FIELDS.size:
-                os.ftruncate(fd, _FIELDS.size)
-            self._map = mmap.mmap(fd, _FIELDS.size)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self._threads = threading.Lock()
+        self._file = SharedFile(state_dir, FILE_NAME, _FIELDS.size)
+        view = self._file.view
+        assert view is not None
+        self._map = view
 
     def rate(self) -> float | None:
         rate = struct.unpack_from("d", self._map)[0]
@@ -55,7 +43,7 @@ class PaceFile:
         """Seconds before the next API call may go (0: it may go now, and has taken its token)."""
         if self.rate() is None:
             return 0.0
-        with self._locked():
+        with self._file.exclusive():
             rate, tokens, stamp, waits = _FIELDS.unpack_from(self._map)
             if rate <= 0:
                 return 0.0
@@ -72,7 +60,7 @@ class PaceFile:
 
     def set_rate(self, rate: float | None, now: float, *, empty: bool) -> None:
         """The rule's new rate (None: unlimited); `empty`: the bucket starts empty (after a decrease)."""
-        with self._locked():
+        with self._file.exclusive():
             _, tokens, stamp, waits = _FIELDS.unpack_from(self._map)
             if empty:
                 tokens, stamp = 0.0, now
@@ -80,39 +68,13 @@ class PaceFile:
 
     def take_waits(self) -> int:
         """How many calls had to wait for a token since the last time this was asked."""
-        with self._locked():
+        with self._file.exclusive():
             rate, tokens, stamp, waits = _FIELDS.unpack_from(self._map)
             _FIELDS.pack_into(self._map, 0, rate, tokens, stamp, 0.0)
         return int(waits)
 
     def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
-
-    def _locked(self) -> _Exclusive:
-        return _Exclusive(self._fd, self._threads)
-
-
-class _Exclusive:
-    """This process's lock, then the file's flock: one holder across threads and processes."""
-
-    def __init__(self, fd: int, threads: threading.Lock) -> None:
-        self.fd = fd
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        self.threads.acquire()
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except BaseException:
-            self.threads.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        finally:
-            self.threads.release()
+        self._file.close()
 
 
 class SharedPacing:
