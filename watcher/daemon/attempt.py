@@ -27,6 +27,7 @@ from watcher.runfolder.claims import CLAIM, Claim, Claims
 from watcher.runfolder.folder import RunFolder, inspect_folder
 from watcher.runfolder.markers import Journal, StateStore
 from watcher.runfolder.rundir import RunDir
+from watcher.runfolder.runjson import Turn, json_turn
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,14 @@ class Job:
 class Held:
     """A folder this process has claimed, for one attempt."""
 
-    def __init__(self, d: RunDir, claim: Claim, claims: Claims, store: StateStore, tracker: Tracker) -> None:
+    def __init__(self, d: RunDir, claim: Claim, claims: Claims, store: StateStore, tracker: Tracker,
+                 turn: Turn) -> None:
         self.d = d
         self.claim = claim
         self._claims = claims
         self._store = store
         self._tracker = tracker
+        self._turn = turn
         self._journal: Journal | None = None
 
     def recheck(self) -> str | None:
@@ -74,7 +77,7 @@ class Held:
 
     def inspect(self, job: Job) -> RunFolder:
         """The folder checked against the contract (see `inspect_folder`)."""
-        return inspect_folder(self.d, job.files, job.formats, job.marker)
+        return inspect_folder(self.d, job.files, job.formats, job.marker, self._turn)
 
     def track(self, run: RunFolder, job: Job) -> Outcome:
         """Track the inspected folder (see `Tracker.track`), with this attempt's journal; the claim is
@@ -84,11 +87,14 @@ class Held:
 
 
 class Attempts:
-    def __init__(self, store: StateStore, claims: Claims, keeper: LeaseKeeper, tracker: Tracker) -> None:
+    def __init__(self, store: StateStore, claims: Claims, keeper: LeaseKeeper, tracker: Tracker,
+                 turn: Turn = json_turn) -> None:
+        """`turn`: big JSON documents' (see `runjson`), shared by the daemon's processes when several."""
         self.store = store
         self.claims = claims
         self.keeper = keeper
         self.tracker = tracker
+        self.turn = turn
 
     @contextmanager
     def claimed(self, d: RunDir) -> Iterator[Held | None]:
@@ -101,7 +107,7 @@ class Attempts:
             return
         self.keeper.hold(claim)
         try:
-            yield Held(d, claim, self.claims, self.store, self.tracker)
+            yield Held(d, claim, self.claims, self.store, self.tracker, self.turn)
         finally:
             self.keeper.drop(claim)
             self.claims.release(claim)

@@ -53,6 +53,7 @@ from watcher.daemon.outcomes import Outcomes
 from watcher.daemon.pacing import Pacing
 from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
+from watcher.daemon.sharedfile import SharedFile
 from watcher.daemon.sharedhold import SharedHold
 from watcher.daemon.sharedpace import SharedPacing
 from watcher.daemon.worker import FolderProcessor
@@ -61,8 +62,10 @@ from watcher.runfolder.claims import Claims
 from watcher.runfolder.dirhandle import DirHandle
 from watcher.runfolder.markers import StateStore, trusted_owners
 from watcher.runfolder.prepare import clean_spool
+from watcher.runfolder.runjson import json_turn, turn_over
 
 log = structlog.get_logger("watcher.daemon.service")
+JSON_TURN_FILE = "json-turn"   # `processes`: the state directory's file whose flock is big JSON's turn
 
 
 class State(enum.Enum):
@@ -128,7 +131,10 @@ class Service:
                                limits=lambda: Limits.of(self.config), progress=self._on_bytes)
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
-        self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker)
+        # `processes`: one big JSON document at a time in the whole daemon, not one per process
+        turn = turn_over(SharedFile(config.state_dir, JSON_TURN_FILE, 0).exclusive) if config.shard[1] > 1 \
+            else json_turn
+        self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker, turn)
         self.open_files = OpenFiles(clock)
         self.late_checks = LateChecks(clock)
         self.detectors = Detectors(config.watch, self.index.offer, observer_factory=observer_factory,

@@ -29,7 +29,7 @@ from watcher.config import FORMATS, FilesConfig, FormatConfig
 from watcher.errors import FolderChanged, FolderError, InvalidFolder
 from watcher.runfolder.dirhandle import Listing, kind, translate_oserror
 from watcher.runfolder.rundir import Ident, Limits, RunDir
-from watcher.runfolder.runjson import STATUS_MAX_BYTES, decide_status, json_turn, parse_json, parse_status
+from watcher.runfolder.runjson import STATUS_MAX_BYTES, Turn, decide_status, json_turn, parse_json, parse_status
 
 IGNORED_PATTERNS = ("*.tmp", "*.part", "*~")
 EXTRA_FILES = (("statistics", "statistics.json"), ("metrics", "metrics.json"), ("assets", "assets.json"))
@@ -162,14 +162,16 @@ def _link_is_dir(folder: RunDir, name: str) -> bool:
 
 
 def inspect_folder(
-    folder: RunDir | Path, files: FilesConfig, formats: FormatConfig, marker: str | None = None
+    folder: RunDir | Path, files: FilesConfig, formats: FormatConfig, marker: str | None = None,
+    turn: Turn = json_turn,
 ) -> RunFolder:
     """Validate the run folder against the contract and describe it.
 
     In: the open folder (or its path, opened here), the watched path's file names, formats and caps,
-    the completion marker (never a candidate). Reads status.json and the small metrics/statistics/
-    assets files (bounded by their caps); walks input/output directories (lstat only, bounded by
-    `files.max_archive_files`/`max_archive_depth`); never reads input or output content.
+    the completion marker (never a candidate), the turn big JSON documents take (`runjson`). Reads
+    status.json and the small metrics/statistics/assets files (bounded by their caps); walks input/output
+    directories (lstat only, bounded by `files.max_archive_files`/`max_archive_depth`); never reads
+    input or output content.
     Out: a `RunFolder` holding the open folder and what every member was when inspected.
     Raises: `InvalidFolder(str(path), problem)` for every contract breach (ambiguous or missing
     input, invalid status.json, succeeded without output, bad symlinks, FIFOs, permission denied,
@@ -208,7 +210,7 @@ def inspect_folder(
             artifacts.append(_logs_artifact(d, chosen["logs"]))
         for role, name in EXTRA_FILES:
             if name in present:
-                artifacts.append(_json_artifact(d, role, name, files.max_json_bytes))
+                artifacts.append(_json_artifact(d, role, name, files.max_json_bytes, turn))
 
     status = decide_status(settings, has_output="output" in chosen, folder=d.label)
     return RunFolder(
@@ -336,14 +338,14 @@ def _logs_artifact(d: RunDir, entry: str) -> Artifact:
                     members=(Member(name, real, Ident.of(st)),))
 
 
-def _json_artifact(d: RunDir, role: str, name: str, cap: int) -> Artifact:
+def _json_artifact(d: RunDir, role: str, name: str, cap: int, turn: Turn) -> Artifact:
     real, st = _entry(d, name, name)
     if stat.S_ISDIR(st.st_mode):
         raise InvalidFolder(d.label, f"{name}: is a directory, expected a JSON file")
     if st.st_size > cap:
         raise InvalidFolder(d.label, f"{name}: {st.st_size} bytes, over the {cap}-byte cap (files.max_json_bytes)")
     member = Member(name, real, Ident.of(st))
-    with json_turn(st.st_size):
+    with turn(st.st_size):
         content = parse_json(read_member(d, member), name, d.label)
         is_object = isinstance(content, dict)
         keyed = isinstance(content, dict) and role in content

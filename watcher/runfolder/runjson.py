@@ -4,16 +4,17 @@ their caps, and big documents handled one at a time.
 `status.json` (at most 1 MiB) is an object with any of `STATUS_KEYS`; `parse_status` reports every
 problem at once, each naming its key. metrics/statistics/assets (at most `files.max_json_bytes`) need
 only be valid JSON (metrics an object). Parsing JSON costs 10-30 times its size in memory, so a
-document above `BIG_JSON_BYTES` is read and parsed under `json_turn`: one at a time in the process,
-and workers at the cap together cannot multiply the peak. Pure: bytes in, values or `InvalidFolder` out.
+document above `BIG_JSON_BYTES` is read and parsed under a turn: one at a time in the process
+(`json_turn`), or in the daemon when it has several processes (`turn_over` a lock they share), so that
+workers at the cap together cannot multiply the peak. Pure: bytes in, values or `InvalidFolder` out.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from watcher.errors import InvalidFolder
@@ -27,15 +28,31 @@ BIG_JSON_BYTES = 1 << 20
 _BIG_JSON = threading.RLock()
 
 
+Turn = Callable[[int], AbstractContextManager[None]]
+
+
+def turn_over(exclusive: Callable[[], AbstractContextManager[None]]) -> Turn:
+    """The turn for reading and parsing a JSON document of `size` bytes: a document above
+    `BIG_JSON_BYTES` waits for `exclusive()` (one holder at a time; no other lock is taken inside)."""
+
+    @contextmanager
+    def turn(size: int) -> Iterator[None]:
+        if size <= BIG_JSON_BYTES:
+            yield
+            return
+        with exclusive():
+            yield
+
+    return turn
+
+
 @contextmanager
-def json_turn(size: int) -> Iterator[None]:
-    """Hold the turn for reading and parsing a JSON document of `size` bytes: one document above
-    `BIG_JSON_BYTES` at a time in the whole process (no other lock is taken inside)."""
-    if size <= BIG_JSON_BYTES:
-        yield
-        return
+def _in_process() -> Iterator[None]:
     with _BIG_JSON:
         yield
+
+
+json_turn = turn_over(_in_process)   # one big document at a time in the whole process
 
 
 def parse_json(data: bytes, name: str, folder: str) -> object:
