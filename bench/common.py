@@ -39,20 +39,58 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (a daemon with `processes` > 1 is its supervisor and children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents.setdefault(int(raw[raw.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [pid], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
-    """(utime, stime) of the process (all its threads) from /proc/<pid>/stat, in seconds."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    """(utime, stime) of the process (all its threads) and its descendants, live or reaped, in seconds."""
+    user = system = 0
+    for n, p in enumerate(tree(pid)):
+        fields = _stat(p)
+        if fields is None:
+            continue
+        user += int(fields[11]) + (int(fields[13]) if n == 0 else 0)     # the root's reaped children too
+        system += int(fields[12]) + (int(fields[14]) if n == 0 else 0)
+    return user / TICKS, system / TICKS
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads)."""
+    """utime + stime of the process (all its threads) and its descendants."""
     return sum(cpu_split(pid))
 
 
 def status_kb(pid: int, key: str) -> int | None:
-    """A `kB` field of /proc/<pid>/status (VmHWM = peak RSS, VmRSS = current RSS)."""
+    """A `kB` field of /proc/<pid>/status (VmHWM = peak RSS, VmRSS = current RSS), added up over the
+    process and its descendants (for VmHWM an upper bound of the peak: the peaks need not coincide)."""
+    values = [_status_kb(p, key) for p in tree(pid)]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _status_kb(pid: int, key: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -63,6 +101,7 @@ def status_kb(pid: int, key: str) -> int | None:
 
 
 def peak_rss_mb(pid: int) -> float | None:
+    """Peak RSS (VmHWM), added up over the process and its descendants."""
     kb = status_kb(pid, "VmHWM")
     return None if kb is None else kb / 1024
 
