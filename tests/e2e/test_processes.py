@@ -73,6 +73,25 @@ def test_a_process_that_dies_is_started_again_and_tracks_its_folders(
     assert daemon.stop() == 0
 
 
+def test_the_processes_drain_and_exit_when_the_supervisor_is_killed(
+        cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """Outside systemd nothing else would stop them: orphans would work on, unseen by status and metrics,
+    holding the state directory's lock so that no new daemon could start."""
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()
+    wait_for(lambda: daemon.names().count("startup_scan_done") == 2, 30, "both processes' start-up scans")
+    children = [e["pid"] for e in daemon.events() if e["event"] == "process_started"]
+    os.kill(daemon.pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in children), 30, "the processes to exit")
+    gone = [e for e in daemon.events() if e["event"] == "supervisor_gone"]
+    assert sorted(e["shard"] for e in gone) == ["0/2", "1/2"] and all(e["level"] == "error" for e in gone)
+    assert daemon.names().count("daemon_stopped") == 2, "each drained and stopped as on SIGTERM"
+    daemon.stop()
+    folder = write_folder(watched, "after", FILES)
+    again = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()   # the lock is free again
+    wait_for(lambda: marker(folder) is not None, 30, "a folder tracked by the daemon started again")
+    assert again.stop() == 0
+
+
 def test_a_second_daemon_on_the_state_directory_is_refused_while_the_processes_run(
         watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
     daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()

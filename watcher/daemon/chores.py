@@ -7,6 +7,7 @@
     systemd STATUS= and WATCHDOG=1 (only while healthy)                      5 s, half the watchdog interval
     incomplete-too-long warnings                                             30 s
     retention of tracked folders                                             an hour
+    the supervisor gone (one of `processes`: drain and exit, not orphaned)   every tick
 
 `tick()` runs whatever is due, on the main loop's thread; `next_wait()` says how long that thread may
 sleep (about a second at most when idle). `rescan()` may be called from any thread (an observer's
@@ -15,6 +16,7 @@ overflow, the control socket): it only sets flags. Timers read the current confi
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -42,7 +44,8 @@ RETENTION_EVERY_SECONDS = 3600.0
 class Chores:
     def __init__(self, *, config: Callable[[], Config], clock: Callable[[], float], index: FolderIndex,
                  store: StateStore, gate: Gate, detectors: Detectors, health: Health, notifier: Notifier,
-                 watching: bool, stopping: threading.Event) -> None:
+                 watching: bool, stopping: threading.Event, parent: int | None = None) -> None:
+        """`parent`: the supervisor's pid, when this daemon is one of its processes."""
         self.config = config
         self.clock = clock
         self.index = index
@@ -53,6 +56,7 @@ class Chores:
         self.notifier = notifier
         self.watching = watching
         self.stopping = stopping
+        self.parent = parent
         self._rescan_now = threading.Event()
         self._rescan_reason = ""
         self._rescan_lost = False
@@ -95,6 +99,7 @@ class Chores:
 
     def tick(self) -> None:
         config = self.config()
+        self._check_parent()
         self.gate.probe()
         if self._due("unpark", UNPARK_EVERY_SECONDS):   # a scan of the index's live folders: not each tick
             for scope in self.index.parked_scopes() - set(self.gate.pauses()):
@@ -117,6 +122,15 @@ class Chores:
             removed = aftercare.sweep_retention(config, self.clock())
             if removed:
                 log.info("retention_swept", folders=removed, days=config.retention_days)
+
+    def _check_parent(self) -> None:
+        """A process whose supervisor is gone (killed outside systemd, which would have stopped the whole
+        unit) drains and exits as on SIGTERM, instead of working on unseen by status, metrics and health."""
+        if self.parent is None or self.stopping.is_set() or os.getppid() == self.parent:
+            return
+        log.error("supervisor_gone", supervisor_pid=self.parent, action="draining and exiting",
+                  hint="start nextmv-watcher again")
+        self.stopping.set()
 
     def _watchdog(self) -> None:
         ok, stalled = self.health.watchdog_ok()

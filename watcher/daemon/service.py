@@ -154,7 +154,8 @@ class Service:
             state=lambda: self.state.value, clock=clock, concurrency=self.concurrency.snapshot)
         self.chores = Chores(config=current, clock=clock, index=self.index, store=self.store, gate=self.gate,
                              detectors=self.detectors, health=self.health_view, notifier=self.notifier,
-                             watching=watch, stopping=self._stop)
+                             watching=watch, stopping=self._stop,
+                             parent=os.getppid() if config.shard[1] > 1 and self._daemon else None)
 
     def current_config(self) -> Config:
         """The configuration in force: the one reference every component reads (a reload replaces it)."""
