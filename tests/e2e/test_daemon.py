@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import platform
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -181,3 +182,20 @@ def test_sigterm_exits_zero_and_nothing_leaks_the_key(cloud: FakeCloud, watched:
     assert "test-key" not in text
     assert "signature=" not in text
     assert TRACKED not in [p.name for p in watched.iterdir()]
+
+
+def _tuned(daemon) -> list[str]:  # type: ignore[no-untyped-def]
+    wait_for(lambda: "allocator_tuned" in daemon.names(), 30, "allocator_tuned")
+    return list(next(e for e in daemon.events() if e["event"] == "allocator_tuned")["settings"])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_the_daemon_sets_glibcs_allocator_unless_the_environment_does(
+        watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """Big JSON documents must not leave every malloc arena full (watcher.daemon.allocator)."""
+    daemon = daemon_factory([(watched, "app-1")]).start()
+    assert _tuned(daemon) == ["MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX"]
+    assert daemon.stop() == 0
+    given = daemon_factory([(watched, "app-1")], env={"MALLOC_ARENA_MAX": "8"}).start()
+    assert _tuned(given) == ["MALLOC_MMAP_THRESHOLD_"]
+    assert given.stop() == 0

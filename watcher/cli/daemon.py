@@ -22,6 +22,7 @@ from watcher.cli.common import (
 )
 from watcher.cli.hardening import scrub_variable
 from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, SHARD_ENV, Config
+from watcher.daemon import allocator
 from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
 from watcher.daemon.identity import config_path
 from watcher.daemon.signals import SignalRelay
@@ -93,8 +94,10 @@ def _run(config: Config) -> int:
     # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
     # this long instead of the default 5 ms; measured: the 100,000-folder scan under load goes faster.
     sys.setswitchinterval(0.001)
+    tuned = allocator.tune()   # before the threads: big JSON documents must not leave every arena full
     service = Service(config, api_key(config, scrub_env=True),
                       on_reload=lambda new: logs.configure(new.logging.level, new.logging.format))
+    log.debug("allocator_tuned", settings=tuned)
     with relay_signals(service):
         return _serve(service)
 

@@ -27,6 +27,7 @@
     control_socket.py  the local control socket (status, rescan, retried, identify)
     commands.py        what the control socket's commands do (status, rescan, retried, metrics, health)
     views.py           several processes' status, metrics and health merged into one daemon's
+    sharedfile.py      a small state-directory file the processes share: mapped, and locked across them
     sharedhold.py      a 429's hold seen by every process (an 8-byte mapped file in the state directory)
     sharedpace.py      one token bucket for every process; the pace's rule runs in the supervisor
     identity.py        which daemon answers, and whether it runs the configuration a command was given
@@ -34,6 +35,7 @@
     notify.py          sd_notify over $NOTIFY_SOCKET
     signals.py         signals relayed to a thread: no handler takes a lock (SIGTERM, SIGINT, SIGHUP)
     shard.py           which folders a process takes when several share the work (`processes`)
+    allocator.py       glibc's allocator set so that big JSON documents do not leave every arena full
     supervisor.py      `processes` > 1: the processes started, watched, told of signals; one to systemd
     reload.py          what a reload changes: key paths, restart-only keys
     sync.py            `nextmv-watcher sync`: the daemon's work once, without watching

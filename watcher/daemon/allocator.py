@@ -1,0 +1,37 @@
+"""glibc's allocator set for a long-running process that parses big documents in many threads.
+
+By default glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so that
+after the first 16 MiB JSON document the next ones come from the heap of the thread that reads them, and
+each of up to 8 per core of those heaps ("arenas") keeps what was freed in it. `tune` caps the arenas at
+`ARENA_MAX` and fixes the threshold (blocks of `MMAP_THRESHOLD` and more are mapped, and unmapped when
+freed); a setting given in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`) is left as given.
+Measured with the bench's hostile case (32 workers each on a folder with three 16 MiB worst-case JSON
+documents, parsed one at a time, beside a 100,000-folder backlog), peak RSS: 1,362 MB as glibc comes;
+516 MB with 2 arenas; 589 MB with the threshold at 4 MiB; 515 MB with both (1 MiB). CPU per run with
+the settings here was not higher (20 ms, 500 folders: 10.3 and 11.0 ms against 12.3 and 11.5 without,
+back to back).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Mapping
+
+M_MMAP_THRESHOLD = -3   # glibc's <malloc.h>
+M_ARENA_MAX = -8
+MMAP_THRESHOLD = 4 << 20   # above the 1 MiB chunks uploads are read in
+ARENA_MAX = 2
+_SETTINGS = ((M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD), (M_ARENA_MAX, "MALLOC_ARENA_MAX", ARENA_MAX))
+
+
+def tune(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Set the allocator (call before the threads start). Returns the settings made, by their variable's
+    name; none where the C library has no `mallopt` (not glibc) or refuses it."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return []
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return [name for param, name, value in _SETTINGS if name not in environ and mallopt(param, value) == 1]
