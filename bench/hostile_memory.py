@@ -39,6 +39,7 @@ HOSTILE_FILES = ("statistics.json", "assets.json", "metrics.json")
 @dataclass
 class Hostile:
     folders: int                 # hostile folders = workers
+    processes: int               # the daemon's `processes` (its figures added up over them)
     json_bytes: int              # size of each of the three documents
     cap_configured: bool         # files.max_json_bytes was set to json_bytes (the daemon knows the key)
     backlog_total: int
@@ -120,7 +121,7 @@ def unit_memory_max_mb(unit: Path = UNIT) -> float | None:
 
 
 def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: int, *, timeout: float,
-            log: Callable[[str], None] = print) -> Hostile:
+            processes: int = 1, log: Callable[[str], None] = print) -> Hostile:
     backlog_root, _ = backlog_tree(backlog_total, backlog_pending, log)
     work = fresh_dir(WORK / "hostile-memory")
     hostile_root = work / "hostile"
@@ -131,6 +132,8 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
                 {"path": str(hostile_root), "application_id": APP},
                 {"path": str(backlog_root), "application_id": APP}]}
             extra["concurrency"] = "fixed"   # the worst case: all W workers in flight at once
+            if processes > 1:
+                extra["processes"] = processes
             if cap:
                 extra["files"] = {"max_json_bytes": json_bytes}
             return write_config(work / "config.yaml", url=emu.url, root=hostile_root, state_dir=work / "state",
@@ -170,8 +173,8 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
     tracked = tracked_count(folders)
     if check == "ok" and tracked != workers:
         check = f"{tracked}/{workers} hostile folders have a tracked marker"
-    return Hostile(workers, json_bytes, cap_configured, backlog_total, backlog_pending, peak, peak_at, scan_done_at,
-                   hostile_done_at, tracked, own_cpu, check, unit_memory_max_mb())
+    return Hostile(workers, processes, json_bytes, cap_configured, backlog_total, backlog_pending, peak, peak_at,
+                   scan_done_at, hostile_done_at, tracked, own_cpu, check, unit_memory_max_mb())
 
 
 def _event_at(event: dict[str, object] | None, started_at: float) -> float | None:

@@ -248,7 +248,8 @@ def kept_analysis(path: Path) -> str:
 
 def hostile_rows(report: Report, h: Hostile) -> None:
     cap = "files.max_json_bytes set to it" if h.cap_configured else "no cap in this daemon: read whole"
-    label = (f"Peak RSS, hostile: {h.folders} workers each on a folder with statistics/assets/metrics.json of "
+    shared = f" in {h.processes} processes (peaks added up)" if h.processes > 1 else ""
+    label = (f"Peak RSS, hostile: {h.folders} workers{shared} each on a folder with statistics/assets/metrics.json of "
              f"{_gib(h.json_bytes)} worst-case JSON ({cap}), plus a backlog of {h.backlog_total:,} folders "
              f"({h.backlog_pending:,} pending)")
     flag = "" if h.check == "ok" else f" [check: {h.check}]"

@@ -67,6 +67,7 @@ class Plan:
     profile: bool
     hostile_workers: int = 32           # = hostile folders tracked at once (the default `workers`, all in flight)
     hostile_json_bytes: int = 16 << 20  # each of statistics/assets/metrics.json: the cap of issue 8
+    hostile_processes: tuple[int, int] | None = (2, 64)   # a reference row: processes, workers (None: none)
     slow_latency: float = 0.1           # "latency": the daemon (plan.n runs) against the SDK loop at 100 ms
     slow_sdk_n: int = 50                # the SDK loop's runs at that latency (about 2 runs/s: enough for its rate)
     slow_need: float = 50.0             # the target: at least this many times the SDK loop's rate (issue 13)
@@ -82,7 +83,7 @@ FULL = Plan(n=500, latencies=(0.0, 0.02), https=(False, True), worker_counts=(16
 QUICK = Plan(n=100, latencies=(0.0, 0.02), https=(False, True), worker_counts=(), detect_n=50, detect_gap=0.05,
              mem_size=128 << 20, mem_parts=16, backlog_total=10_000, backlog_pending=1_000, backlog_timeout=120,
              idle_folders=2_000, idle_window=15, profile=False, hostile_json_bytes=4 << 20, slow_sdk_n=20,
-             ratelimit_n=100, idle_systemd_folders=10_000)
+             ratelimit_n=100, idle_systemd_folders=10_000, hostile_processes=None)
 
 
 def say(text: str) -> None:
@@ -257,6 +258,15 @@ def run_hostile(plan: Plan, report: Report) -> None:
         say(f"    peak {got.peak_mb} MB at {got.peak_at} s; scan done at {got.scan_done_at} s, hostile folders "
             f"tracked at {got.hostile_done_at} s ({got.check}); unit MemoryMax {got.memory_max_mb} MB")
         hostile_rows(report, got)
+    if plan.hostile_processes is None:
+        return
+    processes, workers = plan.hostile_processes
+    got = attempt(report, "hostile memory, processes", lambda: hostile_memory.measure(
+        workers, plan.hostile_json_bytes, plan.backlog_total, plan.backlog_pending,
+        timeout=plan.backlog_timeout + 300, processes=processes, log=say))
+    if got:
+        say(f"    processes {processes}, workers {workers}: peaks added up {got.peak_mb} MB ({got.check})")
+        hostile_rows(report, got)
 
 
 def versions() -> str:
@@ -346,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile-json-mib", type=float, metavar="MIB",
                    help="size of each worst-case JSON file in the hostile section (default: 16, --quick: 4)")
     p.add_argument("--hostile-workers", type=int, metavar="N",
-                   help="workers, and hostile folders, in the hostile section (default: 8, the daemon's default)")
+                   help="workers, and hostile folders, in the hostile section (default: 32, the daemon's default); "
+                        "a second row has processes: 2 with 64")
     p.add_argument("--output", type=Path, help="where to write the Markdown (default: bench/RESULTS.md, "
                                                "or bench/.work/RESULTS-quick.md with --quick)")
     args = p.parse_args(argv)
