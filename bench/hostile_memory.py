@@ -153,7 +153,8 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
                     highest, peak_at = rss, time.time() - daemon.started_at
                 done = [e for e in daemon.events if e.get("event") == "run_tracked"
                         and Path(str(e.get("folder", ""))).parent == hostile_root]
-                if len(done) >= workers and daemon.first("startup_scan_done"):
+                scans = [e for e in daemon.events if e.get("event") == "startup_scan_done"]
+                if len(done) >= workers and len(scans) >= processes:   # each process scans for its share
                     break
                 bad = [e for e in daemon.events if e.get("level") in ("error", "critical")
                        and Path(str(e.get("folder", ""))).parent == hostile_root]
@@ -167,8 +168,7 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
                 time.sleep(0.05)
             peak = peak_rss_mb(daemon.pid)
             own_cpu = daemon.cpu()
-            scan = daemon.first("startup_scan_done")
-            scan_done_at = _event_at(scan, daemon.started_at)
+            scan_done_at = max((_event_at(e, daemon.started_at) or 0.0 for e in scans), default=None)
             hostile_done_at = max((_event_at(e, daemon.started_at) or 0.0 for e in done), default=None)
     tracked = tracked_count(folders)
     if check == "ok" and tracked != workers:
