@@ -3,6 +3,7 @@ one state directory, against the emulator; systemd's end of $NOTIFY_SOCKET is a 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -20,11 +21,12 @@ FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json":
 
 
 def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's new parent may be slow to reap it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def test_two_processes_share_the_folders_and_answer_systemd_as_one(
@@ -90,6 +92,29 @@ def test_the_processes_drain_and_exit_when_the_supervisor_is_killed(
     again = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()   # the lock is free again
     wait_for(lambda: marker(folder) is not None, 30, "a folder tracked by the daemon started again")
     assert again.stop() == 0
+
+
+def test_a_process_whose_supervisor_died_while_it_started_does_not_start(
+        watched: Path, tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor killed between starting a process and that process's first look: its parent is
+    already another (here: this test, not the supervisor pid it was given)."""
+    config = daemon_factory([(watched, "app-1")], processes=2, workers=4).config
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    lock = os.open(state / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.flock(lock, fcntl.LOCK_EX)   # as the supervisor holds it and hands it on
+    env = {**os.environ, "NEXTMV_API_KEY": API_KEY, "NEXTMV_WATCHER_SHARD": "0/2",
+           "NEXTMV_WATCHER_LOCK_FD": str(lock), "NEXTMV_WATCHER_SHARD_SOCKET": str(tmp_path / "shard-0.sock"),
+           "NEXTMV_WATCHER_SUPERVISOR_PID": str(os.getpid() + 1)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "watcher", "run", "--config", str(config)], env=env,
+                              pass_fds=(lock,), capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        os.close(lock)
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert proc.returncode == 1
+    assert [e["event"] for e in events if e["level"] == "error"] == ["supervisor_gone"]
+    assert "daemon_started" not in [e["event"] for e in events]
 
 
 def test_a_second_daemon_on_the_state_directory_is_refused_while_the_processes_run(

@@ -62,6 +62,7 @@ def test_a_big_json_document_waits_for_the_daemons_turn_held_by_another_process(
         service.start()
         document = json.dumps({"k": "x" * (BIG_JSON_BYTES + 1)}).encode()
         big = write_folder(watched, big_name, {**FILES, "metrics.json": document})
+        wait_for(lambda: big in service.index.in_flight(), 30, "a worker on the big folder")
         small = write_folder(watched, small_name, {**FILES, "metrics.json": b'{"k": 1}'})
         wait_for(lambda: marker(small) is not None, 30, "the small folder tracked meanwhile")
         assert marker(big) is None, "the big document was parsed while another process held the turn"

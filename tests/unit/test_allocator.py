@@ -25,6 +25,8 @@ def test_both_settings_are_made_with_glibc() -> None:
     assert tune_in_child({}) == ["MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX"]
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_a_setting_given_in_the_environment_is_left_as_given() -> None:
     assert "MALLOC_ARENA_MAX" not in tune_in_child({"MALLOC_ARENA_MAX": "4"})
     assert tune_in_child({"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "65536"}) == []
+    assert tune_in_child({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == ["MALLOC_MMAP_THRESHOLD_"]

@@ -28,7 +28,9 @@ def test_the_file_is_created_zero_filled_and_mapped(tmp_path: Path) -> None:
     shared.view[0:1] = b"\1"
     assert (tmp_path / "state" / "x").read_bytes()[:1] == b"\1"
     shared.close()
-    assert SharedFile(tmp_path / "state", "y", 0).view is None
+    unmapped = SharedFile(tmp_path / "state", "y", 0)
+    assert unmapped.view is None
+    unmapped.close()
 
 
 def test_the_flock_is_held_until_the_holders_last_exit(tmp_path: Path) -> None:
@@ -56,3 +58,4 @@ def test_threads_of_one_process_are_kept_apart(tmp_path: Path) -> None:
         assert not entered.wait(0.2), "a second thread got in while the first held it"
     assert entered.wait(10)
     thread.join(10)
+    assert not thread.is_alive()

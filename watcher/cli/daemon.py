@@ -74,32 +74,42 @@ def _supervise(config: Config, lock: DaemonLock) -> int:
 
 
 def _run_shard(config: Config) -> int:
-    """A child of the supervisor: its lock is the supervisor's, inherited (checked, never taken anew)."""
-    from watcher.daemon.supervisor import LOCK_FD_ENV
+    """A child of the supervisor: its lock is the supervisor's, inherited (checked, never taken anew); it
+    stops when the supervisor is gone (its parent is no longer the pid the supervisor gave)."""
+    from watcher.daemon.supervisor import LOCK_FD_ENV, SUPERVISOR_PID_ENV
 
     try:
         DaemonLock.inherited(int(os.environ.get(LOCK_FD_ENV, "")))
+        supervisor = int(os.environ.get(SUPERVISOR_PID_ENV, ""))
     except (ValueError, OSError):
         log.error("start_failed", error=f"${SHARD_ENV} is set by nextmv-watcher for the processes it starts "
                                         f"(processes: N); this one has no state directory lock of theirs")
         return USAGE
     logs.bind_static(shard=f"{config.shard[0]}/{config.shard[1]}")
-    return _run(config)
+    if os.getppid() != supervisor:   # killed while this process started
+        log.error("supervisor_gone", supervisor_pid=supervisor, action="exiting", hint="start nextmv-watcher again")
+        return FAILED
+    return _run(config, supervisor)
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, supervisor: int | None = None) -> int:
     """The daemon, its state directory locked. Exit code: 2 when a listener cannot bind (naming it)."""
     from watcher.daemon.service import Service
 
     # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
     # this long instead of the default 5 ms; measured: the 100,000-folder scan under load goes faster.
     sys.setswitchinterval(0.001)
-    tuned = allocator.tune()   # before the threads: big JSON documents must not leave every arena full
+    tune_allocator()
     service = Service(config, api_key(config, scrub_env=True),
-                      on_reload=lambda new: logs.configure(new.logging.level, new.logging.format))
-    log.debug("allocator_tuned", settings=tuned)
+                      on_reload=lambda new: logs.configure(new.logging.level, new.logging.format),
+                      supervisor_pid=supervisor)
     with relay_signals(service):
         return _serve(service)
+
+
+def tune_allocator() -> None:
+    """Before the threads start: big JSON documents must not leave every malloc arena full."""
+    log.debug("allocator_tuned", settings=allocator.tune())
 
 
 def relay_signals(service: Service) -> SignalRelay:
@@ -136,6 +146,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         logs.configure(level, config.logging.format, stream=cast(TextIO, _CurrentStderr()))
     else:
         logs.configure(config.logging.level, config.logging.format)
+    tune_allocator()
     return run_sync(config, api_key(config), out=sys.stdout, err=sys.stderr, timeout=args.timeout)
 
 

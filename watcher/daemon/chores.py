@@ -44,8 +44,10 @@ RETENTION_EVERY_SECONDS = 3600.0
 class Chores:
     def __init__(self, *, config: Callable[[], Config], clock: Callable[[], float], index: FolderIndex,
                  store: StateStore, gate: Gate, detectors: Detectors, health: Health, notifier: Notifier,
-                 watching: bool, stopping: threading.Event, parent: int | None = None) -> None:
-        """`parent`: the supervisor's pid, when this daemon is one of its processes."""
+                 watching: bool, stopping: threading.Event, supervisor: int | None = None,
+                 on_orphaned: Callable[[], None] = lambda: None, getppid: Callable[[], int] = os.getppid) -> None:
+        """`supervisor`: its pid, when this daemon is one of its processes; `on_orphaned` is called once
+        when it is gone (this process's parent is another)."""
         self.config = config
         self.clock = clock
         self.index = index
@@ -56,7 +58,10 @@ class Chores:
         self.notifier = notifier
         self.watching = watching
         self.stopping = stopping
-        self.parent = parent
+        self.supervisor = supervisor
+        self.on_orphaned = on_orphaned
+        self.getppid = getppid
+        self._orphaned = False
         self._rescan_now = threading.Event()
         self._rescan_reason = ""
         self._rescan_lost = False
@@ -99,7 +104,8 @@ class Chores:
 
     def tick(self) -> None:
         config = self.config()
-        self._check_parent()
+        if self._supervisor_gone():
+            return
         self.gate.probe()
         if self._due("unpark", UNPARK_EVERY_SECONDS):   # a scan of the index's live folders: not each tick
             for scope in self.index.parked_scopes() - set(self.gate.pauses()):
@@ -123,14 +129,17 @@ class Chores:
             if removed:
                 log.info("retention_swept", folders=removed, days=config.retention_days)
 
-    def _check_parent(self) -> None:
+    def _supervisor_gone(self) -> bool:
         """A process whose supervisor is gone (killed outside systemd, which would have stopped the whole
         unit) drains and exits as on SIGTERM, instead of working on unseen by status, metrics and health."""
-        if self.parent is None or self.stopping.is_set() or os.getppid() == self.parent:
-            return
-        log.error("supervisor_gone", supervisor_pid=self.parent, action="draining and exiting",
-                  hint="start nextmv-watcher again")
-        self.stopping.set()
+        if self.supervisor is None or self.getppid() == self.supervisor:
+            return False
+        if not self._orphaned:
+            self._orphaned = True
+            log.error("supervisor_gone", supervisor_pid=self.supervisor, action="draining and exiting",
+                      hint="start nextmv-watcher again")
+            self.on_orphaned()
+        return True
 
     def _watchdog(self) -> None:
         ok, stalled = self.health.watchdog_ok()

@@ -88,7 +88,8 @@ class Service:
                  observer_factory: ObserverFactory | None = None,
                  transport: Transport | None = None, watch: bool = True,
                  recheck_incomplete: bool = True, notifier: Notifier | None = None,
-                 on_reload: Callable[[Config], None] | None = None, daemon: bool = True) -> None:
+                 on_reload: Callable[[Config], None] | None = None, daemon: bool = True,
+                 supervisor_pid: int | None = None) -> None:
         self.config = config
         self.clock = clock
         self.state = State.STARTING
@@ -154,8 +155,8 @@ class Service:
             state=lambda: self.state.value, clock=clock, concurrency=self.concurrency.snapshot)
         self.chores = Chores(config=current, clock=clock, index=self.index, store=self.store, gate=self.gate,
                              detectors=self.detectors, health=self.health_view, notifier=self.notifier,
-                             watching=watch, stopping=self._stop,
-                             parent=os.getppid() if config.shard[1] > 1 and self._daemon else None)
+                             watching=watch, stopping=self._stop, supervisor=supervisor_pid,
+                             on_orphaned=self.request_stop)
 
     def current_config(self) -> Config:
         """The configuration in force: the one reference every component reads (a reload replaces it)."""

@@ -55,6 +55,7 @@ from watcher.errors import ConfigError, ListenerError
 log = structlog.get_logger("watcher.daemon.supervisor")
 
 LOCK_FD_ENV = "NEXTMV_WATCHER_LOCK_FD"
+SUPERVISOR_PID_ENV = "NEXTMV_WATCHER_SUPERVISOR_PID"   # a process whose parent is not this one is orphaned
 USAGE = 2
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0
 STOP_GRACE = 30.0   # beyond drain_timeout_seconds, before a child that did not stop is killed
@@ -144,7 +145,8 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS")}
         env.update(self.key_env)
         env.update({SHARD_ENV: f"{child.index}/{self.count}", "NOTIFY_SOCKET": child.address,
-                    LOCK_FD_ENV: str(self.lock_fd), SHARD_SOCKET_ENV: str(self._socket(child))})
+                    LOCK_FD_ENV: str(self.lock_fd), SHARD_SOCKET_ENV: str(self._socket(child)),
+                    SUPERVISOR_PID_ENV: str(os.getpid())})
         child.proc = subprocess.Popen(  # noqa: S603 - our own program, our own arguments
             [sys.executable, "-m", "watcher", "run", "--config", self.config.source],
             env=env, pass_fds=(self.lock_fd,))

@@ -56,7 +56,7 @@ json_turn = turn_over(_in_process)   # one big document at a time in the whole p
 
 
 def parse_json(data: bytes, name: str, folder: str) -> object:
-    """Parse the JSON file `name` from its bytes (callers hold its `json_turn`).
+    """Parse the JSON file `name` from its bytes (callers hold their turn: `json_turn` or a `turn_over`).
 
     Raises: `InvalidFolder` naming the file when it is not UTF-8 or not valid JSON (NaN and
     Infinity are not JSON)."""
