@@ -20,6 +20,19 @@ from watcher.runfolder.runjson import BIG_JSON_BYTES
 FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"solution": 7}'}
 
 
+def open_in(directory: Path) -> list[str]:
+    """This process's open files under `directory`."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory) + "/"):
+            names.append(target)
+    return sorted(names)
+
+
 def test_two_shards_track_every_folder_once_each_its_own(cloud: FakeCloud, watched: Path, tmp_path: Path) -> None:
     early = [write_folder(watched, f"early-{n}", FILES) for n in range(12)]   # the start-up scans'
     path = write_config(tmp_path / "config.yaml", cloud.url, [(watched, "app-1")], tmp_path / "state",
@@ -36,6 +49,7 @@ def test_two_shards_track_every_folder_once_each_its_own(cloud: FakeCloud, watch
     finally:
         for service in services:
             service.shutdown()
+    assert open_in(tmp_path / "state") == [], "the shared files are closed with the services"
     runs = cloud.runs("app-1")
     assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders), "each folder once"
     for i, service in enumerate(services):

@@ -55,7 +55,7 @@ from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
 from watcher.daemon.sharedfile import SharedFile
 from watcher.daemon.sharedhold import SharedHold
-from watcher.daemon.sharedpace import SharedPacing
+from watcher.daemon.sharedpace import PaceFile, SharedPacing
 from watcher.daemon.worker import FolderProcessor
 from watcher.errors import ConfigError, ListenerError
 from watcher.runfolder.claims import Claims
@@ -120,10 +120,14 @@ class Service:
             clock=clock, hold=lambda: self.gate.held_for() or self.pacing.delay(),   # the gate's hold, then the pace
         )
         self.concurrency = Concurrency(current)
-        self.pacing: Pacing | SharedPacing = SharedPacing(config.state_dir, self.notifier.send) \
-            if config.shard[1] > 1 else Pacing()   # `processes`: one pace for all, the supervisor's rule
-        shared = SharedHold(config.state_dir) if config.shard[1] > 1 else None   # `processes`: one hold for all
-        self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark, shared=shared)
+        # `processes`: the pace (the supervisor's rule), a 429's hold, big JSON's turn: shared files, closed at the end
+        self.pacing: Pacing | SharedPacing = Pacing()
+        hold, turn, self._shared = None, json_turn, list[PaceFile | SharedHold | SharedFile]()
+        if config.shard[1] > 1:
+            self.pacing = SharedPacing(config.state_dir, self.notifier.send)
+            hold, turn_file = SharedHold(config.state_dir), SharedFile(config.state_dir, JSON_TURN_FILE, 0)
+            turn, self._shared = turn_over(turn_file.exclusive), [self.pacing.file, hold, turn_file]
+        self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark, shared=hold)
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock, max_pages=lambda: self.config.api.lookup_max_pages)
@@ -132,9 +136,6 @@ class Service:
                                limits=lambda: Limits.of(self.config), progress=self._on_bytes)
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
-        # `processes`: one big JSON document at a time in the whole daemon, not one per process
-        turn = turn_over(SharedFile(config.state_dir, JSON_TURN_FILE, 0).exclusive) if config.shard[1] > 1 \
-            else json_turn
         self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker, turn)
         self.open_files = OpenFiles(clock)
         self.late_checks = LateChecks(clock)
@@ -264,8 +265,10 @@ class Service:
         self.keeper.stop()
         self.listeners.stop()
         self.executor.shutdown(wait=not left, cancel_futures=True)
-        if not left:
+        if not left:   # a worker still running may yet read or lock these
             self.client.close()
+            for shared in self._shared:
+                shared.close()
         self.notifier.close()
         self._transition(State.STOPPED)
         if self._daemon:
