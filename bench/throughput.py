@@ -110,7 +110,8 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
             own_cpu = sum(user_sys)
             after_startup = (own_cpu - cpu_at_scan, n - tracked_at_scan)
             emu_cpu = emu.cpu() - emu_cpu0
-            started = daemon.first("daemon_started") or {}
+            # one daemon_started per process (`processes` > 1: each with its share of workers)
+            workers = sum(int(e.get("workers") or 0) for e in daemon.events if e.get("event") == "daemon_started")
             scan = daemon.first("startup_scan_done")
             startup = None
             if scan is not None:
@@ -122,7 +123,7 @@ def daemon_run(n: int, latency: float, tls: Tls | None, ca: Path, workers: int |
         retries = daemon.counts["folder_retrying"]
         if retries:
             check += f" ({retries} folder_retrying events)"
-    return Throughput("daemon", latency, tls is not None, started.get("workers"), n, seconds, steady, own_cpu,
+    return Throughput("daemon", latency, tls is not None, workers or None, n, seconds, steady, own_cpu,
                       emu_cpu, check, startup, after_startup, user_sys, summary, in_flight(daemon.events))
 
 
