@@ -51,6 +51,8 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = tuple(LEVELS)   # debug, info, warning, error: in order of severity
 AFTER_TRACKING = ("keep", "move", "delete")
 CONCURRENCY = ("adaptive", "fixed")   # see watcher/daemon/concurrency.py
+SHARD_ENV = "NEXTMV_WATCHER_SHARD"   # `processes`: "i/N", set by the supervisor for each of its processes
+SHARD_SOCKET_ENV = "NEXTMV_WATCHER_SHARD_SOCKET"   # the supervisor's choice, fixed for the process's life
 DAEMON_PREFIX = ".nextmv-"   # names in a run folder that are the daemon's own (markers, journal, claim)
 # Every run's description ends with a blank line and this prefix + 32 hex digits (see cloud/tracker.py).
 RUN_TOKEN_PREFIX = "nextmv-watcher:"  # noqa: S105 - a label, not a secret
@@ -341,8 +343,8 @@ def parse_config(
     return _as_shard(config, env.get(SHARD_ENV), source, env.get(SHARD_SOCKET_ENV))
 
 
-SHARD_ENV = "NEXTMV_WATCHER_SHARD"
-SHARD_SOCKET_ENV = "NEXTMV_WATCHER_SHARD_SOCKET"   # the supervisor's choice, fixed for the process's life
+def shard_socket(control_socket: Path, index: int) -> Path:   # process `index`'s (`processes`), beside it
+    return control_socket.with_name(f"{control_socket.name}.{index}")
 
 
 def _as_shard(config: Config, shard: str | None, source: str, socket: str | None = None) -> Config:
@@ -354,8 +356,7 @@ def _as_shard(config: Config, shard: str | None, source: str, socket: str | None
         raise ConfigError(source, [f"${SHARD_ENV}: {shard!r} is not INDEX/COUNT with COUNT at most workers"])
     i, n = int(index), int(count)
     workers = config.workers // n + (1 if i < config.workers % n else 0)
-    sock = Path(socket) if socket else \
-        config.control_socket.with_name(f"{config.control_socket.name}.{i}") if config.control_socket else None
+    sock = Path(socket) if socket else shard_socket(config.control_socket, i) if config.control_socket else None
     metrics = replace(config.metrics, listen=None)   # the supervisor's: it serves the processes' metrics merged
     return replace(config, shard=(i, n), workers=workers, control_socket=sock, metrics=metrics)
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 from helpers import API_KEY, NotifySocket, marker, wait_for, write_folder
 
+from watcher.config import SHARD_ENV, SHARD_SOCKET_ENV
 from watcher.daemon.shard import Shard
+from watcher.daemon.supervisor import LOCK_FD_ENV, SUPERVISOR_PID_ENV
 from watcher.fakecloud import FakeCloud
 
 FILES: dict[str, str | bytes] = {"input.json": b'{"stops": [1]}', "output.json": b'{"solution": 7}'}
@@ -103,9 +105,8 @@ def test_a_process_whose_supervisor_died_while_it_started_does_not_start(
     state.mkdir(exist_ok=True)
     lock = os.open(state / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o640)
     fcntl.flock(lock, fcntl.LOCK_EX)   # as the supervisor holds it and hands it on
-    env = {**os.environ, "NEXTMV_API_KEY": API_KEY, "NEXTMV_WATCHER_SHARD": "0/2",
-           "NEXTMV_WATCHER_LOCK_FD": str(lock), "NEXTMV_WATCHER_SHARD_SOCKET": str(tmp_path / "shard-0.sock"),
-           "NEXTMV_WATCHER_SUPERVISOR_PID": str(os.getpid() + 1)}
+    env = {**os.environ, "NEXTMV_API_KEY": API_KEY, SHARD_ENV: "0/2", LOCK_FD_ENV: str(lock),
+           SHARD_SOCKET_ENV: str(tmp_path / "shard-0.sock"), SUPERVISOR_PID_ENV: str(os.getpid() + 1)}
     try:
         proc = subprocess.run([sys.executable, "-m", "watcher", "run", "--config", str(config)], env=env,
                               pass_fds=(lock,), capture_output=True, text=True, timeout=60, check=False)

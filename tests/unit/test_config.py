@@ -720,6 +720,16 @@ def test_a_shard_gets_its_share_of_workers_and_a_control_socket_of_its_own(tmp_p
     assert fixed.control_socket == tmp_path / "started.sock.1"
 
 
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b", "1/0"])
+def test_a_malformed_shard_is_refused(tmp_path: Path, runs: Path, text: str) -> None:
+    path = write(tmp_path / "c.yaml", f"""
+        watch: [{{path: {runs}, application_id: app-1}}]
+        processes: 2
+    """)
+    with pytest.raises(ConfigError, match="NEXTMV_WATCHER_SHARD"):
+        load_config(path, env={**ENV, "NEXTMV_WATCHER_SHARD": text})
+
+
 def test_more_processes_than_workers_is_refused(tmp_path: Path, runs: Path) -> None:
     path = write(tmp_path / "c.yaml", f"""
         watch: [{{path: {runs}, application_id: app-1}}]

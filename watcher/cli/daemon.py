@@ -76,6 +76,7 @@ def _supervise(config: Config, lock: DaemonLock) -> int:
 def _run_shard(config: Config) -> int:
     """A child of the supervisor: its lock is the supervisor's, inherited (checked, never taken anew); it
     stops when the supervisor is gone (its parent is no longer the pid the supervisor gave)."""
+    from watcher.daemon.shard import Shard
     from watcher.daemon.supervisor import LOCK_FD_ENV, SUPERVISOR_PID_ENV
 
     try:
@@ -85,7 +86,7 @@ def _run_shard(config: Config) -> int:
         log.error("start_failed", error=f"${SHARD_ENV} is set by nextmv-watcher for the processes it starts "
                                         f"(processes: N); this one has no state directory lock of theirs")
         return USAGE
-    logs.bind_static(shard=f"{config.shard[0]}/{config.shard[1]}")
+    logs.bind_static(shard=str(Shard(*config.shard)))
     if os.getppid() != supervisor:   # killed while this process started
         log.error("supervisor_gone", supervisor_pid=supervisor, action="exiting", hint="start nextmv-watcher again")
         return FAILED

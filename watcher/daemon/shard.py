@@ -9,12 +9,9 @@ process (`ALL`) every folder is its own.
 from __future__ import annotations
 
 import os
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-_FORM = re.compile(r"^(\d+)/(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -28,14 +25,6 @@ class Shard:
 
     def owns(self, folder: Path) -> bool:
         return self.count == 1 or zlib.crc32(os.fsencode(folder)) % self.count == self.index
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """`i/N`, as `run --shard` takes it."""
-        match = _FORM.match(text)
-        if match is None:
-            raise ValueError(f"shard {text!r}: expected INDEX/COUNT, e.g. 0/2")
-        return cls(int(match[1]), int(match[2]))
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

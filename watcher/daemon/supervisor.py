@@ -41,12 +41,13 @@ from typing import Any
 
 import structlog
 
-from watcher.config import SHARD_ENV, SHARD_SOCKET_ENV, Config, load_config
+from watcher.config import SHARD_ENV, SHARD_SOCKET_ENV, Config, load_config, shard_socket
 from watcher.daemon.control_socket import request
 from watcher.daemon.identity import describe
 from watcher.daemon.listeners import Listeners
 from watcher.daemon.notify import Notifier
 from watcher.daemon.pacing import Pacer, log_change
+from watcher.daemon.shard import Shard
 from watcher.daemon.sharedpace import MESSAGE, PaceFile, parse
 from watcher.daemon.signals import SignalRelay
 from watcher.daemon.views import merge_health, merge_metrics, merge_status
@@ -64,6 +65,7 @@ STOP_GRACE = 30.0   # beyond drain_timeout_seconds, before a child that did not 
 @dataclass
 class Child:
     index: int
+    shard: str                    # "i/N": its $NEXTMV_WATCHER_SHARD, and how events name it
     sock: socket.socket           # where this child's sd_notify datagrams arrive
     address: str                  # its $NOTIFY_SOCKET ('@' + abstract name)
     proc: subprocess.Popen[bytes] | None = None
@@ -103,7 +105,7 @@ class Supervisor:
         name = f"nextmv-watcher-{os.getpid()}-{index}-{os.urandom(4).hex()}"
         sock.bind("\0" + name)
         sock.setblocking(False)
-        return Child(index, sock, "@" + name)
+        return Child(index, str(Shard(index, self.count)), sock, "@" + name)
 
     # -- requests (signals, on the relay thread) -------------------------------------------
 
@@ -144,14 +146,14 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS")}
         env.update(self.key_env)
-        env.update({SHARD_ENV: f"{child.index}/{self.count}", "NOTIFY_SOCKET": child.address,
+        env.update({SHARD_ENV: child.shard, "NOTIFY_SOCKET": child.address,
                     LOCK_FD_ENV: str(self.lock_fd), SHARD_SOCKET_ENV: str(self._socket(child)),
                     SUPERVISOR_PID_ENV: str(os.getpid())})
         child.proc = subprocess.Popen(  # noqa: S603 - our own program, our own arguments
             [sys.executable, "-m", "watcher", "run", "--config", self.config.source],
             env=env, pass_fds=(self.lock_fd,))
         child.ready, child.pinged_at, child.restart_at = False, time.monotonic(), None
-        log.info("process_started", shard=f"{child.index}/{self.count}", pid=child.proc.pid)
+        log.info("process_started", shard=child.shard, pid=child.proc.pid)
 
     def _receive(self, timeout: float) -> None:
         readable, _, _ = select.select([c.sock for c in self.children], [], [], timeout)
@@ -202,12 +204,12 @@ class Supervisor:
                 continue
             child.proc, child.ready = None, False
             if code == USAGE:
-                log.error("process_exited", shard=f"{child.index}/{self.count}", code=code,
+                log.error("process_exited", shard=child.shard, code=code,
                           hint="a configuration or listener problem: every process stops (see its start_failed)")
                 self.exit_code = USAGE
                 return
             child.restart_at = now + child.pause
-            log.error("process_exited", shard=f"{child.index}/{self.count}", code=code,
+            log.error("process_exited", shard=child.shard, code=code,
                       restart_in=child.pause, hint="restarted; its claimed folders are taken over")
             child.pause = min(RESTART_MAX, child.pause * 2)
 
@@ -294,8 +296,7 @@ class Supervisor:
 
     def _socket(self, child: Child) -> Path:
         """A child's control socket: beside the supervisor's as it started (a reload moves neither)."""
-        sock = self.control_socket
-        return sock.with_name(f"{sock.name}.{child.index}")
+        return shard_socket(self.control_socket, child.index)
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         command = req.get("command")
@@ -305,7 +306,7 @@ class Supervisor:
             answers = self.ask("status")
             merged = merge_status([a["status"] for a in answers if a is not None])
             merged["pid"] = os.getpid()
-            merged["processes"] = [{"shard": f"{c.index}/{self.count}", "pid": c.proc.pid if c.proc else None,
+            merged["processes"] = [{"shard": c.shard, "pid": c.proc.pid if c.proc else None,
                                     "answering": a is not None} for c, a in zip(self.children, answers, strict=True)]
             return {"ok": True, "status": merged}
         if command in ("rescan", "retried"):
