@@ -43,16 +43,19 @@ def test_two_processes_share_the_folders_and_answer_systemd_as_one(
     wait_for(lambda: all(marker(f) is not None for f in folders), 30, "every folder tracked")
     runs = cloud.runs("app-1")
     assert sorted(r.body["name"] for r in runs) == sorted(f.name for f in folders), "each folder once"
+    wait_for(lambda: daemon.names().count("run_tracked") == len(folders), 10, "every run_tracked logged")
 
     events = daemon.events()
     started = sorted(e["shard"] for e in events if e["event"] == "daemon_started")
     assert started == ["0/2", "1/2"]
+    own = {e["shard"]: e["pid"] for e in events if e["event"] == "daemon_started"}
+    assert own["0/2"] == daemon.pid != own["1/2"], "process 0 is the supervisor's own: two interpreters, not three"
     by_shard = {e["folder"]: e["shard"] for e in events if e["event"] == "run_tracked"}
     assert by_shard == {str(f): str(next(s for s in (Shard(0, 2), Shard(1, 2)) if s.owns(f))) for f in folders}
     wait_for(lambda: "WATCHDOG=1" in systemd.received(), 10, "a watchdog ping relayed")
     assert systemd.received().count("READY=1") == 1
     children = [e["pid"] for e in events if e["event"] == "process_started"]
-    assert len(children) == 2 and all(alive(p) for p in children)
+    assert len(children) == 2 and all(alive(p) for p in children) and daemon.pid in children
 
     assert daemon.stop() == 0
     assert "STOPPING=1" in systemd.received()
@@ -87,13 +90,29 @@ def test_the_processes_drain_and_exit_when_the_supervisor_is_killed(
     os.kill(daemon.pid, signal.SIGKILL)
     wait_for(lambda: not any(alive(p) for p in children), 30, "the processes to exit")
     gone = [e for e in daemon.events() if e["event"] == "supervisor_gone"]
-    assert sorted(e["shard"] for e in gone) == ["0/2", "1/2"] and all(e["level"] == "error" for e in gone)
-    assert daemon.names().count("daemon_stopped") == 2, "each drained and stopped as on SIGTERM"
+    assert [(e["shard"], e["level"]) for e in gone] == [("1/2", "error")], "process 0 died with the supervisor"
+    assert daemon.names().count("daemon_stopped") == 1, "the other drained and stopped as on SIGTERM"
     daemon.stop()
     folder = write_folder(watched, "after", FILES)
     again = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()   # the lock is free again
     wait_for(lambda: marker(folder) is not None, 30, "a folder tracked by the daemon started again")
     assert again.stop() == 0
+
+
+def test_when_the_supervisors_own_share_cannot_start_every_process_stops(
+        watched: Path, tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """Process 0 runs in the supervisor's process: it is not started again beside a dead thread; its end is
+    the daemon's, with its exit code, and the other process is stopped."""
+    (tmp_path / "ctl.sock.0").mkdir()   # process 0's control socket: the path is taken by a directory
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4,
+                            control_socket=str(tmp_path / "ctl.sock")).start()
+    wait_for(lambda: not daemon.alive(), 30, "the daemon to exit")
+    assert daemon.stop() == 2
+    failed = [e for e in daemon.events() if e["event"] in ("start_failed", "process_exited")]
+    assert [(e["event"], e["shard"]) for e in failed] == [("start_failed", "0/2"), ("process_exited", "0/2")]
+    assert "ctl.sock.0" in failed[0]["error"]
+    other = [e["pid"] for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "1/2"]
+    assert len(other) == 1 and not alive(other[0])
 
 
 def test_a_process_whose_supervisor_died_while_it_started_does_not_start(
@@ -161,12 +180,12 @@ def test_status_metrics_and_health_are_one_daemons(
     assert "nextmv_watcher_healthy 1.0" in metrics
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
 
-    victim = next(e["pid"] for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "0/2")
+    victim = next(e["pid"] for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "1/2")
     os.kill(victim, signal.SIGSTOP)   # not answering (its control socket times out): the daemon is not healthy
     try:
         answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
         assert answer.status_code == 503
-        assert "process 0/2 not answering" in answer.json()["reasons"]
+        assert "process 1/2 not answering" in answer.json()["reasons"]
     finally:
         os.kill(victim, signal.SIGCONT)
     assert daemon.stop() == 0

@@ -265,7 +265,7 @@ def test_stop_drains_a_folder_in_flight(container: Container, journal: Journal) 
 
 def test_two_processes_are_one_unit_that_starts_reloads_and_drains_on_stop(container: Container,
                                                                           journal: Journal) -> None:
-    """`processes: 2` under systemd: READY only once both are ready, one main PID, a reload reaches both,
+    """`processes: 2` under systemd: READY only once both are ready, the main PID is process 0, a reload reaches both,
     and `systemctl stop` drains both (each gets one SIGTERM: KillMode=mixed), the folder in flight tracked."""
     box = container
     configure(box, [(RUNS, KNOWN_APP)], processes=2, workers=4)
@@ -273,8 +273,9 @@ def test_two_processes_are_one_unit_that_starts_reloads_and_drains_on_stop(conta
     box.run("systemctl", "restart", UNIT, timeout=120)
     assert show(box, "ActiveState")["ActiveState"] == "active"
     assert len(journal.events("processes_ready", after=cursor)) == 1
-    children = [e["pid"] for e in journal.events("process_started", after=cursor)]
-    assert len(children) == 2 and str(show(box, "MainPID")["MainPID"]) not in map(str, children)
+    started = {e["shard"]: str(e["pid"]) for e in journal.events("process_started", after=cursor)}
+    assert len(started) == 2 and started["0/2"] == str(show(box, "MainPID")["MainPID"]) != started["1/2"], \
+        "process 0 is the main process's own share"
     folders = [drop(box, RUNS, f"two-processes-{n}") for n in range(6)]
     for folder in folders:
         wait_tracked(box, folder)

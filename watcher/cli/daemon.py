@@ -6,13 +6,14 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from watcher import config as configuration
 from watcher import logs
 from watcher.cli.common import (
     FAILED,
-    OK,
     USAGE,
     api_key,
     load,
@@ -25,8 +26,10 @@ from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, SHARD_ENV, Config
 from watcher.daemon import allocator
 from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
 from watcher.daemon.identity import config_path
+from watcher.daemon.inprocess import serve
+from watcher.daemon.notify import Notifier
 from watcher.daemon.signals import SignalRelay
-from watcher.errors import ListenerError, StateDirInUse
+from watcher.errors import StateDirInUse
 
 if TYPE_CHECKING:
     from watcher.daemon.service import Service
@@ -61,14 +64,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _supervise(config: Config, lock: DaemonLock) -> int:
-    """`processes` > 1: the children do the work (`watcher.daemon.supervisor`)."""
+    """`processes` > 1: this process supervises the others and does process 0's share of the work on a
+    thread (`watcher.daemon.supervisor`); every event it logs carries `shard` 0/N."""
+    from watcher.daemon.service import Service
+    from watcher.daemon.shard import Shard
     from watcher.daemon.supervisor import Supervisor
 
     key, source = locate_api_key(config)
     from_env = source == f"${config.api.key_env}"
     if from_env:
         scrub_variable(config.api.key_env)
-    supervisor = Supervisor(config, lock_fd=lock.fd, key_env={config.api.key_env: key} if from_env else {})
+    logs.bind_static(shard=str(Shard(0, config.processes)))
+    prepare_process()
+
+    def local(env: Mapping[str, str]) -> Service:   # process 0's share, read as a child would read the file
+        return Service(configuration.load_config(Path(config.source), env=env), key, notifier=Notifier(env),
+                       on_reload=_relog, config_env=env)
+
+    supervisor = Supervisor(config, lock_fd=lock.fd, key_env={config.api.key_env: key} if from_env else {},
+                            local=local)
     with supervisor.signals():
         return supervisor.run()
 
@@ -97,15 +111,22 @@ def _run(config: Config, supervisor: int | None = None) -> int:
     """The daemon, its state directory locked. Exit code: 2 when a listener cannot bind (naming it)."""
     from watcher.daemon.service import Service
 
-    # Threads that come back from I/O (the start-up scan's stats, HTTP answers) wait for the GIL at most
-    # this long instead of the default 5 ms; measured: the 100,000-folder scan under load goes faster.
+    prepare_process()
+    service = Service(config, api_key(config, scrub_env=True), on_reload=_relog, supervisor_pid=supervisor)
+    with relay_signals(service):
+        return serve(service)
+
+
+def _relog(new: Config) -> None:
+    logs.configure(new.logging.level, new.logging.format)
+
+
+def prepare_process() -> None:
+    """Before a daemon's threads start. Threads that come back from I/O (the start-up scan's stats, HTTP
+    answers) wait for the GIL at most 1 ms instead of the default 5 ms; measured: the 100,000-folder scan
+    under load goes faster."""
     sys.setswitchinterval(0.001)
     tune_allocator()
-    service = Service(config, api_key(config, scrub_env=True),
-                      on_reload=lambda new: logs.configure(new.logging.level, new.logging.format),
-                      supervisor_pid=supervisor)
-    with relay_signals(service):
-        return _serve(service)
 
 
 def tune_allocator() -> None:
@@ -119,21 +140,6 @@ def relay_signals(service: Service) -> SignalRelay:
     (`watcher.daemon.signals`). Not started: use it as a context manager, on the main thread."""
     return SignalRelay({signal.SIGTERM: service.request_stop, signal.SIGINT: service.request_stop,
                         signal.SIGHUP: service.request_reload})
-
-
-def _serve(service: Service) -> int:
-    try:
-        service.start()
-    except ListenerError as exc:   # another process holds the address: a restart would not help
-        log.error("start_failed", error=str(exc), key=exc.key, address=exc.address)
-        service.shutdown()
-        return USAGE
-    except OSError as exc:
-        log.error("start_failed", error=str(exc))
-        service.shutdown()
-        return FAILED
-    service.run()
-    return OK
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

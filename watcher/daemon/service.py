@@ -21,7 +21,7 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ class Service:
                  transport: Transport | None = None, watch: bool = True,
                  recheck_incomplete: bool = True, notifier: Notifier | None = None,
                  on_reload: Callable[[Config], None] | None = None, daemon: bool = True,
-                 supervisor_pid: int | None = None) -> None:
+                 supervisor_pid: int | None = None, config_env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.state = State.STARTING
@@ -101,7 +101,7 @@ class Service:
         self._reload = threading.Event()
         self.ready = threading.Event()
         self.watching = watch
-        self.on_reload = on_reload
+        self.on_reload, self._config_env = on_reload, config_env   # env: a reload's (process 0 of `processes`)
         # The state directory's daemon (`run`, holding its lock) cleans the spool and logs daemon_*; a `sync`
         # beside it must not remove the spool files it is uploading, and logs its own events.
         self._daemon = daemon
@@ -368,7 +368,7 @@ class Service:
         self.notifier.reloading()
         old = self.config
         try:
-            new = load_config(Path(old.source))
+            new = load_config(Path(old.source), env=self._config_env)
             changes = diff(old, new)
             prepared = self.listeners.prepare(old, new) if self.watching else Prepared()
         except (ConfigError, ListenerError) as exc:

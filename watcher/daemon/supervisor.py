@@ -1,9 +1,11 @@
 """`run` with `processes: N` (N > 1): N daemon processes, each on its share of the folders, one daemon to
 systemd and to the operator.
 
-The supervisor is the process systemd started. It holds the state directory's lock and hands the
-locked descriptor to every child (`$NEXTMV_WATCHER_LOCK_FD`), so the lock is held while any of them
-lives and no second daemon can start beside them. Each child is `nextmv-watcher run` itself with
+The supervisor is the process systemd started, and process 0: it does its own share of the work on a
+thread (`watcher.daemon.inprocess`), so that N processes are N interpreters. It holds the state
+directory's lock and hands the locked descriptor to every child (`$NEXTMV_WATCHER_LOCK_FD`), so the
+lock is held while any of them lives and no second daemon can start beside them. Each child is
+`nextmv-watcher run` itself with
 `$NEXTMV_WATCHER_SHARD=i/N` (see `watcher.daemon.shard`: its folders, its share of `workers`, a control
 socket of its own) and `$NOTIFY_SOCKET` naming a socket of the supervisor's, so that a child speaks
 sd_notify exactly as it would to systemd:
@@ -16,12 +18,14 @@ sd_notify exactly as it would to systemd:
   configuration without error;
 - a child that exits by itself is started again after a pause (1 s, doubling up to 30 s); one that
   exits 2 (a configuration or listener problem, which a restart does not fix) stops them all, exit 2;
+  process 0 is not restarted: if it ends, they all stop with its code (1 for a crash; systemd restarts);
+  its sd_notify goes to its socket like a child's, and signals reach it as calls, not as signals;
 - the control socket and the metrics listener are the supervisor's (`control_socket`, `metrics.listen`):
   `status`, /metrics and /healthz ask every child over its own control socket (`<control_socket>.<i>`)
   and answer with the merge (`watcher.daemon.views`); `rescan` and `retry` go to every child (each
   takes its own folders).
 
-It tracks nothing itself and keeps no other state.
+Besides process 0's share, it keeps no other state.
 """
 
 from __future__ import annotations
@@ -34,16 +38,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from watcher.config import SHARD_ENV, SHARD_SOCKET_ENV, Config, load_config, shard_socket
 from watcher.daemon.control_socket import request
 from watcher.daemon.identity import describe
+from watcher.daemon.inprocess import InProcess
 from watcher.daemon.listeners import Listeners
 from watcher.daemon.notify import Notifier
 from watcher.daemon.pacing import Pacer, log_change
@@ -52,6 +57,9 @@ from watcher.daemon.sharedpace import MESSAGE, PaceFile, parse
 from watcher.daemon.signals import SignalRelay
 from watcher.daemon.views import merge_health, merge_metrics, merge_status
 from watcher.errors import ConfigError, ListenerError
+
+if TYPE_CHECKING:
+    from watcher.daemon.service import Service
 
 log = structlog.get_logger("watcher.daemon.supervisor")
 
@@ -68,7 +76,7 @@ class Child:
     shard: str                    # "i/N": its $NEXTMV_WATCHER_SHARD, and how events name it
     sock: socket.socket           # where this child's sd_notify datagrams arrive
     address: str                  # its $NOTIFY_SOCKET ('@' + abstract name)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | InProcess | None = None
     ready: bool = False
     status: str = ""
     pinged_at: float = 0.0
@@ -79,11 +87,12 @@ class Child:
 
 class Supervisor:
     def __init__(self, config: Config, *, lock_fd: int, key_env: Mapping[str, str],
-                 notifier: Notifier | None = None) -> None:
+                 local: Callable[[Mapping[str, str]], Service], notifier: Notifier | None = None) -> None:
         self.config = config
         self.count = config.processes
         self.lock_fd = lock_fd
         self.key_env = dict(key_env)   # how the children get the API key (the supervisor's env is scrubbed)
+        self.local = local   # process 0's Service, from the environment a child would get
         self.notifier = notifier or Notifier()
         self.stopping = False
         self.reload_pending = False
@@ -145,13 +154,15 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS")}
-        env.update(self.key_env)
         env.update({SHARD_ENV: child.shard, "NOTIFY_SOCKET": child.address,
-                    LOCK_FD_ENV: str(self.lock_fd), SHARD_SOCKET_ENV: str(self._socket(child)),
-                    SUPERVISOR_PID_ENV: str(os.getpid())})
-        child.proc = subprocess.Popen(  # noqa: S603 - our own program, our own arguments
-            [sys.executable, "-m", "watcher", "run", "--config", self.config.source],
-            env=env, pass_fds=(self.lock_fd,))
+                    SHARD_SOCKET_ENV: str(self._socket(child))})
+        if child.index == 0:   # this process's own share
+            child.proc = InProcess(lambda: self.local(env), name="process-0")
+        else:
+            env.update({**self.key_env, LOCK_FD_ENV: str(self.lock_fd), SUPERVISOR_PID_ENV: str(os.getpid())})
+            child.proc = subprocess.Popen(  # noqa: S603 - our own program, our own arguments
+                [sys.executable, "-m", "watcher", "run", "--config", self.config.source],
+                env=env, pass_fds=(self.lock_fd,))
         child.ready, child.pinged_at, child.restart_at = False, time.monotonic(), None
         log.info("process_started", shard=child.shard, pid=child.proc.pid)
 
@@ -207,6 +218,11 @@ class Supervisor:
                 log.error("process_exited", shard=child.shard, code=code,
                           hint="a configuration or listener problem: every process stops (see its start_failed)")
                 self.exit_code = USAGE
+                return
+            if child.index == 0:   # this process's own share: not started again
+                log.error("process_exited", shard=child.shard, code=code,
+                          hint="the supervisor's own share ended: every process stops (systemd starts them again)")
+                self.exit_code = code or 1
                 return
             child.restart_at = now + child.pause
             log.error("process_exited", shard=child.shard, code=code,
