@@ -56,7 +56,7 @@ from watcher.daemon.shard import Shard
 from watcher.daemon.sharedpace import MESSAGE, PaceFile, parse
 from watcher.daemon.signals import SignalRelay
 from watcher.daemon.views import merge_health, merge_metrics, merge_status
-from watcher.errors import ConfigError, ListenerError
+from watcher.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, ListenerError
 
 if TYPE_CHECKING:
     from watcher.daemon.service import Service
@@ -65,7 +65,6 @@ log = structlog.get_logger("watcher.daemon.supervisor")
 
 LOCK_FD_ENV = "NEXTMV_WATCHER_LOCK_FD"
 SUPERVISOR_PID_ENV = "NEXTMV_WATCHER_SUPERVISOR_PID"   # a process whose parent is not this one is orphaned
-USAGE = 2
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0
 STOP_GRACE = 30.0   # beyond drain_timeout_seconds, before a child that did not stop is killed
 
@@ -136,7 +135,7 @@ class Supervisor:
             self.listeners.start(self.config)
         except ListenerError as exc:   # another process holds the address: a restart would not help
             log.error("start_failed", error=str(exc), key=exc.key, address=exc.address)
-            return USAGE
+            return EXIT_USAGE
         for child in self.children:
             self._spawn(child)
         try:
@@ -214,15 +213,15 @@ class Supervisor:
             if code is None:
                 continue
             child.proc, child.ready = None, False
-            if code == USAGE:
+            if code == EXIT_USAGE:
                 log.error("process_exited", shard=child.shard, code=code,
                           hint="a configuration or listener problem: every process stops (see its start_failed)")
-                self.exit_code = USAGE
+                self.exit_code = EXIT_USAGE
                 return
             if child.index == 0:   # this process's own share: not started again
                 log.error("process_exited", shard=child.shard, code=code,
                           hint="the supervisor's own share ended: every process stops (systemd starts them again)")
-                self.exit_code = code or 1
+                self.exit_code = code or EXIT_FAILED
                 return
             child.restart_at = now + child.pause
             log.error("process_exited", shard=child.shard, code=code,
