@@ -45,7 +45,7 @@ class Chores:
     def __init__(self, *, config: Callable[[], Config], clock: Callable[[], float], index: FolderIndex,
                  store: StateStore, gate: Gate, detectors: Detectors, health: Health, notifier: Notifier,
                  watching: bool, stopping: threading.Event, supervisor: int | None = None,
-                 on_orphaned: Callable[[], None] = lambda: None, getppid: Callable[[], int] = os.getppid) -> None:
+                 on_orphaned: Callable[[], None] = lambda: None) -> None:
         """`supervisor`: its pid, when this daemon is one of its processes; `on_orphaned` is called once
         when it is gone (this process's parent is another)."""
         self.config = config
@@ -60,7 +60,6 @@ class Chores:
         self.stopping = stopping
         self.supervisor = supervisor
         self.on_orphaned = on_orphaned
-        self.getppid = getppid
         self._orphaned = False
         self._rescan_now = threading.Event()
         self._rescan_reason = ""
@@ -132,7 +131,7 @@ class Chores:
     def _supervisor_gone(self) -> bool:
         """A process whose supervisor is gone (killed outside systemd, which would have stopped the whole
         unit) drains and exits as on SIGTERM, instead of working on unseen by status, metrics and health."""
-        if self.supervisor is None or self.getppid() == self.supervisor:
+        if self.supervisor is None or os.getppid() == self.supervisor:
             return False
         if not self._orphaned:
             self._orphaned = True
