@@ -3,6 +3,7 @@ queue behind it, with a stepped clock."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 from watcher.daemon.index import FolderIndex, Next, Stage
@@ -165,7 +166,8 @@ def test_finished_folders_are_kept_apart_from_the_live_ones_through_every_move()
     entries = index._entries   # the split is what this test is about
 
     def where(folder: Path) -> list[str]:
-        return [name for name, half in (("live", entries.live), ("finished", entries.finished)) if folder in half]
+        halves = (("live", folder in entries.live), ("finished", str(folder) in entries.finished))
+        return [name for name, found in halves if found]
 
     index.finished(A, 41)
     assert where(A) == ["finished"]
@@ -205,3 +207,23 @@ def test_a_shard_index_takes_only_its_own_folders() -> None:
     assert 0 < len(own) < len(folders)
     assert index.size() == len(own) and index.counts()["queued"] == len(own)
     assert all(index.owns(f) == (f in own) for f in folders)
+
+
+def test_a_finished_folder_keeps_its_path_as_a_string_and_its_inode_only() -> None:
+    """With 100,000 folders tracked, the finished entries are most of a process's memory: each is kept as
+    the path's string and an int, not as the Path (about 350 bytes) and an Entry that the scan made."""
+    tracemalloc.start(8)   # frames enough to tell this test's allocations from another thread's
+    try:
+        folders = [Path(f"/runs/tracked-{n:06d}") for n in range(5_000)]   # as a scan makes them
+        index = FolderIndex(Clock())
+        for n, folder in enumerate(folders):
+            index.finished(folder, n)
+        del folders
+        ours = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, __file__, all_frames=True)])
+        per_folder = sum(stat.size for stat in ours.statistics("filename")) / 5_000
+    finally:
+        tracemalloc.stop()
+    assert per_folder < 300, f"{per_folder:.0f} bytes per finished folder (a Path and an Entry: about 490)"
+    entry = index.entry(Path("/runs/tracked-000007"))
+    assert entry is not None and entry.stage is Stage.FINISHED and entry.inode == 7
+    assert index.is_finished(Path("/runs/tracked-000007"), 7) and not index.is_finished(Path("/runs/tracked-000007"), 8)

@@ -58,11 +58,13 @@ def reconcile(config: Config, store: StateStore, index: FolderIndex, *, full: bo
     """Offer the folders the observers may have missed; returns how many."""
     busy = set(index.snapshot()) | index.in_flight()
     queued = 0
-    present: list[Path] = []
+    present: list[str] = []   # this process's folders only: the index holds no other
     for watch in config.watch:
         for folder, inode in iter_entries(watch.path):
-            present.append(folder)
-            if folder in busy or not index.owns(folder):
+            if not index.owns(folder):
+                continue
+            present.append(str(folder))
+            if folder in busy:
                 continue
             known_finished = index.is_finished(folder, inode)
             if known_finished and not full:
