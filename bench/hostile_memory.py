@@ -1,7 +1,7 @@
 """6. Hostile memory: the daemon's peak RSS (VmHWM) in the worst case the file caps allow, the
 figure behind `MemoryMax=` in systemd/nextmv-watcher.service (issue 8).
 
-W run folders (W = the worker count, 32 by default, all in flight: `concurrency: fixed`) whose
+W run folders (W = the worker count, 64 by default in 2 processes, all in flight: `concurrency: fixed`) whose
 `statistics.json`, `assets.json` and `metrics.json` are each a JSON document of exactly the cap (16 MiB, issue 8's
 `files.max_json_bytes`) built to cost Python the most memory per byte: `[{},{},...]` (an empty
 dict per 3 bytes, about 24 bytes of heap per byte of JSON) for statistics and assets, and
@@ -121,7 +121,9 @@ def unit_memory_max_mb(unit: Path = UNIT) -> float | None:
 
 
 def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: int, *, timeout: float,
-            processes: int = 1, log: Callable[[str], None] = print) -> Hostile:
+            processes: int | None = None, log: Callable[[str], None] = print) -> Hostile:
+    """`processes`: None for the daemon's default (2, or `workers` if fewer)."""
+    count = processes if processes is not None else min(2, workers)
     backlog_root, _ = backlog_tree(backlog_total, backlog_pending, log)
     work = fresh_dir(WORK / "hostile-memory")
     hostile_root = work / "hostile"
@@ -132,7 +134,7 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
                 {"path": str(hostile_root), "application_id": APP},
                 {"path": str(backlog_root), "application_id": APP}]}
             extra["concurrency"] = "fixed"   # the worst case: all W workers in flight at once
-            if processes > 1:
+            if processes is not None:
                 extra["processes"] = processes
             if cap:
                 extra["files"] = {"max_json_bytes": json_bytes}
@@ -154,7 +156,7 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
                 done = [e for e in daemon.events if e.get("event") == "run_tracked"
                         and Path(str(e.get("folder", ""))).parent == hostile_root]
                 scans = [e for e in daemon.events if e.get("event") == "startup_scan_done"]
-                if len(done) >= workers and len(scans) >= processes:   # each process scans for its share
+                if len(done) >= workers and len(scans) >= count:   # each process scans for its share
                     break
                 bad = [e for e in daemon.events if e.get("level") in ("error", "critical")
                        and Path(str(e.get("folder", ""))).parent == hostile_root]
@@ -173,7 +175,7 @@ def measure(workers: int, json_bytes: int, backlog_total: int, backlog_pending: 
     tracked = tracked_count(folders)
     if check == "ok" and tracked != workers:
         check = f"{tracked}/{workers} hostile folders have a tracked marker"
-    return Hostile(workers, processes, json_bytes, cap_configured, backlog_total, backlog_pending, peak, peak_at,
+    return Hostile(workers, count, json_bytes, cap_configured, backlog_total, backlog_pending, peak, peak_at,
                    scan_done_at, hostile_done_at, tracked, own_cpu, check, unit_memory_max_mb())
 
 

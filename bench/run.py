@@ -65,9 +65,9 @@ class Plan:
     idle_folders: int
     idle_window: float
     profile: bool
-    hostile_workers: int = 32           # = hostile folders tracked at once (the default `workers`, all in flight)
+    hostile_workers: int = 64           # = hostile folders tracked at once (the default `workers`, all in flight)
     hostile_json_bytes: int = 16 << 20  # each of statistics/assets/metrics.json: the cap of issue 8
-    hostile_processes: tuple[int, int] | None = (2, 64)   # a reference row: processes, workers (None: none)
+    hostile_processes: tuple[int, int] | None = (1, 32)   # a reference row: processes, workers (None: none)
     slow_latency: float = 0.1           # "latency": the daemon (plan.n runs) against the SDK loop at 100 ms
     slow_sdk_n: int = 50                # the SDK loop's runs at that latency (about 2 runs/s: enough for its rate)
     slow_need: float = 50.0             # the target: at least this many times the SDK loop's rate (issue 13)
@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile-json-mib", type=float, metavar="MIB",
                    help="size of each worst-case JSON file in the hostile section (default: 16, --quick: 4)")
     p.add_argument("--hostile-workers", type=int, metavar="N",
-                   help="workers, and hostile folders, in the hostile section (default: 32, the daemon's default); "
-                        "a second row has processes: 2 with 64")
+                   help="workers, and hostile folders, in the hostile section (default: 64, the daemon's default, "
+                        "in its default processes); a second row has processes: 1 with 32")
     p.add_argument("--output", type=Path, help="where to write the Markdown (default: bench/RESULTS.md, "
                                                "or bench/.work/RESULTS-quick.md with --quick)")
     args = p.parse_args(argv)

@@ -85,6 +85,7 @@ def write_config(path: Path, cloud_url: str, watched: list[tuple[Path, str]], st
         "watch": [{"path": str(p), "application_id": app} for p, app in watched],
         "completion": {"marker": "DONE"},
         "workers": 4,
+        "processes": 1,   # the tests of several processes say so
         "retry": {"max_attempts": 10, "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.5},
         "logging": {"format": "json", "level": "debug"},
         "reconcile_seconds": 60,

@@ -4,10 +4,10 @@ The dataclasses below are the one place where each key's default, type and check
 (`setting()`, see `watcher.configparse`); `config.example.yaml` shows them and a test keeps the two
 equal. `load_config(path)` returns a `Config` or raises `ConfigError` listing every problem at
 once, each with its key path (``watch[1].application_id: required``). `parse_config` adds the rules
-that span keys: watched paths do not overlap (they may be missing), `watch[].files` inherits `files` key by key,
-`done_path` for `after_tracking: move`, and the defaults of `state_dir` and `control_socket` from
-the environment and from which file it is (`default_state_dir`, `default_control_socket`: the system
-configuration defaults to the unit's directories). A loaded `Config` records which file it came from
+that span keys: watched paths do not overlap (they may be missing), `watch[].files` inherits `files` key
+by key, `done_path` for `after_tracking: move`, `processes` (2, or `workers` if fewer), and the defaults
+of `state_dir` and `control_socket` from the environment and from which file it is (the system
+configuration's are the unit's directories). A loaded `Config` records which file it came from
 (`ConfigFile`: resolved path, device, inode, digest), so that a command can tell whether a running
 daemon runs the same file.
 """
@@ -178,10 +178,10 @@ class Config:
     files: FilesConfig = setting(FilesConfig(), doc="candidate names per role, for every watched path")
     watch: tuple[WatchConfig, ...] = setting((), doc="the watched paths (read by parse_config itself)")
     completion: CompletionConfig = setting(CompletionConfig(), doc="when a folder is complete")
-    workers: int = setting(32, check=at_least(1), doc="the most folders tracked in parallel")
-    processes: int = setting(1, check=at_least(1),
+    workers: int = setting(64, check=at_least(1), doc="the most folders tracked in parallel")
+    processes: int = setting(2, check=at_least(1),
                              doc="processes sharing the work, each on its share of the folders and of workers "
-                                 "(at most workers; a restart applies it)")
+                                 "(default 2, or workers if fewer; at most workers; a restart applies it)")
     concurrency: str = setting("adaptive", check=choice(CONCURRENCY),
                                doc="adaptive: the folders in flight follow the API's answers, up to workers; "
                                    "fixed: always workers")
@@ -202,8 +202,7 @@ class Config:
     file: ConfigFile | None = None
     state_dir_from: str = "state_dir"
     # Not a key either: this process's share of the folders, (index, count), from $NEXTMV_WATCHER_SHARD
-    # (set by the process that runs several: `processes`); its `workers` and `control_socket` are its own,
-    # and it has no metrics listener.
+    # (set by the process that runs several: `processes`); its own `workers` and `control_socket`, no metrics.
     shard: tuple[int, int] = (0, 1)
 
     def watch_for(self, folder: Path) -> WatchConfig | None:
@@ -327,7 +326,9 @@ def parse_config(
     watches = _watches(p, values["watch"], values["files"])
     if values["after_tracking"] == "move":
         _done_path(p, values["done_path"], watches)
-    if values["processes"] > values["workers"]:
+    if not (isinstance(raw, Mapping) and "processes" in raw):
+        values["processes"] = min(values["processes"], values["workers"])   # the default: 2, or workers if fewer
+    elif values["processes"] > values["workers"]:
         p.problem(f"processes: {values['processes']} is more than workers ({values['workers']}): each process "
                   f"tracks at least one folder at a time")
     if p.problems:
@@ -384,8 +385,7 @@ def _watches(p: Parser, raw: object, files: FilesConfig) -> list[tuple[int, Watc
 
 
 def _done_path(p: Parser, done: Path | None, watches: list[tuple[int, WatchConfig]]) -> None:
-    """`after_tracking: move` needs a `done_path` directory outside every watched path."""
-    if done is None:
+    if done is None:   # `after_tracking: move` needs a `done_path` directory outside every watched path
         p.problem("done_path: required when after_tracking is move")
         return
     resolved = Path(os.path.abspath(done))

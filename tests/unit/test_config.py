@@ -155,7 +155,7 @@ def test_only_watch_is_required_and_the_rest_takes_defaults(tmp_path: Path, runs
     assert (watch.format.input, watch.format.output) == ("auto", "auto")
     assert watch.files == config.files
     assert (config.completion.marker, config.completion.settle_seconds) == (None, 5.0)
-    assert (config.workers, config.concurrency) == (32, "adaptive")
+    assert (config.workers, config.processes, config.concurrency) == (64, 2, "adaptive")
     assert (config.retry.max_attempts, config.retry.backoff_initial_seconds,
             config.retry.backoff_max_seconds) == (10, 1.0, 600.0)
     assert (config.logging.format, config.logging.level) == ("auto", "info")
@@ -737,3 +737,15 @@ def test_more_processes_than_workers_is_refused(tmp_path: Path, runs: Path) -> N
         processes: 3
     """)
     assert problem_at(problems(path), "processes").startswith("processes: 3 is more than workers (2)")
+
+
+def test_the_default_processes_are_never_more_than_workers(tmp_path: Path, runs: Path) -> None:
+    """`processes` defaults to 2, or to `workers` if fewer: `workers: 1`, valid before the default rose,
+    still is; the same two processes asked for are refused."""
+    watch = f"watch: [{{path: {runs}, application_id: app-1}}]\n"
+    one = load_config(write(tmp_path / "one.yaml", watch + "workers: 1\n"), env=ENV)
+    assert (one.workers, one.processes) == (1, 1)
+    three = load_config(write(tmp_path / "three.yaml", watch + "workers: 3\n"), env=ENV)
+    assert (three.workers, three.processes) == (3, 2)
+    asked = problems(write(tmp_path / "asked.yaml", watch + "workers: 1\nprocesses: 2\n"))
+    assert problem_at(asked, "processes").startswith("processes: 2 is more than workers (1)")
