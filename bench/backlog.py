@@ -2,8 +2,9 @@
 
 Time to the first upload is the first 2xx PUT the emulator counts (its stats are polled every
 10 ms) after the daemon was spawned; the first POST comes from the earliest run's `created_at`.
-The scan time is the daemon's own `startup_scan_done` event. Peak RSS (VmHWM) is read once every
-pending folder is tracked (or the time limit is reached), so it covers scan and uploads. Afterwards
+The scan time is the daemon's own `startup_scan_done` event (the longest of its processes').
+Peak RSS (VmHWM, added up over the processes) is read once every pending folder is tracked (or the
+time limit is reached), so it covers scan and uploads. Afterwards
 the same scan functions run alone in this process, for reference.
 """
 
@@ -78,14 +79,17 @@ def measure(total: int, pending: int, *, timeout: float, log: Callable[[str], No
             daemon.poll(keep)
             peak = daemon.peak_rss_mb()
             own_cpu = daemon.cpu()
-            scan = daemon.first("startup_scan_done")
+            # One event per process (`processes`), each for its share: the scan is done when the last is.
+            scans = [e for e in daemon.events if e.get("event") == "startup_scan_done"]
             scan_seconds = scan_done_at = None
-            if scan is not None:
-                scan_seconds = float(scan["seconds"])
-                stamp = datetime.fromisoformat(scan["timestamp"].replace("Z", "+00:00")).timestamp()
+            if scans:
+                last = max(scans, key=lambda e: e["timestamp"])
+                scan_seconds = max(float(e["seconds"]) for e in scans)
+                stamp = datetime.fromisoformat(last["timestamp"].replace("Z", "+00:00")).timestamp()
                 scan_done_at = stamp - daemon.started_at
-                if scan.get("finished") != total - pending or scan.get("queued") != pending:
-                    check = f"scan found finished={scan.get('finished')} queued={scan.get('queued')}; " + check
+                finished, queued = (sum(int(e.get(k, 0)) for e in scans) for k in ("finished", "queued"))
+                if finished != total - pending or queued != pending:
+                    check = f"scan found finished={finished} queued={queued} in {len(scans)} process(es); " + check
             started_at = daemon.started_at
         emu_cpu = emu.cpu() - emu_cpu0
         runs = emu.runs()
