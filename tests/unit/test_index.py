@@ -3,10 +3,10 @@ queue behind it, with a stepped clock."""
 
 from __future__ import annotations
 
-import tracemalloc
-from pathlib import Path
+import gc
+from pathlib import Path, PurePath
 
-from watcher.daemon.index import FolderIndex, Next, Stage
+from watcher.daemon.index import Entry, FolderIndex, Next, Stage
 from watcher.daemon.shard import Shard
 
 A, B, C, D = (Path(f"/runs/{n}") for n in "abcd")
@@ -211,19 +211,22 @@ def test_a_shard_index_takes_only_its_own_folders() -> None:
 
 def test_a_finished_folder_keeps_its_path_as_a_string_and_its_inode_only() -> None:
     """With 100,000 folders tracked, the finished entries are most of a process's memory: each is kept as
-    the path's string and an int, not as the Path (about 350 bytes) and an Entry that the scan made."""
-    tracemalloc.start(8)   # frames enough to tell this test's allocations from another thread's
-    try:
-        folders = [Path(f"/runs/tracked-{n:06d}") for n in range(5_000)]   # as a scan makes them
-        index = FolderIndex(Clock())
-        for n, folder in enumerate(folders):
-            index.finished(folder, n)
-        del folders
-        ours = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, __file__, all_frames=True)])
-        per_folder = sum(stat.size for stat in ours.statistics("filename")) / 5_000
-    finally:
-        tracemalloc.stop()
-    assert per_folder < 300, f"{per_folder:.0f} bytes per finished folder (a Path and an Entry: about 490)"
+    the path's string and an int (about 210 bytes), not as the Path the scan made (about 350 bytes) and
+    an Entry: once the scan lets go of its Paths, none of them is left, and no Entry either."""
+    def alive(kind: type) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+    paths, entries = alive(PurePath), alive(Entry)
+    folders = [Path(f"/runs/tracked-{n:06d}") for n in range(5_000)]   # as a scan makes them
+    index = FolderIndex(Clock())
+    for n, folder in enumerate(folders):
+        index.finished(folder, n)
+    assert alive(PurePath) - paths >= 5_000
+    del folders, folder
+    assert alive(PurePath) - paths < 100, "the index keeps the scan's Paths"
+    assert alive(Entry) - entries < 100, "the index keeps an Entry per finished folder"
+    assert index.size() == 5_000
     entry = index.entry(Path("/runs/tracked-000007"))
     assert entry is not None and entry.stage is Stage.FINISHED and entry.inode == 7
     assert index.is_finished(Path("/runs/tracked-000007"), 7) and not index.is_finished(Path("/runs/tracked-000007"), 8)
