@@ -1,4 +1,5 @@
-"""The Nextmv runs API over keep-alive httpx clients, one per calling thread (`pools`).
+"""The Nextmv runs API over keep-alive httpx clients, one per calling thread (`pools`), each speaking
+HTTP/1.1 on its own connections (`transport`).
 
 This is the only module that knows httpx: its exceptions and status codes become the errors
 of `watcher.errors` here and nowhere else. API requests that are safe to repeat are retried a
@@ -37,6 +38,7 @@ from watcher.cloud import putbody, s3error
 from watcher.cloud.answers import AnswerTooLarge, read_answer, read_head
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.pools import ThreadClients
+from watcher.cloud.transport import for_thread
 from watcher.errors import (
     ApiError,
     ApplicationNotFound,
@@ -123,9 +125,9 @@ class NextmvClient:
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
         self._timeout = timeout.as_dict()
         self._base_headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
-        tls = httpx.create_ssl_context() if verify is True else verify   # made once, shared by every thread
+        tls = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
         self._http = ThreadClients(lambda: httpx.Client(
-            timeout=timeout, verify=tls, transport=transport, headers={"User-Agent": USER_AGENT},
+            timeout=timeout, verify=tls, transport=transport or for_thread(tls), headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False))
 
@@ -295,8 +297,8 @@ class NextmvClient:
         """One request straight to the pooled transport, its answer read with a bound (see `answers`):
         a presigned PUT's first `body_limit` bytes. The Client's own layers (cookies, auth flows,
         redirects, header merging) do nothing for us and cost a third of the CPU per request, which is
-        what limits throughput; the Client still chooses the transport (proxies from the environment,
-        TLS settings)."""
+        what limits throughput; the Client still chooses the transport (httpx's own for a proxy from the
+        environment, else the thread's `H11Transport`: `transport.for_thread`)."""
         request = httpx.Request(method, url, params=params, headers={**self._base_headers, **headers},
                                 content=content, extensions={"timeout": self._timeout})
         transport = self._http.get()._transport_for_url(request.url)  # private, see the docstring

@@ -1,0 +1,352 @@
+"""watcher.cloud.transport against real sockets on 127.0.0.1: servers that answer as a script says,
+byte for byte, so that keep-alive, early answers, closed connections and timeouts are the real thing."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h11
+import httpx
+import pytest
+
+from watcher.cloud.client import NextmvClient
+from watcher.cloud.transport import H11Transport
+
+Handler = Callable[[socket.socket, int], None]   # one accepted connection, and its number (0, 1, ...)
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Server:
+    """Accepts connections on 127.0.0.1 and runs `handler` on each in its own thread."""
+
+    def __init__(self, handler: Handler, context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.context = context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.context else 'http'}://{'localhost' if self.context else '127.0.0.1'}:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            number, self.accepted = self.accepted, self.accepted + 1
+            threading.Thread(target=self._run, args=(conn, number), daemon=True).start()
+
+    def _run(self, conn: socket.socket, number: int) -> None:
+        try:
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            with conn:
+                self.handler(conn, number)
+        except (OSError, h11.ProtocolError) as exc:
+            self.errors.append(exc)
+
+    def close(self) -> None:
+        """Stop accepting: shutdown wakes the blocked accept (a close alone would not), then wait for it."""
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+        self.listener.close()
+
+
+def read_request(conn: socket.socket, h: h11.Connection) -> tuple[h11.Request, bytes]:
+    """One whole request (head and body) from `conn`."""
+    request: h11.Request | None = None
+    body = bytearray()
+    while True:
+        event = h.next_event()
+        if event is h11.NEED_DATA:
+            h.receive_data(conn.recv(65536))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            assert request is not None
+            return request, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ConnectionResetError("client closed")
+
+
+def keep_alive(answer: bytes = OK) -> Handler:
+    """Answers every request on the connection with `answer`, until the client closes it."""
+    def handler(conn: socket.socket, _: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                read_request(conn, h)
+            except ConnectionResetError:
+                return
+            conn.sendall(answer)
+            h.send(h11.Response(status_code=200, headers=[("Content-Length", "2")]))
+            h.send(h11.Data(data=b"ok"))
+            h.send(h11.EndOfMessage())
+            h.start_next_cycle()
+    return handler
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(handler: Handler, context: ssl.SSLContext | None = None) -> Server:
+        servers.append(Server(handler, context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def transport() -> Iterator[H11Transport]:
+    t = H11Transport(ssl.create_default_context())
+    yield t
+    t.close()
+
+
+def send(transport: H11Transport, method: str, url: str, content: bytes | Iterator[bytes] | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 5.0) -> httpx.Response:
+    request = httpx.Request(method, url, content=content, headers=headers,
+                            extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    response = transport.handle_request(request)
+    response.read()
+    response.close()
+    return response
+
+
+def test_a_connection_is_kept_alive_for_the_next_request(serve, transport):
+    server = serve(keep_alive())
+    for _ in range(3):
+        assert send(transport, "POST", f"{server.url}/v1/x", b"{}").content == b"ok"
+    assert server.accepted == 1
+
+
+def test_an_idle_connection_the_server_closed_is_not_used_again(serve, transport):
+    closed = threading.Event()
+
+    def handler(conn: socket.socket, number: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        conn.sendall(OK)
+        if number == 0:
+            conn.shutdown(socket.SHUT_RDWR)   # as a server closing an idle keep-alive connection
+            closed.set()
+
+    server = serve(handler)
+    assert send(transport, "GET", f"{server.url}/a").status_code == 200
+    assert closed.wait(5)
+    assert send(transport, "GET", f"{server.url}/b").status_code == 200
+    assert server.accepted == 2
+
+
+def test_an_answer_with_connection_close_is_not_kept(serve, transport):
+    def handler(conn: socket.socket, _: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+
+    server = serve(handler)
+    send(transport, "GET", f"{server.url}/a")
+    send(transport, "GET", f"{server.url}/b")
+    assert server.accepted == 2
+
+
+def test_an_answer_sent_before_the_body_is_returned_not_the_write_error(serve, transport):
+    """S3 answers a slow or oversized upload with its error and closes: the answer is what the caller sees."""
+    error = b"<Error><Code>RequestTimeout</Code></Error>"
+
+    def handler(conn: socket.socket, _: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while not isinstance(h.next_event(), h11.Request):
+            h.receive_data(conn.recv(4096))
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (len(error), error))
+        conn.shutdown(socket.SHUT_WR)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+
+    server = serve(handler)
+    size = 64 << 20
+    chunks = (b"x" * (1 << 20) for _ in range(64))
+    response = send(transport, "PUT", f"{server.url}/bucket/key?X-Amz-Signature=s", chunks,
+                    {"Content-Length": str(size)})
+    assert response.status_code == 400
+    assert response.content == error
+
+
+def test_a_read_timeout_is_httpx_read_timeout_and_the_connection_is_dropped(serve, transport):
+    release = threading.Event()
+
+    def handler(conn: socket.socket, number: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        if number == 0:
+            release.wait(10)
+        else:
+            conn.sendall(OK)
+
+    server = serve(handler)
+    with pytest.raises(httpx.ReadTimeout):
+        send(transport, "GET", f"{server.url}/slow", timeout=0.2)
+    release.set()
+    assert send(transport, "GET", f"{server.url}/next").status_code == 200
+    assert server.accepted == 2
+
+
+def test_a_refused_connection_is_connect_error_without_the_url(transport):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    with pytest.raises(httpx.ConnectError) as caught:
+        send(transport, "PUT", f"http://127.0.0.1:{port}/k?X-Amz-Signature=secret", b"{}")
+    assert "secret" not in str(caught.value) and str(port) not in str(caught.value)
+
+
+def test_a_server_that_closes_without_answering_is_a_remote_protocol_error(serve, transport):
+    def handler(conn: socket.socket, _: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+
+    server = serve(handler)
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        send(transport, "POST", f"{server.url}/v1/runs", b"{}")
+
+
+def test_what_the_body_raises_propagates_and_the_connection_is_not_reused(serve, transport):
+    server = serve(keep_alive())
+    send(transport, "GET", f"{server.url}/warm")
+
+    def body() -> Iterator[bytes]:
+        yield b"{"
+        raise PermissionError("the file was made unreadable")
+
+    with pytest.raises(PermissionError, match="unreadable"):
+        send(transport, "PUT", f"{server.url}/k", body(), {"Content-Length": "2"})
+    assert send(transport, "GET", f"{server.url}/after").status_code == 200
+    assert server.accepted == 2
+
+
+def test_a_body_longer_than_its_content_length_is_h11s_local_protocol_error(serve, transport):
+    """watcher.cloud.putbody tells a file that grew mid-upload by this error."""
+    server = serve(keep_alive())
+    with pytest.raises(h11.LocalProtocolError, match="Too much data"):
+        send(transport, "PUT", f"{server.url}/k", iter([b"abc"]), {"Content-Length": "2"})
+
+
+def test_an_answer_read_in_part_drops_its_connection(serve, transport):
+    body = b"y" * 100_000
+
+    def handler(conn: socket.socket, _: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                read_request(conn, h)
+            except ConnectionResetError:
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
+            h.send(h11.Data(data=body))
+            h.send(h11.EndOfMessage())
+            h.start_next_cycle()
+
+    server = serve(handler)
+    request = httpx.Request("GET", f"{server.url}/big", extensions={"timeout": httpx.Timeout(5).as_dict()})
+    response = transport.handle_request(request)
+    first = next(response.iter_raw())
+    response.close()
+    assert 0 < len(first) < len(body)
+    assert send(transport, "GET", f"{server.url}/again").content == body
+    assert server.accepted == 2
+
+
+def test_a_chunked_answer_is_read_whole(serve, transport):
+    def handler(conn: socket.socket, _: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+
+    server = serve(handler)
+    assert send(transport, "GET", f"{server.url}/c").content == b"abcde"
+
+
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for localhost, and a client context trusting it."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+def test_https_with_a_trusted_ca_keeps_its_connection_and_an_untrusted_one_is_refused(serve, tmp_path):
+    server_ctx, client_ctx = tls_contexts(tmp_path)
+    server = serve(keep_alive(), server_ctx)
+    trusted = H11Transport(client_ctx)
+    try:
+        for _ in range(2):
+            assert send(trusted, "GET", f"{server.url}/s").content == b"ok"
+        assert server.accepted == 1
+    finally:
+        trusted.close()
+    stranger = H11Transport(ssl.create_default_context())
+    try:
+        with pytest.raises(httpx.ConnectError, match="TLS handshake failed"):
+            send(stranger, "GET", f"{server.url}/s")
+    finally:
+        stranger.close()
+
+
+def test_the_client_uses_it_and_a_proxy_from_the_environment_still_gets_the_requests(serve, monkeypatch):
+    """Without a proxy the API client's requests go straight to the API on one kept connection; with
+    HTTP_PROXY set they go to the proxy (httpx's own transport), in absolute form."""
+    targets: list[bytes] = []
+
+    def handler(conn: socket.socket, _: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                request, _body = read_request(conn, h)
+            except ConnectionResetError:
+                return
+            targets.append(request.target)
+            body = b'{"id": "app-1"}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
+            h.send(h11.Data(data=body))
+            h.send(h11.EndOfMessage())
+            h.start_next_cycle()
+
+    api = serve(handler)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    direct = NextmvClient(api.url, "key")
+    try:
+        assert direct.get_application("app-1") == {"id": "app-1"}
+        assert direct.get_application("app-1") == {"id": "app-1"}
+    finally:
+        direct.close()
+    assert targets == [b"/v1/applications/app-1"] * 2 and api.accepted == 1
+
+    proxy = serve(handler)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    proxied = NextmvClient("http://api.example.invalid", "key")
+    try:
+        assert proxied.get_application("app-1") == {"id": "app-1"}
+    finally:
+        proxied.close()
+    assert targets[-1] == b"http://api.example.invalid/v1/applications/app-1"

@@ -1,0 +1,257 @@
+"""HTTP/1.1 for one thread: an httpx transport on h11 (the parser httpcore uses) and blocking sockets.
+
+httpx's default transport, httpcore's connection pool, costs more Python per request than the request
+itself: on this machine a run's five requests cost 3.8 ms of CPU through it from one thread and 5.6-8.8
+ms from 32-64 threads, against 1.4-1.6 ms when each thread speaks h11 on its own keep-alive sockets
+(issue 13; `bench/floor.py`). Every worker and upload thread already has its own client (`pools`),
+so this transport serves one thread: no pool lock, no connection sharing, nothing to wait for.
+
+What it keeps of httpcore's behaviour: a keep-alive connection is reused only while it is idle, quiet
+(not readable: a server that closed it, or sent something unasked, makes it unusable) and younger than
+`keepalive_expiry`; a request body is streamed from its iterator in the calling thread, so what reading
+it raises propagates unchanged (`putbody`), and h11's `LocalProtocolError` on a body longer or shorter
+than its Content-Length too; when the server answers before the body is all sent and closes (S3's 400
+RequestTimeout, EntityTooLarge), that answer is returned, not the write's error; a response is read
+lazily, so that the caller's bound (`answers`) holds; a connection whose exchange did not end cleanly
+is closed, never reused. Failures are httpx's: ConnectTimeout, ConnectError (TLS included), WriteTimeout,
+WriteError, ReadTimeout, ReadError, RemoteProtocolError, with messages that never name a URL.
+A proxy named in the environment (HTTPS_PROXY and the like) is httpx's to apply, which it does only
+for a client without a transport of its own: `for_thread` then leaves the client to httpx's transport.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import httpx
+
+READ_SIZE = 64 * 1024
+SEND_BUFFER = 64 * 1024      # request bytes gathered before a send: a small request goes in one
+KEEPALIVE_EXPIRY = 5.0       # seconds an idle connection is kept (httpcore's default)
+MAX_IDLE_PER_ORIGIN = 4      # a thread's requests are sequential: one or two per origin are used
+
+Origin = tuple[bytes, bytes, int]
+
+
+def for_thread(context: ssl.SSLContext) -> httpx.BaseTransport | None:
+    """A thread's transport: its own `H11Transport`, or None (httpx's, with the environment's proxies)
+    when the environment names a proxy."""
+    proxies = {scheme for scheme in urllib.request.getproxies() if scheme != "no"}
+    return None if proxies else H11Transport(context)
+
+
+class H11Transport(httpx.BaseTransport):
+    """One thread's connections. `close` may come from another thread (shutdown): it closes the idle ones."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, *, keepalive_expiry: float = KEEPALIVE_EXPIRY) -> None:
+        self._ssl = ssl_context
+        self._expiry = keepalive_expiry
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._lock = threading.Lock()   # the idle lists: taken by this thread, and by `close`
+        self._closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        url = request.url
+        origin: Origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+        conn = self._reuse(origin) or _Connection.open(origin, self._ssl, timeouts.get("connect"), request)
+        try:
+            event = conn.exchange(request, timeouts)
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(status_code=event.status_code, headers=event.headers,
+                              stream=_Body(self, conn, request, timeouts.get("read")),
+                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason})
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def _reuse(self, origin: Origin) -> _Connection | None:
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                conns = self._idle.get(origin)
+                conn = conns.pop() if conns else None
+            if conn is None:
+                return None
+            if now - conn.idle_since < self._expiry and conn.quiet():
+                return conn
+            conn.close()
+
+    def _release(self, conn: _Connection) -> None:
+        """A connection whose exchange ended cleanly goes back to the idle ones (or is closed)."""
+        if conn.h.our_state is h11.DONE and conn.h.their_state is h11.DONE:
+            conn.h.start_next_cycle()
+            conn.idle_since = time.monotonic()
+            with self._lock:
+                conns = self._idle.setdefault(conn.origin, [])
+                if not self._closed and len(conns) < MAX_IDLE_PER_ORIGIN:
+                    conns.append(conn)
+                    return
+        conn.close()
+
+
+class _Connection:
+    def __init__(self, origin: Origin, sock: socket.socket) -> None:
+        self.origin = origin
+        self.sock = sock
+        self.h = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    @classmethod
+    def open(cls, origin: Origin, context: ssl.SSLContext, timeout: float | None,
+             request: httpx.Request) -> _Connection:
+        scheme, host, port = origin
+        try:
+            sock = socket.create_connection((host.decode("ascii"), port), timeout=timeout)
+        except TimeoutError:
+            raise httpx.ConnectTimeout("timed out connecting", request=request) from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect: {_reason(exc)}", request=request) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == b"https":
+                sock = context.wrap_socket(sock, server_hostname=host.decode("ascii"))
+        except TimeoutError:
+            sock.close()
+            raise httpx.ConnectTimeout("timed out in the TLS handshake", request=request) from None
+        except OSError as exc:   # ssl.SSLError included: a certificate refused
+            sock.close()
+            raise httpx.ConnectError(f"TLS handshake failed: {_reason(exc)}", request=request) from None
+        return cls(origin, sock)
+
+    def quiet(self) -> bool:
+        """Idle and nothing to read: a readable idle connection was closed by the server (or is broken)."""
+        try:
+            poll = select.poll()
+            poll.register(self.sock, select.POLLIN)
+            return not poll.poll(0)
+        except (OSError, ValueError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def exchange(self, request: httpx.Request, timeouts: dict[str, float | None]) -> h11.Response:
+        """Send the request (its body streamed from its iterator) and read the response's head."""
+        self.sock.settimeout(timeouts.get("write"))
+        try:
+            self._send(request)   # what reading the body raises propagates as it is
+        except _SendFailed as failed:
+            if isinstance(failed.error, TimeoutError):
+                raise httpx.WriteTimeout("timed out sending the request", request=request) from None
+            # The server may have answered before closing (S3 ends a slow or oversized upload so).
+            try:
+                return self.head(request, timeouts.get("read"))
+            except httpx.TransportError:
+                raise httpx.WriteError(f"sending failed: {_reason(failed.error)}", request=request) from None
+        return self.head(request, timeouts.get("read"))
+
+    def _send(self, request: httpx.Request) -> None:
+        pending = [self.h.send(h11.Request(method=request.method, target=request.url.raw_path,
+                                           headers=request.headers.raw))]
+        size = len(pending[0])
+        stream: Any = request.stream
+        for chunk in stream:
+            if chunk:
+                data = self.h.send(h11.Data(data=chunk))
+                pending.append(data)
+                size += len(data)
+                if size >= SEND_BUFFER:
+                    self._sendall(b"".join(pending))
+                    pending, size = [], 0
+        pending.append(self.h.send(h11.EndOfMessage()))
+        self._sendall(b"".join(pending))
+
+    def _sendall(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:   # TimeoutError included
+            raise _SendFailed(exc) from None
+
+    def head(self, request: httpx.Request, timeout: float | None) -> h11.Response:
+        while True:
+            event = self.next_event(request, timeout)
+            if isinstance(event, h11.Response):
+                return event
+            if not isinstance(event, h11.InformationalResponse):   # 100 Continue and the like are skipped
+                raise httpx.RemoteProtocolError("unexpected answer before the response", request=request)
+
+    def next_event(self, request: httpx.Request, timeout: float | None) -> Any:
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                event = self.h.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise httpx.RemoteProtocolError(f"malformed answer: {exc}", request=request) from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out reading the response", request=request) from None
+            except OSError as exc:
+                raise httpx.ReadError(f"reading failed: {_reason(exc)}", request=request) from None
+            if not data and self.h.their_state is h11.SEND_RESPONSE:
+                raise httpx.RemoteProtocolError("server disconnected without sending a response",
+                                                request=request)
+            self.h.receive_data(data)
+
+
+class _SendFailed(Exception):
+    """The socket refused the request's bytes (`error`): told apart from what the body's reading raises."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+
+class _Body(httpx.SyncByteStream):
+    """A response's body, read as the caller iterates; the connection goes back when it was read to its end."""
+
+    def __init__(self, transport: H11Transport, conn: _Connection, request: httpx.Request,
+                 timeout: float | None) -> None:
+        self._transport = transport
+        self._conn: _Connection | None = conn
+        self._request = request
+        self._timeout = timeout
+
+    def __iter__(self) -> Iterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            return
+        while True:
+            event = conn.next_event(self._request, self._timeout)
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._conn = None
+                self._transport._release(conn)
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                raise httpx.RemoteProtocolError("connection closed in the response", request=self._request)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:   # not read to its end: the connection is in the middle of an exchange
+            conn.close()
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong, without the address (an OSError's text can carry it)."""
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    return exc.strerror or type(exc).__name__
