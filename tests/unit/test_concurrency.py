@@ -61,13 +61,18 @@ class Driver:
         self.aimd.observe(ok(), self.now, ceiling)   # the first outcome starts the first window,
         self.window(ok(), busy=0)                      # which only sets the baseline
 
-    def window(self, *outcomes: RequestOutcome, busy: int | None = None) -> int:
+    def window(self, *outcomes: RequestOutcome, busy: int | None = None, closing: RequestOutcome | None = None) -> int:
         self._set_busy(self.aimd.limit if busy is None else busy)
         for o in outcomes:
             self.aimd.observe(o, self.now, self.ceiling)
         self.now += max(WINDOW, self.aimd.api.past.mean if self.aimd.api.past else 0.0) + 0.001
-        self.aimd.observe(ok(), self.now, self.ceiling)   # the first outcome after the window's end closes it
+        # the first outcome after the window's end closes it (and is the next window's first)
+        self.aimd.observe(closing or ok(), self.now, self.ceiling)
         return self.aimd.limit
+
+    def steady(self, seconds: float) -> int:
+        """A window of API calls that all take `seconds` (its closing one too)."""
+        return self.window(ok(seconds), ok(seconds), closing=ok(seconds))
 
     def _set_busy(self, n: int) -> None:
         while self.aimd.busy > 0:
@@ -120,6 +125,43 @@ def test_it_does_not_grow_while_the_daemon_uses_a_core_and_does_not_shrink_for_i
     assert d.aimd.limit == limit
     assert d.aimd.slow_start                    # nothing pushed back: slow start goes on afterwards
     assert d.window(ok(), ok()) == 2 * limit    # CPU 0 again (the driver's default): it doubles
+
+
+def queueing(limit: int, waiting: float, base: float = 0.02) -> float:
+    """The mean API-call time at which `waiting` of `limit` folders wait in the daemon (Vegas)."""
+    return base / (1 - waiting / limit)
+
+
+def test_folders_waiting_in_the_daemon_stop_its_growth_and_more_shrink_it_by_one() -> None:
+    """The API's own time is 20 ms, but the daemon's queue grows with the limit: Vegas' estimate,
+    limit * (1 - base / mean), keeps the limit between 3 and 6 waiting and takes one off above 6 (the
+    ARC's rise test set aside here, so that only this rule speaks)."""
+    d = Driver(ceiling=64, settings=Settings(rise_tolerance=10.0))
+    limit = d.steady(0.02)
+    assert limit == 2 * INITIAL                        # nothing waiting: slow start doubles
+    for _ in range(5):
+        assert d.steady(queueing(limit, 5.5)) == limit   # 5.5 waiting: kept (and slower: not flat)
+    assert d.steady(queueing(limit, 4.5)) == limit       # faster than the moving average (the ARC
+    assert d.aimd.slow_start                             # would double), but 4.5 waiting: kept
+    assert d.steady(queueing(limit, 8)) == limit - 1     # 8 waiting: one less, and slow start is over
+    assert not d.aimd.slow_start
+    assert d.steady(0.02) == limit                       # nothing waiting: one more a window again
+
+
+def test_the_base_follows_a_lasting_rise_of_the_api_s_time() -> None:
+    """A slower API (20 -> 100 ms) first reads as the daemon's queue; once `base_windows` windows have
+    passed, 100 ms is the base: nothing waits, and the limit grows again."""
+    d = Driver(ceiling=64)
+    grown = d.flat(3)
+    d.aimd.observe(ok(0.100), d.now, d.ceiling)   # the first call of the next window
+    assert d.aimd.queued() == pytest.approx(grown * 0.8)   # 1 - 20/100 of the limit
+    for _ in range(Settings().base_windows):
+        d.steady(0.100)
+    assert d.aimd.limit < grown
+    d.aimd.observe(ok(0.100), d.now, d.ceiling)
+    assert d.aimd.queued() == 0.0
+    limit = d.aimd.limit
+    assert d.steady(0.099) == limit + 1
 
 
 def test_it_does_not_grow_unless_the_limit_was_reached() -> None:

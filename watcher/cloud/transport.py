@@ -148,7 +148,7 @@ class _Connection:
 
     def exchange(self, request: httpx.Request, timeouts: dict[str, float | None]) -> h11.Response:
         """Send the request (its body streamed from its iterator) and read the response's head."""
-        self.sock.settimeout(timeouts.get("write"))
+        self.timeout(timeouts.get("write"))
         try:
             self._send(request)   # what reading the body raises propagates as it is
         except _SendFailed as failed:
@@ -191,8 +191,13 @@ class _Connection:
             if not isinstance(event, h11.InformationalResponse):   # 100 Continue and the like are skipped
                 raise httpx.RemoteProtocolError("unexpected answer before the response", request=request)
 
+    def timeout(self, seconds: float | None) -> None:
+        """Set only when it changes: each `settimeout` is a system call (and a GIL release)."""
+        if self.sock.gettimeout() != seconds:
+            self.sock.settimeout(seconds)
+
     def next_event(self, request: httpx.Request, timeout: float | None) -> Any:
-        self.sock.settimeout(timeout)
+        self.timeout(timeout)
         while True:
             try:
                 event = self.h.next_event()

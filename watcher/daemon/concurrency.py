@@ -27,6 +27,17 @@ cost more CPU each (measured at 20 ms, 500 folders: the same 70-80 runs/s with 8
 CPU per run as with 32 at 10 ms; more threads wake and wait for each other). It does not shrink for it:
 the API said nothing.
 
+The limit also follows the daemon's own queue, as TCP Vegas (and Netflix's `VegasLimit`) estimate it: a
+window's mean API-call time above the least window mean of the last `base_windows` windows (the time
+with nothing waiting; its base) means folders wait in the daemon itself, for the interpreter or a
+connection, about `limit * (1 - base / mean)` of them. Above `queue_high` (6) the limit shrinks by one
+a window (and slow start ends); above `queue_low` (3) it is kept; below it may grow. The API's latency
+barely moves with the daemon's load, so ARC alone grows the limit to `workers` (measured at 20 ms, 500
+folders, two processes: 29 in flight on average at 8.9 ms of CPU per run and 136 runs/s, against 12-19
+in flight, 6.6-6.7 ms and 143-170 runs/s with `concurrency: fixed` at 16 or 24); at 0 ms more threads
+only wait for each other. A base that rose for good (a slower API) is the new base after `base_windows`
+windows, a few seconds.
+
 A risen time must also be 10% above the moving average (`rise_tolerance`): against a steady service the
 deviation is near zero and a few milliseconds of jitter, or the connections a new worker thread opens,
 would otherwise read as load (measured at 100 ms: decreases every second or so, the limit stuck near 17).
@@ -50,6 +61,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +93,9 @@ class Settings:
     slow_start: bool = True
     rise_tolerance: float = 0.1
     cpu_bound: float = 0.9   # the process's CPU over a window, in cores, at which the limit stops growing
+    queue_low: float = 3.0   # folders waiting in the daemon (Vegas' alpha): above it the limit stops growing
+    queue_high: float = 6.0  # ... (Vegas' beta): above it the limit shrinks by one
+    base_windows: int = 64   # the base API-call time is the least window mean of this many windows
 
 
 class MeanVar:
@@ -164,6 +179,7 @@ class Aimd:
         self.changes = 0           # how many times the limit moved (for tests and status)
         self.slow_start = self.settings.slow_start   # doubling until the first decrease
         self.window_started = (0.0, 0.0)   # (time, process CPU seconds) when this window began
+        self.means: deque[float] = deque(maxlen=self.settings.base_windows)   # past windows' API-call means
 
     def clamp(self, ceiling: int) -> None:
         """`workers` may have changed (a reload): the limit never exceeds it."""
@@ -177,9 +193,11 @@ class Aimd:
     def finished(self) -> None:
         self.busy = max(0, self.busy - 1)
 
-    def observe(self, outcome: RequestOutcome, now: float, ceiling: int, cpu: float = 0.0) -> None:
+    def observe(self, outcome: RequestOutcome, now: float, ceiling: int,
+                cpu: float | Callable[[], float] = 0.0) -> None:
         """One request's outcome; at the window's end, adjust the limit (within `ceiling`). `cpu`: the
-        process's CPU seconds so far (its share of a core over the window is judged at the window's end)."""
+        process's CPU seconds so far, or how to read them (a system call: read only when a window starts or
+        ends; its share of a core over the window is judged at the window's end)."""
         if pushes_back(outcome):
             self.back_pressure = True
         elif outcome.error is None:
@@ -189,9 +207,17 @@ class Aimd:
                 self.api.add(outcome.seconds)
         if self.window_ends is None:
             self.window_ends = now + self.settings.min_window
-            self.window_started = (now, cpu)
+            self.window_started = (now, cpu() if callable(cpu) else cpu)
         elif now >= self.window_ends:
-            self.adjust(now, ceiling, cpu)
+            self.adjust(now, ceiling, cpu() if callable(cpu) else cpu)
+
+    def queued(self) -> float:
+        """Folders waiting in the daemon (Vegas' estimate): `limit * (1 - base / mean)` of this window's
+        API calls, the base being the least window mean of the past `base_windows`; 0 without both."""
+        mean = self.api.current()
+        if mean is None or mean <= 0 or not self.means:
+            return 0.0
+        return self.limit * (1 - min(*self.means, mean) / mean)
 
     def adjust(self, now: float, ceiling: int, cpu: float = 0.0) -> None:
         """The window is over: increase, decrease or keep the limit; then start the next window."""
@@ -202,10 +228,14 @@ class Aimd:
         self.window_started = (now, cpu)
         rising = self.api.risen(s.rtt_deviation_scale, s.rise_tolerance) or \
             self.put.risen(s.rtt_deviation_scale, s.rise_tolerance)
+        queued = self.queued()
         if self.back_pressure or rising:
             self.limit = max(1, math.floor(self.limit * s.decrease_ratio))
             self.slow_start = False
-        elif busy_cpu:
+        elif queued > s.queue_high and self.reached:
+            self.limit = max(1, self.limit - 1)   # folders wait in the daemon itself, not at the API
+            self.slow_start = False
+        elif busy_cpu or queued > s.queue_low:
             pass   # the daemon is the bottleneck: more folders in flight would only cost more CPU each
         elif self.reached and self.limit < ceiling and self.slow_start and self.api.flat():
             self.limit *= 2
@@ -214,6 +244,9 @@ class Aimd:
             self.limit += 1
         self.clamp(ceiling)
         self.changes += self.limit != before
+        mean = self.api.current()
+        if mean is not None:
+            self.means.append(mean)
         self.api.close(s.ewma_alpha)
         self.put.close(s.ewma_alpha)
         past = self.api.past.mean if self.api.past is not None else 0.0
@@ -295,20 +328,22 @@ class Concurrency:
                 self._held = max(0, self._held - 1)
                 if folder is not None:
                     self._aimd.finished()
-                self._cond.notify()
+            # No waiting worker is woken: this one takes its slot again at once (its loop comes back), so
+            # the same few threads keep working, warm, with their own connections, instead of handing each
+            # slot to another thread. A worker that leaves its loop calls `wake`.
 
     def observe(self, outcome: RequestOutcome) -> None:
         """One HTTP attempt's outcome (the client's observer); in fixed mode it changes nothing."""
         if self.mode() == FIXED:
             return
         ceiling = self.ceiling()
-        now, cpu = self.clock(), self.cpu()
+        now = self.clock()
         with self._cond:
             before = self._aimd.limit
-            self._aimd.observe(outcome, now, ceiling, cpu)
+            self._aimd.observe(outcome, now, ceiling, self.cpu)
             after, slow = self._aimd.limit, self._aimd.slow_start
-            if after > before:
-                self._cond.notify_all()
+            if after > before:   # as many waiting workers as there are new slots (not all: a herd)
+                self._cond.notify(after - before)
         if after != before:
             log.debug("concurrency_limit", limit=after, before=before, slow_start=slow)
 

@@ -75,12 +75,8 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-_TRANSITIONS = {
-    State.STARTING: {State.RUNNING, State.STOPPED},
-    State.RUNNING: {State.DRAINING, State.STOPPED},
-    State.DRAINING: {State.STOPPED},
-    State.STOPPED: set(),
-}
+_TRANSITIONS = {State.STARTING: {State.RUNNING, State.STOPPED}, State.RUNNING: {State.DRAINING, State.STOPPED},
+                State.DRAINING: {State.STOPPED}, State.STOPPED: set()}
 
 
 class Service:
@@ -320,12 +316,15 @@ class Service:
         self.index.wake()
 
     def _work(self, number: int) -> None:
-        while not self._stop.is_set() and number < self._target_workers:
-            with self.concurrency.slot(self.index.take, timeout=5.0, slot_timeout=60.0) as folder:  # see slot()
-                if folder is not None:
-                    found = self.processor.process(folder)
-                    self.health_view.progressed()
-                    self.index.settle(folder, found)
+        try:
+            while not self._stop.is_set() and number < self._target_workers:
+                with self.concurrency.slot(self.index.take, timeout=5.0, slot_timeout=60.0) as folder:  # see slot()
+                    if folder is not None:
+                        found = self.processor.process(folder)
+                        self.health_view.progressed()
+                        self.index.settle(folder, found)
+        finally:
+            self.concurrency.wake()   # its slot is free for good: a waiting worker takes it
 
     def _on_bytes(self, n: int) -> None:
         self.health_view.progressed()
