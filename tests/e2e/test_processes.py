@@ -189,3 +189,21 @@ def test_status_metrics_and_health_are_one_daemons(
     finally:
         os.kill(victim, signal.SIGCONT)
     assert daemon.stop() == 0
+
+
+def test_every_thread_of_every_process_runs_as_sched_batch(
+        cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """watcher.daemon.cpupolicy: set before any thread starts, inherited by the threads and the processes."""
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()
+    wait_for(lambda: daemon.names().count("startup_scan_done") == 2, 30, "both processes started")
+    pids = [e["pid"] for e in daemon.events() if e["event"] == "daemon_started"]
+    policies: dict[str, int] = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                policies[f"{pid}/{tid}"] = os.sched_getscheduler(int(tid))
+            except ProcessLookupError:
+                continue   # a thread that ended meanwhile
+    assert len(pids) == 2 and len(policies) > 10
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+    assert daemon.stop() == 0

@@ -23,7 +23,7 @@ from watcher.cli.common import (
 )
 from watcher.cli.hardening import scrub_variable
 from watcher.config import LOG_LEVELS, PREVIOUS_DEFAULT, SHARD_ENV, Config
-from watcher.daemon import allocator
+from watcher.daemon import allocator, cpupolicy
 from watcher.daemon.daemonlock import LOCK_NAME, DaemonLock
 from watcher.daemon.identity import config_path
 from watcher.daemon.inprocess import serve
@@ -127,6 +127,7 @@ def prepare_process() -> None:
     under load goes faster."""
     sys.setswitchinterval(0.001)
     tune_allocator()
+    log.debug("cpu_scheduling", policy=cpupolicy.apply())   # SCHED_BATCH: see watcher.daemon.cpupolicy
 
 
 def tune_allocator() -> None:

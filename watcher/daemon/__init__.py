@@ -36,6 +36,7 @@
     signals.py         signals relayed to a thread: no handler takes a lock (SIGTERM, SIGINT, SIGHUP)
     shard.py           which folders a process takes when several share the work (`processes`)
     allocator.py       glibc's allocator set so that big JSON documents do not leave every arena full
+    cpupolicy.py       SCHED_BATCH (no preemption on wake-up) unless the operator chose a policy
     supervisor.py      `processes` > 1: the processes started, watched, told of signals; one to systemd
     inprocess.py       a Service served until it stops; process 0's share, on a thread of the supervisor
     reload.py          what a reload changes: key paths, restart-only keys
