@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from watcher.cloud.client import RequestOutcome
-from watcher.daemon.sharedpace import MESSAGE, PaceFile, SharedPacing, parse
+from watcher.daemon.sharedpace import FLUSH_SECONDS, MESSAGE, PaceFile, SharedPacing, parse
 from watcher.errors import TransientError
 
 
@@ -34,12 +36,26 @@ def test_a_clock_read_before_a_later_callers_gains_no_tokens(tmp_path: Path) -> 
     assert bucket.delay(100.5) > 0.0, "the 0.3 s between the two readings was counted again"
 
 
-def test_a_process_sends_each_api_answer_to_the_supervisor(tmp_path: Path) -> None:
+def test_a_process_sends_its_api_answers_to_the_supervisor_gathered_and_a_429_at_once(tmp_path: Path) -> None:
     sent: list[str] = []
-    pacing = SharedPacing(tmp_path, sent.append, clock=lambda: 500.25)
-    pacing.observe(RequestOutcome("uploadurl", 429, 0.0125, TransientError, retry_after=1.0))
+    now = [500.25]
+    pacing = SharedPacing(tmp_path, sent.append, clock=lambda: now[0])
+
+    def lines(datagram: str) -> list[tuple[int | None, float, float | None, float] | None]:
+        assert all(line.split("=", 1)[0] == MESSAGE for line in datagram.splitlines())
+        return [parse(line.split("=", 1)[1]) for line in datagram.splitlines()]
+
+    pacing.observe(RequestOutcome("uploadurl", 200, 0.01, None))    # the first: sent at once
     pacing.observe(RequestOutcome("put", 200, 0.5, None))           # uploads are never paced: not sent
     pacing.observe(RequestOutcome("create_run", None, 2.0, TransientError))
-    assert [line.split("=", 1)[0] for line in sent] == [MESSAGE, MESSAGE]
-    assert [parse(line.split("=", 1)[1]) for line in sent] == [(429, 0.0125, 1.0, 500.25), (None, 2.0, None, 500.25)]
+    assert [lines(d) for d in sent] == [[(200, 0.01, None, 500.25)]]   # the reset waits for the next datagram
+    now[0] += 0.01
+    pacing.observe(RequestOutcome("uploadurl", 429, 0.0125, TransientError, retry_after=1.0))   # at once
+    assert lines(sent[1]) == [(None, 2.0, None, 500.25), (429, 0.0125, 1.0, 500.26)]
+    now[0] += 0.01
+    pacing.observe(RequestOutcome("uploadurl", 200, 0.01, None))    # within FLUSH_SECONDS of the last: kept
+    assert len(sent) == 2
+    now[0] += FLUSH_SECONDS
+    pacing.observe(RequestOutcome("create_run", 200, 0.02, None))
+    assert lines(sent[2]) == [(200, 0.01, None, 500.27), (200, 0.02, None, pytest.approx(500.27 + FLUSH_SECONDS))]
     assert parse("429 x 1 2") is None and parse("") is None

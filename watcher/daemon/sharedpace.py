@@ -2,7 +2,9 @@
 
 The API limits the key, so one pace must hold for every process. The rule stays `pacing.Pacer`, run by
 the supervisor alone on every process's API-call answers (each process sends its answers to the
-supervisor, a datagram each on its notify socket: `X_API_CALL=<status> <seconds> <retry_after>`); the
+supervisor on its notify socket, a line each: `X_API_CALL=<status> <seconds> <retry_after> <answered>`,
+gathered for up to `FLUSH_SECONDS` into one datagram, a 429 at once with those before it: a datagram a
+call woke the supervisor's thread, in process 0 among its workers, three times a run); the
 bucket is shared: the rate the rule set, the tokens, when they were counted and whether a call had to
 wait, in a small file of the state directory mapped by every process (`PaceFile`). A process takes a
 token under the file's `exclusive()`; while the pace is unlimited (rate 0) it reads the rate alone and
@@ -11,7 +13,9 @@ takes no lock.
 
 from __future__ import annotations
 
+import math
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +28,9 @@ MESSAGE = "X_API_CALL"
 _FIELDS = struct.Struct("dddd")   # rate (0: unlimited), tokens, stamp (monotonic), waits since read
 BURST = 0.1                       # seconds of tokens the bucket holds (at least one): `pacing.Settings.burst`
 EPSILON = 1e-9
+FLUSH_SECONDS = 0.05              # answers gathered at most this long before they are sent (a 429: at once)
+FLUSH_LINES = 100                 # ... or this many
+THROTTLED = 429
 
 
 class PaceFile:
@@ -86,6 +93,9 @@ class SharedPacing:
         self.file = PaceFile(state_dir)
         self.send = send
         self.clock = clock
+        self._lock = threading.Lock()   # the lines not sent yet
+        self._pending: list[str] = []
+        self._sent_at = -math.inf
 
     def delay(self) -> float:
         return self.file.delay(self.clock())
@@ -96,8 +106,16 @@ class SharedPacing:
         retry_after = "-" if outcome.retry_after is None else f"{outcome.retry_after:.3f}"
         status = "-" if outcome.status is None else str(outcome.status)
         # When it was answered, on the clock every process shares (CLOCK_MONOTONIC): the supervisor reads
-        # the datagram a little later, and the rule's spans are from send and answer times.
-        self.send(f"{MESSAGE}={status} {outcome.seconds:.6f} {retry_after} {self.clock():.6f}")
+        # the lines later, and the rule's spans are from send and answer times.
+        now = self.clock()
+        with self._lock:
+            self._pending.append(f"{MESSAGE}={status} {outcome.seconds:.6f} {retry_after} {now:.6f}")
+            due = (outcome.status == THROTTLED or now - self._sent_at >= FLUSH_SECONDS
+                   or len(self._pending) >= FLUSH_LINES)
+            if not due:
+                return
+            lines, self._pending, self._sent_at = self._pending, [], now
+        self.send("\n".join(lines))
 
     def rate(self) -> float | None:
         return self.file.rate()
