@@ -246,3 +246,16 @@ class NotifySocket:
         lines = self.received()
         new, self._counted = lines[self._counted:], len(lines)
         return new.count("WATCHDOG=1")
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate and its key for `name` (an IP address or a host name), made by openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    san = f"IP:{name}" if name.replace(".", "").isdigit() else f"DNS:{name}"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}", "-addext",
+         f"subjectAltName={san}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

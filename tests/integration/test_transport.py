@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import h11
 import httpx
 import pytest
+from helpers import self_signed
 
 from watcher.cloud.client import NextmvClient
 from watcher.cloud.transport import H11Transport
@@ -82,20 +82,29 @@ def read_request(conn: socket.socket, h: h11.Connection) -> tuple[h11.Request, b
             raise ConnectionResetError("client closed")
 
 
-def keep_alive(answer: bytes = OK) -> Handler:
-    """Answers every request on the connection with `answer`, until the client closes it."""
+def keep_alive(body: bytes = b"ok", targets: list[bytes] | None = None) -> Handler:
+    """Answers every request on the connection with 200 and `body` (and notes its target in `targets`),
+    until the client closes it."""
     def handler(conn: socket.socket, _: int) -> None:
         h = h11.Connection(h11.SERVER)
         while True:
             try:
-                read_request(conn, h)
+                request, _body = read_request(conn, h)
             except ConnectionResetError:
                 return
-            conn.sendall(answer)
-            h.send(h11.Response(status_code=200, headers=[("Content-Length", "2")]))
-            h.send(h11.Data(data=b"ok"))
-            h.send(h11.EndOfMessage())
+            if targets is not None:
+                targets.append(request.target)
+            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])) +
+                         h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage()))
             h.start_next_cycle()
+    return handler
+
+
+def answer_once(raw: bytes) -> Handler:
+    """Reads one request, sends `raw` as it is, and closes the connection."""
+    def handler(conn: socket.socket, _: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        conn.sendall(raw)
     return handler
 
 
@@ -154,11 +163,7 @@ def test_an_idle_connection_the_server_closed_is_not_used_again(serve, transport
 
 
 def test_an_answer_with_connection_close_is_not_kept(serve, transport):
-    def handler(conn: socket.socket, _: int) -> None:
-        read_request(conn, h11.Connection(h11.SERVER))
-        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-
-    server = serve(handler)
+    server = serve(answer_once(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"))
     send(transport, "GET", f"{server.url}/a")
     send(transport, "GET", f"{server.url}/b")
     assert server.accepted == 2
@@ -214,10 +219,7 @@ def test_a_refused_connection_is_connect_error_without_the_url(transport):
 
 
 def test_a_server_that_closes_without_answering_is_a_remote_protocol_error(serve, transport):
-    def handler(conn: socket.socket, _: int) -> None:
-        read_request(conn, h11.Connection(h11.SERVER))
-
-    server = serve(handler)
+    server = serve(answer_once(b""))
     with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
         send(transport, "POST", f"{server.url}/v1/runs", b"{}")
 
@@ -245,21 +247,7 @@ def test_a_body_longer_than_its_content_length_is_h11s_local_protocol_error(serv
 
 def test_an_answer_read_in_part_drops_its_connection(serve, transport):
     body = b"y" * 100_000
-
-    def handler(conn: socket.socket, _: int) -> None:
-        h = h11.Connection(h11.SERVER)
-        while True:
-            try:
-                read_request(conn, h)
-            except ConnectionResetError:
-                return
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
-            h.send(h11.Data(data=body))
-            h.send(h11.EndOfMessage())
-            h.start_next_cycle()
-
-    server = serve(handler)
+    server = serve(keep_alive(body))
     request = httpx.Request("GET", f"{server.url}/big", extensions={"timeout": httpx.Timeout(5).as_dict()})
     response = transport.handle_request(request)
     first = next(response.iter_raw())
@@ -270,23 +258,14 @@ def test_an_answer_read_in_part_drops_its_connection(serve, transport):
 
 
 def test_a_chunked_answer_is_read_whole(serve, transport):
-    def handler(conn: socket.socket, _: int) -> None:
-        read_request(conn, h11.Connection(h11.SERVER))
-        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-
-    server = serve(handler)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    server = serve(answer_once(chunked))
     assert send(transport, "GET", f"{server.url}/c").content == b"abcde"
 
 
 def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a self-signed certificate for localhost, and a client context trusting it."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path, "localhost")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert, key)
     return server, ssl.create_default_context(cafile=str(cert))
@@ -314,22 +293,7 @@ def test_the_client_uses_it_and_a_proxy_from_the_environment_still_gets_the_requ
     """Without a proxy the API client's requests go straight to the API on one kept connection; with
     HTTP_PROXY set they go to the proxy (httpx's own transport), in absolute form."""
     targets: list[bytes] = []
-
-    def handler(conn: socket.socket, _: int) -> None:
-        h = h11.Connection(h11.SERVER)
-        while True:
-            try:
-                request, _body = read_request(conn, h)
-            except ConnectionResetError:
-                return
-            targets.append(request.target)
-            body = b'{"id": "app-1"}'
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
-            h.send(h11.Data(data=body))
-            h.send(h11.EndOfMessage())
-            h.start_next_cycle()
-
+    handler = keep_alive(b'{"id": "app-1"}', targets)
     api = serve(handler)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
                  "no_proxy"):
