@@ -1,6 +1,6 @@
 """The Nextmv API: the only code that knows httpx (its errors become `watcher.errors` here).
 
-    client.py    the runs API over pooled httpx clients; bounded retries; request outcomes
+    client.py    the runs API over per-thread httpx clients; bounded retries; request outcomes
     pools.py     one httpx client per calling thread (no thread waits on another's pool lock)
     transport.py HTTP/1.1 on h11 and a thread's own keep-alive sockets (httpcore's pool costs more)
     answers.py   every answer read with a bound (API: 8 MiB success, 4 KiB error; a PUT's head)
