@@ -195,7 +195,9 @@ def test_every_thread_of_every_process_runs_as_sched_batch(
         cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
     """watcher.daemon.cpupolicy: set before any thread starts, inherited by the threads and the processes."""
     daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4).start()
-    wait_for(lambda: daemon.names().count("startup_scan_done") == 2, 30, "both processes started")
+    # each process logs daemon_started after it has started its threads, the start-up scan's among them
+    wait_for(lambda: (names := daemon.names()).count("daemon_started") == 2 and names.count("startup_scan_done") == 2,
+             30, "both processes started")
     pids = [e["pid"] for e in daemon.events() if e["event"] == "daemon_started"]
     policies: dict[str, int] = {}
     for pid in pids:
