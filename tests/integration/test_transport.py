@@ -3,6 +3,7 @@ byte for byte, so that keep-alive, early answers, closed connections and timeout
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import h11
 import httpx
 import pytest
-from helpers import self_signed
+from helpers import self_signed, wait_for
 
 from watcher.cloud.client import NextmvClient
 from watcher.cloud.transport import H11Transport
@@ -158,6 +159,9 @@ def test_an_idle_connection_the_server_closed_is_not_used_again(serve, transport
     server = serve(handler)
     assert send(transport, "GET", f"{server.url}/a").status_code == 200
     assert closed.wait(5)
+    # the server's FIN may still be on its way (loopback under load): wait until the kept socket reads it
+    kept = next(iter(transport._idle.values()))[0].sock
+    wait_for(lambda: select.select([kept], [], [], 0)[0], 5, "the server's close seen by the kept connection")
     assert send(transport, "GET", f"{server.url}/b").status_code == 200
     assert server.accepted == 2
 
