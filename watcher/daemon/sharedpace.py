@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watcher.cloud.client import PUT, RequestOutcome
+from watcher.daemon.pacing import THROTTLED
 from watcher.daemon.sharedfile import SharedFile
 
 FILE_NAME = "api-pace"
@@ -30,7 +31,6 @@ BURST = 0.1                       # seconds of tokens the bucket holds (at least
 EPSILON = 1e-9
 FLUSH_SECONDS = 0.05              # answers gathered at most this long before they are sent (a 429: at once)
 FLUSH_LINES = 100                 # ... or this many
-THROTTLED = 429
 
 
 class PaceFile:
