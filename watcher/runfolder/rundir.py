@@ -114,7 +114,16 @@ class RunDir(DirHandle):
         more than `MAX_RESOLVE_OPENS` directory opens (a producer's `../d/../d/...` at the bottom of a
         deep tree); `FileNotFoundError`/`OSError` when an entry that is not behind a symlink vanished."""
         rel_label = rel if label is None else label
-        todo = deque(_parts(rel))
+        parts = _parts(rel)
+        if len(parts) == 1 and parts[0] != "..":   # an entry of the folder itself: one stat unless a symlink
+            st = os.stat(parts[0], dir_fd=self.fileno(), follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                return parts[0], st
+        return self._follow(parts, rel, rel_label)
+
+    def _follow(self, parts: list[str], rel: str, rel_label: str) -> tuple[str, os.stat_result]:
+        """`resolve`, component by component."""
+        todo = deque(parts)
         done: list[str] = []
         links = opens = 0
         fd = os.dup(self.fileno())   # the directory `done`
@@ -199,7 +208,11 @@ class RunDir(DirHandle):
 
     @contextlib.contextmanager
     def _open_dir(self, parts: list[str] | tuple[str, ...]) -> Iterator[int]:
-        """A descriptor of the directory `parts` (no symlinks), opened component by component."""
+        """A descriptor of the directory `parts` (no symlinks), opened component by component; the
+        folder's own for no parts (neither copied nor closed)."""
+        if not parts:
+            yield self.fileno()
+            return
         fd = self._open_parts(parts)
         try:
             yield fd
