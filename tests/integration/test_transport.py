@@ -195,7 +195,18 @@ def test_an_answer_sent_before_the_body_is_returned_not_the_write_error(serve, t
     assert response.content == error
 
 
-def test_a_read_timeout_is_httpx_read_timeout_and_the_connection_is_dropped(serve, transport):
+@pytest.fixture(params=["http", "https"])
+def scheme_transport(request, serve, tmp_path) -> Iterator[tuple[Callable[[Handler], Server], H11Transport]]:
+    """A server starter and a transport for each scheme: a plain socket's timeouts are the kernel's
+    (SO_RCVTIMEO/SO_SNDTIMEO), a TLS socket's Python's, and both must end in httpx's timeouts."""
+    server_ctx, client_ctx = tls_contexts(tmp_path) if request.param == "https" else (None, None)
+    t = H11Transport(client_ctx or ssl.create_default_context())
+    yield (lambda handler: serve(handler, server_ctx)), t
+    t.close()
+
+
+def test_a_read_timeout_is_httpx_read_timeout_and_the_connection_is_dropped(scheme_transport):
+    start, transport = scheme_transport
     release = threading.Event()
 
     def handler(conn: socket.socket, number: int) -> None:
@@ -205,12 +216,32 @@ def test_a_read_timeout_is_httpx_read_timeout_and_the_connection_is_dropped(serv
         else:
             conn.sendall(OK)
 
-    server = serve(handler)
+    server = start(handler)
     with pytest.raises(httpx.ReadTimeout):
         send(transport, "GET", f"{server.url}/slow", timeout=0.2)
     release.set()
     assert send(transport, "GET", f"{server.url}/next").status_code == 200
     assert server.accepted == 2
+
+
+def test_a_server_that_stops_reading_the_body_is_a_write_timeout(scheme_transport):
+    start, transport = scheme_transport
+    release = threading.Event()
+
+    def handler(conn: socket.socket, _: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while not isinstance(h.next_event(), h11.Request):   # the head, then nothing more is read
+            h.receive_data(conn.recv(4096))
+        release.wait(10)
+
+    server = start(handler)
+    chunks = (b"x" * (1 << 20) for _ in range(256))
+    try:
+        with pytest.raises(httpx.WriteTimeout):
+            send(transport, "PUT", f"{server.url}/bucket/key", chunks, {"Content-Length": str(256 << 20)},
+                 timeout=0.3)
+    finally:
+        release.set()
 
 
 def test_a_refused_connection_is_connect_error_without_the_url(transport):

@@ -13,8 +13,11 @@ it raises propagates unchanged (`putbody`), and h11's `LocalProtocolError` on a 
 than its Content-Length too; when the server answers before the body is all sent and closes (S3's 400
 RequestTimeout, EntityTooLarge), that answer is returned, not the write's error; a response is read
 lazily, so that the caller's bound (`answers`) holds; a connection whose exchange did not end cleanly
-is closed, never reused. Failures are httpx's: ConnectTimeout, ConnectError (TLS included), WriteTimeout,
-WriteError, ReadTimeout, ReadError, RemoteProtocolError, with messages that never name a URL.
+is closed, never reused. A plain socket blocks with the kernel's timeouts, since Python's poll before
+every send and receive (a system call and a GIL release each, 10 per run); a TLS socket keeps Python's,
+as the ssl module would retry a kernel timeout for ever. Failures are httpx's: ConnectTimeout,
+ConnectError (TLS included), WriteTimeout, WriteError, ReadTimeout, ReadError, RemoteProtocolError,
+with messages that never name a URL.
 A proxy named in the environment (HTTPS_PROXY and the like) is httpx's to apply, which it does only
 for a client without a transport of its own: `for_thread` then leaves the client to httpx's transport.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 import urllib.request
@@ -111,6 +115,13 @@ class _Connection:
         self.sock = sock
         self.h = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
+        # A plain socket blocks, its timeouts the kernel's (SO_RCVTIMEO/SO_SNDTIMEO): Python's own
+        # timeouts poll before every send and receive, one more system call (and GIL release) each.
+        self.kernel_timeouts = not isinstance(sock, ssl.SSLSocket)
+        self._timeout: float | None = sock.gettimeout()
+        if self.kernel_timeouts:
+            sock.settimeout(None)
+            self._set_kernel(self._timeout)
 
     @classmethod
     def open(cls, origin: Origin, context: ssl.SSLContext, timeout: float | None,
@@ -152,7 +163,7 @@ class _Connection:
         try:
             self._send(request)   # what reading the body raises propagates as it is
         except _SendFailed as failed:
-            if isinstance(failed.error, TimeoutError):
+            if isinstance(failed.error, (TimeoutError, BlockingIOError)):
                 raise httpx.WriteTimeout("timed out sending the request", request=request) from None
             # The server may have answered before closing (S3 ends a slow or oversized upload so).
             try:
@@ -192,9 +203,20 @@ class _Connection:
                 raise httpx.RemoteProtocolError("unexpected answer before the response", request=request)
 
     def timeout(self, seconds: float | None) -> None:
-        """Set only when it changes: each `settimeout` is a system call (and a GIL release)."""
-        if self.sock.gettimeout() != seconds:
+        """Set only when it changes: each change is a system call or two (and a GIL release)."""
+        if seconds == self._timeout:
+            return
+        self._timeout = seconds
+        if self.kernel_timeouts:
+            self._set_kernel(seconds)
+        else:
             self.sock.settimeout(seconds)
+
+    def _set_kernel(self, seconds: float | None) -> None:
+        micro = 0 if seconds is None else max(1, round(seconds * 1e6))   # 0: no timeout
+        value = struct.pack("ll", micro // 1_000_000, micro % 1_000_000)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
     def next_event(self, request: httpx.Request, timeout: float | None) -> Any:
         self.timeout(timeout)
@@ -207,7 +229,7 @@ class _Connection:
                 return event
             try:
                 data = self.sock.recv(READ_SIZE)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):   # BlockingIOError: the kernel's timeout
                 raise httpx.ReadTimeout("timed out reading the response", request=request) from None
             except OSError as exc:
                 raise httpx.ReadError(f"reading failed: {_reason(exc)}", request=request) from None
