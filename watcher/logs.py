@@ -32,22 +32,26 @@ class Redactor:
     """A structlog processor that scrubs secrets from every string in the event."""
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: tuple[str, ...] = ()   # replaced whole, never changed: read without a lock
         self._lock = threading.Lock()
 
     def add_secret(self, secret: str) -> None:
         if secret and len(secret) >= 4:
             with self._lock:
-                self._secrets.add(secret)
+                if secret not in self._secrets:
+                    self._secrets = (*self._secrets, secret)
 
     def scrub(self, text: str) -> str:
-        with self._lock:
-            secrets = list(self._secrets)
-        for secret in secrets:
+        # Each pattern only where its fixed part occurs: most strings are paths and names, and an
+        # event's strings were scrubbed at 5 us each (a run logs four events of about ten).
+        for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        text = _URL_QUERY.sub(rf"\1?{REDACTED}", text)
-        return _BEARER.sub(rf"\1{REDACTED}", text)
+        if "://" in text:
+            text = _URL_QUERY.sub(rf"\1?{REDACTED}", text)
+        if "bearer" in text.lower():
+            text = _BEARER.sub(rf"\1{REDACTED}", text)
+        return text
 
     def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
