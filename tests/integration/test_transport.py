@@ -3,6 +3,7 @@ byte for byte, so that keep-alive, early answers, closed connections and timeout
 
 from __future__ import annotations
 
+import io
 import select
 import socket
 import ssl
@@ -16,7 +17,7 @@ import pytest
 from helpers import self_signed, wait_for
 
 from watcher.cloud.client import NextmvClient
-from watcher.cloud.transport import H11Transport
+from watcher.cloud.transport import H11Transport, plain_target
 
 Handler = Callable[[socket.socket, int], None]   # one accepted connection, and its number (0, 1, ...)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -349,3 +350,80 @@ def test_the_client_uses_it_and_a_proxy_from_the_environment_still_gets_the_requ
     finally:
         proxied.close()
     assert targets[-1] == b"http://api.example.invalid/v1/applications/app-1"
+
+
+Seen = list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]]
+
+
+def recording(seen: Seen, answer: Callable[[bytes], bytes]) -> Handler:
+    """Keeps every request (method, target, headers, body) in `seen`; answers 200 with `answer(target)`."""
+    def handler(conn: socket.socket, _: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                request, body = read_request(conn, h)
+            except ConnectionResetError:
+                return
+            seen.append((request.method, request.target, list(request.headers), body))
+            data = answer(request.target)
+            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(data)))])) +
+                         h.send(h11.Data(data=data)) + h.send(h11.EndOfMessage()))
+            h.start_next_cycle()
+    return handler
+
+
+@pytest.mark.parametrize(("method", "content", "headers"), [
+    ("GET", None, {}), ("POST", b"", {}), ("PUT", None, {}),
+    ("POST", b'{"a": 1}', {"Content-Type": "application/json"}), ("POST", b"xyz", {"Content-Length": "3"}),
+    ("PUT", [b"ab", b"c"], {"Content-Length": "3"}), ("PUT", [b"ab", b"c"], {})])
+def test_send_frames_a_request_as_httpx_request_does(serve, transport, method, content, headers):
+    seen: Seen = []
+    server = serve(recording(seen, lambda target: b"ok"))
+    url = f"{server.url}/p?q=1"
+    timeouts = httpx.Timeout(5.0).as_dict()
+    to = plain_target(url)
+    assert to is not None
+    transport.send(to, method, {"User-Agent": "t", **headers}, iter(content) if isinstance(content, list) else content,
+                   timeouts).read()
+    request = httpx.Request(method, url, headers={"User-Agent": "t", **headers},
+                            content=iter(content) if isinstance(content, list) else content,
+                            extensions={"timeout": timeouts})
+    transport.handle_request(request).read()
+
+    assert len(seen) == 2
+    assert seen[0] == seen[1]
+
+
+def test_the_client_sends_the_same_bytes_with_or_without_an_httpx_request(serve, monkeypatch):
+    """A run's requests (upload URL, PUT, POST) and a look-up, sent once through `plain_target` and
+    `H11Transport.send`, and once through httpx.Request (plain_target made to refuse every URL): the
+    server receives the same method, target, headers and body each time."""
+    seen: Seen = []
+    answers = {b"/v1/applications/app-1/runs": b'{"run_id": "r1"}'}
+    api = serve(recording(seen, lambda target: answers.get(target, b'{"id": "app-1"}')))
+    answers[b"/v1/applications/app-1/runs/uploadurl"] = (
+        b'{"upload_id": "u1", "upload_url": "%s/put/u1?X-Amz-Signature=s%%2Fx"}' % api.url.encode())
+
+    def a_run() -> Seen:
+        seen.clear()
+        client = NextmvClient(api.url, "key")
+        try:
+            target = client.new_upload("app-1")
+            client.put_file(target, lambda: io.BytesIO(b'{"x": 1}'), 8)
+            assert client.create_run("app-1", {"upload_id": target.upload_id}, None) == "r1"
+            client.get_application("app-1")
+        finally:
+            client.close()
+        return list(seen)
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    without = a_run()
+    monkeypatch.setattr("watcher.cloud.client.plain_target", lambda url: None)
+    with_httpx = a_run()
+
+    assert [(m, t) for m, t, _, _ in without] == [(b"POST", b"/v1/applications/app-1/runs/uploadurl"),
+                                                  (b"PUT", b"/put/u1?X-Amz-Signature=s%2Fx"),
+                                                  (b"POST", b"/v1/applications/app-1/runs"),
+                                                  (b"GET", b"/v1/applications/app-1")]
+    assert without == with_httpx

@@ -36,7 +36,7 @@ def read_answer(response: httpx.Response) -> httpx.Response:
     if len(body) > limit and 200 <= status < 300:
         raise AnswerTooLarge(status)
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_FRAMING]
-    return httpx.Response(status, headers=headers, content=body[:limit], request=response.request)
+    return httpx.Response(status, headers=headers, content=body[:limit])
 
 
 def read_head(response: httpx.Response, limit: int) -> httpx.Response:
@@ -48,7 +48,7 @@ def read_head(response: httpx.Response, limit: int) -> httpx.Response:
     except httpx.ResponseNotRead:
         head = _upto(response.iter_raw(), limit, response)
     kept = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
-    return httpx.Response(response.status_code, headers=kept, content=head, request=response.request)
+    return httpx.Response(response.status_code, headers=kept, content=head)
 
 
 def _upto(chunks: Iterator[bytes], limit: int, response: httpx.Response) -> bytes:

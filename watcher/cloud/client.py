@@ -1,8 +1,8 @@
 """The Nextmv runs API over keep-alive httpx clients, one per calling thread (`pools`), each speaking
 HTTP/1.1 on its own connections (`transport`).
 
-This is the only module that knows httpx: its exceptions and status codes become the errors
-of `watcher.errors` here and nowhere else. API requests that are safe to repeat are retried a
+httpx's exceptions and the answers' status codes (`statuses`) become the errors of `watcher.errors`
+here and nowhere else. API requests that are safe to repeat are retried a
 bounded number of times with jittered exponential backoff (honouring Retry-After) when the
 network failed or the API answered 408, 429 or 5xx; `POST .../runs` is repeated only when the
 request certainly never reached the server, otherwise `UncertainError` tells the caller to look
@@ -38,7 +38,8 @@ from watcher.cloud import putbody, s3error
 from watcher.cloud.answers import AnswerTooLarge, read_answer, read_head
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.pools import ThreadClients
-from watcher.cloud.transport import for_thread
+from watcher.cloud.statuses import PUT, NotFound, json_object, retryable, status_error
+from watcher.cloud.transport import H11Transport, for_thread, plain_target
 from watcher.errors import (
     ApiError,
     ApplicationNotFound,
@@ -51,11 +52,8 @@ from watcher.errors import (
 
 USER_AGENT = f"nextmv-watcher/{__version__}"
 RETRY_AFTER_CAP = 120.0
-PUT = "put"   # the endpoint name of presigned uploads in request outcomes (`RequestOutcome.endpoint`)
 # Errors raised before a single byte of the request could reach the server.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# Refusals of `POST .../runs` that fail the folder (a 404 too, once the application is confirmed).
-REFUSED = (400, 409, 413, 422)
 # What a probe uploads to test that uploads work again.
 PROBE_BYTES = b"{}"
 
@@ -143,13 +141,13 @@ class NextmvClient:
         """The application; ApplicationNotFound when it does not exist, AuthError when the key is refused."""
         resp = self._call("get_application", "GET", self._app_url(application_id), app=application_id,
                           attempts=attempts)
-        return _json_object(resp)
+        return json_object(resp)
 
     def new_upload(self, application_id: str, attempts: int | None = None) -> UploadTarget:
         """A fresh (upload_id, presigned URL) pair, valid for 15 minutes."""
         resp = self._app_call("uploadurl", "POST", self._app_url(application_id, "/runs/uploadurl"),
                               app=application_id, attempts=attempts)
-        data = _json_object(resp)
+        data = json_object(resp)
         upload_id, url = data.get("upload_id"), data.get("upload_url")
         if not isinstance(upload_id, str) or not isinstance(url, str):
             raise TransientError("uploadurl: response lacks upload_id/upload_url", status=resp.status_code)
@@ -196,7 +194,7 @@ class NextmvClient:
         resp = self._app_call("create_run", "POST", self._app_url(application_id, "/runs"), app=application_id,
                               json_body=body, params=params, uncertain_after_send=True)
         try:
-            run_id = _json_object(resp).get("run_id")
+            run_id = json_object(resp).get("run_id")
         except TransientError as exc:  # a 2xx: the run was created, so it must be looked up, not re-posted
             raise UncertainError(f"create_run: {exc}", status=resp.status_code) from None
         if not isinstance(run_id, str):
@@ -211,7 +209,7 @@ class NextmvClient:
             params["pagetoken"] = page_token
         resp = self._app_call("list_runs", "GET", self._app_url(application_id, "/runs"), app=application_id,
                               params=params)
-        data = _json_object(resp)
+        data = json_object(resp)
         runs = data.get("runs") or []
         if not isinstance(runs, list):
             raise TransientError("list_runs: unexpected response shape", status=resp.status_code)
@@ -230,7 +228,7 @@ class NextmvClient:
         RejectedError with the API's message), else it is transient. The GET failed: transient."""
         try:
             return self._call(endpoint, method, url, app=app, **kwargs)
-        except _NotFound as exc:
+        except NotFound as exc:
             not_found = str(exc)
         try:
             self.get_application(app, attempts=1)   # ApplicationNotFound, AuthError: raised as they are
@@ -276,14 +274,14 @@ class NextmvClient:
                                                                                     status=status)
             else:
                 status = resp.status_code
-                err_or_none = _status_error(endpoint, resp, app, uncertain_after_send)
+                err_or_none = status_error(endpoint, resp, app, uncertain_after_send)
                 if err_or_none is None:
                     self._observe(endpoint, status, started, None, size=size)
                     return resp
                 err = err_or_none
             self._observe(endpoint, status, started, type(err), getattr(err, "code", None), size=size,
                           retry_after=getattr(err, "retry_after", None))
-            if not _retryable(err) or attempt >= (attempts or self.attempts) or self.cancel.is_set():
+            if not retryable(err) or attempt >= (attempts or self.attempts) or self.cancel.is_set():
                 raise err
             retry_after = err.retry_after if isinstance(err, TransientError) else None
             delay = self.backoff.delay(attempt)
@@ -294,16 +292,19 @@ class NextmvClient:
 
     def _send(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str],
               content: bytes | Iterator[bytes] | None, body_limit: int | None = None) -> httpx.Response:
-        """One request straight to the pooled transport, its answer read with a bound (see `answers`):
+        """One request straight to the thread's transport, its answer read with a bound (see `answers`):
         a presigned PUT's first `body_limit` bytes. The Client's own layers (cookies, auth flows,
-        redirects, header merging) do nothing for us and cost a third of the CPU per request, which is
-        what limits throughput; the Client still chooses the transport (httpx's own for a proxy from the
-        environment, else the thread's `H11Transport`: `transport.for_thread`)."""
-        request = httpx.Request(method, url, params=params, headers={**self._base_headers, **headers},
-                                content=content, extensions={"timeout": self._timeout})
-        transport = self._http.get()._transport_for_url(request.url)  # private, see the docstring
-        response = transport.handle_request(request)
-        response.request = request
+        redirects, header merging) do nothing for us, and a plain URL (`plain_target`) needs no
+        httpx.Request either (its URL parsing cost 40-100 us). The Client still chooses the transport:
+        httpx's own for a proxy from the environment, else the thread's `H11Transport` (`for_thread`)."""
+        client, headers = self._http.get(), {**self._base_headers, **headers}
+        own, to = client._transport, None   # private, see the docstring
+        if params is None and isinstance(own, H11Transport) and (to := plain_target(url)) is not None:
+            response = own.send(to, method, headers, content, self._timeout)
+        else:
+            request = httpx.Request(method, url, params=params, headers=headers, content=content,
+                                    extensions={"timeout": self._timeout})
+            response = client._transport_for_url(request.url).handle_request(request)
         return read_answer(response) if body_limit is None else read_head(response, body_limit)
 
     def _network_error(self, endpoint: str, exc: httpx.HTTPError, uncertain_after_send: bool) -> ApiError:
@@ -329,72 +330,3 @@ class NextmvClient:
         if self.observer is not None:
             self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error, code, size,
                                          retry_after))
-
-
-class _NotFound(ApiError):
-    """A 404 on an application's endpoint, before `_app_call` confirms what it means (never raised further)."""
-
-
-def _retryable(err: ApiError) -> bool:
-    """Worth repeating the same request at once: the network failed, or the API answered 408, 429 or 5xx."""
-    if not isinstance(err, TransientError) or isinstance(err, UncertainError | UploadFailed):
-        return False
-    return err.status is None or err.status in (408, 429) or err.status >= 500
-
-
-def _status_error(endpoint: str, resp: httpx.Response, app: str | None,
-                  uncertain_after_send: bool) -> ApiError | None:
-    status = resp.status_code
-    if 200 <= status < 300:
-        return None
-    if endpoint == PUT:
-        return s3error.put_error(status, resp.content, _retry_after(resp))
-    message = f"{endpoint}: HTTP {status}: {_api_message(resp)}"
-    if status == 429:
-        return TransientError(message, status=status, retry_after=_retry_after(resp))
-    if status == 408 or status >= 500:
-        if uncertain_after_send:
-            return UncertainError(message, status=status)
-        return TransientError(message, status=status, retry_after=_retry_after(resp))
-    if status in (401, 403):
-        return AuthError(f"API key rejected (HTTP {status}): {_api_message(resp)}", status=status)
-    if status == 404 and app is not None:
-        return ApplicationNotFound(app) if endpoint == "get_application" else _NotFound(message, status=404)
-    if endpoint == "create_run" and status in REFUSED:
-        return RejectedError(message, status=status)
-    # Anything else (another 4xx, a 3xx: redirects are not followed) refuses no folder, and the same
-    # request is not repeated at once: the folder is tried again later.
-    return TransientError(message, status=status)
-
-
-def _api_message(resp: httpx.Response) -> str:
-    try:
-        resp.read()
-        data = resp.json()
-    except (ValueError, httpx.HTTPError):
-        return resp.text[:300].strip() or resp.reason_phrase
-    if isinstance(data, dict):
-        for key in ("error", "message", "detail"):
-            if isinstance(data.get(key), str):
-                return str(data[key])[:500]
-    return json.dumps(data)[:300]
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _json_object(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        raise TransientError(f"unexpected non-JSON response (HTTP {resp.status_code})") from None
-    if not isinstance(data, dict):
-        raise TransientError(f"unexpected JSON response shape (HTTP {resp.status_code})")
-    return data

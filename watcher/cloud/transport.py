@@ -24,6 +24,7 @@ for a client without a transport of its own: `for_thread` then leaves the client
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import ssl
@@ -31,8 +32,8 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import h11
 import httpx
@@ -43,6 +44,45 @@ KEEPALIVE_EXPIRY = 5.0       # seconds an idle connection is kept (httpcore's de
 MAX_IDLE_PER_ORIGIN = 4      # a thread's requests are sequential: one or two per origin are used
 
 Origin = tuple[bytes, bytes, int]
+Timeouts = Mapping[str, float | None]
+# A URL that httpx would send exactly as written, so that it needs no httpx.URL (whose parsing costs
+# 40-100 us, a presigned URL's the most): lowercase http(s) scheme and host name, a port, a path of
+# unreserved characters, sub-delimiters and well-formed %-escapes, without dot segments, and such a query.
+_PCHARS = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})"
+_PLAIN = re.compile(rf"(https?)://([a-z0-9.-]+)(?::([0-9]{{1,5}}))?(/{_PCHARS}*(?:\?(?:{_PCHARS}|\?)*)?)", re.ASCII)
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|\?|$)")
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+class Target(NamedTuple):
+    """Where a plain URL's request goes: its origin, its request target and its Host header."""
+
+    origin: Origin
+    target: bytes
+    host: bytes
+
+
+def plain_target(url: str) -> Target | None:
+    """The `Target` of `url` when httpx would send it exactly as written (see `_PLAIN`), else None."""
+    m = _PLAIN.fullmatch(url)
+    if m is None or _DOT_SEGMENT.search(m.group(4)):
+        return None
+    scheme, host = m.group(1).encode(), m.group(2).encode()
+    default = _DEFAULT_PORTS[scheme]
+    port = int(m.group(3)) if m.group(3) else default
+    if not 0 < port < 65536 or not host:
+        return None
+    return Target((scheme, host, port), m.group(4).encode(), host if port == default else b"%s:%d" % (host, port))
+
+
+class _Out(NamedTuple):
+    """A request as it goes out; `request` is httpx's when there is one (for the errors raised)."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: Iterable[bytes]
+    request: httpx.Request | None
 
 
 def for_thread(context: ssl.SSLContext) -> httpx.BaseTransport | None:
@@ -63,17 +103,39 @@ class H11Transport(httpx.BaseTransport):
         self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         url = request.url
-        origin: Origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
-        conn = self._reuse(origin) or _Connection.open(origin, self._ssl, timeouts.get("connect"), request)
+        origin: Origin = (url.raw_scheme, url.raw_host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 80))
+        out = _Out(request.method.encode(), url.raw_path, request.headers.raw, request.stream, request)  # type: ignore[arg-type]
+        return self._exchange(origin, out, request.extensions.get("timeout", {}))
+
+    def send(self, to: Target, method: str, headers: Mapping[str, str], content: bytes | Iterable[bytes] | None,
+             timeouts: Timeouts) -> httpx.Response:
+        """`handle_request` without an httpx.Request, for a URL `plain_target` parsed. The same bytes go
+        out as httpx's: Host first, a POST's or PUT's empty body framed there too, `headers`, then the
+        framing of a body (Content-Length in memory, chunked from an iterator) unless `headers` has it."""
+        framed = any(k.lower() in ("content-length", "transfer-encoding") for k in headers)
+        raw, framing = [(b"Host", to.host)], []
+        if isinstance(content, bytes):
+            if content and not framed:
+                framing.append((b"Content-Length", b"%d" % len(content)))
+            content = (content,) if content else ()
+        elif content is not None and not framed:
+            framing.append((b"Transfer-Encoding", b"chunked"))
+        if not (framed or framing) and method in ("POST", "PUT", "PATCH"):
+            raw.append((b"Content-Length", b"0"))
+        raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+        out = _Out(method.encode("ascii"), to.target, raw + framing, content or (), None)
+        return self._exchange(to.origin, out, timeouts)
+
+    def _exchange(self, origin: Origin, out: _Out, timeouts: Timeouts) -> httpx.Response:
+        conn = self._reuse(origin) or _Connection.open(origin, self._ssl, timeouts.get("connect"), out.request)
         try:
-            event = conn.exchange(request, timeouts)
+            event = conn.exchange(out, timeouts)
         except BaseException:
             conn.close()
             raise
         return httpx.Response(status_code=event.status_code, headers=event.headers,
-                              stream=_Body(self, conn, request, timeouts.get("read")),
+                              stream=_Body(self, conn, out.request, timeouts.get("read")),
                               extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason})
 
     def close(self) -> None:
@@ -125,7 +187,7 @@ class _Connection:
 
     @classmethod
     def open(cls, origin: Origin, context: ssl.SSLContext, timeout: float | None,
-             request: httpx.Request) -> _Connection:
+             request: httpx.Request | None) -> _Connection:
         scheme, host, port = origin
         try:
             sock = socket.create_connection((host.decode("ascii"), port), timeout=timeout)
@@ -157,11 +219,12 @@ class _Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def exchange(self, request: httpx.Request, timeouts: dict[str, float | None]) -> h11.Response:
+    def exchange(self, out: _Out, timeouts: Timeouts) -> h11.Response:
         """Send the request (its body streamed from its iterator) and read the response's head."""
+        request = out.request
         self.timeout(timeouts.get("write"))
         try:
-            self._send(request)   # what reading the body raises propagates as it is
+            self._send(out)   # what reading the body raises propagates as it is
         except _SendFailed as failed:
             if isinstance(failed.error, (TimeoutError, BlockingIOError)):
                 raise httpx.WriteTimeout("timed out sending the request", request=request) from None
@@ -172,12 +235,10 @@ class _Connection:
                 raise httpx.WriteError(f"sending failed: {_reason(failed.error)}", request=request) from None
         return self.head(request, timeouts.get("read"))
 
-    def _send(self, request: httpx.Request) -> None:
-        pending = [self.h.send(h11.Request(method=request.method, target=request.url.raw_path,
-                                           headers=request.headers.raw))]
+    def _send(self, out: _Out) -> None:
+        pending = [self.h.send(h11.Request(method=out.method, target=out.target, headers=out.headers))]
         size = len(pending[0])
-        stream: Any = request.stream
-        for chunk in stream:
+        for chunk in out.body:
             if chunk:
                 data = self.h.send(h11.Data(data=chunk))
                 pending.append(data)
@@ -194,7 +255,7 @@ class _Connection:
         except OSError as exc:   # TimeoutError included
             raise _SendFailed(exc) from None
 
-    def head(self, request: httpx.Request, timeout: float | None) -> h11.Response:
+    def head(self, request: httpx.Request | None, timeout: float | None) -> h11.Response:
         while True:
             event = self.next_event(request, timeout)
             if isinstance(event, h11.Response):
@@ -218,7 +279,7 @@ class _Connection:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
-    def next_event(self, request: httpx.Request, timeout: float | None) -> Any:
+    def next_event(self, request: httpx.Request | None, timeout: float | None) -> Any:
         self.timeout(timeout)
         while True:
             try:
@@ -249,7 +310,7 @@ class _SendFailed(Exception):
 class _Body(httpx.SyncByteStream):
     """A response's body, read as the caller iterates; the connection goes back when it was read to its end."""
 
-    def __init__(self, transport: H11Transport, conn: _Connection, request: httpx.Request,
+    def __init__(self, transport: H11Transport, conn: _Connection, request: httpx.Request | None,
                  timeout: float | None) -> None:
         self._transport = transport
         self._conn: _Connection | None = conn

@@ -69,7 +69,8 @@ from pathlib import Path
 
 import structlog
 
-from watcher.cloud.client import PUT, RequestOutcome
+from watcher.cloud.client import RequestOutcome
+from watcher.cloud.statuses import PUT
 from watcher.config import CONCURRENCY as MODES
 from watcher.config import Config
 from watcher.errors import TransientError, UploadExpired, UploadRefused

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import structlog
 
 from watcher.cloud.backoff import Backoff
-from watcher.cloud.client import PUT, RETRY_AFTER_CAP, NextmvClient, RequestOutcome
+from watcher.cloud.client import RETRY_AFTER_CAP, NextmvClient, RequestOutcome
+from watcher.cloud.statuses import PUT
 from watcher.config import Config, resolve_api_key
 from watcher.daemon.sharedhold import SharedHold
 from watcher.errors import (

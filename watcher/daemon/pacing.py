@@ -53,7 +53,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from watcher.cloud.client import PUT, RETRY_AFTER_CAP, RequestOutcome
+from watcher.cloud.client import RETRY_AFTER_CAP, RequestOutcome
+from watcher.cloud.statuses import PUT
 
 log = structlog.get_logger("watcher.daemon.pacing")
 

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watcher.cloud.client import PUT, RequestOutcome
+from watcher.cloud.client import RequestOutcome
+from watcher.cloud.statuses import PUT
 from watcher.daemon.pacing import THROTTLED
 from watcher.daemon.sharedfile import SharedFile
 
