@@ -527,3 +527,32 @@ def test_disk_full_saving_the_journal_after_an_api_error_is_a_state_error_and_th
     assert [(e["log_level"], e["pending"]) for e in events if e["event"] == "state_error"] == [("warning", "journal")]
     assert found.stage is Stage.RETRY_WAIT and found.at is not None and found.at > T0
     assert sorted(os.listdir(folder)) == ["DONE", "input.json", "output.json"]
+
+
+def test_a_marker_written_while_the_folder_watch_is_made_is_not_missed(tmp_path: Path, watched: Path) -> None:
+    """A producer renames its folder into place and writes the marker right after: the worker's first look
+    may come between the two, and the marker may appear before the folder's watch is in place, so that no
+    event will ever tell. A newly watched folder is looked at once more, at once (seen in the e2e suite:
+    a folder waited for an event that never came)."""
+    h = Harness(tmp_path, watched, watchable=True)
+    folder = write_folder(watched, "racing", FILES, marker=None)
+
+    def watch_while_the_producer_finishes(path: Path) -> bool:
+        (folder / "DONE").write_text("")
+        return True
+
+    h.processor.watch_folder = watch_while_the_producer_finishes
+    found = h.step(folder)
+    assert found.stage is Stage.INCOMPLETE and found.at == h.clock.now
+    assert h.step(folder).stage is Stage.FINISHED
+    tracked = marker(folder, TRACKED)
+    assert tracked is not None and tracked["run_id"] == "run-racing"
+
+
+def test_a_watched_incomplete_folder_waits_for_its_events_after_the_second_look(tmp_path: Path, watched: Path) -> None:
+    h = Harness(tmp_path, watched, watchable=True)
+    folder = write_folder(watched, "writing", {"input.json": "{}"}, marker=None)
+    assert h.step(folder).at == h.clock.now   # newly watched: once more at once
+    found = h.step(folder)
+    assert found.stage is Stage.INCOMPLETE and found.at is None, "then events tell"
+    assert h.tracker.calls == 0
