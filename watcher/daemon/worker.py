@@ -178,9 +178,9 @@ class FolderProcessor:
         if at is None and (not watched or completion.poll):
             at = self._poll_later(folder)
         entry = self.index.entry(folder)
-        if watched and (entry is None or entry.incomplete_since is None):
-            # Newly watched: a change made before the watch was in place (the marker a producer writes
-            # right after renaming its folder into place) is told by no event. Looked at once more, now.
+        if watched and at is None and (entry is None or entry.incomplete_since is None):
+            # Newly watched, and left to events: a change made before the watch was in place (the marker a
+            # producer writes right after renaming its folder into place) is told by none. One more look, now.
             at = self.clock()
         if entry is None or entry.reason != completion.reason:
             # A file open or not complete JSON is news to an operator; "settling" and the like are not.
