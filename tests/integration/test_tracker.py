@@ -13,9 +13,10 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -24,7 +25,7 @@ from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient
 from watcher.cloud.lookup import RunLookup
-from watcher.cloud.tracker import UPLOAD_TRIES, Limits, Tracker
+from watcher.cloud.tracker import TOGETHER_BYTES, UPLOAD_TRIES, Limits, Tracker
 from watcher.config import FilesConfig, FormatConfig
 from watcher.errors import (
     ClaimLost,
@@ -118,6 +119,57 @@ def test_happy_path_tracks_the_run_writes_the_marker_and_clears_the_journal(env:
     assert tracked["token"] == token_of(recorded.body["description"])
     assert not (run.path / JOURNAL).exists()
     assert list(env.spool.iterdir()) == []
+
+
+class NoUploadThreads(ThreadPoolExecutor):
+    """An upload pool that refuses work: what the calling thread does alone."""
+
+    def submit(self, *args: object, **kwargs: object) -> Future[Any]:  # type: ignore[override]
+        raise AssertionError("an upload thread was asked for")
+
+
+def tracker_without_threads(env: Env) -> Tracker:
+    return Tracker(env.client, env.store, env.spool, executor=NoUploadThreads(max_workers=1),
+                   lookup=RunLookup(env.client, clock=env.clock), clock=env.clock, limits=Limits())
+
+
+def test_small_artifacts_are_uploaded_together_by_the_calling_thread(env: Env) -> None:
+    """Both URLs asked for at once and both PUTs sent at once, from the tracking thread (no upload
+    thread to hand the second artifact to); each artifact uploaded once."""
+    run = env.folder()
+    outcome = tracker_without_threads(env).track(run, APP, None)
+
+    [recorded] = env.cloud.runs(APP)
+    assert outcome.run_id == recorded.run_id
+    assert recorded.artifact("input").data == INPUT  # type: ignore[union-attr]
+    assert recorded.artifact("output_upload_id").data == OUTPUT  # type: ignore[union-attr]
+    assert (env.count("uploadurl"), env.count("put")) == (2, 2)
+
+
+@pytest.mark.parametrize(("endpoint", "status"), [("uploadurl", 503), ("put", 500), ("put", 403), ("uploadurl", None)])
+def test_what_failed_among_uploads_made_together_is_done_the_usual_way(env: Env, endpoint: str,
+                                                                        status: int | None) -> None:
+    """One request of the pair fails (an answer, or a reset for None): that artifact gets a fresh URL
+    and its PUT the usual way, on the same thread; the other is not uploaded twice."""
+    env.cloud.fail_next(endpoint, status)
+    run = env.folder()
+    tracker_without_threads(env).track(run, APP, None)
+
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.artifact("input").data == INPUT  # type: ignore[union-attr]
+    assert recorded.artifact("output_upload_id").data == OUTPUT  # type: ignore[union-attr]
+    assert (env.count("uploadurl"), env.count("put")) == (3, 3 if endpoint == "put" else 2)
+    assert marker(run.path) is not None
+
+
+def test_large_artifacts_still_go_in_parallel_threads(env: Env) -> None:
+    big = b'{"x": "' + b"y" * (TOGETHER_BYTES + 1) + b'"}'
+    run = env.folder(files={"input.json": INPUT, "output.json": big})
+    with pytest.raises(AssertionError, match="an upload thread was asked for"):
+        tracker_without_threads(env).track(run, APP, None)
+    env.tracker().track(run, APP, None)
+    [recorded] = env.cloud.runs(APP)
+    assert recorded.artifact("output_upload_id").data == big  # type: ignore[union-attr]
 
 
 def test_the_instance_id_goes_on_the_query(env: Env) -> None:

@@ -16,8 +16,9 @@ import httpx
 import pytest
 from helpers import self_signed, wait_for
 
-from watcher.cloud.client import NextmvClient
+from watcher.cloud.client import NextmvClient, RequestOutcome, UploadTarget
 from watcher.cloud.transport import H11Transport, plain_target
+from watcher.errors import TransientError
 
 Handler = Callable[[socket.socket, int], None]   # one accepted connection, and its number (0, 1, ...)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -427,3 +428,72 @@ def test_the_client_sends_the_same_bytes_with_or_without_an_httpx_request(serve,
                                                   (b"POST", b"/v1/applications/app-1/runs"),
                                                   (b"GET", b"/v1/applications/app-1")]
     assert without == with_httpx
+
+
+def test_requests_in_flight_together_are_all_sent_before_any_answer_is_read(serve, monkeypatch):
+    """new_uploads and put_files: the server answers none of the requests until both have arrived (on two
+    connections), which works only if the client sent both before reading an answer; each is observed."""
+    both = {b"POST": threading.Barrier(2, timeout=5), b"PUT": threading.Barrier(2, timeout=5)}
+    seen: Seen = []
+    urls = iter(range(2))
+
+    def answer(target: bytes) -> bytes:
+        if target.endswith(b"/uploadurl"):
+            return b'{"upload_id": "u%d", "upload_url": "%s/put/%d?sig=x"}' % (next(urls), api.url.encode(), 7)
+        return b""
+
+    def handler(conn: socket.socket, number: int) -> None:
+        h = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                request, body = read_request(conn, h)
+            except ConnectionResetError:
+                return
+            both[request.method].wait()
+            seen.append((request.method, request.target, [], body))
+            data = answer(request.target)
+            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(data)))])) +
+                         h.send(h11.Data(data=data)) + h.send(h11.EndOfMessage()))
+            h.start_next_cycle()
+
+    api = serve(handler)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    outcomes: list[RequestOutcome] = []
+    holds: list[int] = []
+    client = NextmvClient(api.url, "key", observer=outcomes.append, hold=lambda: holds.append(1) or 0.0)
+    try:
+        targets = client.new_uploads("app-1", 2)
+        assert sorted(t.upload_id for t in targets if isinstance(t, UploadTarget)) == ["u0", "u1"]
+        bodies = [b'{"a": 1}', b'{"b": 22}']
+        failed = client.put_files([(t, lambda b=b: io.BytesIO(b), len(b), "x")  # type: ignore[misc]
+                                   for t, b in zip(targets, bodies, strict=True)])
+    finally:
+        client.close()
+    assert failed == [None, None]
+    assert sorted(body for method, _, _, body in seen if method == b"PUT") == bodies
+    assert [(o.endpoint, o.status, o.error) for o in outcomes] == [("uploadurl", 200, None)] * 2 + \
+        [("put", 200, None)] * 2
+    assert api.accepted == 2, "two connections, each used for an upload URL and then a PUT"
+    assert len(holds) == 2, "each API call waited for its turn (a token of the pace), the PUTs none"
+
+
+def test_an_error_among_requests_in_flight_together_stands_in_its_place(serve, monkeypatch):
+    def handler(conn: socket.socket, number: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        if number == 0:
+            data = b'{"upload_id": "u0", "upload_url": "http://127.0.0.1:9/put?sig=x"}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        else:
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    api = serve(handler)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = NextmvClient(api.url, "key")
+    try:
+        first, second = client.new_uploads("app-1", 2)
+    finally:
+        client.close()
+    assert isinstance(first, UploadTarget) and first.upload_id == "u0"
+    assert isinstance(second, TransientError) and second.status == 503

@@ -13,7 +13,8 @@ import structlog
 
 from watcher import logs
 from watcher.cli.hardening import scrub_variable
-from watcher.cloud.client import NextmvClient, build_verify
+from watcher.cloud.client import NextmvClient
+from watcher.cloud.transport import build_verify
 from watcher.config import Config, key_file_is_shared, load_config, resolve_api_key, resolve_config_path
 from watcher.daemon import control_socket as control
 from watcher.daemon.identity import Match, config_of, match

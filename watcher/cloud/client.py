@@ -20,14 +20,15 @@ CanonicalRequest) ever appears in an error message.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -83,15 +84,6 @@ Hold = Callable[[], float]   # seconds every API call must still wait (a 429's R
 Transport = httpx.BaseTransport   # what tests hand in (httpx.MockTransport), so that no caller needs httpx
 
 
-def build_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
-    """System CAs, plus `ca_bundle` when given (for TLS-intercepting proxies and tests)."""
-    if ca_bundle is None:
-        return True
-    ctx = ssl.create_default_context()
-    ctx.load_verify_locations(cafile=str(ca_bundle))
-    return ctx
-
-
 class NextmvClient:
     """Thread-safe: one instance serves every worker."""
 
@@ -145,8 +137,24 @@ class NextmvClient:
 
     def new_upload(self, application_id: str, attempts: int | None = None) -> UploadTarget:
         """A fresh (upload_id, presigned URL) pair, valid for 15 minutes."""
-        resp = self._app_call("uploadurl", "POST", self._app_url(application_id, "/runs/uploadurl"),
-                              app=application_id, attempts=attempts)
+        return self._target(self._app_call("uploadurl", "POST", self._app_url(application_id, "/runs/uploadurl"),
+                                           app=application_id, attempts=attempts))
+
+    def new_uploads(self, application_id: str, count: int) -> list[UploadTarget | Exception]:
+        """`count` fresh upload URLs in one round trip (`_in_flight`), each asked once: an error stands in
+        its place, for the caller to ask again with `new_upload` (retries; a 404 confirmed)."""
+        for _ in range(count):   # each call takes its token of the pace
+            self._wait_for_hold()
+        url, headers = self._app_url(application_id, "/runs/uploadurl"), self._api_headers("POST")
+        targets: list[UploadTarget | Exception] = []
+        for got in self._in_flight("uploadurl", "POST", [(url, headers, lambda: b"", 0)] * count, app=application_id):
+            try:
+                targets.append(got if isinstance(got, Exception) else self._target(got))
+            except TransientError as exc:
+                targets.append(exc)
+        return targets
+
+    def _target(self, resp: httpx.Response) -> UploadTarget:
         data = json_object(resp)
         upload_id, url = data.get("upload_id"), data.get("upload_url")
         if not isinstance(upload_id, str) or not isinstance(url, str):
@@ -178,6 +186,20 @@ class NextmvClient:
                 if changed is None:
                     raise
                 raise changed from None
+
+    def put_files(self, uploads: Sequence[tuple[UploadTarget, Callable[[], BinaryIO], int, str]],
+                  progress: Callable[[int], None] | None = None, *, folder: str = "") -> list[Exception | None]:
+        """`put_file` for each (target, source, size, label) in one round trip (`_in_flight`): None where
+        it succeeded, else what `put_file` would have raised. Raises what opening a source raises."""
+        with contextlib.ExitStack() as stack:
+            srcs = [putbody.Source(stack.enter_context(source()), size, folder, label)
+                    for _, source, size, label in uploads]
+            got = self._in_flight(PUT, "PUT", [(t.upload_url, {"Content-Length": str(src.size)},
+                                                partial(putbody.counted, src, progress), src.size)
+                                               for (t, *_), src in zip(uploads, srcs, strict=True)],
+                                  body_limit=s3error.MAX_BYTES)
+        return [None if isinstance(g, httpx.Response) else putbody.library_noticed(src, g) or g
+                for g, src in zip(got, srcs, strict=True)]
 
     def try_upload(self, application_id: str) -> None:
         """Upload `{}` once with a fresh URL, without retries: the probe that tells whether uploads work.
@@ -246,11 +268,7 @@ class NextmvClient:
               headers: dict[str, str] | None = None, content: Callable[[], Iterator[bytes]] | None = None,
               authorize: bool = True, uncertain_after_send: bool = False,
               attempts: int | None = None, body_limit: int | None = None, size: int = 0) -> httpx.Response:
-        hdrs = dict(headers or {})
-        if authorize:
-            hdrs["Authorization"] = f"Bearer {self._api_key}"
-            if method in ("POST", "PUT"):   # as the docs' curl does, the empty upload-URL POST included
-                hdrs["Content-Type"] = "application/json"
+        hdrs = {**(headers or {}), **(self._api_headers(method) if authorize else {})}
         body_bytes = None
         if json_body is not None:
             body_bytes = json.dumps(json_body, separators=(",", ":")).encode()
@@ -261,26 +279,12 @@ class NextmvClient:
             attempt += 1
             if authorize:
                 self._wait_for_hold()
-            started = time.monotonic()
-            status: int | None = None
-            try:
-                resp = self._send(method, url, params, hdrs, body_bytes if content is None else content(),
-                                  body_limit)
-            except httpx.TransportError as exc:   # timeouts included
-                err: ApiError = self._network_error(endpoint, exc, uncertain_after_send)
-            except AnswerTooLarge as exc:   # a success: for `POST .../runs`, the run may exist
-                status = exc.status
-                err = (UncertainError if uncertain_after_send else TransientError)(f"{endpoint}: {exc}",
-                                                                                    status=status)
-            else:
-                status = resp.status_code
-                err_or_none = status_error(endpoint, resp, app, uncertain_after_send)
-                if err_or_none is None:
-                    self._observe(endpoint, status, started, None, size=size)
-                    return resp
-                err = err_or_none
-            self._observe(endpoint, status, started, type(err), getattr(err, "code", None), size=size,
-                          retry_after=getattr(err, "retry_after", None))
+            got = self._judge(endpoint, time.monotonic(), lambda: self._send(
+                method, url, params, hdrs, body_bytes if content is None else content(), body_limit),
+                app=app, uncertain_after_send=uncertain_after_send, size=size)
+            if not isinstance(got, ApiError):
+                return got
+            err = got
             if not retryable(err) or attempt >= (attempts or self.attempts) or self.cancel.is_set():
                 raise err
             retry_after = err.retry_after if isinstance(err, TransientError) else None
@@ -289,6 +293,60 @@ class NextmvClient:
                 delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
             if self.cancel.wait(delay):
                 raise err
+
+    def _in_flight(self, endpoint: str, method: str,
+                   sends: list[tuple[str, dict[str, str], Callable[[], bytes | Iterator[bytes]], int]], *,
+                   app: str | None = None, body_limit: int | None = None) -> list[httpx.Response | Exception]:
+        """Several attempts at once from this thread, with no thread to hand them to: each (url, headers,
+        body, size) is sent in turn on a connection of its own, then each answer is read and judged as
+        `_call` judges one attempt; an answer, or the error in its place. Sent one after the other where a
+        request needs an httpx.Request (a proxy, a URL `plain_target` leaves to httpx)."""
+        own, started = self._http.get()._transport, time.monotonic()   # private, see `_send`
+        begun: list[Callable[[], httpx.Response]] = []
+        for url, headers, body, _ in sends:
+            try:
+                if isinstance(own, H11Transport) and (to := plain_target(url)) is not None:
+                    sent = own.start(to, method, {**self._base_headers, **headers}, body(), self._timeout)
+                    begun.append(partial(_bounded, sent.finish, body_limit))
+                else:
+                    begun.append(partial(self._send, method, url, None, headers, body(), body_limit))
+            except Exception as exc:  # noqa: BLE001 - judged below, in its turn
+                begun.append(partial(_raise, exc))
+        results: list[httpx.Response | Exception] = []
+        for (_, _, _, size), answer in zip(sends, begun, strict=True):
+            try:
+                results.append(self._judge(endpoint, started, answer, app=app, size=size))
+            except Exception as exc:  # noqa: BLE001 - what the caller would have seen raised
+                results.append(exc)
+        return results
+
+    def _api_headers(self, method: str) -> dict[str, str]:
+        # Content-Type as the docs' curl sends it, the empty upload-URL POST included.
+        auth = {"Authorization": f"Bearer {self._api_key}"}
+        return {**auth, "Content-Type": "application/json"} if method in ("POST", "PUT") else auth
+
+    def _judge(self, endpoint: str, started: float, exchange: Callable[[], httpx.Response], *, app: str | None,
+               uncertain_after_send: bool = False, size: int = 0) -> httpx.Response | ApiError:
+        """One attempt: `exchange()`'s answer when it succeeded, else its error (network failures and
+        answers alike), observed either way. Whatever else `exchange` raises propagates."""
+        status: int | None = None
+        try:
+            resp = exchange()
+        except httpx.TransportError as exc:   # timeouts included
+            err: ApiError = self._network_error(endpoint, exc, uncertain_after_send)
+        except AnswerTooLarge as exc:   # a success: for `POST .../runs`, the run may exist
+            status = exc.status
+            err = (UncertainError if uncertain_after_send else TransientError)(f"{endpoint}: {exc}", status=status)
+        else:
+            status = resp.status_code
+            err_or_none = status_error(endpoint, resp, app, uncertain_after_send)
+            if err_or_none is None:
+                self._observe(endpoint, status, started, None, size=size)
+                return resp
+            err = err_or_none
+        self._observe(endpoint, status, started, type(err), getattr(err, "code", None), size=size,
+                      retry_after=getattr(err, "retry_after", None))
+        return err
 
     def _send(self, method: str, url: str, params: dict[str, str] | None, headers: dict[str, str],
               content: bytes | Iterator[bytes] | None, body_limit: int | None = None) -> httpx.Response:
@@ -330,3 +388,13 @@ class NextmvClient:
         if self.observer is not None:
             self.observer(RequestOutcome(endpoint, status, time.monotonic() - started, error, code, size,
                                          retry_after))
+
+
+def _raise(exc: Exception) -> httpx.Response:
+    raise exc
+
+
+def _bounded(finish: Callable[[], httpx.Response], body_limit: int | None) -> httpx.Response:
+    """A started request's answer, read with `_send`'s bound."""
+    resp = finish()
+    return read_answer(resp) if body_limit is None else read_head(resp, body_limit)

@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import h11
@@ -85,6 +86,15 @@ class _Out(NamedTuple):
     request: httpx.Request | None
 
 
+def build_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """System CAs, plus `ca_bundle` when given (for TLS-intercepting proxies and tests)."""
+    if ca_bundle is None:
+        return True
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(ca_bundle))
+    return ctx
+
+
 def for_thread(context: ssl.SSLContext) -> httpx.BaseTransport | None:
     """A thread's transport: its own `H11Transport`, or None (httpx's, with the environment's proxies)
     when the environment names a proxy."""
@@ -110,9 +120,15 @@ class H11Transport(httpx.BaseTransport):
 
     def send(self, to: Target, method: str, headers: Mapping[str, str], content: bytes | Iterable[bytes] | None,
              timeouts: Timeouts) -> httpx.Response:
-        """`handle_request` without an httpx.Request, for a URL `plain_target` parsed. The same bytes go
-        out as httpx's: Host first, a POST's or PUT's empty body framed there too, `headers`, then the
-        framing of a body (Content-Length in memory, chunked from an iterator) unless `headers` has it."""
+        """`handle_request` without an httpx.Request, for a URL `plain_target` parsed."""
+        return self.start(to, method, headers, content, timeouts).finish()
+
+    def start(self, to: Target, method: str, headers: Mapping[str, str], content: bytes | Iterable[bytes] | None,
+              timeouts: Timeouts) -> Exchange:
+        """`send`'s first half: the request goes out on a connection of its own, and `Exchange.finish` reads
+        its answer, so that a thread can have several requests in flight (their answers read in turn).
+        The same bytes go out as httpx's: Host first, a POST's or PUT's empty body framed there too,
+        `headers`, then the framing of a body (Content-Length in memory, chunked from an iterator)."""
         framed = any(k.lower() in ("content-length", "transfer-encoding") for k in headers)
         raw, framing = [(b"Host", to.host)], []
         if isinstance(content, bytes):
@@ -125,18 +141,19 @@ class H11Transport(httpx.BaseTransport):
             raw.append((b"Content-Length", b"0"))
         raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
         out = _Out(method.encode("ascii"), to.target, raw + framing, content or (), None)
-        return self._exchange(to.origin, out, timeouts)
+        return self._begin(to.origin, out, timeouts)
 
     def _exchange(self, origin: Origin, out: _Out, timeouts: Timeouts) -> httpx.Response:
+        return self._begin(origin, out, timeouts).finish()
+
+    def _begin(self, origin: Origin, out: _Out, timeouts: Timeouts) -> Exchange:
         conn = self._reuse(origin) or _Connection.open(origin, self._ssl, timeouts.get("connect"), out.request)
         try:
-            event = conn.exchange(out, timeouts)
+            failed = conn.send_request(out, timeouts)
         except BaseException:
             conn.close()
             raise
-        return httpx.Response(status_code=event.status_code, headers=event.headers,
-                              stream=_Body(self, conn, out.request, timeouts.get("read")),
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason})
+        return Exchange(self, conn, out, timeouts, failed)
 
     def close(self) -> None:
         with self._lock:
@@ -169,6 +186,27 @@ class H11Transport(httpx.BaseTransport):
                     conns.append(conn)
                     return
         conn.close()
+
+
+class Exchange:
+    """A request sent (or whose sending failed: the server may have answered before it closed), its
+    answer not read yet."""
+
+    def __init__(self, transport: H11Transport, conn: _Connection, out: _Out, timeouts: Timeouts,
+                 failed: _SendFailed | None) -> None:
+        self._transport, self._conn, self._out, self._timeouts, self._failed = transport, conn, out, timeouts, failed
+
+    def finish(self) -> httpx.Response:
+        """The answer, its body read as the caller iterates (see `_Body`). Raises httpx's errors."""
+        conn = self._conn
+        try:
+            event = conn.answer(self._out, self._timeouts, self._failed)
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(status_code=event.status_code, headers=event.headers,
+                              stream=_Body(self._transport, conn, self._out.request, self._timeouts.get("read")),
+                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason})
 
 
 class _Connection:
@@ -219,13 +257,20 @@ class _Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def exchange(self, out: _Out, timeouts: Timeouts) -> h11.Response:
-        """Send the request (its body streamed from its iterator) and read the response's head."""
-        request = out.request
+    def send_request(self, out: _Out, timeouts: Timeouts) -> _SendFailed | None:
+        """Send the request, its body streamed from its iterator (what reading it raises propagates as it
+        is); the socket's refusal is returned, for `answer`."""
         self.timeout(timeouts.get("write"))
         try:
-            self._send(out)   # what reading the body raises propagates as it is
+            self._send(out)
         except _SendFailed as failed:
+            return failed
+        return None
+
+    def answer(self, out: _Out, timeouts: Timeouts, failed: _SendFailed | None) -> h11.Response:
+        """The response's head, once the request was sent (or its sending `failed`)."""
+        request = out.request
+        if failed is not None:
             if isinstance(failed.error, (TimeoutError, BlockingIOError)):
                 raise httpx.WriteTimeout("timed out sending the request", request=request) from None
             # The server may have answered before closing (S3 ends a slow or oversized upload so).

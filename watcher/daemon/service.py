@@ -29,9 +29,10 @@ from typing import Any
 import structlog
 
 from watcher import __version__
-from watcher.cloud.client import NextmvClient, RequestOutcome, Transport, build_verify
+from watcher.cloud.client import NextmvClient, RequestOutcome, Transport
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import Limits, Tracker
+from watcher.cloud.transport import build_verify
 from watcher.config import Config, load_config
 from watcher.daemon import aftercare, commands
 from watcher.daemon.aftercheck import LateChecks
