@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 import structlog
-from helpers import API_KEY, TRACKED, marker, wait_for, write_folder
+from helpers import API_KEY, TRACKED, marker, wait_for, write_config, write_folder
 
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.client import NextmvClient
 from watcher.cloud.lookup import RunLookup
 from watcher.cloud.tracker import TOGETHER_BYTES, UPLOAD_TRIES, Limits, Tracker
-from watcher.config import FilesConfig, FormatConfig
+from watcher.config import FilesConfig, FormatConfig, load_config
 from watcher.errors import (
     ClaimLost,
     FolderChanged,
@@ -128,9 +128,9 @@ class NoUploadThreads(ThreadPoolExecutor):
         raise AssertionError("an upload thread was asked for")
 
 
-def tracker_without_threads(env: Env) -> Tracker:
+def tracker_without_threads(env: Env, limits: Limits | None = None) -> Tracker:
     return Tracker(env.client, env.store, env.spool, executor=NoUploadThreads(max_workers=1),
-                   lookup=RunLookup(env.client, clock=env.clock), clock=env.clock, limits=Limits())
+                   lookup=RunLookup(env.client, clock=env.clock), clock=env.clock, limits=limits or Limits())
 
 
 def test_small_artifacts_are_uploaded_together_by_the_calling_thread(env: Env) -> None:
@@ -160,6 +160,16 @@ def test_what_failed_among_uploads_made_together_is_done_the_usual_way(env: Env,
     assert recorded.artifact("output_upload_id").data == OUTPUT  # type: ignore[union-attr]
     assert (env.count("uploadurl"), env.count("put")) == (3, 3 if endpoint == "put" else 2)
     assert marker(run.path) is not None
+
+
+def test_while_the_api_paces_the_calls_small_artifacts_go_in_threads_again(env: Env) -> None:
+    """Once a rate limit was met (the daemon's pace is not unlimited), each call goes the moment it has
+    its turn, from a thread of its own, as before."""
+    paced = Limits.of(load_config(write_config(env.root.parent / "c.yaml", env.cloud.url, [(env.root, APP)],
+                                               env.root.parent / "state")), paced=True)
+    assert paced.together_bytes == 0
+    with pytest.raises(AssertionError, match="an upload thread was asked for"):
+        tracker_without_threads(env, paced).track(env.folder(), APP, None)
 
 
 def test_large_artifacts_still_go_in_parallel_threads(env: Env) -> None:

@@ -39,6 +39,11 @@ def read_answer(response: httpx.Response) -> httpx.Response:
     return httpx.Response(status, headers=headers, content=body[:limit])
 
 
+def read_bounded(response: httpx.Response, head_limit: int | None) -> httpx.Response:
+    """`read_answer` (an API answer), or with `head_limit` `read_head` (a presigned PUT's)."""
+    return read_answer(response) if head_limit is None else read_head(response, head_limit)
+
+
 def read_head(response: httpx.Response, limit: int) -> httpx.Response:
     """A presigned PUT's `response` with only the first `limit` bytes of its body, as they came, and the
     one header used (Retry-After)."""

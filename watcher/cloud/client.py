@@ -36,7 +36,7 @@ import httpx
 
 from watcher import __version__
 from watcher.cloud import putbody, s3error
-from watcher.cloud.answers import AnswerTooLarge, read_answer, read_head
+from watcher.cloud.answers import AnswerTooLarge, read_bounded
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.pools import ThreadClients
 from watcher.cloud.statuses import PUT, NotFound, json_object, retryable, status_error
@@ -143,11 +143,10 @@ class NextmvClient:
     def new_uploads(self, application_id: str, count: int) -> list[UploadTarget | Exception]:
         """`count` fresh upload URLs in one round trip (`_in_flight`), each asked once: an error stands in
         its place, for the caller to ask again with `new_upload` (retries; a 404 confirmed)."""
-        for _ in range(count):   # each call takes its token of the pace
-            self._wait_for_hold()
         url, headers = self._app_url(application_id, "/runs/uploadurl"), self._api_headers("POST")
         targets: list[UploadTarget | Exception] = []
-        for got in self._in_flight("uploadurl", "POST", [(url, headers, lambda: b"", 0)] * count, app=application_id):
+        for got in self._in_flight("uploadurl", "POST", [(url, headers, lambda: b"", 0)] * count, app=application_id,
+                                   paced=True):
             try:
                 targets.append(got if isinstance(got, Exception) else self._target(got))
             except TransientError as exc:
@@ -296,26 +295,32 @@ class NextmvClient:
 
     def _in_flight(self, endpoint: str, method: str,
                    sends: list[tuple[str, dict[str, str], Callable[[], bytes | Iterator[bytes]], int]], *,
-                   app: str | None = None, body_limit: int | None = None) -> list[httpx.Response | Exception]:
+                   app: str | None = None, body_limit: int | None = None, paced: bool = False,
+                   ) -> list[httpx.Response | Exception]:
         """Several attempts at once from this thread, with no thread to hand them to: each (url, headers,
-        body, size) is sent in turn on a connection of its own, then each answer is read and judged as
-        `_call` judges one attempt; an answer, or the error in its place. Sent one after the other where a
-        request needs an httpx.Request (a proxy, a URL `plain_target` leaves to httpx)."""
-        own, started = self._http.get()._transport, time.monotonic()   # private, see `_send`
+        body, size) is sent in turn on a connection of its own (`paced`: each as soon as it has its turn,
+        `_wait_for_hold`), then each answer is read and judged as `_call` judges one attempt; an answer,
+        or the error in its place. Sent one after the other where a request needs an httpx.Request (a
+        proxy, a URL `plain_target` leaves to httpx)."""
+        own = self._http.get()._transport   # private, see `_send`
         begun: list[Callable[[], httpx.Response]] = []
+        started: list[float] = []
         for url, headers, body, _ in sends:
+            if paced:
+                self._wait_for_hold()
+            started.append(time.monotonic())
             try:
                 if isinstance(own, H11Transport) and (to := plain_target(url)) is not None:
                     sent = own.start(to, method, {**self._base_headers, **headers}, body(), self._timeout)
-                    begun.append(partial(_bounded, sent.finish, body_limit))
+                    begun.append(lambda sent=sent: read_bounded(sent.finish(), body_limit))  # type: ignore[misc]
                 else:
                     begun.append(partial(self._send, method, url, None, headers, body(), body_limit))
             except Exception as exc:  # noqa: BLE001 - judged below, in its turn
                 begun.append(partial(_raise, exc))
         results: list[httpx.Response | Exception] = []
-        for (_, _, _, size), answer in zip(sends, begun, strict=True):
+        for (_, _, _, size), answer, since in zip(sends, begun, started, strict=True):
             try:
-                results.append(self._judge(endpoint, started, answer, app=app, size=size))
+                results.append(self._judge(endpoint, since, answer, app=app, size=size))
             except Exception as exc:  # noqa: BLE001 - what the caller would have seen raised
                 results.append(exc)
         return results
@@ -363,7 +368,7 @@ class NextmvClient:
             request = httpx.Request(method, url, params=params, headers=headers, content=content,
                                     extensions={"timeout": self._timeout})
             response = client._transport_for_url(request.url).handle_request(request)
-        return read_answer(response) if body_limit is None else read_head(response, body_limit)
+        return read_bounded(response, body_limit)
 
     def _network_error(self, endpoint: str, exc: httpx.HTTPError, uncertain_after_send: bool) -> ApiError:
         # The message names the kind of failure only: httpx messages can carry URLs.
@@ -393,8 +398,3 @@ class NextmvClient:
 def _raise(exc: Exception) -> httpx.Response:
     raise exc
 
-
-def _bounded(finish: Callable[[], httpx.Response], body_limit: int | None) -> httpx.Response:
-    """A started request's answer, read with `_send`'s bound."""
-    resp = finish()
-    return read_answer(resp) if body_limit is None else read_head(resp, body_limit)

@@ -128,9 +128,9 @@ class Service:
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")
         self.lookup = RunLookup(self.client, clock=clock, max_pages=lambda: self.config.api.lookup_max_pages)
-        self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor,
-                               lookup=self.lookup, clock=clock,
-                               limits=lambda: Limits.of(self.config), progress=self._on_bytes)
+        self.tracker = Tracker(self.client, self.store, self.spool_dir, executor=self.executor, lookup=self.lookup,
+                               clock=clock, progress=self._on_bytes,
+                               limits=lambda: Limits.of(self.config, paced=self.pacing.rate() is not None))
         self.claims = Claims(clock=clock, store=self.store)
         self.keeper = LeaseKeeper(self.claims)
         self.attempts = Attempts(self.store, self.claims, self.keeper, self.tracker, turn)
