@@ -49,9 +49,8 @@ Timeouts = Mapping[str, float | None]
 # A URL that httpx would send exactly as written, so that it needs no httpx.URL (whose parsing costs
 # 40-100 us, a presigned URL's the most): lowercase http(s) scheme and host name, a port, a path of
 # unreserved characters, sub-delimiters and well-formed %-escapes, without dot segments, and such a query.
-_PCHARS = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})"
-_PLAIN = re.compile(rf"(https?)://([a-z0-9.-]+)(?::([0-9]{{1,5}}))?(/{_PCHARS}*(?:\?(?:{_PCHARS}|\?)*)?)", re.ASCII)
-_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|\?|$)")
+_PLAIN = re.compile(r"(https?)://([a-z0-9.-]+)(?::([0-9]{1,5}))?(/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)", re.ASCII)
+_REWRITTEN = re.compile(r"%(?![0-9A-Fa-f]{2})|/\.\.?(?:/|\?|$)")   # a bad %-escape, a dot segment
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
@@ -66,7 +65,7 @@ class Target(NamedTuple):
 def plain_target(url: str) -> Target | None:
     """The `Target` of `url` when httpx would send it exactly as written (see `_PLAIN`), else None."""
     m = _PLAIN.fullmatch(url)
-    if m is None or _DOT_SEGMENT.search(m.group(4)):
+    if m is None or _REWRITTEN.search(m.group(4)):
         return None
     scheme, host = m.group(1).encode(), m.group(2).encode()
     default = _DEFAULT_PORTS[scheme]
@@ -215,6 +214,7 @@ class _Connection:
         self.sock = sock
         self.h = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
+        self._poll: select.poll | None = None   # made on the first reuse, kept for the next ones
         # A plain socket blocks, its timeouts the kernel's (SO_RCVTIMEO/SO_SNDTIMEO): Python's own
         # timeouts poll before every send and receive, one more system call (and GIL release) each.
         self.kernel_timeouts = not isinstance(sock, ssl.SSLSocket)
@@ -248,9 +248,10 @@ class _Connection:
     def quiet(self) -> bool:
         """Idle and nothing to read: a readable idle connection was closed by the server (or is broken)."""
         try:
-            poll = select.poll()
-            poll.register(self.sock, select.POLLIN)
-            return not poll.poll(0)
+            if self._poll is None:
+                self._poll = select.poll()
+                self._poll.register(self.sock, select.POLLIN)
+            return not self._poll.poll(0)
         except (OSError, ValueError):
             return False
 
