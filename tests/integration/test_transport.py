@@ -85,22 +85,37 @@ def read_request(conn: socket.socket, h: h11.Connection) -> tuple[h11.Request, b
             raise ConnectionResetError("client closed")
 
 
-def keep_alive(body: bytes = b"ok", targets: list[bytes] | None = None) -> Handler:
-    """Answers every request on the connection with 200 and `body` (and notes its target in `targets`),
-    until the client closes it."""
+Seen = list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]]
+
+
+def recording(seen: Seen, answer: Callable[[bytes], bytes],
+              before: Callable[[h11.Request], object] = lambda request: None) -> Handler:
+    """Keeps every request (method, target, headers, body) in `seen`; answers 200 with `answer(target)`,
+    after `before(request)` returned."""
     def handler(conn: socket.socket, _: int) -> None:
         h = h11.Connection(h11.SERVER)
         while True:
             try:
-                request, _body = read_request(conn, h)
+                request, body = read_request(conn, h)
             except ConnectionResetError:
                 return
-            if targets is not None:
-                targets.append(request.target)
-            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])) +
-                         h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage()))
+            before(request)
+            seen.append((request.method, request.target, list(request.headers), body))
+            data = answer(request.target)
+            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(data)))])) +
+                         h.send(h11.Data(data=data)) + h.send(h11.EndOfMessage()))
             h.start_next_cycle()
     return handler
+
+
+def keep_alive(body: bytes = b"ok", targets: list[bytes] | None = None) -> Handler:
+    """Answers every request on the connection with 200 and `body` (and notes its target in `targets`),
+    until the client closes it."""
+    def answer(target: bytes) -> bytes:
+        if targets is not None:
+            targets.append(target)
+        return body
+    return recording([], answer)
 
 
 def answer_once(raw: bytes) -> Handler:
@@ -353,26 +368,6 @@ def test_the_client_uses_it_and_a_proxy_from_the_environment_still_gets_the_requ
     assert targets[-1] == b"http://api.example.invalid/v1/applications/app-1"
 
 
-Seen = list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]]
-
-
-def recording(seen: Seen, answer: Callable[[bytes], bytes]) -> Handler:
-    """Keeps every request (method, target, headers, body) in `seen`; answers 200 with `answer(target)`."""
-    def handler(conn: socket.socket, _: int) -> None:
-        h = h11.Connection(h11.SERVER)
-        while True:
-            try:
-                request, body = read_request(conn, h)
-            except ConnectionResetError:
-                return
-            seen.append((request.method, request.target, list(request.headers), body))
-            data = answer(request.target)
-            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(data)))])) +
-                         h.send(h11.Data(data=data)) + h.send(h11.EndOfMessage()))
-            h.start_next_cycle()
-    return handler
-
-
 @pytest.mark.parametrize(("method", "content", "headers"), [
     ("GET", None, {}), ("POST", b"", {}), ("PUT", None, {}),
     ("POST", b'{"a": 1}', {"Content-Type": "application/json"}), ("POST", b"xyz", {"Content-Length": "3"}),
@@ -442,21 +437,7 @@ def test_requests_in_flight_together_are_all_sent_before_any_answer_is_read(serv
             return b'{"upload_id": "u%d", "upload_url": "%s/put/%d?sig=x"}' % (next(urls), api.url.encode(), 7)
         return b""
 
-    def handler(conn: socket.socket, number: int) -> None:
-        h = h11.Connection(h11.SERVER)
-        while True:
-            try:
-                request, body = read_request(conn, h)
-            except ConnectionResetError:
-                return
-            both[request.method].wait()
-            seen.append((request.method, request.target, [], body))
-            data = answer(request.target)
-            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(data)))])) +
-                         h.send(h11.Data(data=data)) + h.send(h11.EndOfMessage()))
-            h.start_next_cycle()
-
-    api = serve(handler)
+    api = serve(recording(seen, answer, before=lambda request: both[request.method].wait()))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     outcomes: list[RequestOutcome] = []
