@@ -170,26 +170,15 @@ class NextmvClient:
         when the body had one. A source that gives more or fewer than `size` bytes raises FolderChanged
         (`folder`, naming `label`; see `putbody`), whichever layer notices. Whatever opening or reading
         the source raises (the folder's errors, OSError) propagates unchanged."""
-
-        # Opened before anything is sent, so that a file we may not read fails here and not in the
-        # middle of a request.
-        with source() as f:
-            src = putbody.Source(f, size, folder, label)
-            headers = {"Content-Length": str(size)}
-            try:
-                self._call(PUT, "PUT", target.upload_url, headers=headers,
-                           content=lambda: putbody.counted(src, progress), authorize=False, attempts=1,
-                           body_limit=s3error.MAX_BYTES, size=size)
-            except putbody.LENGTH_MISMATCH as exc:
-                changed = putbody.library_noticed(src, exc)
-                if changed is None:
-                    raise
-                raise changed from None
+        [error] = self.put_files([(target, source, size, label)], progress, folder=folder)
+        if error is not None:
+            raise error
 
     def put_files(self, uploads: Sequence[tuple[UploadTarget, Callable[[], BinaryIO], int, str]],
                   progress: Callable[[int], None] | None = None, *, folder: str = "") -> list[Exception | None]:
         """`put_file` for each (target, source, size, label) in one round trip (`_in_flight`): None where
-        it succeeded, else what `put_file` would have raised. Raises what opening a source raises."""
+        it succeeded, else what `put_file` would have raised. Raises what opening a source raises: each is
+        opened before anything is sent, so that a file we may not read fails here, not mid-request."""
         with contextlib.ExitStack() as stack:
             srcs = [putbody.Source(stack.enter_context(source()), size, folder, label)
                     for _, source, size, label in uploads]
@@ -197,8 +186,9 @@ class NextmvClient:
                                                 partial(putbody.counted, src, progress), src.size)
                                                for (t, *_), src in zip(uploads, srcs, strict=True)],
                                   body_limit=s3error.MAX_BYTES)
-        return [None if isinstance(g, httpx.Response) else putbody.library_noticed(src, g) or g
-                for g, src in zip(got, srcs, strict=True)]
+            # Judged while the sources are open: `library_noticed` looks at each file's size now.
+            return [None if isinstance(g, httpx.Response) else putbody.library_noticed(src, g) or g
+                    for g, src in zip(got, srcs, strict=True)]
 
     def try_upload(self, application_id: str) -> None:
         """Upload `{}` once with a fresh URL, without retries: the probe that tells whether uploads work.
@@ -264,10 +254,9 @@ class NextmvClient:
 
     def _call(self, endpoint: str, method: str, url: str, *, app: str | None = None,
               json_body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
-              headers: dict[str, str] | None = None, content: Callable[[], Iterator[bytes]] | None = None,
-              authorize: bool = True, uncertain_after_send: bool = False,
-              attempts: int | None = None, body_limit: int | None = None, size: int = 0) -> httpx.Response:
-        hdrs = {**(headers or {}), **(self._api_headers(method) if authorize else {})}
+              uncertain_after_send: bool = False, attempts: int | None = None) -> httpx.Response:
+        """An API call (presigned PUTs go through `put_files`), repeated as the module's docstring says."""
+        hdrs = self._api_headers(method)
         body_bytes = None
         if json_body is not None:
             body_bytes = json.dumps(json_body, separators=(",", ":")).encode()
@@ -276,11 +265,9 @@ class NextmvClient:
         attempt = 0
         while True:
             attempt += 1
-            if authorize:
-                self._wait_for_hold()
-            got = self._judge(endpoint, time.monotonic(), lambda: self._send(
-                method, url, params, hdrs, body_bytes if content is None else content(), body_limit),
-                app=app, uncertain_after_send=uncertain_after_send, size=size)
+            self._wait_for_hold()
+            got = self._judge(endpoint, time.monotonic(), lambda: self._send(method, url, params, hdrs, body_bytes),
+                              app=app, uncertain_after_send=uncertain_after_send)
             if not isinstance(got, ApiError):
                 return got
             err = got
