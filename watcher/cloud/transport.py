@@ -115,7 +115,7 @@ class H11Transport(httpx.BaseTransport):
         url = request.url
         origin: Origin = (url.raw_scheme, url.raw_host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 80))
         out = _Out(request.method.encode(), url.raw_path, request.headers.raw, request.stream, request)  # type: ignore[arg-type]
-        return self._exchange(origin, out, request.extensions.get("timeout", {}))
+        return self._begin(origin, out, request.extensions.get("timeout", {})).finish()
 
     def send(self, to: Target, method: str, headers: Mapping[str, str], content: bytes | Iterable[bytes] | None,
              timeouts: Timeouts) -> httpx.Response:
@@ -141,9 +141,6 @@ class H11Transport(httpx.BaseTransport):
         raw += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
         out = _Out(method.encode("ascii"), to.target, raw + framing, content or (), None)
         return self._begin(to.origin, out, timeouts)
-
-    def _exchange(self, origin: Origin, out: _Out, timeouts: Timeouts) -> httpx.Response:
-        return self._begin(origin, out, timeouts).finish()
 
     def _begin(self, origin: Origin, out: _Out, timeouts: Timeouts) -> Exchange:
         conn = self._reuse(origin) or _Connection.open(origin, self._ssl, timeouts.get("connect"), out.request)
