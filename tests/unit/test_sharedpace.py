@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from watcher.cloud.client import RequestOutcome
 from watcher.daemon.sharedpace import FLUSH_SECONDS, MESSAGE, PaceFile, SharedPacing, parse
 from watcher.errors import TransientError
@@ -39,7 +40,7 @@ def test_a_clock_read_before_a_later_callers_gains_no_tokens(tmp_path: Path) -> 
 def test_a_process_sends_its_api_answers_to_the_supervisor_gathered_and_a_429_at_once(tmp_path: Path) -> None:
     sent: list[str] = []
     now = [500.25]
-    pacing = SharedPacing(tmp_path, sent.append, clock=lambda: now[0])
+    pacing = SharedPacing(tmp_path, sent.append, clock=lambda: now[0], flush_after=None)   # the rule alone
 
     def lines(datagram: str) -> list[tuple[int | None, float, float | None, float] | None]:
         assert all(line.split("=", 1)[0] == MESSAGE for line in datagram.splitlines())
@@ -59,3 +60,20 @@ def test_a_process_sends_its_api_answers_to_the_supervisor_gathered_and_a_429_at
     pacing.observe(RequestOutcome("create_run", 200, 0.02, None))
     assert lines(sent[2]) == [(200, 0.01, None, 500.27), (200, 0.02, None, pytest.approx(500.27 + FLUSH_SECONDS))]
     assert parse("429 x 1 2") is None and parse("") is None
+
+
+def test_answers_left_waiting_are_sent_without_another_answer(tmp_path: Path) -> None:
+    """A process that goes quiet (every call held by another process's 429, or no work left) must still
+    send the answers it gathered: the supervisor judges a 429 by the calls accepted before it (with the
+    lines kept until the next answer, the first pace after the hold came from half of them)."""
+    sent: list[str] = []
+    now = [500.25]
+    pacing = SharedPacing(tmp_path, sent.append, clock=lambda: now[0])
+    try:
+        pacing.observe(RequestOutcome("uploadurl", 200, 0.01, None))    # the first: sent at once
+        now[0] += 0.01
+        pacing.observe(RequestOutcome("create_run", 200, 0.02, None))   # gathered, and then nothing more
+        wait_for(lambda: len(sent) == 2, timeout=10, what="the gathered answer sent")
+        assert [parse(line.split("=", 1)[1]) for line in sent[1].splitlines()] == [(200, 0.02, None, 500.26)]
+    finally:
+        pacing.close()

@@ -56,7 +56,7 @@ from watcher.daemon.reload import diff
 from watcher.daemon.scanning import startup_scan
 from watcher.daemon.sharedfile import SharedFile
 from watcher.daemon.sharedhold import SharedHold
-from watcher.daemon.sharedpace import PaceFile, SharedPacing
+from watcher.daemon.sharedpace import SharedPacing
 from watcher.daemon.worker import FolderProcessor
 from watcher.errors import ConfigError, ListenerError
 from watcher.runfolder.claims import Claims
@@ -119,11 +119,11 @@ class Service:
         self.concurrency = Concurrency(current)
         # `processes`: the pace (the supervisor's rule), a 429's hold, big JSON's turn: shared files, closed at the end
         self.pacing: Pacing | SharedPacing = Pacing()
-        hold, turn, self._shared = None, json_turn, list[PaceFile | SharedHold | SharedFile]()
+        hold, turn, self._shared = None, json_turn, list[SharedPacing | SharedHold | SharedFile]()
         if config.shard[1] > 1:
             self.pacing = SharedPacing(config.state_dir, self.notifier.send)
             hold, turn_file = SharedHold(config.state_dir), SharedFile(config.state_dir, JSON_TURN_FILE, 0)
-            turn, self._shared = turn_over(turn_file.exclusive), [self.pacing.file, hold, turn_file]
+            turn, self._shared = turn_over(turn_file.exclusive), [self.pacing, hold, turn_file]
         self.gate = Gate(clock, config=current, client=self.client, unpark=self.index.unpark, shared=hold)
         self._upload_threads = max(4, config.workers * 2)
         self.executor = ThreadPoolExecutor(max_workers=self._upload_threads, thread_name_prefix="upload")

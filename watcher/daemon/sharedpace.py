@@ -3,8 +3,9 @@
 The API limits the key, so one pace must hold for every process. The rule stays `pacing.Pacer`, run by
 the supervisor alone on every process's API-call answers (each process sends its answers to the
 supervisor on its notify socket, a line each: `X_API_CALL=<status> <seconds> <retry_after> <answered>`,
-gathered for up to `FLUSH_SECONDS` into one datagram, a 429 at once with those before it: a datagram a
-call woke the supervisor's thread, in process 0 among its workers, three times a run); the
+gathered for up to `FLUSH_SECONDS` into one datagram, sent by a thread if no answer follows, a 429 at
+once with those before it: a datagram a call woke the supervisor's thread, in process 0 among its
+workers, three times a run); the
 bucket is shared: the rate the rule set, the tokens, when they were counted and whether a call had to
 wait, in a small file of the state directory mapped by every process (`PaceFile`). A process takes a
 token under the file's `exclusive()`; while the pace is unlimited (rate 0) it reads the rate alone and
@@ -90,13 +91,23 @@ class SharedPacing:
     bucket's wait before each API call, and each answer sent to the supervisor."""
 
     def __init__(self, state_dir: Path, send: Callable[[str], object],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, flush_after: float | None = FLUSH_SECONDS) -> None:
         self.file = PaceFile(state_dir)
         self.send = send
         self.clock = clock
         self._lock = threading.Lock()   # the lines not sent yet
         self._pending: list[str] = []
         self._sent_at = -math.inf
+        # Lines gathered are sent `flush_after` seconds later even if no answer follows (None: only with
+        # the next answer; for tests of the gathering): a process gone quiet, every call held by a 429,
+        # kept the supervisor from the accepted calls it must judge that 429 by.
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._flush_after = flush_after
+        self._thread: threading.Thread | None = None
+        if flush_after is not None:
+            self._thread = threading.Thread(target=self._flusher, name="pace-flush", daemon=True)
+            self._thread.start()
 
     def delay(self) -> float:
         return self.file.delay(self.clock())
@@ -114,9 +125,35 @@ class SharedPacing:
             due = (outcome.status == THROTTLED or now - self._sent_at >= FLUSH_SECONDS
                    or len(self._pending) >= FLUSH_LINES)
             if not due:
+                if len(self._pending) == 1:
+                    self._wake.set()
                 return
             lines, self._pending, self._sent_at = self._pending, [], now
         self.send("\n".join(lines))
+
+    def flush(self) -> None:
+        """Send the lines gathered so far."""
+        with self._lock:
+            lines, self._pending, self._sent_at = self._pending, [], self.clock()
+        if lines:
+            self.send("\n".join(lines))
+
+    def _flusher(self) -> None:
+        assert self._flush_after is not None
+        while not self._closed.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            self._closed.wait(self._flush_after)
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the flusher (sending what is gathered) and unmap the bucket."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+        self.file.close()
 
     def rate(self) -> float | None:
         return self.file.rate()

@@ -53,7 +53,7 @@ from watcher.daemon.listeners import Listeners
 from watcher.daemon.notify import Notifier
 from watcher.daemon.pacing import Pacer, log_change
 from watcher.daemon.shard import Shard
-from watcher.daemon.sharedpace import MESSAGE, PaceFile, parse
+from watcher.daemon.sharedpace import FLUSH_SECONDS, MESSAGE, PaceFile, parse
 from watcher.daemon.signals import SignalRelay
 from watcher.daemon.views import merge_health, merge_metrics, merge_status
 from watcher.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, ListenerError
@@ -85,6 +85,7 @@ class Child:
 
 
 Call = tuple[float, int | None, float, float | None]   # an API call's answer: answered at, status, seconds, Retry-After
+ARRIVAL = FLUSH_SECONDS + 0.05   # seconds: a process sends an answer at most this long after it came (gathered, woken)
 
 
 class Supervisor:
@@ -107,6 +108,7 @@ class Supervisor:
         self.control_socket: Path = config.control_socket   # as the daemon started: a reload moves it not
         self.refused = 0   # connections the metrics listener closed unserved
         self.pacer = Pacer()   # the pace's rule, on every process's API-call answers (`sharedpace`)
+        self.calls: list[Call] = []   # ... read, not judged until every process's earlier ones can have arrived
         self.pace = PaceFile(config.state_dir)
         self.pace.set_rate(None, time.monotonic(), empty=True)   # not the last run's pace
         self.listeners = Listeners(self.handle, _MergedMetrics(self), self.health, identify=self.identity)
@@ -170,11 +172,14 @@ class Supervisor:
 
     def _receive(self, timeout: float) -> None:
         """Every process's datagrams; their API-call answers go to the pace's rule in the order they were
-        answered, whichever process's socket was read first (read process by process, a 429 was judged
-        before the calls another process had seen accepted just before it: the first pace after a 429
-        was 3.6 calls/s against a limit of 30)."""
+        answered, whichever process sent them first, each once `ARRIVAL` has passed since it came, so that
+        those of other processes answered before it are judged first. (Read process by process, a 429 was
+        judged before the calls another process had seen accepted just before it: the first pace after a
+        429 was 3.6 calls/s against a limit of 30; judged as read, before the answers another process was
+        still gathering.)"""
+        if self.calls:
+            timeout = min(timeout, max(0.0, min(call[0] for call in self.calls) + ARRIVAL - time.monotonic()))
         readable, _, _ = select.select([c.sock for c in self.children], [], [], timeout)
-        calls: list[Call] = []
         for child in self.children:
             if child.sock not in readable:
                 continue
@@ -183,8 +188,11 @@ class Supervisor:
                     data = child.sock.recv(65536)
                 except BlockingIOError:
                     break
-                self._message(child, data.decode("utf-8", "replace").splitlines(), calls)
-        for answered, status, seconds, retry_after in sorted(calls, key=lambda call: call[0]):
+                self._message(child, data.decode("utf-8", "replace").splitlines(), self.calls)
+        due = time.monotonic() - ARRIVAL
+        ready = sorted((call for call in self.calls if call[0] <= due), key=lambda call: call[0])
+        self.calls = [call for call in self.calls if call[0] > due]
+        for answered, status, seconds, retry_after in ready:
             self.pacer.observe(answered, status=status, seconds=seconds, retry_after=retry_after)
             self._pace_news()
 
