@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -426,6 +427,14 @@ def test_only_the_head_of_a_put_error_body_is_read(
         client.put_file(target(), opener(path), 2)
 
     assert sum(served) <= 8 * 1024
+
+
+def test_a_compressed_api_answer_is_decoded(make_client: Callable[..., tuple[NextmvClient, RecordingEvent]]) -> None:
+    body = gzip.compress(json.dumps({"upload_id": "u1", "upload_url": SIGNED}).encode())
+    server = Server(lambda request: httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=iter([body])))
+    client, _ = make_client(server)
+
+    assert client.new_upload("app") == UploadTarget("u1", SIGNED, 5000.0)
 
 
 def test_a_compressed_put_error_body_is_not_decoded(
