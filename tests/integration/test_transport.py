@@ -214,8 +214,9 @@ def test_an_answer_sent_before_the_body_is_returned_not_the_write_error(serve, t
 
 @pytest.fixture(params=["http", "https"])
 def scheme_transport(request, serve, tmp_path) -> Iterator[tuple[Callable[[Handler], Server], H11Transport]]:
-    """A server starter and a transport for each scheme: a plain socket's timeouts are the kernel's
-    (SO_RCVTIMEO/SO_SNDTIMEO), a TLS socket's Python's, and both must end in httpx's timeouts."""
+    """A server starter and a transport for each scheme: a socket's timeouts are the kernel's
+    (SO_RCVTIMEO/SO_SNDTIMEO), TLS going through memory buffers (`tlsbio`), and both must end in
+    httpx's timeouts."""
     server_ctx, client_ctx = tls_contexts(tmp_path) if request.param == "https" else (None, None)
     t = H11Transport(client_ctx or ssl.create_default_context())
     yield (lambda handler: serve(handler, server_ctx)), t
@@ -339,6 +340,38 @@ def test_https_with_a_trusted_ca_keeps_its_connection_and_an_untrusted_one_is_re
             send(stranger, "GET", f"{server.url}/s")
     finally:
         stranger.close()
+
+
+def test_a_tls_handshake_left_unanswered_is_a_connect_timeout(serve, tmp_path):
+    """The handshake waits with the kernel's timeout (the connect timeout), and ends in httpx's error."""
+    _, client_ctx = tls_contexts(tmp_path)
+    release = threading.Event()
+    server = serve(lambda conn, number: release.wait(10))   # accepts, and never answers the ClientHello
+    transport = H11Transport(client_ctx)
+    try:
+        with pytest.raises(httpx.ConnectTimeout, match="TLS handshake"):
+            send(transport, "GET", f"https://localhost:{server.port}/s", timeout=0.3)
+    finally:
+        release.set()
+        transport.close()
+
+
+def test_a_tls_server_that_closes_without_close_notify_ends_a_body_read_to_the_close(serve, tmp_path):
+    """A body framed by the connection's end, which the server ends with a TCP close and no TLS
+    close_notify (many do): the body as sent, as an SSLSocket with `suppress_ragged_eofs` reads it."""
+    server_ctx, client_ctx = tls_contexts(tmp_path)
+
+    def handler(conn: socket.socket, _: int) -> None:
+        read_request(conn, h11.Connection(h11.SERVER))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end")
+        conn.shutdown(socket.SHUT_RDWR)   # an SSLSocket's shutdown is the TCP one: no close_notify
+
+    server = serve(handler, server_ctx)
+    transport = H11Transport(client_ctx)
+    try:
+        assert send(transport, "GET", f"{server.url}/s").content == b"to the end"
+    finally:
+        transport.close()
 
 
 def test_the_client_uses_it_and_a_proxy_from_the_environment_still_gets_the_requests(serve, monkeypatch):
