@@ -131,8 +131,23 @@ def test_the_rate_rises_while_calls_wait_and_succeed_fast_after_the_first_429_th
     now = binding_windows(pacer, now + 1.0, 4)
     rises = pacer.changes - before
     assert rises >= 3
+    # A step that doubles every `probe_doubling` rises, from at least `probe_growth`: after the slow
+    # start, a share of the leeway its estimate left (the burst over the span it was measured on).
+    step = max(S.probe_growth, S.probe_share * pacer.leeway / second)
+    assert step > S.probe_growth
+    growth = math.prod(1 + step * 2 ** (k / S.probe_doubling) for k in range(rises))
+    assert pacer.rate == pytest.approx(second * growth)
+
+    # A 429 while probing: the estimate was made over a span the daemon kept the API's bucket empty
+    # through; the probing goes on by `probe_growth`.
+    answered(pacer, now, 429, seconds=0.001, retry_after=1.0)
+    third = pacer.rate
+    assert third is not None and pacer.news == "decreased"
+    before = pacer.changes
+    now = binding_windows(pacer, now + 1.0, 4)
+    rises = pacer.changes - before
     growth = math.prod(1 + S.probe_growth * 2 ** (k / S.probe_doubling) for k in range(rises))
-    assert pacer.rate == pytest.approx(second * growth)   # a step that doubles every `probe_doubling` rises
+    assert rises >= 3 and pacer.rate == pytest.approx(third * growth)
 
 
 def test_the_rate_does_not_rise_while_it_does_not_bind() -> None:

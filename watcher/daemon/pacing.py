@@ -26,10 +26,14 @@ to be the key's, as the gate's Retry-After hold is).
 - **Increase**, at the end of each `window` without a decrease in which a call had to wait for a
   token (evidence that the rate binds; a 429 that lowered nothing does not stop it): by `start_growth`
   times the rate after the first decrease from unlimited, until the next decrease (a slow start: the
-  first estimate is rough); afterwards by `probe_growth` times the rate, a step that doubles every
-  `probe_doubling` rises (probing: the estimate is at the limit, so probing finds it again within
-  half a minute, and 429s stay rare; when the estimate was loose, as after a slow start's last step
-  that jumped far above the limit, the growing step finds the rest within a minute or so).
+  first estimate is rough); afterwards by a step times the rate that doubles every `probe_doubling`
+  rises (probing). After a decrease while probing the step starts at `probe_growth`: the estimate is at
+  the limit, so probing finds it again within half a minute, and 429s stay rare. After the decrease that
+  ends the slow start it starts at `probe_share` of the leeway the estimate left, if more: the slow
+  start's last step jumped from under the limit to far above it, the API drained its bucket in a
+  fraction of a second, and the estimate may be short by up to the burst over that time (in `make
+  bench`, 25 calls/s from a span of 0.86 s against a limit of 30, which probing by 0.2% took 40 s
+  to make up).
 - **Never below** `floor_share` of the highest rate the API accepted between two decreases' 429s since
   pacing began (nor below `floor`): 429s that come whatever the rate (one call in ten, say) would
   otherwise push it down window after window; a real limit lower than that still has its Retry-After
@@ -69,7 +73,8 @@ class Settings:
     decrease_ratio: float = 0.9  # the first decrease from unlimited: this times the accepted rate
     margin: float = 0.02         # afterwards, this share below the rate the API sustained (timing noise)
     start_growth: float = 1.0    # per window (doubling), after the first decrease from unlimited (slow start)
-    probe_growth: float = 0.002  # per window, afterwards ...
+    probe_growth: float = 0.002  # per window, afterwards, at least ...
+    probe_share: float = 0.0625  # ... or this share of the last estimate's leeway (see `sustained`)
     probe_doubling: float = 20.0  # ... a step that doubles every this many rises
     quiet: float = 120.0         # seconds without a 429: unlimited again
     burst: float = 0.1           # seconds of tokens the bucket holds (at least one token)
@@ -97,6 +102,8 @@ class Pacer:
         self.waited = False          # a call waited for a token during this window
         self.changes = 0             # how many times the rate moved (for tests)
         self.probes = 0              # rises since the last decrease, while probing
+        self.step = 0.0              # ... their first step (`probe_growth`, more after a loose estimate)
+        self.leeway = 0.0            # how far above `sustained`'s last estimate the limit may be, calls/s
         self.news: str | None = None  # how the rate last moved, until `Pacing` logs it
         self.burst_ends: float | None = None     # when the first 429 since unlimited was sent
         self.burst_sent: deque[float] = deque()  # when the calls accepted before it were sent, for `window`
@@ -146,6 +153,8 @@ class Pacer:
             self.best = max(self.best, self.between(sent))
             rate = min(self.rate, (1.0 - s.margin) * self.sustained(sent))
         self.rate = max(s.floor, s.floor_share * self.best, rate)
+        ended_start = self.starting and not first
+        self.step = max(s.probe_growth, s.probe_share * self.leeway / self.rate) if ended_start else s.probe_growth
         self.starting = first
         self.probes = 0
         self.decreased_at = now
@@ -174,10 +183,15 @@ class Pacer:
         milliseconds off the API's)."""
         rate = self.between(now)
         burst = self.burst_seen
+        span = now - self.event_at if self.event_at is not None else self.settings.min_span
         sent = sorted(t for t in self.sent_since if t <= now)
         for i, t in enumerate(sent):   # the calls sent after `t`: len(sent) - i - 1
-            if now - t >= self.settings.min_span:
-                rate = max(rate, (len(sent) - i - 1 - burst) / (now - t))
+            if now - t >= self.settings.min_span and (len(sent) - i - 1 - burst) / (now - t) > rate:
+                rate, span = (len(sent) - i - 1 - burst) / (now - t), now - t
+        # The bound is the limit itself only if the API's bucket held all of `burst` at the span's start and
+        # the daemon kept it empty since: the limit may be up to `burst` over the span higher (the probing
+        # then starts with a share of that: 25 calls/s from a span of 0.86 s against a limit of 30).
+        self.leeway = burst / max(span, EPSILON)
         return rate
 
     def accepted_rate(self, now: float) -> float:
@@ -208,7 +222,7 @@ class Pacer:
             if self.starting:
                 self.rate *= 1.0 + s.start_growth
             else:
-                self.rate *= 1.0 + s.probe_growth * 2 ** (self.probes / s.probe_doubling)
+                self.rate *= 1.0 + self.step * 2 ** (self.probes / s.probe_doubling)
                 self.probes += 1
             self.changes += 1
             self.news = "increased"
