@@ -23,17 +23,19 @@ to be the key's, as the gate's Retry-After hold is).
   began. Decreasing from the accepted rate instead read the burst the API let through after each hold
   as rate: at 30 calls/s with a burst of 10, three 429s in a row (34.2, 30.6, then 27.9 calls/s), each
   holding every call for a second.
-- **Increase**, at the end of each `window` without a decrease in which a call had to wait for a
-  token (evidence that the rate binds; a 429 that lowered nothing does not stop it): by `start_growth`
-  times the rate after the first decrease from unlimited, until the next decrease (a slow start: the
-  first estimate is rough); afterwards by a step times the rate that doubles every `probe_doubling`
-  rises (probing). After a decrease while probing the step starts at `probe_growth`: the estimate is at
-  the limit, so probing finds it again within half a minute, and 429s stay rare. After the decrease that
-  ends the slow start it starts at `probe_share` of the leeway the estimate left, if more: the slow
-  start's last step jumped from under the limit to far above it, the API drained its bucket in a
-  fraction of a second, and the estimate may be short by up to the burst over that time (in `make
-  bench`, 25 calls/s from a span of 0.86 s against a limit of 30, which probing by 0.2% took 40 s
-  to make up).
+- **Increase**, at the end of each `window` without a decrease, or a Retry-After hold other than the
+  last decrease's, in which a call had to wait for a token (evidence that the rate binds; a 429 that
+  lowered nothing does not stop it, but its hold does: a 429 answered late held every call again, and
+  the slow start doubled twice meanwhile):
+  by `start_growth` times the rate after the first decrease from unlimited, until the next decrease (a
+  slow start: the first estimate is rough); afterwards by a step times the rate that doubles every
+  `probe_doubling` rises (probing). After a decrease while probing the step starts at `probe_growth`:
+  the estimate is at the limit, so probing finds it again within half a minute, and 429s stay rare.
+  After the decrease that ends the slow start it starts at `probe_share` of the leeway the estimate
+  left, if more: the slow start's last step jumped from under the limit to far above it, the API
+  drained its bucket in a fraction of a second, and the estimate may be short by up to the burst over
+  that time (in `make bench`, 25 calls/s from a span of 0.86 s against a limit of 30, which probing
+  by 0.2% took 40 s to make up).
 - **Never below** `floor_share` of the highest rate the API accepted between two decreases' 429s since
   pacing began (nor below `floor`): 429s that come whatever the rate (one call in ten, say) would
   otherwise push it down window after window; a real limit lower than that still has its Retry-After
@@ -95,6 +97,7 @@ class Pacer:
         self.accepted: deque[float] = deque()   # when API calls were answered other than 429, for `window`
         self.decreased_at = float("-inf")   # 429s to calls sent before this are the event already counted
         self.held_until = float("-inf")     # the last 429's Retry-After ends (the gate holds every call)
+        self.decrease_hold = float("-inf")  # ... as it was at the last decrease
         self.throttled_at = float("-inf")   # the last 429
         self.first_seen: float | None = None   # the first answer since unlimited
         self.best = 0.0              # the highest rate accepted between two decreases' 429s since unlimited
@@ -158,6 +161,7 @@ class Pacer:
         self.starting = first
         self.probes = 0
         self.decreased_at = now
+        self.decrease_hold = self.held_until
         self.event_at = sent
         self.sent_since.clear()
         self.count_since = 0
@@ -217,7 +221,11 @@ class Pacer:
             self.changes += 1
             self.news = "unlimited"
             return
-        if self.waited and self.decreased_at <= self.window_ends - s.window:
+        start = self.window_ends - s.window
+        # A window with a decrease in it says nothing of the rate, nor one with a hold other than the
+        # decrease's own (calls held are not sent: a 429 answered late held them for more than a window
+        # after the decrease's hold, and the slow start doubled twice meanwhile).
+        if self.waited and self.decreased_at <= start and self.held_until <= max(start, self.decrease_hold):
             self._refill(now)
             if self.starting:
                 self.rate *= 1.0 + s.start_growth

@@ -51,7 +51,7 @@ from watcher.daemon.identity import describe
 from watcher.daemon.inprocess import InProcess
 from watcher.daemon.listeners import Listeners
 from watcher.daemon.notify import Notifier
-from watcher.daemon.pacing import Pacer, log_change
+from watcher.daemon.pacing import THROTTLED, Pacer, log_change
 from watcher.daemon.shard import Shard
 from watcher.daemon.sharedpace import FLUSH_SECONDS, MESSAGE, PaceFile, parse
 from watcher.daemon.signals import SignalRelay
@@ -85,7 +85,16 @@ class Child:
 
 
 Call = tuple[float, int | None, float, float | None]   # an API call's answer: answered at, status, seconds, Retry-After
-ARRIVAL = FLUSH_SECONDS + 0.05   # seconds: a process sends an answer at most this long after it came (gathered, woken)
+# Seconds after an API call's turn by when its answer is taken to have reached the supervisor: answered
+# (a slow call's later), gathered by its process for up to FLUSH_SECONDS, sent, read.
+SETTLE = FLUSH_SECONDS + 0.25
+
+
+def _turn(call: Call) -> float:
+    """When an answer goes to the pace's rule (less `SETTLE`): a 429 when it was answered, any other when
+    its call was sent, so that a 429 comes after every call sent before its answer."""
+    answered, status, seconds, _ = call
+    return answered if status == THROTTLED else answered - seconds
 
 
 class Supervisor:
@@ -108,7 +117,7 @@ class Supervisor:
         self.control_socket: Path = config.control_socket   # as the daemon started: a reload moves it not
         self.refused = 0   # connections the metrics listener closed unserved
         self.pacer = Pacer()   # the pace's rule, on every process's API-call answers (`sharedpace`)
-        self.calls: list[Call] = []   # ... read, not judged until every process's earlier ones can have arrived
+        self.calls: list[Call] = []   # ... read, not judged until every call sent before can have arrived
         self.pace = PaceFile(config.state_dir)
         self.pace.set_rate(None, time.monotonic(), empty=True)   # not the last run's pace
         self.listeners = Listeners(self.handle, _MergedMetrics(self), self.health, identify=self.identity)
@@ -171,14 +180,15 @@ class Supervisor:
         log.info("process_started", shard=child.shard, pid=child.proc.pid)
 
     def _receive(self, timeout: float) -> None:
-        """Every process's datagrams; their API-call answers go to the pace's rule in the order they were
-        answered, whichever process sent them first, each once `ARRIVAL` has passed since it came, so that
-        those of other processes answered before it are judged first. (Read process by process, a 429 was
-        judged before the calls another process had seen accepted just before it: the first pace after a
-        429 was 3.6 calls/s against a limit of 30; judged as read, before the answers another process was
-        still gathering.)"""
+        """Every process's datagrams; their API-call answers go to the pace's rule, whichever process
+        sent them first, `SETTLE` after their turn (`_turn`): a 429 after every call sent before it was
+        answered, so that it is judged with all the calls the API may have taken before it, in every
+        process. (Judged as read, process by process, the first pace after a 429 was 3.6 calls/s
+        against a limit of 30; in the order answered, from 7 of the 11 calls the API had accepted, the
+        others still in flight; in the order sent, from 4, the API having taken calls sent a
+        millisecond after the 429's before it.)"""
         if self.calls:
-            timeout = min(timeout, max(0.0, min(call[0] for call in self.calls) + ARRIVAL - time.monotonic()))
+            timeout = min(timeout, max(0.0, min(map(_turn, self.calls)) + SETTLE - time.monotonic()))
         readable, _, _ = select.select([c.sock for c in self.children], [], [], timeout)
         for child in self.children:
             if child.sock not in readable:
@@ -189,9 +199,9 @@ class Supervisor:
                 except BlockingIOError:
                     break
                 self._message(child, data.decode("utf-8", "replace").splitlines(), self.calls)
-        due = time.monotonic() - ARRIVAL
-        ready = sorted((call for call in self.calls if call[0] <= due), key=lambda call: call[0])
-        self.calls = [call for call in self.calls if call[0] > due]
+        due = time.monotonic() - SETTLE
+        ready = sorted((call for call in self.calls if _turn(call) <= due), key=_turn)
+        self.calls = [call for call in self.calls if _turn(call) > due]
         for answered, status, seconds, retry_after in ready:
             self.pacer.observe(answered, status=status, seconds=seconds, retry_after=retry_after)
             self._pace_news()
