@@ -26,16 +26,15 @@ to be the key's, as the gate's Retry-After hold is).
 - **Increase**, at the end of each `window` without a decrease, or a Retry-After hold other than the
   last decrease's, in which a call had to wait for a token (evidence that the rate binds; a 429 that
   lowered nothing does not stop it, but its hold does: a 429 answered late held every call again, and
-  the slow start doubled twice meanwhile):
-  by `start_growth` times the rate after the first decrease from unlimited, until the next decrease (a
-  slow start: the first estimate is rough); afterwards by a step times the rate that doubles every
-  `probe_doubling` rises (probing). After a decrease while probing the step starts at `probe_growth`:
-  the estimate is at the limit, so probing finds it again within half a minute, and 429s stay rare.
-  After the decrease that ends the slow start it starts at `probe_share` of the leeway the estimate
-  left, if more: the slow start's last step jumped from under the limit to far above it, the API
-  drained its bucket in a fraction of a second, and the estimate may be short by up to the burst over
-  that time (in `make bench`, 25 calls/s from a span of 0.86 s against a limit of 30, which probing
-  by 0.2% took 40 s to make up).
+  the slow start doubled twice meanwhile): by `start_growth` times the rate after the first decrease
+  from unlimited, until the next decrease (a slow start: the first estimate is rough); afterwards by a
+  step times the rate that doubles every `probe_doubling` rises (probing). After a decrease while
+  probing the step starts at `probe_growth`: the estimate is at the limit, so probing finds it again
+  within half a minute, and 429s stay rare. After the decrease that ends the slow start it starts at
+  `probe_share` of the leeway the estimate left, if more: the slow start's last step jumped from under
+  the limit to far above it, the API drained its bucket in a fraction of a second, and the estimate may
+  be short by up to the burst over that time (in `make bench`, 25 calls/s from a span of 0.86 s against
+  a limit of 30, which probing by 0.2% took 40 s to make up).
 - **Never below** `floor_share` of the highest rate the API accepted between two decreases' 429s since
   pacing began (nor below `floor`): 429s that come whatever the rate (one call in ten, say) would
   otherwise push it down window after window; a real limit lower than that still has its Retry-After

@@ -5,11 +5,10 @@ the supervisor alone on every process's API-call answers (each process sends its
 supervisor on its notify socket, a line each: `X_API_CALL=<status> <seconds> <retry_after> <answered>`,
 gathered for up to `FLUSH_SECONDS` into one datagram, sent by a thread if no answer follows, a 429 at
 once with those before it: a datagram a call woke the supervisor's thread, in process 0 among its
-workers, three times a run); the
-bucket is shared: the rate the rule set, the tokens, when they were counted and whether a call had to
-wait, in a small file of the state directory mapped by every process (`PaceFile`). A process takes a
-token under the file's `exclusive()`; while the pace is unlimited (rate 0) it reads the rate alone and
-takes no lock.
+workers, three times a run); the bucket is shared: the rate the rule set, the tokens, when they were
+counted and whether a call had to wait, in a small file of the state directory mapped by every process
+(`PaceFile`). A process takes a token under the file's `exclusive()`; while the pace is unlimited (rate
+0) it reads the rate alone and takes no lock.
 """
 
 from __future__ import annotations
