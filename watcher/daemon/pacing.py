@@ -105,7 +105,7 @@ class Pacer:
         self.changes = 0             # how many times the rate moved (for tests)
         self.probes = 0              # rises since the last decrease, while probing
         self.step = 0.0              # ... their first step (`probe_growth`, more after a loose estimate)
-        self.leeway = 0.0            # how far above `sustained`'s last estimate the limit may be, calls/s
+        self.leeway = 0.0            # how far above the last decrease's estimate the limit may be (`sustained`)
         self.news: str | None = None  # how the rate last moved, until `Pacing` logs it
         self.burst_ends: float | None = None     # when the first 429 since unlimited was sent
         self.burst_sent: deque[float] = deque()  # when the calls accepted before it were sent, for `window`
@@ -153,7 +153,8 @@ class Pacer:
             rate = s.decrease_ratio * measured
         else:
             self.best = max(self.best, self.between(sent))
-            rate = min(self.rate, (1.0 - s.margin) * self.sustained(sent))
+            estimate, self.leeway = self.sustained(sent)
+            rate = min(self.rate, (1.0 - s.margin) * estimate)
         self.rate = max(s.floor, s.floor_share * self.best, rate)
         ended_start = self.starting and not first
         self.step = max(s.probe_growth, s.probe_share * self.leeway / self.rate) if ended_start else s.probe_growth
@@ -177,25 +178,26 @@ class Pacer:
             return 0.0
         return self.count_since / max(EPSILON, now - self.event_at)
 
-    def sustained(self, now: float) -> float:
+    def sustained(self, now: float) -> tuple[float, float]:
         """The lowest rate the API's limit can have, from the calls it accepted since the last decrease's
         429 until a 429 sent at `now`: over a span that ends at a 429 (its bucket empty), it accepted at
         most what its bucket held at the span's start (none at the last decrease's 429, at most
         `burst_seen` at any time) plus its rate times the span (a hold in the span included). The most
         any span says, over spans of at least `min_span` (the send times are a thread's, a few
-        milliseconds off the API's)."""
+        milliseconds off the API's); and its leeway, calls/s: the bound is the limit itself only if the
+        API's bucket held all of `burst_seen` at the span's start and the daemon kept it empty since, so
+        the limit may be up to that burst over the span higher (the probing then starts with a share of
+        it: 25 calls/s from a span of 0.86 s against a limit of 30)."""
         rate = self.between(now)
         burst = self.burst_seen
         span = now - self.event_at if self.event_at is not None else self.settings.min_span
         sent = sorted(t for t in self.sent_since if t <= now)
         for i, t in enumerate(sent):   # the calls sent after `t`: len(sent) - i - 1
-            if now - t >= self.settings.min_span and (len(sent) - i - 1 - burst) / (now - t) > rate:
-                rate, span = (len(sent) - i - 1 - burst) / (now - t), now - t
-        # The bound is the limit itself only if the API's bucket held all of `burst` at the span's start and
-        # the daemon kept it empty since: the limit may be up to `burst` over the span higher (the probing
-        # then starts with a share of that: 25 calls/s from a span of 0.86 s against a limit of 30).
-        self.leeway = burst / max(span, EPSILON)
-        return rate
+            if now - t >= self.settings.min_span:
+                over = (len(sent) - i - 1 - burst) / (now - t)
+                if over > rate:
+                    rate, span = over, now - t
+        return rate, burst / max(span, EPSILON)
 
     def accepted_rate(self, now: float) -> float:
         """Calls answered other than 429 per second, over the last `window` since the first call and since

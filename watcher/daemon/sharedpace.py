@@ -102,10 +102,9 @@ class SharedPacing:
         # kept the supervisor from the accepted calls it must judge that 429 by.
         self._wake = threading.Event()
         self._closed = threading.Event()
-        self._flush_after = flush_after
         self._thread: threading.Thread | None = None
         if flush_after is not None:
-            self._thread = threading.Thread(target=self._flusher, name="pace-flush", daemon=True)
+            self._thread = threading.Thread(target=self._flusher, args=(flush_after,), name="pace-flush", daemon=True)
             self._thread.start()
 
     def delay(self) -> float:
@@ -127,8 +126,7 @@ class SharedPacing:
                 if len(self._pending) == 1:
                     self._wake.set()
                 return
-            lines, self._pending, self._sent_at = self._pending, [], now
-        self.send("\n".join(lines))
+        self.flush()
 
     def flush(self) -> None:
         """Send the lines gathered so far."""
@@ -137,12 +135,11 @@ class SharedPacing:
         if lines:
             self.send("\n".join(lines))
 
-    def _flusher(self) -> None:
-        assert self._flush_after is not None
+    def _flusher(self, after: float) -> None:
         while not self._closed.is_set():
             self._wake.wait()
             self._wake.clear()
-            self._closed.wait(self._flush_after)
+            self._closed.wait(after)
             self.flush()
 
     def close(self) -> None:

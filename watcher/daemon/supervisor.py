@@ -187,8 +187,8 @@ class Supervisor:
         against a limit of 30; in the order answered, from 7 of the 11 calls the API had accepted, the
         others still in flight; in the order sent, from 4, the API having taken calls sent a
         millisecond after the 429's before it.)"""
-        if self.calls:
-            timeout = min(timeout, max(0.0, min(map(_turn, self.calls)) + SETTLE - time.monotonic()))
+        if self.calls:   # kept in turn order
+            timeout = min(timeout, max(0.0, _turn(self.calls[0]) + SETTLE - time.monotonic()))
         readable, _, _ = select.select([c.sock for c in self.children], [], [], timeout)
         for child in self.children:
             if child.sock not in readable:
@@ -200,8 +200,9 @@ class Supervisor:
                     break
                 self._message(child, data.decode("utf-8", "replace").splitlines(), self.calls)
         due = time.monotonic() - SETTLE
-        ready = sorted((call for call in self.calls if _turn(call) <= due), key=_turn)
-        self.calls = [call for call in self.calls if _turn(call) > due]
+        self.calls.sort(key=_turn)
+        cut = next((i for i, call in enumerate(self.calls) if _turn(call) > due), len(self.calls))
+        ready, self.calls = self.calls[:cut], self.calls[cut:]
         for answered, status, seconds, retry_after in ready:
             self.pacer.observe(answered, status=status, seconds=seconds, retry_after=retry_after)
             self._pace_news()
