@@ -19,6 +19,7 @@ from helpers import API_KEY, FAILED, marker, wait_for, write_config, write_folde
 from watcher.cloud.client import NextmvClient
 from watcher.config import load_config
 from watcher.daemon.gate import GLOBAL
+from watcher.daemon.notify import Notifier
 from watcher.daemon.service import Service, State
 from watcher.fakecloud import FakeCloud
 from watcher.runfolder.markers import Intent, Journal, StateStore
@@ -279,3 +280,32 @@ def test_a_second_start_is_refused_without_starting_more(cloud: FakeCloud, watch
     folder = write_folder(watched, "run-1", FILES)
     wait_for(lambda: marker(folder), 20, "the service still works")
     assert len(cloud.runs()) == 1
+
+
+def test_ready_is_sent_only_once_the_service_says_it_is_running(
+        cloud: FakeCloud, watched: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY=1 makes systemd call the unit active, and `status` must then say running, not starting
+    (the systemd test saw "running, starting" after READY=1). Here the workers start slowly: the
+    start-up scan of an empty path may end first."""
+    config = load_config(write_config(tmp_path / "c.yaml", cloud.url, [(watched, "app-1")], tmp_path / "state"))
+    states: list[str] = []
+
+    class Recording(Notifier):
+        def ready(self, status: str | None = None) -> bool:
+            states.append(service.status()["state"])
+            return super().ready(status)
+
+    service = Service(config, API_KEY, notifier=Recording({}))
+    resize = service._resize_workers
+
+    def slow_resize(count: int) -> None:
+        service.ready.wait(2)   # the scan's end, if it can come before the workers have started
+        resize(count)
+
+    monkeypatch.setattr(service, "_resize_workers", slow_resize)
+    try:
+        service.start()
+        wait_for(lambda: states, 10, "READY=1")
+        assert states == ["running"]
+    finally:
+        service.shutdown()

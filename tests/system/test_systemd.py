@@ -114,18 +114,21 @@ def test_the_unit_is_active_only_after_ready(container: Container, journal: Jour
     # `status`) and the unit stays activating: systemd waits for READY=1, not for the fork.
     box.write(f"{DROP_INS}/zz-no-notify.conf", "[Service]\nEnvironment=NOTIFY_SOCKET=\n")
     daemon_reload(box)
-    cursor = journal.cursor()
-    configure(box, [(RUNS, KNOWN_APP)])
-    box.run("systemctl", "start", "--no-block", UNIT)
-    journal.wait_event("startup_scan_done", after=cursor)   # where READY=1 is sent
-    pid = show(box, "MainPID")["MainPID"]
-    assert "NOTIFY_SOCKET=\0" in box.run("cat", f"/proc/{pid}/environ").out
-    assert f"running (pid {pid})" in box.run("nextmv-watcher", "status").out
-    state = show(box, "ActiveState", "SubState")
-    assert state == {"ActiveState": "activating", "SubState": "start"}, state
-    box.run("systemctl", "stop", UNIT, timeout=120)
-    box.run("rm", f"{DROP_INS}/zz-no-notify.conf")
-    daemon_reload(box)
+    try:
+        cursor = journal.cursor()
+        configure(box, [(RUNS, KNOWN_APP)])
+        box.run("systemctl", "start", "--no-block", UNIT)
+        # where READY=1 is sent with the default two processes: both have done their start-up scan
+        journal.wait_event("processes_ready", after=cursor)
+        pid = show(box, "MainPID")["MainPID"]
+        assert "NOTIFY_SOCKET=\0" in box.run("cat", f"/proc/{pid}/environ").out
+        assert f"daemon: running (pid {pid})" in box.run("nextmv-watcher", "status").out
+        state = show(box, "ActiveState", "SubState")
+        assert state == {"ActiveState": "activating", "SubState": "start"}, state
+    finally:   # left in place, the drop-in would fail every later start
+        box.run("systemctl", "stop", UNIT, timeout=120)
+        box.run("rm", "-f", f"{DROP_INS}/zz-no-notify.conf")
+        daemon_reload(box)
 
     cursor = journal.cursor()
     box.run("systemctl", "start", UNIT, timeout=120)   # returns once active

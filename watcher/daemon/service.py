@@ -183,10 +183,10 @@ class Service:
         self.keeper.start()
         if self.watching:
             self.listeners.start(self.config)
-        self._scanner = threading.Thread(target=self._startup_scan, name="startup-scan", daemon=True)
-        self._scanner.start()
         self._resize_workers(self.config.workers)
         self._transition(State.RUNNING)
+        self._scanner = threading.Thread(target=self._startup_scan, name="startup-scan", daemon=True)
+        self._scanner.start()   # last: its end sends READY=1, by when `status` must say running
         if self._daemon:
             log.info("daemon_started", watched=[str(w.path) for w in self.config.watch],
                      workers=self.config.workers, api=self.config.api.url, pid=os.getpid(), version=__version__)
