@@ -71,6 +71,8 @@ def test_a_process_that_dies_is_started_again_and_tracks_its_folders(
     first = next(e for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "1/2")
     os.kill(first["pid"], signal.SIGKILL)
     wait_for(lambda: daemon.names().count("process_started") == 3, 30, "the process started again")
+    again = [e for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "1/2"]
+    assert [e["how"] for e in again] == ["Forked", "Popen"], "forked at the start, exec'd once threads run"
     exited = next(e for e in daemon.events() if e["event"] == "process_exited")
     assert (exited["shard"], exited["code"], exited["level"]) == ("1/2", -9, "error")
     folders = [write_folder(watched, f"after-{n}", FILES) for n in range(12)]
@@ -78,6 +80,34 @@ def test_a_process_that_dies_is_started_again_and_tracks_its_folders(
     wait_for(lambda: all(marker(f) is not None for f in folders), 30, "every folder tracked")
     assert len(cloud.runs("app-1")) == len(folders)
     assert daemon.stop() == 0
+
+
+def test_the_first_start_forks_a_process_that_keeps_no_key_in_its_environment_and_has_its_own_signals(
+        cloud: FakeCloud, watched: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """Process 1 is forked from the supervisor at the first start (no second import of the daemon). It must
+    be the process an exec'd one would be: its own environment, the key out of /proc/<pid>/environ, its
+    own signals (a SIGHUP written to the supervisor's wake-up pipe would reload both processes)."""
+    key = "forked-key-3be1f07a"
+    cloud.set_api_keys([key])   # only this key works: a tracked folder of process 1's proves it has it
+    daemon = daemon_factory([(watched, "app-1")], processes=2, workers=4,
+                            env={"NEXTMV_API_KEY": key, "NEXTMV_TEST_VISIBLE": "yes"}).start()
+    wait_for(lambda: daemon.names().count("startup_scan_done") == 2, 30, "both processes' start-up scans")
+    child = next(e for e in daemon.events() if e["event"] == "process_started" and e["shard"] == "1/2")
+    assert child["how"] == "Forked" and child["pid"] != daemon.pid
+    block = Path(f"/proc/{child['pid']}/environ").read_bytes()
+    assert b"NEXTMV_TEST_VISIBLE=yes" in block and key.encode() not in block
+    assert f"{SHARD_ENV}=1/2".encode() not in block, "the block is the supervisor's, as forked"
+    folders = [write_folder(watched, f"f-{n}", FILES) for n in range(12)]
+    assert any(Shard(1, 2).owns(f) for f in folders)
+    wait_for(lambda: all(marker(f) is not None for f in folders), 30, "every folder tracked")
+    assert len(cloud.runs("app-1")) == len(folders)
+
+    os.kill(child["pid"], signal.SIGHUP)
+    wait_for(lambda: daemon.names().count("config_reloaded") == 1, 30, "process 1 reloaded")
+    assert [e["shard"] for e in daemon.events() if e["event"] == "config_reloaded"] == ["1/2"]
+    assert "api_key_left_in_environment" not in daemon.names()
+    assert daemon.stop() == 0
+    assert not alive(child["pid"])
 
 
 def test_the_processes_drain_and_exit_when_the_supervisor_is_killed(

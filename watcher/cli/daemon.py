@@ -82,9 +82,17 @@ def _supervise(config: Config, lock: DaemonLock) -> int:
                        on_reload=_relog, config_env=env)
 
     supervisor = Supervisor(config, lock_fd=lock.fd, key_env={config.api.key_env: key} if from_env else {},
-                            local=local)
+                            local=local, forked_main=lambda: _forked_run(config.source))
     with supervisor.signals():
         return supervisor.run()
+
+
+def _forked_run(source: str) -> int:
+    """A child the supervisor forked (`watcher.daemon.forked`): what `nextmv-watcher run --config source`
+    does in a child it starts with exec, its errors and exit codes included."""
+    from watcher.cli import main
+
+    return main(["run", "--config", source])
 
 
 def _run_shard(config: Config) -> int:

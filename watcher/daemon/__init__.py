@@ -39,6 +39,7 @@
     cpupolicy.py       SCHED_BATCH (no preemption on wake-up) unless the operator chose a policy
     supervisor.py      `processes` > 1: the processes started, watched, told of signals; one to systemd
     inprocess.py       a Service served until it stops; process 0's share, on a thread of the supervisor
+    forked.py          a child forked at the first start, driven as a Popen (no second import of the daemon)
     reload.py          what a reload changes: key paths, restart-only keys
     sync.py            `nextmv-watcher sync`: the daemon's work once, without watching
 """

@@ -67,14 +67,28 @@ class SignalRelay:
         """Restore what was there before; idempotent. A signal arriving from now on is not relayed."""
         if self._thread is None:
             return
-        for signum, previous in self._previous.items():
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)   # None: set outside Python
-        self._previous.clear()
-        signal.set_wakeup_fd(self._previous_fd)
+        self._restore()
         os.close(self._write_fd)   # the relay reads to the end of the pipe, then stops
         self._thread.join()
         os.close(self._read_fd)
         self._thread = None
+
+    def forget(self) -> None:
+        """In a child forked while the relay ran (`watcher.daemon.forked`, before it unblocks the signals):
+        the handlers and wake-up fd as they were before, and the pipe closed. The relay's thread is not
+        in the child, and a signal written to the pipe would be relayed by the parent's."""
+        if self._thread is None:
+            return
+        self._restore()
+        os.close(self._write_fd)
+        os.close(self._read_fd)
+        self._thread = None
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)   # None: set outside Python
+        self._previous.clear()
+        signal.set_wakeup_fd(self._previous_fd)
 
     def __enter__(self) -> SignalRelay:
         return self.start()

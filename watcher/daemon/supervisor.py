@@ -5,8 +5,8 @@ The supervisor is the process systemd started, and process 0: it does its own sh
 thread (`watcher.daemon.inprocess`), so that N processes are N interpreters. It holds the state
 directory's lock and hands the locked descriptor to every child (`$NEXTMV_WATCHER_LOCK_FD`), so the
 lock is held while any of them lives and no second daemon can start beside them. Each child is
-`nextmv-watcher run` itself with
-`$NEXTMV_WATCHER_SHARD=i/N` (see `watcher.daemon.shard`: its folders, its share of `workers`, a control
+`nextmv-watcher run` itself (forked at the first start, `watcher.daemon.forked`; exec'd when restarted)
+with `$NEXTMV_WATCHER_SHARD=i/N` (`watcher.daemon.shard`: its folders, its share of `workers`, a control
 socket of its own) and `$NOTIFY_SOCKET` naming a socket of the supervisor's, so that a child speaks
 sd_notify exactly as it would to systemd:
 
@@ -47,6 +47,7 @@ import structlog
 
 from watcher.config import SHARD_ENV, SHARD_SOCKET_ENV, Config, load_config, shard_socket
 from watcher.daemon.control_socket import request
+from watcher.daemon.forked import Forked
 from watcher.daemon.identity import describe
 from watcher.daemon.inprocess import InProcess
 from watcher.daemon.listeners import Listeners
@@ -75,7 +76,7 @@ class Child:
     shard: str                    # "i/N": its $NEXTMV_WATCHER_SHARD, and how events name it
     sock: socket.socket           # where this child's sd_notify datagrams arrive
     address: str                  # its $NOTIFY_SOCKET ('@' + abstract name)
-    proc: subprocess.Popen[bytes] | InProcess | None = None
+    proc: subprocess.Popen[bytes] | Forked | InProcess | None = None
     ready: bool = False
     status: str = ""
     pinged_at: float = 0.0
@@ -99,12 +100,15 @@ def _turn(call: Call) -> float:
 
 class Supervisor:
     def __init__(self, config: Config, *, lock_fd: int, key_env: Mapping[str, str],
-                 local: Callable[[Mapping[str, str]], Service], notifier: Notifier | None = None) -> None:
+                 local: Callable[[Mapping[str, str]], Service], notifier: Notifier | None = None,
+                 forked_main: Callable[[], int] | None = None) -> None:
         self.config = config
         self.count = config.processes
         self.lock_fd = lock_fd
         self.key_env = dict(key_env)   # how the children get the API key (the supervisor's env is scrubbed)
         self.local = local   # process 0's Service, from the environment a child would get
+        self.forked_main = forked_main   # a child's `run`, when it is forked (`watcher.daemon.forked`)
+        self.relay: SignalRelay | None = None
         self.notifier = notifier or Notifier()
         self.stopping = False
         self.reload_pending = False
@@ -138,21 +142,23 @@ class Supervisor:
         self.reload_pending = True
 
     def signals(self) -> SignalRelay:
-        return SignalRelay({signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
-                            signal.SIGHUP: self.request_reload})
+        self.relay = SignalRelay({signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
+                                  signal.SIGHUP: self.request_reload})
+        return self.relay
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> int:
         log.info("processes_starting", processes=self.count, workers=self.config.workers)
         try:
-            self.listeners.start(self.config)
-        except ListenerError as exc:   # another process holds the address: a restart would not help
-            log.error("start_failed", error=str(exc), key=exc.key, address=exc.address)
-            return EXIT_USAGE
-        for child in self.children:
-            self._spawn(child)
-        try:
+            for child in self.children[1:]:   # forked while no thread of ours but the signal relay's runs
+                self._spawn(child, fork=self.forked_main is not None)
+            try:
+                self.listeners.start(self.config)
+            except ListenerError as exc:   # another process holds the address: a restart would not help
+                log.error("start_failed", error=str(exc), key=exc.key, address=exc.address)
+                return EXIT_USAGE
+            self._spawn(self.children[0])
             while not self.stopping and self.exit_code == 0:
                 self._receive(timeout=0.5)
                 self._watch_children()
@@ -165,7 +171,7 @@ class Supervisor:
             self._stop_all()
         return self.exit_code
 
-    def _spawn(self, child: Child) -> None:
+    def _spawn(self, child: Child, *, fork: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS")}
         env.update({SHARD_ENV: child.shard, "NOTIFY_SOCKET": child.address,
                     SHARD_SOCKET_ENV: str(self._socket(child))})
@@ -173,20 +179,26 @@ class Supervisor:
             child.proc = InProcess(lambda: self.local(env), name="process-0")
         else:
             env.update({**self.key_env, LOCK_FD_ENV: str(self.lock_fd), SUPERVISOR_PID_ENV: str(os.getpid())})
-            child.proc = subprocess.Popen(  # noqa: S603 - our own program, our own arguments
-                [sys.executable, "-m", "watcher", "run", "--config", self.config.source],
-                env=env, pass_fds=(self.lock_fd,))
+            if fork and self.forked_main is not None:
+                child.proc = Forked.start(self.forked_main, env, self._in_child)
+            else:
+                child.proc = subprocess.Popen(  # noqa: S603 - our own program, our own arguments
+                    [sys.executable, "-m", "watcher", "run", "--config", self.config.source],
+                    env=env, pass_fds=(self.lock_fd,))
         child.ready, child.pinged_at, child.restart_at = False, time.monotonic(), None
-        log.info("process_started", shard=child.shard, pid=child.proc.pid)
+        log.info("process_started", shard=child.shard, pid=child.proc.pid, how=type(child.proc).__name__)
+
+    def _in_child(self) -> None:
+        """A forked child's first step: nothing of the supervisor's that would act for it (`forked`)."""
+        if self.relay is not None:
+            self.relay.forget()
+        for child in self.children:
+            child.sock.close()
 
     def _receive(self, timeout: float) -> None:
-        """Every process's datagrams; their API-call answers go to the pace's rule, whichever process
-        sent them first, `SETTLE` after their turn (`_turn`): a 429 after every call sent before it was
-        answered, so that it is judged with all the calls the API may have taken before it, in every
-        process. (Judged as read, process by process, the first pace after a 429 was 3.6 calls/s
-        against a limit of 30; in the order answered, from 7 of the 11 calls the API had accepted, the
-        others still in flight; in the order sent, from 4, the API having taken calls sent a
-        millisecond after the 429's before it.)"""
+        """Every process's datagrams. Their API-call answers go to the pace's rule, from any process, `SETTLE`
+        after their turn (`_turn`): a 429 after every call sent before it was answered, so that it is judged
+        with every call the API may have taken before it (as read, or in the order answered or sent, it was not)."""
         if self.calls:   # kept in turn order
             timeout = min(timeout, max(0.0, _turn(self.calls[0]) + SETTLE - time.monotonic()))
         readable, _, _ = select.select([c.sock for c in self.children], [], [], timeout)
