@@ -10,6 +10,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h11
 import httpx
@@ -399,6 +400,36 @@ def test_the_client_uses_it_and_a_proxy_from_the_environment_still_gets_the_requ
     finally:
         proxied.close()
     assert targets[-1] == b"http://api.example.invalid/v1/applications/app-1"
+
+
+def test_the_client_makes_its_tls_context_at_the_first_https_connection_only(serve, tmp_path, monkeypatch):
+    """httpx's default context loads certifi's bundle (30-55 ms of every process's start): an API and upload
+    URLs on plain HTTP never need it. The first HTTPS connection makes it, once, and it verifies."""
+    made: list[ssl.SSLContext] = []
+    real = httpx.create_ssl_context
+
+    def recording(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(httpx, "create_ssl_context", recording)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    plain = serve(keep_alive(b'{"id": "app-1"}'))
+    server_ctx, _ = tls_contexts(tmp_path)
+    secure = serve(keep_alive(b'{"id": "app-1"}'), server_ctx)
+    client = NextmvClient(plain.url, "key", attempts=1)
+    try:
+        assert client.get_application("app-1") == {"id": "app-1"}
+        assert made == []
+        client.base_url = f"https://localhost:{secure.port}"
+        with pytest.raises(TransientError, match="ConnectError"):   # certifi's CAs refuse a self-signed one
+            client.get_application("app-1")
+        with pytest.raises(TransientError, match="ConnectError"):
+            client.get_application("app-1")
+        assert len(made) == 1
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(("method", "content", "headers"), [

@@ -40,6 +40,7 @@ from watcher.cloud.answers import AnswerTooLarge, read_bounded
 from watcher.cloud.backoff import Backoff
 from watcher.cloud.pools import ThreadClients
 from watcher.cloud.statuses import PUT, NotFound, json_object, retryable, status_error
+from watcher.cloud.tlsbio import ContextOnce
 from watcher.cloud.transport import H11Transport, for_thread, plain_target
 from watcher.errors import (
     ApiError,
@@ -115,11 +116,15 @@ class NextmvClient:
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
         self._timeout = timeout.as_dict()
         self._base_headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
-        tls = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
-        self._http = ThreadClients(lambda: httpx.Client(
-            timeout=timeout, verify=tls, transport=transport or for_thread(tls), headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False))
+        tls = ContextOnce(lambda: verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify))
+
+        def thread_client() -> httpx.Client:   # httpx's own transport (a proxy) needs the context at once
+            own = transport or for_thread(tls)
+            return httpx.Client(timeout=timeout, verify=True if own else tls(), transport=own,
+                                headers={"User-Agent": USER_AGENT}, follow_redirects=False,
+                                limits=httpx.Limits(max_connections=max_connections,
+                                                    max_keepalive_connections=max_connections))
+        self._http = ThreadClients(thread_client)
 
     def close(self) -> None:
         self._http.close()

@@ -11,14 +11,38 @@ kernel's: `BlockingIOError` (EAGAIN), as on a plain socket.
 `BioSocket` offers what `transport._Connection` uses of a socket (`sendall`, `recv`, `fileno`,
 `setsockopt`, `close`) and reads as an SSLSocket with `suppress_ragged_eofs` does: a server that closes
 without TLS's close_notify ends the stream (b""), as httpcore takes it too.
+
+`ContextOnce` makes the SSL context when a TLS connection first needs it.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import threading
+from collections.abc import Callable
 
 READ_SIZE = 64 * 1024
+
+
+class ContextOnce:
+    """The SSL context `make()` gives, made once, when a TLS connection first asks for it (any thread).
+    httpx's default one loads certifi's bundle, and a CA bundle is loaded with the system's: 30-55 ms of
+    every process's start, for nothing while the API and its upload URLs are plain HTTP."""
+
+    def __init__(self, make: Callable[[], ssl.SSLContext]) -> None:
+        self._make = make
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ssl.SSLContext:
+        context = self._context
+        if context is None:
+            with self._lock:   # make() is the ssl module's: it calls nothing of ours
+                if self._context is None:
+                    self._context = self._make()
+                context = self._context
+        return context
 
 
 class BioSocket:

@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,7 +98,7 @@ def build_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
     return ctx
 
 
-def for_thread(context: ssl.SSLContext) -> httpx.BaseTransport | None:
+def for_thread(context: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> httpx.BaseTransport | None:
     """A thread's transport: its own `H11Transport`, or None (httpx's, with the environment's proxies)
     when the environment names a proxy."""
     proxies = {scheme for scheme in urllib.request.getproxies() if scheme != "no"}
@@ -108,8 +108,9 @@ def for_thread(context: ssl.SSLContext) -> httpx.BaseTransport | None:
 class H11Transport(httpx.BaseTransport):
     """One thread's connections. `close` may come from another thread (shutdown): it closes the idle ones."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, *, keepalive_expiry: float = KEEPALIVE_EXPIRY) -> None:
-        self._ssl = ssl_context
+    def __init__(self, ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext], *,
+                 keepalive_expiry: float = KEEPALIVE_EXPIRY) -> None:
+        self._ssl = ssl_context if callable(ssl_context) else lambda: ssl_context   # asked for at TLS's first use
         self._expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
         self._lock = threading.Lock()   # the idle lists: taken by this thread, and by `close`
@@ -219,7 +220,7 @@ class _Connection:
         self._timeout = timeout
 
     @classmethod
-    def open(cls, origin: Origin, context: ssl.SSLContext, timeout: float | None,
+    def open(cls, origin: Origin, context: Callable[[], ssl.SSLContext], timeout: float | None,
              request: httpx.Request | None) -> _Connection:
         scheme, host, port = origin
         try:
@@ -235,7 +236,7 @@ class _Connection:
             sock.settimeout(None)
             _set_kernel(sock, timeout)
             if scheme == b"https":
-                tls = BioSocket(sock, context, host.decode("ascii"))
+                tls = BioSocket(sock, context(), host.decode("ascii"))
                 tls.handshake()
                 return cls(origin, tls, timeout)
         except (TimeoutError, BlockingIOError):   # BlockingIOError: the kernel's timeout
