@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import h11
 import httpx
 
+from watcher.cloud import h1write
 from watcher.cloud.tlsbio import BioSocket
 
 READ_SIZE = 64 * 1024
@@ -286,18 +287,17 @@ class _Connection:
         return self.head(request, timeouts.get("read"))
 
     def _send(self, out: _Out) -> None:
-        pending = [self.h.send(h11.Request(method=out.method, target=out.target, headers=out.headers))]
-        size = len(pending[0])
-        for chunk in out.body:
-            if chunk:
-                data = self.h.send(h11.Data(data=chunk))
-                pending.append(data)
-                size += len(data)
-                if size >= SEND_BUFFER:
-                    self._sendall(b"".join(pending))
-                    pending, size = [], 0
-        pending.append(self.h.send(h11.EndOfMessage()))
+        data, length = h1write.head(out.method, out.target, out.headers)
+        h1write.begin(self.h, out.method, out.headers)
+        pending, size = [data], len(data)
+        for chunk in h1write.body(out.body, length):
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= SEND_BUFFER:
+                self._sendall(b"".join(pending))
+                pending, size = [], 0
         self._sendall(b"".join(pending))
+        h1write.end(self.h)
 
     def _sendall(self, data: bytes) -> None:
         try:
