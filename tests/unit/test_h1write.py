@@ -28,7 +28,7 @@ def by_h11(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], chu
 @pytest.mark.parametrize(("method", "target", "headers", "chunks"), CASES)
 def test_the_bytes_are_h11s(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                             chunks: list[bytes]) -> None:
-    data, length = h1write.head(method, target, headers)
+    data, length, _ = h1write.head(method, target, headers)
     assert data + b"".join(h1write.body(chunks, length)) == by_h11(method, target, headers, chunks)
 
 
@@ -43,14 +43,14 @@ def test_what_would_break_the_framing_is_refused(where: str, bad: bytes) -> None
 
 @pytest.mark.parametrize(("chunks", "message"), [([b"abc", b"defg"], "Too much data"), ([b"ab"], "Too little data")])
 def test_a_body_not_of_its_content_length_is_h11s_error(chunks: list[bytes], message: str) -> None:
-    _, length = h1write.head(b"PUT", b"/u", [(b"Host", b"h"), (b"Content-Length", b"6")])
+    _, length, _ = h1write.head(b"PUT", b"/u", [(b"Host", b"h"), (b"Content-Length", b"6")])
     with pytest.raises(h11.LocalProtocolError, match=message):
         list(h1write.body(chunks, length))
 
 
 def test_h11_reads_the_answer_and_keeps_the_connection_only_once_the_request_ended() -> None:
     conn = h11.Connection(h11.CLIENT)
-    h1write.begin(conn, b"HEAD", [(b"Host", b"h")])
+    h1write.begin(conn, b"HEAD", h1write.head(b"HEAD", b"/", [(b"Host", b"h")])[2])
     conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")   # HEAD: no body follows
     assert isinstance(conn.next_event(), h11.Response)
     assert isinstance(conn.next_event(), h11.EndOfMessage)
@@ -59,7 +59,7 @@ def test_h11_reads_the_answer_and_keeps_the_connection_only_once_the_request_end
     assert (conn.our_state, conn.their_state) == (h11.DONE, h11.DONE)
 
     closing = h11.Connection(h11.CLIENT)
-    h1write.begin(closing, b"GET", [(b"Host", b"h"), (b"Connection", b"close")])
+    h1write.begin(closing, b"GET", h1write.head(b"GET", b"/", [(b"Host", b"h"), (b"Connection", b"close")])[2])
     h1write.end(closing)
     closing.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
     closing.next_event()

@@ -287,8 +287,8 @@ class _Connection:
         return self.head(request, timeouts.get("read"))
 
     def _send(self, out: _Out) -> None:
-        data, length = h1write.head(out.method, out.target, out.headers)
-        h1write.begin(self.h, out.method, out.headers)
+        data, length, kept = h1write.head(out.method, out.target, out.headers)
+        h1write.begin(self.h, out.method, kept)
         pending, size = [data], len(data)
         for chunk in h1write.body(out.body, length):
             pending.append(chunk)

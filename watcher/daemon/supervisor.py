@@ -152,7 +152,7 @@ class Supervisor:
         log.info("processes_starting", processes=self.count, workers=self.config.workers)
         try:
             for child in self.children[1:]:   # forked while no thread of ours but the signal relay's runs
-                self._spawn(child, fork=self.forked_main is not None)
+                self._spawn(child, fork=True)
             try:
                 self.listeners.start(self.config)
             except ListenerError as exc:   # another process holds the address: a restart would not help
@@ -171,7 +171,7 @@ class Supervisor:
             self._stop_all()
         return self.exit_code
 
-    def _spawn(self, child: Child, *, fork: bool = False) -> None:
+    def _spawn(self, child: Child, *, fork: bool = False) -> None:   # fork: if `forked_main` is given
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS")}
         env.update({SHARD_ENV: child.shard, "NOTIFY_SOCKET": child.address,
                     SHARD_SOCKET_ENV: str(self._socket(child))})
